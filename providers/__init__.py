@@ -1,0 +1,43 @@
+"""The platform registry: provider keys → their config models, loaded lazily.
+
+Nothing here imports a provider's API library; a provider module imports boto3 or
+google-auth only inside the code that needs it, so `runbook --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# key → "module:ConfigClass"
+DATABASES: dict[str, str] = {
+    "local": "providers.local:LocalDatabaseConfig",
+}
+PLATFORMS: dict[str, str] = {
+    "dotenv": "providers.dotenv:DotenvAppConfig",
+}
+# the app platform an environment gets when `app.platform` is not given
+DEFAULT_PLATFORM: dict[str, str] = {
+    "local": "dotenv",
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def database_config(key: str) -> Any:
+    return _load(DATABASES[key])
+
+
+def platform_config(key: str) -> Any:
+    return _load(PLATFORMS[key])
+
+
+def all_database_configs() -> list[Any]:
+    return [_load(ref) for ref in DATABASES.values()]
+
+
+def all_platform_configs() -> list[Any]:
+    return [_load(ref) for ref in PLATFORMS.values()]

