@@ -12,13 +12,25 @@ from typing import Any
 # key → "module:ConfigClass"
 DATABASES: dict[str, str] = {
     "local": "providers.local:LocalDatabaseConfig",
+    "heroku": "providers.heroku:HerokuDatabaseConfig",
+    "rds": "providers.rds:RdsDatabaseConfig",
+    "cloudsql": "providers.cloudsql:CloudSqlDatabaseConfig",
+    "supabase": "providers.supabase:SupabaseDatabaseConfig",
 }
 PLATFORMS: dict[str, str] = {
     "dotenv": "providers.dotenv:DotenvAppConfig",
+    "heroku": "providers.heroku:HerokuAppConfig",
+    "ecs": "providers.ecs:EcsAppConfig",
+    "cloudrun": "providers.cloudrun:CloudRunAppConfig",
+    "supabase": "providers.supabase:SupabaseAppConfig",
 }
 # the app platform an environment gets when `app.platform` is not given
 DEFAULT_PLATFORM: dict[str, str] = {
     "local": "dotenv",
+    "heroku": "heroku",
+    "rds": "ecs",
+    "cloudsql": "cloudrun",
+    "supabase": "supabase",
 }
 
 

@@ -42,6 +42,20 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class Digest:
+    """What a write-only config store returns instead of a value (Supabase secrets: sha256 hex)."""
+
+    sha256: str
+
+    @staticmethod
+    def of(value: "str | Secret") -> "Digest":
+        import hashlib
+
+        raw = value.reveal() if isinstance(value, Secret) else value
+        return Digest(hashlib.sha256(raw.encode()).hexdigest())
+
+
+@dataclass(frozen=True)
 class DatabaseInfo:
     """What `describe()` learned: enough to decide, before any change, whether to go on."""
 
@@ -90,7 +104,8 @@ class AppPlatform(Protocol):
     #: True when set_config/unset_config restart the app by themselves (Heroku config vars).
     config_change_restarts: bool
 
-    def get_config(self, keys: list[str]) -> dict[str, str | None]: ...
+    def get_config(self, keys: list[str]) -> "dict[str, str | Digest | None]":
+        """Current values; None when unset; a Digest where the store is write-only."""
     def set_config(self, changes: Mapping[str, str | Secret]) -> None: ...
     def unset_config(self, keys: list[str]) -> None: ...
     def restart(self) -> None: ...
@@ -125,3 +140,6 @@ class OpenContext:
     environ: Mapping[str, str]
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     http_transport: object | None = None   # an httpx transport injected by tests; None = real network
+    url_var: str = ""                  # the app config variable that holds the role's URL
+    flag_name: str = ""                # the app config variable that holds the feature flag
+    budget_key: str | None = None      # fleet runs share one rate budget per account

@@ -496,11 +496,11 @@ def _resolve_env(name: str, spec: EnvironmentSpec, located: Located) -> Environm
     db_model = providers.database_config(db_key)
     app_model = providers.platform_config(app_key)
     try:
-        database = db_model.model_validate(db_raw, context={"env": name})
+        database = db_model.model_validate(db_raw, context={"env": name, "app": app_raw})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, located, prefix + ("database",), db_model)) from None
     try:
-        app = app_model.model_validate(app_raw, context={"env": name})
+        app = app_model.model_validate(app_raw, context={"env": name, "database": db_raw})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, located, prefix + ("app",), app_model)) from None
     return Environment(name, spec, database, app)
