@@ -108,6 +108,16 @@ class LocalDatabase:
             dsn = Secret(make_conninfo(dsn.reveal(), host=self.config.connect.host, port=str(self.config.connect.port)))
         return dsn
 
+    def admin_dsn_if_running(self) -> Secret | None:
+        """The admin DSN without starting anything (rollback must not boot a database)."""
+        if not self.embedded:
+            return self.admin_dsn()
+        cluster = self._cluster()
+        if not cluster.initialised() or not cluster.running():
+            return None
+        dbname = self.config.database or self.ctx.app_name.replace("-", "_").replace(".", "_")
+        return Secret(cluster.admin_conninfo(dbname))
+
     def describe(self) -> DatabaseInfo:
         return DatabaseInfo(
             engine="postgres",

@@ -1,0 +1,498 @@
+"""`provider: rds` — Amazon RDS for PostgreSQL and Aurora PostgreSQL.
+
+The instance (or cluster) is read with boto3; the application role is created over SQL as the
+master user, whose password comes from Secrets Manager (the RDS-managed MasterUserSecret unless
+`master_secret` names another). `auth: iam` makes a password-less role in `rds_iam`.
+
+boto3 is imported only inside the code that calls AWS, so `import providers.rds` stays light.
+The AWS plumbing at the top (session, clients, error mapping) is shared with providers.ecs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from providers.base import Credential, DatabaseInfo, OpenContext
+from providers.local import Connect
+from runbook.errors import ConfigError, ProviderError, Refused
+from runbook.secret import Secret, install_log_hygiene, redact
+
+# ---------------------------------------------------------------------------------------------
+# AWS plumbing (used by providers.ecs too)
+
+# AWS_ENDPOINT_URL_<ID>: the per-service override botocore documents, read from ctx.environ
+_ENDPOINT_IDS = {"rds": "RDS", "secretsmanager": "SECRETS_MANAGER", "ssm": "SSM", "ecs": "ECS"}
+
+
+def aws_region(configured: str | None, environ: Mapping[str, str], key: str) -> str:
+    region = configured or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise ConfigError(f"no AWS region: set {key} (or AWS_REGION in the environment)")
+    return region
+
+
+class Aws:
+    """boto3 clients for one region, created on first use from one Session.
+
+    Retries are botocore's own (standard mode) bounded by ctx.retry, so a throttled or
+    unreachable endpoint fails within the run's budget instead of hanging.
+    """
+
+    def __init__(self, ctx: OpenContext, *, region: str, profile: str | None = None,
+                 session: Any = None) -> None:
+        self.ctx = ctx
+        self.region = region
+        self.profile = profile
+        self._session = session
+        self._clients: dict[str, Any] = {}
+
+    def session(self) -> Any:
+        if self._session is None:
+            try:
+                import boto3
+                from botocore.exceptions import ProfileNotFound
+            except ImportError:
+                raise ConfigError("the AWS providers need boto3: pip install 'pg-runbook[aws]'") from None
+            kwargs: dict[str, Any] = {"region_name": self.region}
+            env = self.ctx.environ
+            if self.profile:
+                kwargs["profile_name"] = self.profile
+            elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+                # ctx.environ stands in for os.environ; the rest of the default chain still applies
+                kwargs["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
+                kwargs["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
+                if env.get("AWS_SESSION_TOKEN"):
+                    kwargs["aws_session_token"] = env["AWS_SESSION_TOKEN"]
+            try:
+                self._session = boto3.session.Session(**kwargs)
+            except ProfileNotFound:
+                raise ConfigError(f"AWS profile {self.profile!r} is not configured") from None
+        return self._session
+
+    def endpoint_url(self, service: str) -> str | None:
+        env = self.ctx.environ
+        return env.get(f"AWS_ENDPOINT_URL_{_ENDPOINT_IDS.get(service, service.upper())}") or env.get("AWS_ENDPOINT_URL") or None
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            from botocore.config import Config
+
+            # botocore logs request and response bodies (secret values) at DEBUG
+            install_log_hygiene()
+            retry = self.ctx.retry
+            config = Config(
+                region_name=self.region,
+                # total_max_attempts counts the first call; botocore's max_attempts would add one
+                retries={"mode": "standard", "total_max_attempts": max(1, retry.attempts)},
+                connect_timeout=retry.timeout_seconds,
+                read_timeout=retry.timeout_seconds,
+                user_agent_extra="pg-runbook",
+            )
+            kwargs: dict[str, Any] = {"config": config}
+            endpoint = self.endpoint_url(service)
+            if endpoint:
+                kwargs["endpoint_url"] = endpoint
+            self._clients[service] = self.session().client(service, **kwargs)
+        return self._clients[service]
+
+    def call(self, service: str, operation: str, /, **params: Any) -> dict[str, Any]:
+        client = self.client(service)
+        return guarded(service, lambda: getattr(client, operation)(**params))
+
+    def pages(self, service: str, operation: str, /, **params: Any):
+        paginator = self.client(service).get_paginator(operation)
+        iterator = guarded(service, lambda: iter(paginator.paginate(**params)))
+        while True:
+            page = guarded(service, lambda: next(iterator, None))
+            if page is None:
+                return
+            yield page
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code") or "")
+
+
+def guarded(service: str, fn: Callable[[], Any]) -> Any:
+    """Run one AWS call; its failures become one-line ProviderError/ConfigError.
+
+    Only AWS's own error code and message are quoted (scrubbed of known secrets): never the
+    request parameters, which hold secret values.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+        PartialCredentialsError,
+    )
+
+    try:
+        return fn()
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "Unknown")
+        raw = str(err.get("Message") or "").strip()
+        message = f": {redact(raw.splitlines()[0])}" if raw else ""
+        raise AwsError(f"AWS {service} {exc.operation_name} failed: {code}{message}", code=code) from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise ConfigError("no usable AWS credentials (boto3 looks at AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                          "AWS_PROFILE, ~/.aws and instance/task roles)") from None
+    except NoRegionError:
+        raise ConfigError("no AWS region: set region in the project file or AWS_REGION") from None
+    except ParamValidationError:
+        # its text echoes parameter values; the operation is all that is safe to say
+        raise ProviderError(f"AWS {service}: request rejected by botocore's parameter validation") from None
+    except BotoCoreError as exc:
+        # connection, timeout and endpoint errors: their text names the endpoint, not the body
+        raise ProviderError(f"AWS {service}: {redact(str(exc))}") from None
+
+
+class AwsError(ProviderError):
+    """An AWS API answered with an error; `code` is its error code (DBInstanceNotFound, …)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------
+# RDS
+
+_NOT_CONNECTABLE = {
+    "stopped", "stopping", "starting", "creating", "deleting", "failed",
+    "inaccessible-encryption-credentials", "incompatible-network", "incompatible-restore",
+}
+_PARAMS = ("rds.force_ssl", "rds.restrict_password_commands")
+# parameter groups may be unreadable (policy, or a default group a local endpoint lacks):
+# describe then falls back to what the server itself says in preflight_sql
+_PARAM_UNREADABLE = {"DBParameterGroupNotFound", "DBClusterParameterGroupNotFound", "AccessDenied",
+                     "AccessDeniedException", "UnauthorizedOperation"}
+_SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+class RdsDatabaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, title="rds database")
+    provider: Literal["rds"] = "rds"
+    instance: str | None = Field(default=None, description="DB instance identifier (RDS for PostgreSQL)")
+    cluster: str | None = Field(default=None, description="DB cluster identifier (Aurora PostgreSQL)")
+    region: str | None = Field(default=None, description="AWS region (default: AWS_REGION)")
+    profile: str | None = Field(default=None, description="AWS profile (default: boto3's credential chain)")
+    master_secret: str | None = Field(
+        default=None,
+        description="Secrets Manager ARN or name of the master credentials (JSON with username, password); "
+        "default: the instance's RDS-managed MasterUserSecret")
+    master_user: str | None = Field(default=None, description="master user name, overriding the secret's")
+    auth: Literal["password", "iam"] = Field(default="password", description="how the app role logs in")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "require"
+    connect: Connect | None = Field(default=None, description="reach the server here instead of the RDS endpoint")
+    database: str | None = Field(default=None, description="database name (default: the instance's DBName, else postgres)")
+
+    @model_validator(mode="after")
+    def _target(self) -> "RdsDatabaseConfig":
+        if bool(self.instance) == bool(self.cluster):
+            raise ValueError("give exactly one of instance (RDS) or cluster (Aurora)")
+        for name in ("instance", "cluster"):
+            value = getattr(self, name)
+            if value is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,62}", value):
+                raise ValueError(f"{name} {value!r} is not an RDS identifier (letters, digits and hyphens)")
+        if self.auth == "iam" and self.sslmode not in _SECURE_SSLMODES:
+            raise ValueError("IAM authentication needs SSL: sslmode must be require, verify-ca or verify-full")
+        return self
+
+    def open(self, ctx: OpenContext) -> "RdsDatabase":
+        return RdsDatabase(self, ctx)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What describe_db_instances/clusters said, in one shape for both."""
+
+    kind: str                 # "instance" | "cluster"
+    ident: str
+    arn: str
+    engine: str
+    version: str
+    klass: str | None
+    status: str
+    host: str | None
+    port: int
+    master_username: str | None
+    dbname: str | None
+    secret_arn: str | None
+    parameter_group: str | None
+    resource_id: str | None
+    iam_enabled: bool
+
+    @property
+    def partition(self) -> str:
+        return self.arn.split(":")[1] if self.arn.count(":") >= 5 else "aws"
+
+    @property
+    def account(self) -> str:
+        return self.arn.split(":")[4] if self.arn.count(":") >= 5 else ""
+
+
+class RdsDatabase:
+    key = "rds"
+
+    def __init__(self, config: RdsDatabaseConfig, ctx: OpenContext, *, session: Any = None) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.aws = Aws(ctx, region=aws_region(config.region, ctx.environ, "database.region"),
+                       profile=config.profile, session=session)
+        self._target: _Target | None = None
+        self._params: dict[str, str | None] | None = None
+        self._params_note: str | None = None
+        self._master: tuple[str, Secret] | None = None
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @property
+    def _what(self) -> str:
+        return f"cluster {self.config.cluster}" if self.config.cluster else f"instance {self.config.instance}"
+
+    def target(self) -> _Target:
+        if self._target is None:
+            self._target = self._read_cluster() if self.config.cluster else self._read_instance()
+        return self._target
+
+    def _not_found(self, exc: AwsError) -> ConfigError:
+        key = "cluster" if self.config.cluster else "instance"
+        return ConfigError(f"database.{key}: no RDS {self._what} in {self.aws.region} ({exc.code})")
+
+    def _read_instance(self) -> _Target:
+        try:
+            out = self.aws.call("rds", "describe_db_instances", DBInstanceIdentifier=self.config.instance)
+        except AwsError as exc:
+            if exc.code == "DBInstanceNotFound":
+                raise self._not_found(exc) from None
+            raise
+        db = out["DBInstances"][0]
+        endpoint = db.get("Endpoint") or {}
+        groups = db.get("DBParameterGroups") or []
+        return _Target(
+            kind="instance", ident=db["DBInstanceIdentifier"], arn=db.get("DBInstanceArn", ""),
+            engine=db.get("Engine", ""), version=db.get("EngineVersion", ""), klass=db.get("DBInstanceClass"),
+            status=db.get("DBInstanceStatus", ""), host=endpoint.get("Address"), port=int(endpoint.get("Port") or 5432),
+            master_username=db.get("MasterUsername"), dbname=db.get("DBName"),
+            secret_arn=(db.get("MasterUserSecret") or {}).get("SecretArn"),
+            parameter_group=groups[0].get("DBParameterGroupName") if groups else None,
+            resource_id=db.get("DbiResourceId"), iam_enabled=bool(db.get("IAMDatabaseAuthenticationEnabled")),
+        )
+
+    def _read_cluster(self) -> _Target:
+        try:
+            out = self.aws.call("rds", "describe_db_clusters", DBClusterIdentifier=self.config.cluster)
+        except AwsError as exc:
+            if exc.code == "DBClusterNotFoundFault":
+                raise self._not_found(exc) from None
+            raise
+        db = out["DBClusters"][0]
+        klass = db.get("DBClusterInstanceClass")
+        if not klass:
+            # Aurora: the class is the writer instance's
+            writer = next((m["DBInstanceIdentifier"] for m in db.get("DBClusterMembers") or []
+                           if m.get("IsClusterWriter")), None)
+            if writer:
+                inst = self.aws.call("rds", "describe_db_instances", DBInstanceIdentifier=writer)["DBInstances"]
+                klass = inst[0].get("DBInstanceClass") if inst else None
+        return _Target(
+            kind="cluster", ident=db["DBClusterIdentifier"], arn=db.get("DBClusterArn", ""),
+            engine=db.get("Engine", ""), version=db.get("EngineVersion", ""), klass=klass,
+            status=db.get("Status", ""), host=db.get("Endpoint"), port=int(db.get("Port") or 5432),
+            master_username=db.get("MasterUsername"), dbname=db.get("DatabaseName"),
+            secret_arn=(db.get("MasterUserSecret") or {}).get("SecretArn"),
+            parameter_group=db.get("DBClusterParameterGroup"),
+            resource_id=db.get("DbClusterResourceId"), iam_enabled=bool(db.get("IAMDatabaseAuthenticationEnabled")),
+        )
+
+    def parameters(self) -> dict[str, str | None]:
+        """rds.force_ssl and rds.restrict_password_commands as set in the parameter group
+        (None: engine default or unreadable)."""
+        if self._params is None:
+            target = self.target()
+            found: dict[str, str | None] = {name: None for name in _PARAMS}
+            if target.parameter_group:
+                if target.kind == "cluster":
+                    op, arg = "describe_db_cluster_parameters", "DBClusterParameterGroupName"
+                else:
+                    op, arg = "describe_db_parameters", "DBParameterGroupName"
+                try:
+                    for page in self.aws.pages("rds", op, **{arg: target.parameter_group}):
+                        for param in page.get("Parameters") or []:
+                            if param.get("ParameterName") in found:
+                                found[param["ParameterName"]] = param.get("ParameterValue")
+                except AwsError as exc:
+                    if exc.code not in _PARAM_UNREADABLE:
+                        raise
+                    self._params_note = f"parameter group {target.parameter_group} unreadable ({exc.code})"
+            self._params = found
+        return self._params
+
+    def _param_shown(self, name: str, value: str | None, target: _Target) -> str:
+        if value is not None:
+            return value
+        if name == "rds.force_ssl":
+            # RDS for PostgreSQL turned it on by default from 15; Aurora leaves it off
+            major = int(re.match(r"\d*", target.version).group() or 0)
+            return "1 (engine default)" if target.engine == "postgres" and major >= 15 else "0 (engine default)"
+        return "0 (engine default)"
+
+    def describe(self) -> DatabaseInfo:
+        target = self.target()
+        cfg = self.config
+        if target.engine not in ("postgres", "aurora-postgresql"):
+            raise Refused(f"RDS {self._what} runs {target.engine or 'an unknown engine'}; "
+                          "pg-runbook supports postgres and aurora-postgresql")
+        if target.status in _NOT_CONNECTABLE:
+            verb = "start-db-cluster --db-cluster-identifier" if target.kind == "cluster" else "start-db-instance --db-instance-identifier"
+            fix = f"; start it: aws rds {verb} {target.ident}" if target.status in ("stopped", "stopping") else ""
+            raise Refused(f"RDS {self._what} is {target.status}{fix}")
+        params = self.parameters()
+        if params["rds.force_ssl"] == "1" and cfg.sslmode == "disable":
+            raise Refused(f"rds.force_ssl=1 in parameter group {target.parameter_group} refuses unencrypted "
+                          "connections but database.sslmode is disable; set sslmode: require")
+        details: dict[str, str] = {
+            target.kind: target.ident,
+            "region": self.aws.region,
+            "engine": f"{target.engine} {target.version}".strip(),
+            "class": target.klass or "unknown",
+            "status": target.status,
+            "endpoint": f"{target.host}:{target.port}" if target.host else "none",
+            "parameter_group": target.parameter_group or "none",
+            "auth": cfg.auth,
+            "sslmode": cfg.sslmode,
+        }
+        if cfg.connect:
+            details["connect"] = f"{cfg.connect.host}:{cfg.connect.port}"
+        for name in _PARAMS:
+            details[name] = self._param_shown(name, params[name], target)
+        if self._params_note:
+            details["parameters_note"] = self._params_note
+        details["master_secret"] = cfg.master_secret or target.secret_arn or "none"
+        if cfg.auth == "iam":
+            if not target.iam_enabled:
+                cmd = (f"aws rds modify-db-cluster --db-cluster-identifier {target.ident}" if target.kind == "cluster"
+                       else f"aws rds modify-db-instance --db-instance-identifier {target.ident}")
+                raise Refused(f"IAM database authentication is off on RDS {self._what}; turn it on: "
+                              f"{cmd} --enable-iam-database-authentication --apply-immediately")
+            details["iam_resource"] = self.iam_resource("<role>")
+            details["iam_policy"] = self.iam_policy("<role>")
+        return DatabaseInfo(
+            engine=target.engine, version=target.version, plan=target.klass, credentials="sql",
+            password_auth=cfg.auth != "iam", role_grants=("rds_iam",) if cfg.auth == "iam" else (),
+            details=details,
+        )
+
+    # -- IAM ----------------------------------------------------------------------------------
+
+    def iam_resource(self, role: str) -> str:
+        target = self.target()
+        return (f"arn:{target.partition}:rds-db:{self.aws.region}:{target.account}:dbuser:"
+                f"{target.resource_id}/{role}")
+
+    def iam_policy(self, role: str) -> str:
+        """The IAM policy statement the app's task role needs to log in as `role`."""
+        return json.dumps({"Effect": "Allow", "Action": "rds-db:connect", "Resource": self.iam_resource(role)})
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _address(self) -> tuple[str, int]:
+        if self.config.connect:
+            return self.config.connect.host, self.config.connect.port
+        target = self.target()
+        if not target.host:
+            raise ProviderError(f"RDS {self._what} has no endpoint yet (status {target.status})")
+        return target.host, target.port
+
+    def _dbname(self) -> str:
+        return self.config.database or self.target().dbname or "postgres"
+
+    def master(self) -> tuple[str, Secret]:
+        """(user, password) of the master, from Secrets Manager."""
+        if self._master is None:
+            target = self.target()
+            secret_id = self.config.master_secret or target.secret_arn
+            if not secret_id:
+                raise ConfigError(
+                    f"RDS {self._what} has no RDS-managed master secret: set database.master_secret to the "
+                    "ARN or name of a Secrets Manager secret holding {\"username\", \"password\"}")
+            out = self.aws.call("secretsmanager", "get_secret_value", SecretId=secret_id)
+            try:
+                body = json.loads(out.get("SecretString") or "")
+                password = body["password"]
+                if not isinstance(password, str) or not password:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(f"master secret {secret_id} is not JSON with a username and a password") from None
+            password_secret = Secret(password)
+            user = self.config.master_user or body.get("username") or target.master_username
+            if not user:
+                raise ConfigError(f"master secret {secret_id} names no username; set database.master_user")
+            self._master = (str(user), password_secret)
+        return self._master
+
+    def admin_dsn(self) -> Secret:
+        from psycopg.conninfo import make_conninfo
+
+        user, password = self.master()
+        host, port = self._address()
+        return Secret(make_conninfo(host=host, port=str(port), user=user, password=password.reveal(),
+                                    dbname=self._dbname(), sslmode=self.config.sslmode))
+
+    def credential_for(self, user: str, password: Secret | None) -> Credential:
+        host, port = self._address()
+        return Credential(name=user, user=user, host=host, port=port, database=self._dbname(),
+                          password=password, sslmode=self.config.sslmode)
+
+    def preflight_sql(self, conn: Any) -> list[str]:
+        """Read-only: can the master send the commands the engine is about to send?"""
+        from psycopg import sql
+
+        row = conn.execute(
+            """
+            SELECT current_user::text,
+                   r.rolsuper,
+                   EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_password'),
+                   (SELECT pg_has_role(current_user, p.oid, 'MEMBER') FROM pg_roles p WHERE p.rolname = 'rds_password'),
+                   current_setting('rds.restrict_password_commands', true),
+                   EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')
+            FROM pg_roles r WHERE r.rolname = current_user
+            """
+        ).fetchone()
+        user, superuser, has_pw_role, in_pw_role, server_setting, has_iam_role = row
+        problems: list[str] = []
+        if self.config.auth == "iam":
+            # the role gets no password, so the password-command restriction does not apply
+            if not has_iam_role:
+                problems.append("role rds_iam does not exist on this server, so IAM authentication cannot work; "
+                                "connect to the RDS endpoint (database.connect) or use auth: password")
+            return problems
+        group_value = self.parameters()["rds.restrict_password_commands"]
+        server_on = str(server_setting or "").lower() in ("1", "on", "true", "yes")
+        if not (group_value == "1" or server_on) or superuser:
+            return problems
+        source = (f"rds.restrict_password_commands=1 in parameter group {self.target().parameter_group}"
+                  if group_value == "1" else "rds.restrict_password_commands is on")
+        ident = sql.Identifier(user).as_string(conn)
+        if not has_pw_role:
+            problems.append(f"password commands are restricted ({source}) but this server has no rds_password "
+                            "role; set rds.restrict_password_commands to 0 in the parameter group")
+        elif not in_pw_role:
+            problems.append(f"master user {user} is not a member of rds_password; password commands are "
+                            f"restricted ({source}). Fix: GRANT rds_password TO {ident};")
+        return problems
+
+    # credentials are created in SQL for this provider
+    def credential(self, name: str) -> Credential | None:
+        raise NotImplementedError("rds credentials are SQL roles")
+
+    create_credential = rotate = destroy = credential

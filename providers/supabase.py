@@ -1,0 +1,356 @@
+"""`provider: supabase` and `platform: supabase` — a Supabase project via the Management API.
+
+Database side: the project must be ACTIVE_HEALTHY (GET /v1/projects/{ref}); the plan is read from
+its organization (GET /v1/organizations/{slug}). The role is created in SQL as `postgres`, which
+on hosted Supabase is not a superuser, so the engine must never send NOSUPERUSER explicitly
+(Supabase rejects it): `describe()` says so with details["no_superuser_clause"] = "1".
+
+Addresses (`admin_form` for the tool's own session, `url_form` for the app's URL):
+- direct:      db.{ref}.supabase.co:5432, user = role
+- session:     the Supavisor pooler host, port 5432, user = {role}.{ref}
+- transaction: the pooler host, port 6543, user = {role}.{ref}
+The tool's own session is refused over a transaction-mode pooler: a transaction pooler hands each
+transaction to any server connection, so the session-level advisory lock that serialises runs
+and `SET lock_timeout` would silently apply to someone else's connection. The pooler host is
+`pooler_host`, else aws-0-{region}.pooler.supabase.com when `region` is given, else what the
+Management API reports for the project's pooler. `connect: {host, port}` overrides the address.
+
+App side (`platform: supabase`): Edge Function secrets. Reads return only SHA-256 digests of the
+values, so `get_config` returns Digest and the engine verifies by digest. Edge Functions read
+secrets on every invocation, so there is nothing to restart.
+
+Token: SUPABASE_ACCESS_TOKEN; base URL: SUPABASE_API_URL (default https://api.supabase.com).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from providers.base import Credential, DatabaseInfo, Digest, OpenContext
+from providers.http import ApiClient, shared_budget
+from providers.local import Connect
+from runbook.errors import ConfigError, ProviderError, Refused
+from runbook.secret import Secret
+
+DEFAULT_API = "https://api.supabase.com"
+TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"
+TRANSACTION_PORT = 6543
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+UrlForm = Literal["direct", "session", "transaction"]
+
+_REF = re.compile(r"^[a-z0-9]{20}$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+
+TRANSACTION_REFUSAL = (
+    "the tool's own session cannot go through Supabase's transaction-mode pooler (port 6543): it "
+    "holds a session-level advisory lock for the whole run and sets lock_timeout for its grant "
+    "transactions, and a transaction pooler moves each transaction to another server connection. "
+    "Use database.admin_form: direct (db.{ref}.supabase.co:5432) or session (pooler port 5432)")
+
+
+def supabase_error(response: httpx.Response) -> str:
+    """`HTTP 400: <message>` from the Management API's {"message": ...} error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    message = ""
+    if isinstance(body, dict):
+        message = str(body.get("message") or body.get("error") or "")[:300]
+    return f"HTTP {response.status_code}: {message}" if message else f"HTTP {response.status_code}"
+
+
+class _Management:
+    """The Management API client for one token (shared by the database and app sides)."""
+
+    def __init__(self, ctx: OpenContext) -> None:
+        token = (ctx.environ.get(TOKEN_ENV) or "").strip()
+        if not token:
+            raise ConfigError(f"{TOKEN_ENV} is not set; create a personal access token at "
+                              "https://supabase.com/dashboard/account/tokens and export it")
+        key = ctx.budget_key or "supabase:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        self.api = ApiClient(
+            "Supabase Management API", ctx.environ.get("SUPABASE_API_URL") or DEFAULT_API,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            retry=ctx.retry, transport=ctx.http_transport,   # type: ignore[arg-type]
+            budget=shared_budget(key), describe_error=supabase_error,
+        )
+
+    def json(self, method: str, path: str, **kw: Any) -> Any:
+        response = self.api.request(method, path, **kw)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ProviderError(f"Supabase Management API: {method} {path} answered with something that is not JSON") from None
+
+
+class SupabaseDatabaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, title="supabase database")
+    provider: Literal["supabase"] = "supabase"
+    project_ref: str = Field(description="project reference (the 20 letters in db.<ref>.supabase.co)")
+    password_env: str = Field(description="environment variable holding the postgres user's password")
+    admin_user: str = Field(default="postgres", description="the user that creates the role (postgres on Supabase)")
+    database: str = Field(default="postgres")
+    url_form: UrlForm = Field(default="session", description="how the app connects: direct, session or transaction pooler")
+    admin_form: UrlForm = Field(default="direct", description="how the tool connects: direct or session (never transaction)")
+    sslmode: str = Field(default="require")
+    region: str | None = Field(default=None, description="project region, for the pooler host aws-0-<region>.pooler.supabase.com")
+    pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the default for the region")
+    connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
+
+    @field_validator("project_ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not _REF.match(v):
+            raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV_VAR.match(v):
+            raise ValueError(f"password_env {v!r} must name an environment variable, not hold the password")
+        return v
+
+    @field_validator("sslmode")
+    @classmethod
+    def _ssl(cls, v: str) -> str:
+        if v not in SSL_MODES:
+            raise ValueError(f"sslmode {v!r} is not one of {', '.join(SSL_MODES)}")
+        return v
+
+    def open(self, ctx: OpenContext) -> "SupabaseDatabase":
+        return SupabaseDatabase(self, ctx)
+
+
+class SupabaseDatabase:
+    key = "supabase"
+
+    def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self._mgmt: _Management | None = None
+        self._project: dict[str, Any] | None = None
+        self._pooler: str | None = None
+
+    @property
+    def mgmt(self) -> _Management:
+        if self._mgmt is None:
+            self._mgmt = _Management(self.ctx)
+        return self._mgmt
+
+    @property
+    def ref(self) -> str:
+        return self.config.project_ref
+
+    def project(self) -> dict[str, Any]:
+        if self._project is None:
+            body = self.mgmt.json("GET", f"/v1/projects/{self.ref}")
+            self._project = body if isinstance(body, dict) else {}
+        return self._project
+
+    def _plan(self, project: dict[str, Any]) -> str | None:
+        org = project.get("organization_slug") or project.get("organization_id")
+        if not org:
+            return None
+        # a token scoped to the project may not read its organization: the plan is then unknown
+        response = self.mgmt.api.request("GET", f"/v1/organizations/{org}", allow=(401, 403, 404))
+        if response.status_code != 200:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return str(body.get("plan")) if isinstance(body, dict) and body.get("plan") else None
+
+    def describe(self) -> DatabaseInfo:
+        project = self.project()
+        status = project.get("status")
+        if status != "ACTIVE_HEALTHY":
+            hint = {"INACTIVE": "it is paused: restore it from the dashboard",
+                    "PAUSING": "it is being paused: restore it from the dashboard"}.get(str(status), "wait for it")
+            raise Refused(f"Supabase project {self.ref} is {status or 'in an unknown state'}, not ACTIVE_HEALTHY; "
+                          f"{hint}, then rerun")
+        if self.config.admin_form == "transaction":
+            raise Refused(TRANSACTION_REFUSAL.format(ref=self.ref))
+        database = project.get("database") or {}
+        details = {
+            "project_ref": self.ref,
+            "region": str(project.get("region") or self.config.region or ""),
+            "status": str(status),
+            "admin_form": self.config.admin_form,
+            "url_form": self.config.url_form,
+            "no_superuser_clause": "1",   # hosted Supabase rejects an explicit NOSUPERUSER
+        }
+        return DatabaseInfo(
+            engine="postgres",
+            version=str(database.get("version")) if database.get("version") else None,
+            plan=self._plan(project),
+            credentials="sql",
+            details={k: v for k, v in details.items() if v},
+        )
+
+    def _pooler_host(self) -> str:
+        if self.config.pooler_host:
+            return self.config.pooler_host
+        if self.config.region:
+            return f"aws-0-{self.config.region}.pooler.supabase.com"
+        if self._pooler is None:
+            body = self.mgmt.json("GET", f"/v1/projects/{self.ref}/config/database/pooler")
+            entries = body if isinstance(body, list) else [body] if isinstance(body, dict) else []
+            primary = [e for e in entries if isinstance(e, dict) and e.get("database_type", "PRIMARY") == "PRIMARY"]
+            host = next((str(e["db_host"]) for e in primary if e.get("db_host")), None)
+            if host is None:
+                region = self.project().get("region")
+                if not region:
+                    raise ConfigError(f"cannot tell the pooler host of Supabase project {self.ref}; "
+                                      "set database.region or database.pooler_host")
+                host = f"aws-0-{region}.pooler.supabase.com"
+            self._pooler = host
+        return self._pooler
+
+    def address(self, form: UrlForm, role: str) -> tuple[str, int, str]:
+        """(host, port, user) for `role` in the given form; `connect` overrides host and port."""
+        user = role if form == "direct" else f"{role}.{self.ref}"
+        if self.config.connect:
+            return self.config.connect.host, self.config.connect.port, user
+        if form == "direct":
+            return f"db.{self.ref}.supabase.co", 5432, user
+        return self._pooler_host(), TRANSACTION_PORT if form == "transaction" else 5432, user
+
+    def admin_dsn(self) -> Secret:
+        from psycopg.conninfo import make_conninfo
+
+        if self.config.admin_form == "transaction":
+            raise Refused(TRANSACTION_REFUSAL.format(ref=self.ref))
+        host, port, user = self.address(self.config.admin_form, self.config.admin_user)
+        if port == TRANSACTION_PORT:
+            raise Refused(TRANSACTION_REFUSAL.format(ref=self.ref))
+        password = self.ctx.environ.get(self.config.password_env)
+        if not password:
+            raise ConfigError(f"environment variable {self.config.password_env} (database.password_env) is not set; "
+                              "it holds the database password of the Supabase project")
+        return Secret(make_conninfo(host=host, port=str(port), user=user, password=password,
+                                    dbname=self.config.database, sslmode=self.config.sslmode))
+
+    def credential_for(self, user: str, password: Secret | None) -> Credential:
+        host, port, login = self.address(self.config.url_form, user)
+        return Credential(name=user, user=login, host=host, port=port, database=self.config.database,
+                          password=password, sslmode=self.config.sslmode)
+
+    def preflight_sql(self, conn: Any) -> list[str]:
+        row = conn.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if not row or not row[0]:
+            return [f"the admin user {self.config.admin_user} lacks CREATEROLE, so it cannot create the application "
+                    "role; connect as postgres (database.admin_user)"]
+        return []
+
+    # credentials are SQL roles for this provider
+    def credential(self, name: str) -> Credential | None:
+        raise NotImplementedError("Supabase application roles are created in SQL")
+
+    create_credential = rotate = destroy = credential
+
+
+class SupabaseAppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, title="supabase app")
+    platform: Literal["supabase"] = "supabase"
+    project_ref: str = Field(description="project whose Edge Function secrets hold the URL and flag "
+                             "(default: the supabase database's project)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ref_from_database(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, dict) and "project_ref" not in v:
+            database = (info.context or {}).get("database") or {}
+            if database.get("provider") == "supabase" and database.get("project_ref"):
+                v = {**v, "project_ref": database["project_ref"]}
+        return v
+
+    @field_validator("project_ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not _REF.match(v):
+            raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
+        return v
+
+    def open(self, ctx: OpenContext) -> "SupabaseApp":
+        return SupabaseApp(self, ctx)
+
+
+class SupabaseApp:
+    key = "supabase"
+    # Edge Functions read secrets on each invocation: a change is live without a restart
+    config_change_restarts = True
+
+    def __init__(self, config: SupabaseAppConfig, ctx: OpenContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self._mgmt: _Management | None = None
+
+    @property
+    def mgmt(self) -> _Management:
+        if self._mgmt is None:
+            self._mgmt = _Management(self.ctx)
+        return self._mgmt
+
+    @property
+    def _path(self) -> str:
+        return f"/v1/projects/{self.config.project_ref}/secrets"
+
+    def describe(self) -> dict[str, str]:
+        return {"supabase": f"Edge Function secrets of project {self.config.project_ref}"}
+
+    def get_config(self, keys: list[str]) -> dict[str, str | Digest | None]:
+        body = self.mgmt.json("GET", self._path)
+        stored = {str(s.get("name")): s.get("value") for s in body or [] if isinstance(s, dict)}
+        out: dict[str, str | Digest | None] = {}
+        for key in keys:
+            value = stored.get(key)
+            if key not in stored:
+                out[key] = None
+            elif value is None:
+                out[key] = Digest("")   # present but no digest given: never matches, so it is rewritten
+            elif isinstance(value, str) and _DIGEST.match(value):
+                out[key] = Digest(value.lower())
+            else:
+                # not a digest: compare it as a value rather than never matching
+                out[key] = str(value)
+        return out
+
+    @staticmethod
+    def _check(keys: list[str]) -> None:
+        for key in keys:
+            if not _ENV_VAR.match(key):
+                raise ConfigError(f"{key!r} is not a valid secret name")
+            if key.upper().startswith("SUPABASE_"):
+                raise ConfigError(f"{key}: names starting with SUPABASE_ are reserved by Supabase; "
+                                  "choose another url_var / flag name")
+
+    def set_config(self, changes: Mapping[str, str | Secret]) -> None:
+        self._check(list(changes))
+        body = [{"name": key, "value": value.reveal() if isinstance(value, Secret) else str(value)}
+                for key, value in changes.items()]
+        self.mgmt.api.request("POST", self._path, json=body)
+
+    def unset_config(self, keys: list[str]) -> None:
+        self._check(keys)
+        self.mgmt.api.request("DELETE", self._path, json=list(keys))
+
+    def restart(self) -> None:
+        """Nothing to do: Edge Functions read their secrets on every invocation."""
+
+    def attach_url(self, credential: Credential, var: str) -> bool:
+        return False
+
+    def detach_url(self, credential_name: str, var: str) -> bool:
+        return False

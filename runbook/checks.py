@@ -1,0 +1,196 @@
+"""Checks: the runbook's four diagnose checks, and the soak checks built on them.
+
+A check returns pass, fail or inconclusive with a detail and, when it fails, the fix. A check
+that cannot get data, or errors, is inconclusive: never a pass.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from providers.base import Digest
+from runbook import catalog, grants, roles
+from runbook.engine import Verdict
+from runbook.errors import RunbookError
+from runbook.secret import redact
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str             # pass | fail | inconclusive
+    detail: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "status": self.status, "detail": redact(self.detail),
+                "fix": redact(self.fix) if self.fix else None}
+
+
+def _guard(name: str, fn) -> CheckResult:
+    try:
+        return fn()
+    except RunbookError as exc:
+        return CheckResult(name, "inconclusive", exc.message)
+    except Exception as exc:   # a check that errors proves nothing either way
+        return CheckResult(name, "inconclusive", f"{type(exc).__name__}: {redact(str(exc))[:200]}")
+
+
+def check_role(ctx) -> CheckResult:
+    name = ctx.role.name
+    fix = f"runbook provision --env {ctx.env.name}"
+    if ctx.api_credentials:
+        cred = ctx.db.credential(name)
+        if cred is None:
+            return CheckResult("role", "fail", f"credential {name} does not exist", fix)
+        return CheckResult("role", "pass", f"credential {name} exists")
+    facts = roles.facts(ctx.admin(), name)
+    if not facts.exists:
+        return CheckResult("role", "fail", f"role {name} does not exist", fix)
+    if not facts.can_login:
+        return CheckResult("role", "fail", f"role {name} exists but has NOLOGIN", f"ALTER ROLE {name} LOGIN, or {fix}")
+    if facts.valid_until_past:
+        return CheckResult("role", "fail", f"role {name}'s password has expired (VALID UNTIL)", f"runbook rotate --env {ctx.env.name}")
+    if facts.unsafe_attributes():
+        return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes())}", fix)
+    from runbook.steps.app_config import url_state
+
+    state = url_state(ctx)
+    if state.logs_in is False and state.value is not None:
+        return CheckResult("role", "fail", f"role {name} exists but the app's URL does not log in: {state.reason}",
+                           f"runbook rotate --env {ctx.env.name}")
+    how = "logs in with the app's URL" if state.logs_in else "exists (login not tried: " + (state.reason or "no URL") + ")"
+    return CheckResult("role", "pass", f"role {name} {how}")
+
+
+def check_grants(ctx) -> CheckResult:
+    snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+    if not snap.role_exists:
+        return CheckResult("grants", "fail", f"role {ctx.role.name} does not exist", f"runbook provision --env {ctx.env.name}")
+    found = grants.findings(ctx.role, snap)
+    if found:
+        return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
+                           + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),
+                           f"runbook drift --env {ctx.env.name} --fix")
+    return CheckResult("grants", "pass", f"{len(snap.relations)} relations and {len(snap.routines)} routines as specified; no drift")
+
+
+def check_url(ctx) -> CheckResult:
+    from runbook.steps.app_config import shown, url_state
+
+    state = url_state(ctx)
+    where = ", ".join(f"{k}: {v}" for k, v in ctx.app.describe().items())
+    if state.value is None:
+        return CheckResult("url", "fail", f"{ctx.url_var} is not set ({where})", f"runbook provision --env {ctx.env.name}")
+    if state.logs_in is False:
+        return CheckResult("url", "fail", f"{ctx.url_var}={shown(state.value)}: {state.reason}", f"runbook rotate --env {ctx.env.name}")
+    return CheckResult("url", "pass", f"{ctx.url_var}={shown(state.value)}")
+
+
+def check_flag(ctx) -> CheckResult:
+    flag = ctx.flag
+    value = ctx.app.get_config([flag.name]).get(flag.name)
+    on = value == Digest.of(flag.on_value) if isinstance(value, Digest) else value == flag.on_value
+    off = value == Digest.of(flag.off_value) if isinstance(value, Digest) else value == flag.off_value
+    if on:
+        return CheckResult("flag", "pass", f"{flag.name}={flag.on_value!r} (the app uses the role)")
+    if off:
+        return CheckResult("flag", "fail", f"{flag.name}={flag.off_value!r}: rolled back; the app uses the owner",
+                           f"runbook provision --env {ctx.env.name} once the cause is fixed")
+    return CheckResult("flag", "fail", f"{flag.name} is {'unset' if value is None else repr(value)}",
+                       f"runbook provision --env {ctx.env.name}")
+
+
+def diagnose(ctx) -> list[CheckResult]:
+    """The runbook's four checks, in order."""
+    return [
+        _guard("role", lambda: check_role(ctx)),
+        _guard("grants", lambda: check_grants(ctx)),
+        _guard("url", lambda: check_url(ctx)),
+        _guard("flag", lambda: check_flag(ctx)),
+    ]
+
+
+def check_connections(ctx, application_name: str | None, min_sessions: int) -> CheckResult:
+    label = f"connections{': ' + application_name if application_name else ''}"
+    rows = ctx.admin().execute(
+        """
+        SELECT usename, count(*) FROM pg_stat_activity
+        WHERE usename IN (%(role)s, %(owner)s) AND (%(app)s::text IS NULL OR application_name = %(app)s)
+          AND pid <> pg_backend_pid() AND application_name NOT LIKE 'runbook:%%'
+        GROUP BY 1
+        """, {"role": ctx.role.name, "owner": ctx.owner, "app": application_name}).fetchall()
+    counts = dict(rows)
+    as_role, as_owner = counts.get(ctx.role.name, 0), counts.get(ctx.owner, 0)
+    if as_owner and ctx.owner != ctx.role.name and application_name:
+        return CheckResult(label, "fail", f"{as_owner} session(s) of {application_name} still connect as the owner {ctx.owner}",
+                           "check the app reads the new URL variable and was restarted")
+    if as_role >= min_sessions:
+        return CheckResult(label, "pass", f"{as_role} session(s) connected as {ctx.role.name}")
+    return CheckResult(label, "inconclusive", f"no session connected as {ctx.role.name} right now (no data)")
+
+
+def run_command(cmd: str, timeout: float, cwd: str) -> CheckResult:
+    label = f"command: {cmd}"
+    try:
+        res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return CheckResult(label, "inconclusive", f"timed out after {timeout:.0f}s")
+    except OSError as exc:
+        return CheckResult(label, "inconclusive", f"could not run: {exc.strerror}")
+    tail = redact("\n".join((res.stdout + res.stderr).strip().splitlines()[-3:]))[:300]
+    if res.returncode == 0:
+        return CheckResult(label, "pass", f"exit 0{': ' + tail if tail else ''}")
+    if res.returncode in (126, 127):
+        return CheckResult(label, "inconclusive", f"could not run (exit {res.returncode}): {tail}")
+    return CheckResult(label, "fail", f"exit {res.returncode}: {tail}", "see the command's output above")
+
+
+def http_status(url: str, status: int, timeout: float) -> Verdict:
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return Verdict("inconclusive", f"{url}: {type(exc).__name__}")
+    if response.status_code == status:
+        return Verdict("pass", f"{url} answered {status}")
+    return Verdict("fail", f"{url} answered {response.status_code}, expected {status}")
+
+
+def soak_check(ctx, spec) -> CheckResult:
+    """One soak check from the project's soak.checks list."""
+    kind = spec.kind
+    if kind == "diagnose":
+        def run():
+            results = diagnose(ctx)
+            bad = [r for r in results if r.status == "fail"]
+            unsure = [r for r in results if r.status == "inconclusive"]
+            if bad:
+                return CheckResult("diagnose", "fail", "; ".join(f"{r.name}: {r.detail}" for r in bad), bad[0].fix)
+            if unsure:
+                return CheckResult("diagnose", "inconclusive", "; ".join(f"{r.name}: {r.detail}" for r in unsure))
+            return CheckResult("diagnose", "pass", "all four checks pass")
+        return _guard("diagnose", run)
+    if kind == "drift":
+        def run():
+            r = check_grants(ctx)
+            return CheckResult("drift", r.status, r.detail, r.fix)
+        return _guard("drift", run)
+    if kind == "connections":
+        c = spec.connections
+        return _guard(spec.label(), lambda: check_connections(ctx, c.application_name if c else None, c.min_sessions if c else 1))
+    if kind == "command":
+        cmd = spec.command.run.replace("{env}", ctx.env.name)
+        return _guard(spec.label(), lambda: run_command(cmd, spec.command.timeout.total_seconds(), str(ctx.project.base_dir)))
+    if kind == "http":
+        h = spec.http
+
+        def run():
+            v = http_status(h.url, h.status, h.timeout.total_seconds())
+            return CheckResult(spec.label(), v.status, v.detail)
+        return _guard(spec.label(), run)
+    return CheckResult(kind, "inconclusive", f"unknown check {kind}")

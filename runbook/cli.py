@@ -1,0 +1,325 @@
+"""The `runbook` command: parse → call runbook.commands → render. Thin on purpose.
+
+Imports are lazy: `runbook --help` loads typer and nothing of psycopg, pydantic or any provider.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="runbook",
+    help="The restricted application-role runbook for managed PostgreSQL, as code.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class _Opts:
+    file: Path = Path("runbook.yaml")
+    state: Optional[str] = None
+    output: Output = Output.text
+    debug: bool = False
+
+
+OPTS = _Opts()
+
+EnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment name from runbook.yaml")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask; required without a terminal")]
+OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr) or json (stdout)")]
+StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
+
+
+@app.callback()
+def _global(
+    file: Annotated[Path, typer.Option("--file", "-f", help="project file", envvar="RUNBOOK_FILE")] = Path("runbook.yaml"),
+    state: StateOpt = None,
+    output: OutOpt = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = False,
+) -> None:
+    OPTS.file, OPTS.state, OPTS.debug = file, state, debug
+    if output is not None:
+        OPTS.output = output
+
+
+def _load():
+    from runbook import project
+
+    return project.load(OPTS.file)
+
+
+def _json(output: Optional[Output]) -> bool:
+    return (output or OPTS.output) == Output.json
+
+
+def _confirm(is_json: bool):
+    """A confirmation callback when a person is there to answer; None otherwise (then --yes is required)."""
+    if not sys.stdin.isatty() or os.environ.get("CI"):
+        return None
+
+    def ask(what: str, preview) -> bool:
+        from runbook import render
+
+        if not is_json:
+            for report in preview:
+                render.step_line(report)
+        return typer.confirm(f"Apply {what}?", default=False, err=True)
+
+    return ask
+
+
+def _finish(res, output: Optional[Output], *, streamed: bool = False, show_sql: bool = False) -> int:
+    from runbook import render
+
+    if _json(output):
+        render.emit_json(res.to_json())
+    else:
+        render.result(res, streamed=streamed, show_sql=show_sql)
+    return res.exit_code
+
+
+def _streamer(output: Optional[Output]):
+    if _json(output):
+        return None
+    from runbook import render
+
+    return render.step_line
+
+
+def _mutate(fn, env: str, yes: bool, output: Optional[Output], state: Optional[str], **kw) -> int:
+    project = _load()
+    res = fn(project, env, yes=yes, confirm=None if yes else _confirm(_json(output)), state=state or OPTS.state,
+             on_step=_streamer(output), **kw)
+    return _finish(res, output, streamed=not _json(output))
+
+
+@app.command()
+def plan(env: EnvOpt, output: OutOpt = None,
+         playbook: Annotated[str, typer.Option(help="playbook to plan")] = "provision",
+         sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False) -> int:
+    """What provision would change. Changes nothing."""
+    from runbook import commands
+
+    return _finish(commands.plan(_load(), env, playbook=playbook), output, show_sql=sql)
+
+
+@app.command()
+def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """Tier check → role → grants → URL → flag on (soak starts) → restart → verify."""
+    from runbook import commands
+
+    return _mutate(commands.provision, env, yes, output, state)
+
+
+@app.command()
+def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None) -> int:
+    """The four checks, in order, with the fix for each failure. Exit 4 if any fails."""
+    from runbook import commands
+
+    return _finish(commands.diagnose(_load(), env, state=state or OPTS.state), output)
+
+
+@app.command()
+def drift(env: EnvOpt, fix: Annotated[bool, typer.Option("--fix", help="converge what drifted")] = False,
+          yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """Objects the role should reach but cannot, and denied ones it can. Exit 4 on drift."""
+    from runbook import commands
+
+    res = commands.drift(_load(), env, fix=fix, yes=yes, confirm=None if yes else _confirm(_json(output)),
+                         state=state or OPTS.state)
+    return _finish(res, output)
+
+
+@app.command()
+def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """Emergency: flag off (+ restart). Role and grants stay. Needs no lock and no database."""
+    from runbook import commands
+
+    res = commands.rollback(_load(), env, yes=yes, confirm=None if yes else _confirm(_json(output)),
+                            state=state or OPTS.state)
+    return _finish(res, output)
+
+
+@app.command()
+def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """Remove the URL, end sessions, reassign what the role owns, drop it."""
+    from runbook import commands
+
+    return _mutate(commands.retire, env, yes, output, state)
+
+
+@app.command()
+def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """A new password (or platform rotation), written where the app reads it, then a restart."""
+    from runbook import commands
+
+    return _mutate(commands.rotate, env, yes, output, state)
+
+
+@app.command()
+def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
+         wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False) -> int:
+    """Evaluate the checkpoints that are due (safe from cron). Exit 0 passed, 3 pending, 4 failed."""
+    import time
+
+    from runbook import commands
+
+    project = _load()
+    while True:
+        res = commands.soak(project, env, state=state or OPTS.state)
+        if not wait or res.exit_code != 3 or not res.data.get("soak", {}).get("started_at"):
+            return _finish(res, output)
+        pending = [p for p in res.data["soak"]["checkpoints"] if p["status"] == "pending"]
+        if not pending:
+            return _finish(res, output)
+        from runbook.durations import parse_duration
+
+        due = res.data["soak"]["started_at"] + parse_duration(pending[0]["checkpoint"]).total_seconds()
+        if not _json(output):
+            from runbook import render
+
+            render.console().print(f"waiting for checkpoint {pending[0]['checkpoint']}…")
+        time.sleep(max(0.5, min(due - time.time() + 0.2, 300)))
+
+
+@app.command()
+def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign-off", help="who approved")] = None,
+            force: Annotated[bool, typer.Option("--force", help="override a closed gate (needs --reason)")] = False,
+            reason: Annotated[Optional[str], typer.Option("--reason")] = None,
+            yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+    """Provision prod only after a passed staging soak of the same role spec, with a sign-off."""
+    from runbook import commands
+
+    return _mutate(commands.promote, env, yes, output, state, sign_off=sign_off, force=force, reason=reason)
+
+
+@app.command()
+def status(output: OutOpt = None, state: StateOpt = None) -> int:
+    """Every environment: role present, flag value, soak state, last run."""
+    from runbook import commands
+
+    return _finish(commands.status(_load(), state=state or OPTS.state), output)
+
+
+@app.command()
+def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, output: OutOpt = None,
+            state: StateOpt = None, limit: int = 50) -> int:
+    """The audit journal: runs, events, approvals."""
+    from runbook import commands
+
+    return _finish(commands.history(_load(), env, state=state or OPTS.state, limit=limit), output)
+
+
+@app.command()
+def validate(output: OutOpt = None) -> int:
+    """Check the project file; exit 2 naming file:line on the first problem."""
+    project = _load()
+    from runbook import render
+
+    summary = {"file": str(project.path), "role": project.role.name, "digest": project.role.digest(),
+               "environments": {n: {"database": e.database.provider, "app": e.app.platform} for n, e in project.environments.items()}}
+    if _json(output):
+        render.emit_json({"valid": True, **summary})
+    else:
+        envs = ", ".join(f"{n} ({d['database']}/{d['app']})" for n, d in summary["environments"].items())
+        render.console().print(f"{project.path}: valid; role {project.role.name} (spec {summary['digest']}); environments: {envs}")
+    return 0
+
+
+@app.command()
+def schema() -> int:
+    """Print the JSON Schema of runbook.yaml (for editors)."""
+    import json
+
+    from runbook import project
+
+    sys.stdout.write(json.dumps(project.json_schema(), indent=2) + "\n")
+    return 0
+
+
+@app.command()
+def init(force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+         quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False) -> int:
+    """Write a commented starter runbook.yaml."""
+    from runbook.starter import write_starter
+
+    path = write_starter(OPTS.file, force=force, quickstart=quickstart)
+    from runbook import render
+
+    render.console().print(f"wrote {path}; next: runbook validate, then runbook plan --env staging")
+    return 0
+
+
+@app.command()
+def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where to put the demo project")] = None,
+         output: OutOpt = None) -> int:
+    """The whole lifecycle on an embedded PostgreSQL: provision → diagnose → soak → rollback."""
+    from runbook.demo import run_demo
+
+    return run_demo(directory, as_json=_json(output))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    from runbook.errors import RunbookError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    code = 0
+    try:
+        from runbook.secret import install_log_hygiene
+
+        install_log_hygiene()
+        command = typer.main.get_command(app)
+        rv = command.main(args=args, prog_name="runbook", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("aborted\n")
+        code = 1
+    except click.ClickException as exc:
+        exc.show()
+        code = 2
+    except RunbookError as exc:
+        from runbook.secret import redact
+
+        line = redact(exc.message.splitlines()[0] if exc.message else type(exc).__name__)
+        sys.stderr.write(f"error: {line}\n")
+        if exc.hint:
+            sys.stderr.write(f"fix: {redact(exc.hint)}\n")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    except Exception as exc:  # a bug: one line unless --debug
+        from runbook.secret import redact
+
+        if debug:
+            import traceback
+
+            sys.stderr.write(redact(traceback.format_exc()))
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {redact(str(exc)).splitlines()[0] if str(exc) else ''}"
+                         " (run with --debug for the traceback)\n")
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Everything a step may use during one run: the project, the two adapters, the admin
+connection, the journal, and what earlier steps of the same run produced.
+
+Adapters and connections open lazily, so `rollback` touches only the app side and `plan`
+never takes a lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, RetryPolicy
+from runbook.errors import ConfigError, RunbookError
+from runbook.project import Environment, Project
+from runbook.secret import Secret, redact
+
+
+def _seconds(value: timedelta) -> float:
+    return value.total_seconds()
+
+
+@dataclass
+class UrlState:
+    value: Any                 # str | Digest | None, as the app platform returned it
+    logs_in: bool | None       # None: could not tell (write-only store)
+    reason: str = ""
+
+
+@dataclass
+class Context:
+    project: Project
+    env: Environment
+    command: str
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    plan_only: bool = False
+    http_transport: Any = None
+    store: Any = None                     # StateStore | None
+    run_id: int | None = None
+
+    # produced during the run
+    new_password: Secret | None = None
+    credential: Credential | None = None
+    credential_created: bool = False
+    pending_credential: Credential | None = None
+    app_changed: bool = False
+    app_change_planned: bool = False
+    url_state: UrlState | None = None
+    soak_started: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    _db: DatabaseProvider | None = None
+    _app: AppPlatform | None = None
+    _info: DatabaseInfo | None = None
+    _admin: Any = None
+    _owner: str | None = None
+
+    # --- facts about the project ---------------------------------------------------------
+    @property
+    def role(self):
+        return self.project.role
+
+    @property
+    def settings(self):
+        return self.project.spec.settings
+
+    @property
+    def url_var(self) -> str:
+        return self.project.spec.config.url_var
+
+    @property
+    def flag(self):
+        return self.project.spec.flag
+
+    @property
+    def digest(self) -> str:
+        return self.project.role.digest()
+
+    def note(self, text: str) -> None:
+        self.notes.append(redact(text))
+
+    def take_notes(self) -> list[str]:
+        out, self.notes = self.notes, []
+        return out
+
+    # --- adapters ------------------------------------------------------------------------
+    def open_context(self) -> OpenContext:
+        s = self.settings
+        return OpenContext(
+            env_name=self.env.name, app_name=self.project.spec.app, base_dir=self.project.base_dir,
+            environ=self.environ,
+            retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
+                              timeout_seconds=_seconds(s.http_timeout)),
+            http_transport=self.http_transport, url_var=self.url_var, flag_name=self.flag.name,
+        )
+
+    @property
+    def db(self) -> DatabaseProvider:
+        if self._db is None:
+            self._db = self.env.database.open(self.open_context())
+        return self._db
+
+    @property
+    def app(self) -> AppPlatform:
+        if self._app is None:
+            self._app = self.env.app.open(self.open_context())
+        return self._app
+
+    @property
+    def info(self) -> DatabaseInfo:
+        if self._info is None:
+            self._info = self.db.describe()
+        return self._info
+
+    @property
+    def api_credentials(self) -> bool:
+        return self.info.credentials == "api"
+
+    # --- SQL -----------------------------------------------------------------------------
+    def admin(self):
+        """The owner/master connection (autocommit; grant steps open their own transactions)."""
+        if self._admin is None or self._admin.closed:
+            self._admin = connect(self.db.admin_dsn(), self, purpose=self.command)
+        return self._admin
+
+    @property
+    def owner(self) -> str:
+        if self._owner is None:
+            self._owner = self.role.owner or self.admin().execute("SELECT current_user").fetchone()[0]
+        return self._owner
+
+    def close(self) -> None:
+        if self._admin is not None and not self._admin.closed:
+            self._admin.close()
+        for adapter in (self._db, self._app):
+            closer = getattr(adapter, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:
+                    pass
+
+
+def application_name(project: Project, purpose: str) -> str:
+    return f"runbook:{project.spec.app}:{purpose}"[:63]
+
+
+def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool = True, timeout: float | None = None):
+    """Open a psycopg connection with timeouts set; failures end as one clear line."""
+    import psycopg
+
+    settings = ctx.settings if ctx else None
+    connect_timeout = int(timeout or (settings.connect_timeout.total_seconds() if settings else 10))
+    options = {}
+    if settings:
+        options["options"] = f"-c statement_timeout={int(settings.statement_timeout.total_seconds() * 1000)}"
+    try:
+        return psycopg.connect(
+            dsn.reveal(), autocommit=autocommit, connect_timeout=max(1, connect_timeout),
+            application_name=application_name(ctx.project, purpose) if ctx else f"runbook:{purpose}"[:63],
+            **options,
+        )
+    except psycopg.OperationalError as exc:
+        first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunbookError(f"cannot connect to the database: {first}") from None
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"bad database DSN: {redact(str(exc)).strip().splitlines()[0]}") from None
+
+
+def project_dir(project: Project) -> Path:
+    return project.base_dir / ".runbook"

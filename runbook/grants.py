@@ -1,0 +1,184 @@
+"""Grant diff: spec + snapshot → findings and the statements that converge them. Pure; no I/O.
+
+Statements are built only with psycopg.sql. Grants are per schema (`ON ALL … IN SCHEMA`), so
+their cost does not grow with the number of tables; deny-list revokes follow in the same
+transaction, so a deny-listed table is never reachable in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from runbook.catalog import DEFAULT_OBJTYPES, Relation, Snapshot
+from runbook.changes import Change
+from runbook.project import RoleSpec
+
+_OBJ_WORD = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing that is not as the spec says, for humans (drift, diagnose, soak)."""
+
+    kind: str          # unreachable | denied-reachable | extra-privilege | default-missing | schema-usage | schema-create | schema-missing | routine
+    schema: str
+    objects: tuple[str, ...]
+    detail: str
+
+    def summary(self) -> str:
+        shown = ", ".join(self.objects[:5]) + (f" (+{len(self.objects) - 5} more)" if len(self.objects) > 5 else "")
+        return f"{self.detail}: {shown}" if shown else self.detail
+
+
+def _privs(privs: list[str] | frozenset[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL(p) for p in sorted(privs))
+
+
+def _denied(spec: RoleSpec, rel: Relation) -> bool:
+    for entry in spec.deny:
+        if "." in entry:
+            if entry == rel.qualified:
+                return True
+        elif entry == rel.name:
+            return True
+    return False
+
+
+def _wanted(spec: RoleSpec, rel: Relation) -> frozenset[str]:
+    grants = spec.schemas[rel.schema]
+    return frozenset(grants.sequences if rel.is_sequence else grants.tables)
+
+
+def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
+    """Everything the spec covers that the role cannot reach, and everything denied it can."""
+    out: list[Finding] = []
+    role = spec.name
+    for schema, grants in spec.schemas.items():
+        facts = snap.schemas.get(schema)
+        if facts is None or not facts.exists:
+            out.append(Finding("schema-missing", schema, (), f"schema {schema} does not exist"))
+            continue
+        wants_any = bool(grants.tables or grants.sequences or grants.functions)
+        if wants_any and not facts.usage:
+            out.append(Finding("schema-usage", schema, (), f"{role} lacks USAGE on schema {schema}"))
+        if facts.create:
+            out.append(Finding("schema-create", schema, (), f"{role} can CREATE objects in schema {schema}"))
+        missing: dict[str, list[str]] = {}
+        extra: list[str] = []
+        denied: list[str] = []
+        for rel in snap.in_schema(schema):
+            if _denied(spec, rel):
+                if rel.held:
+                    denied.append(rel.qualified)
+                continue
+            wanted = _wanted(spec, rel)
+            lacking = wanted - rel.held
+            if lacking:
+                missing.setdefault(", ".join(sorted(lacking)), []).append(rel.qualified)
+            if rel.direct - wanted:
+                extra.append(f"{rel.qualified} ({', '.join(sorted(rel.direct - wanted))})")
+        for privs, objs in missing.items():
+            out.append(Finding("unreachable", schema, tuple(objs), f"{role} lacks {privs} on {len(objs)} object(s) in {schema}"))
+        if extra:
+            out.append(Finding("extra-privilege", schema, tuple(extra), f"{role} holds privileges beyond the spec in {schema}"))
+        if denied:
+            out.append(Finding("denied-reachable", schema, tuple(denied), f"{role} can reach deny-listed table(s) in {schema}"))
+        if grants.functions:
+            blocked = [r.signature for r in snap.routines if r.schema == schema and not r.executable]
+            if blocked:
+                out.append(Finding("routine", schema, tuple(blocked), f"{role} lacks EXECUTE on {len(blocked)} routine(s) in {schema}"))
+        for objtype, word in DEFAULT_OBJTYPES.items():
+            want = frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
+            have = facts.defaults.get(objtype, frozenset())
+            if objtype == "f" and not want:
+                continue
+            if want - have:
+                out.append(Finding(
+                    "default-missing", schema, (),
+                    f"future {word} in {schema} created by {snap.owner} will not be granted to {role} "
+                    f"(default privileges lack {', '.join(sorted(want - have))})"))
+            elif have - want and objtype != "f":
+                out.append(Finding(
+                    "extra-privilege", schema, (),
+                    f"default privileges on future {word} in {schema} grant {', '.join(sorted(have - want))} beyond the spec"))
+    return out
+
+
+def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -> list[Change]:
+    """The statements that converge the role's privileges, in the order they must run."""
+    role = sql.Identifier(spec.name)
+    owner = sql.Identifier(snap.owner)
+    changes: list[Change] = []
+    revokes: list[Change] = []
+    for schema, grants in spec.schemas.items():
+        facts = snap.schemas.get(schema)
+        if facts is None or not facts.exists:
+            continue
+        nsp = sql.Identifier(schema)
+        fresh = assume_role_missing or not snap.role_exists
+        if (grants.tables or grants.sequences or grants.functions) and (fresh or not facts.usage):
+            changes.append(Change(f"grant USAGE on schema {schema}",
+                                  sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(nsp, role)))
+        if facts.create and not fresh:
+            changes.append(Change(f"revoke CREATE on schema {schema}",
+                                  sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(nsp, role)))
+        rels = snap.in_schema(schema)
+        granted_all = fresh
+        for is_seq, word, wanted_list in ((False, "TABLES", grants.tables), (True, "SEQUENCES", grants.sequences)):
+            wanted = frozenset(wanted_list)
+            objs = [r for r in rels if r.is_sequence == is_seq and not _denied(spec, r)]
+            lacking = [r for r in objs if fresh or wanted - r.held]
+            surplus = sorted({p for r in objs if not fresh for p in r.direct - wanted})
+            if wanted and lacking:
+                changes.append(Change(
+                    f"grant {', '.join(sorted(wanted))} on {len(lacking)} {word.lower()} in {schema}",
+                    sql.SQL("GRANT {} ON ALL {} IN SCHEMA {} TO {}").format(_privs(wanted), sql.SQL(word), nsp, role),
+                    count=len(lacking)))
+                granted_all = True
+            if surplus:
+                changes.append(Change(
+                    f"revoke {', '.join(surplus)} (beyond the spec) on {word.lower()} in {schema}",
+                    sql.SQL("REVOKE {} ON ALL {} IN SCHEMA {} FROM {}").format(_privs(surplus), sql.SQL(word), nsp, role)))
+        if grants.functions:
+            blocked = [r for r in snap.routines if r.schema == schema and not r.executable]
+            if blocked:
+                changes.append(Change(
+                    f"grant EXECUTE on {len(blocked)} routines in {schema}",
+                    sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {} TO {}").format(nsp, role),
+                    count=len(blocked)))
+        for objtype, word in _OBJ_WORD.items():
+            want = frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
+            have = frozenset() if fresh else facts.defaults.get(objtype, frozenset())
+            if want - have:
+                changes.append(Change(
+                    f"default privileges: future {word.lower()} in {schema} by {snap.owner} get {', '.join(sorted(want))}",
+                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
+                        owner, nsp, _privs(want), sql.SQL(word), role)))
+            if objtype != "f" and have - want:
+                changes.append(Change(
+                    f"default privileges: stop granting {', '.join(sorted(have - want))} on future {word.lower()} in {schema}",
+                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE {} ON {} FROM {}").format(
+                        owner, nsp, _privs(have - want), sql.SQL(word), role)))
+        # deny list: revoke whenever an ON ALL grant above could have touched it, or it is reachable now
+        for rel in rels:
+            if _denied(spec, rel) and (rel.direct or rel.held or granted_all):
+                if rel.held and not rel.direct and not granted_all:
+                    continue  # reachable only through PUBLIC or a membership: revoking from the role cannot help
+                revokes.append(Change(
+                    f"revoke everything on deny-listed {rel.qualified}",
+                    sql.SQL("REVOKE ALL ON {} {}.{} FROM {}").format(
+                        sql.SQL("SEQUENCE" if rel.is_sequence else "TABLE"),
+                        nsp, sql.Identifier(rel.name), role)))
+    return changes + revokes
+
+
+def unfixable(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
+    """Deny-listed objects reachable through PUBLIC or another role: revoking from ours cannot help."""
+    return [
+        Finding("denied-reachable", r.schema, (r.qualified,),
+                f"{r.qualified} is reachable by {spec.name} through PUBLIC or a role membership; "
+                f"REVOKE ALL ON TABLE {r.qualified} FROM PUBLIC (or the granting role) by hand")
+        for r in snap.relations if _denied(spec, r) and r.held and not r.direct
+    ]

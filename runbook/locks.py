@@ -1,0 +1,61 @@
+"""One mutating run per environment: a session-level advisory lock in the environment's
+database. A killed process's lock is freed by the server when its session ends; nobody has
+to clean up by hand."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timezone
+
+from runbook.errors import Locked
+from runbook.secret import Secret, redact
+
+
+def lock_key(app: str, env: str) -> int:
+    digest = hashlib.sha256(f"pg-runbook:{app}:{env}".encode()).digest()[:8]
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class EnvLock:
+    def __init__(self, dsn: Secret, *, app: str, env: str, label: str, connect) -> None:
+        self.key = lock_key(app, env)
+        self.env = env
+        # the label travels as application_name so a second run can name the holder
+        self.conn = connect(dsn, label)
+
+    def acquire(self) -> None:
+        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        if not got:
+            holder = self.holder()
+            self.release()
+            raise Locked(f"{self.env} is locked by another run: {holder}")
+
+    def holder(self) -> str:
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        row = self.conn.execute(
+            """
+            SELECT a.pid, a.application_name, a.usename, a.backend_start
+            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid AND l.objid = %s::oid
+              AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """,
+            (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF)),
+        ).fetchone()
+        if row is None:
+            return "(the holder just finished; try again)"
+        pid, app_name, user, since = row
+        when = since.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if since else "unknown time"
+        return redact(f"{app_name or 'a session'} as {user or '?'} (server pid {pid}) since {when}")
+
+    def release(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def label(app: str, command: str) -> str:
+    from runbook.state import actor, host
+
+    return f"runbook:{command} {actor()}@{host()} pid {os.getpid()}"[:63]

@@ -1,0 +1,384 @@
+"""The journal: runs, events, soaks, checkpoints and approvals, behind one StateStore.
+
+Default store: a `runbook` schema in the environment's own database (like alembic_version: every
+operator and CI job that can reach the database shares it; the application role gets no access).
+Alternatives: `sqlite:///path` and a central `postgresql://…` URL. `rollback` may write to a
+local JSON-lines file when no store is reachable; the next run that reaches the store imports it.
+
+Nothing secret is ever written: every text and JSON value passes through the redactor, and a
+Secret serialises as the mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from psycopg import sql
+
+from runbook.errors import ConfigError, RunbookError
+from runbook.secret import MASK, Secret, redact
+
+SCHEMA = "runbook"
+TABLES = ("runs", "events", "soaks", "checkpoints", "approvals")
+
+
+def _json(data: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, Secret):
+            return MASK
+        if isinstance(o, (set, frozenset, tuple)):
+            return list(o)
+        return str(o)
+
+    return redact(json.dumps(data if data is not None else {}, default=default, sort_keys=True))
+
+
+def actor() -> str:
+    import getpass
+
+    try:
+        fallback = getpass.getuser()
+    except Exception:
+        fallback = "unknown"
+    return os.environ.get("RUNBOOK_ACTOR") or fallback
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+class StateStore(Protocol):
+    location: str
+
+    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int: ...
+    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None) -> None: ...
+    def finish(self, run_id: int, status: str, detail: dict[str, Any] | None = None) -> None: ...
+    def interrupted(self, env: str, current: int) -> list[dict[str, Any]]: ...
+    def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]: ...
+    def open_soak(self, env: str) -> dict[str, Any] | None: ...
+    def latest_soak(self, env: str) -> dict[str, Any] | None: ...
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int: ...
+    def end_soak(self, env: str, status: str, reason: str, at: float) -> None: ...
+    def checkpoints(self, soak_id: int) -> list[dict[str, Any]]: ...
+    def record_checkpoint(self, soak_id: int, offset_s: float, at: float, late: bool, status: str, details: Any) -> bool: ...
+    def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
+                forced: bool, reason: str | None) -> int: ...
+    def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+_PG_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS {schema}",
+    "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+    """CREATE TABLE IF NOT EXISTS {schema}.runs (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, command text NOT NULL,
+        status text NOT NULL, actor text, host text, pid int, started_at double precision NOT NULL,
+        finished_at double precision, digest text, detail text)""",
+    """CREATE TABLE IF NOT EXISTS {schema}.events (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id bigint, env text NOT NULL,
+        at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text)""",
+    """CREATE TABLE IF NOT EXISTS {schema}.soaks (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, digest text NOT NULL,
+        run_id bigint, started_at double precision NOT NULL, ended_at double precision,
+        status text NOT NULL DEFAULT 'running', end_reason text)""",
+    """CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, soak_id bigint NOT NULL, offset_s double precision NOT NULL,
+        at double precision NOT NULL, late boolean NOT NULL, status text NOT NULL, details text,
+        UNIQUE (soak_id, offset_s))""",
+    """CREATE TABLE IF NOT EXISTS {schema}.approvals (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, from_env text, soak_id bigint,
+        digest text, sign_off text NOT NULL, actor text, host text, at double precision NOT NULL,
+        forced boolean NOT NULL, reason text)""",
+    "CREATE INDEX IF NOT EXISTS events_env_idx ON {schema}.events (env, id)",
+    "CREATE INDEX IF NOT EXISTS runs_env_idx ON {schema}.runs (env, id)",
+]
+
+_SQLITE_DDL = [
+    """CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, command TEXT NOT NULL,
+        status TEXT NOT NULL, actor TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL,
+        digest TEXT, detail TEXT)""",
+    """CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, env TEXT NOT NULL,
+        at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT)""",
+    """CREATE TABLE IF NOT EXISTS soaks (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, digest TEXT NOT NULL,
+        run_id INTEGER, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT 'running', end_reason TEXT)""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, soak_id INTEGER NOT NULL,
+        offset_s REAL NOT NULL, at REAL NOT NULL, late BOOLEAN NOT NULL, status TEXT NOT NULL, details TEXT,
+        UNIQUE (soak_id, offset_s))""",
+    """CREATE TABLE IF NOT EXISTS approvals (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, from_env TEXT,
+        soak_id INTEGER, digest TEXT, sign_off TEXT NOT NULL, actor TEXT, host TEXT, at REAL NOT NULL,
+        forced BOOLEAN NOT NULL, reason TEXT)""",
+]
+
+_COLUMNS = {
+    "runs": ("id", "env", "command", "status", "actor", "host", "pid", "started_at", "finished_at", "digest", "detail"),
+    "events": ("id", "run_id", "env", "at", "step", "kind", "summary", "data"),
+    "soaks": ("id", "env", "digest", "run_id", "started_at", "ended_at", "status", "end_reason"),
+    "checkpoints": ("id", "soak_id", "offset_s", "at", "late", "status", "details"),
+    "approvals": ("id", "env", "from_env", "soak_id", "digest", "sign_off", "actor", "host", "at", "forced", "reason"),
+}
+
+
+class _SqlStore:
+    """Shared logic; subclasses say how to run a statement against their database."""
+
+    location: str
+
+    # --- dialect hooks -------------------------------------------------------------------
+    def _q(self, template: str, **idents: str) -> Any:
+        raise NotImplementedError
+
+    def _exec(self, query: Any, params: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _select(self, table: str, where: str, params: tuple, order: str = "id DESC", limit: int | None = None) -> list[dict[str, Any]]:
+        cols = _COLUMNS[table]
+        text = f"SELECT {', '.join(cols)} FROM {{t}} WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
+        rows = self._exec(self._q(text, t=table), params)
+        out = []
+        for row in rows:
+            item = dict(zip(cols, row))
+            for key in ("detail", "data", "details"):
+                if key in item and isinstance(item[key], str):
+                    try:
+                        item[key] = json.loads(item[key])
+                    except ValueError:
+                        item[key] = {"unreadable": True}
+            for key in ("late", "forced"):
+                if key in item:
+                    item[key] = bool(item[key])
+            out.append(item)
+        return out
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        cols = list(values)
+        text = f"INSERT INTO {{t}} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id"
+        return int(self._exec(self._q(text, t=table), tuple(values.values()))[0][0])
+
+    # --- StateStore ------------------------------------------------------------------------
+    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int:
+        return self._insert("runs", {
+            "env": env, "command": command, "status": "running", "actor": redact(actor()), "host": host(),
+            "pid": os.getpid(), "started_at": time.time(), "digest": digest, "detail": _json(detail),
+        })
+
+    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None) -> None:
+        self._insert("events", {"run_id": run_id, "env": env, "at": time.time(), "step": step, "kind": kind,
+                                "summary": redact(summary), "data": _json(data)})
+
+    def finish(self, run_id: int, status: str, detail: dict[str, Any] | None = None) -> None:
+        self._exec(self._q("UPDATE {t} SET status = %s, finished_at = %s, detail = %s WHERE id = %s", t="runs"),
+                   (status, time.time(), _json(detail), run_id))
+
+    def interrupted(self, env: str, current: int) -> list[dict[str, Any]]:
+        """Runs still marked running whose process is gone (we hold the lock, so it must be)."""
+        stale = self._select("runs", "env = %s AND status = 'running' AND id <> %s", (env, current))
+        for run in stale:
+            self._exec(self._q("UPDATE {t} SET status = 'interrupted', finished_at = %s WHERE id = %s", t="runs"),
+                       (time.time(), run["id"]))
+            events = self._select("events", "run_id = %s", (run["id"],), order="id DESC", limit=200)
+            results = {(e["step"]) for e in events if e["kind"] in ("result", "error")}
+            run["dangling"] = [e for e in events if e["kind"] == "intent" and e["step"] not in results]
+        return stale
+
+    def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        if env is None:
+            return self._select("runs", "1 = 1", (), limit=limit)
+        return self._select("runs", "env = %s", (env,), limit=limit)
+
+    def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        if run_id is not None:
+            return self._select("events", "run_id = %s", (run_id,), order="id", limit=limit)
+        if env is None:
+            return list(reversed(self._select("events", "1 = 1", (), limit=limit)))
+        return list(reversed(self._select("events", "env = %s", (env,), limit=limit)))
+
+    def open_soak(self, env: str) -> dict[str, Any] | None:
+        rows = self._select("soaks", "env = %s AND status = 'running'", (env,), limit=1)
+        return rows[0] if rows else None
+
+    def latest_soak(self, env: str) -> dict[str, Any] | None:
+        rows = self._select("soaks", "env = %s", (env,), limit=1)
+        return rows[0] if rows else None
+
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int:
+        self._exec(self._q("UPDATE {t} SET status = 'superseded', ended_at = %s, end_reason = %s "
+                           "WHERE env = %s AND status = 'running'", t="soaks"),
+                   (at, "a new soak started", env))
+        return self._insert("soaks", {"env": env, "digest": digest, "run_id": run_id, "started_at": at, "status": "running"})
+
+    def end_soak(self, env: str, status: str, reason: str, at: float) -> None:
+        self._exec(self._q("UPDATE {t} SET status = %s, ended_at = %s, end_reason = %s "
+                           "WHERE env = %s AND status = 'running'", t="soaks"),
+                   (status, at, redact(reason), env))
+
+    def checkpoints(self, soak_id: int) -> list[dict[str, Any]]:
+        return self._select("checkpoints", "soak_id = %s", (soak_id,), order="offset_s")
+
+    def record_checkpoint(self, soak_id: int, offset_s: float, at: float, late: bool, status: str, details: Any) -> bool:
+        text = ("INSERT INTO {t} (soak_id, offset_s, at, late, status, details) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (soak_id, offset_s) DO NOTHING RETURNING id")
+        return bool(self._exec(self._q(text, t="checkpoints"), (soak_id, offset_s, at, late, status, _json(details))))
+
+    def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
+                forced: bool, reason: str | None) -> int:
+        return self._insert("approvals", {
+            "env": env, "from_env": from_env, "soak_id": soak_id, "digest": digest, "sign_off": redact(sign_off),
+            "actor": redact(actor()), "host": host(), "at": time.time(), "forced": forced,
+            "reason": redact(reason) if reason else None,
+        })
+
+    def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        if env is None:
+            return self._select("approvals", "1 = 1", (), limit=limit)
+        return self._select("approvals", "env = %s", (env,), limit=limit)
+
+
+class PostgresStore(_SqlStore):
+    """The journal in a `runbook` schema, reached over its own autocommit connection."""
+
+    def __init__(self, conninfo: str | Secret, *, location: str, connect_timeout: int = 10) -> None:
+        import psycopg
+
+        self.location = location
+        try:
+            self.conn = psycopg.connect(
+                conninfo.reveal() if isinstance(conninfo, Secret) else conninfo, autocommit=True,
+                connect_timeout=connect_timeout, application_name="runbook:journal")
+        except psycopg.OperationalError as exc:
+            raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
+        self._ensure()
+
+    def _ensure(self) -> None:
+        exists = self.conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)", (SCHEMA, list(TABLES))
+        ).fetchone()[0]
+        if exists == len(TABLES):
+            return
+        with self.conn.transaction():
+            # serialise first-time creation between concurrent runs
+            self.conn.execute("SELECT pg_advisory_xact_lock(8675309, 1)")
+            for ddl in _PG_DDL:
+                self.conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(SCHEMA)))
+
+    def _q(self, template: str, **idents: str) -> Any:
+        # %s stays a server-side parameter placeholder; only table names are composed in
+        return sql.SQL(template).format(**{k: sql.Identifier(SCHEMA, v) for k, v in idents.items()})
+
+    def _exec(self, query: Any, params: tuple = ()) -> list[tuple]:
+        cur = self.conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteStore(_SqlStore):
+    def __init__(self, path: Path) -> None:
+        self.location = f"sqlite:///{path}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            for ddl in _SQLITE_DDL:
+                self.conn.execute(ddl)
+        except sqlite3.DatabaseError as exc:
+            raise RunbookError(f"state store {self.location} unusable: {exc}") from None
+
+    def _q(self, template: str, **idents: str) -> Any:
+        text = template
+        for key, value in idents.items():
+            text = text.replace("{" + key + "}", value)
+        return text.replace("%s", "?")
+
+    def _exec(self, query: Any, params: tuple = ()) -> list[tuple]:
+        cur = self.conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10) -> StateStore:
+    """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise."""
+    if url is None or url in ("", "database"):
+        if admin_dsn is None:
+            raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
+        return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = base_dir / path
+        return SqliteStore(path)
+    if url.startswith("sqlite://"):
+        # sqlite:////abs/path is the absolute form; sqlite://rel is a common typo
+        raise ConfigError(f"state URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+    if url.startswith(("postgresql://", "postgres://")):
+        from runbook.secret import mask_url
+
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout)
+    if url.startswith("env:"):
+        value = os.environ.get(url[4:])
+        if not value:
+            raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
+        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout)
+    raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")
+
+
+@dataclass
+class LocalJournal:
+    """A JSON-lines file beside the project: where `rollback` writes when no store answers."""
+
+    path: Path
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = _json({**record, "at": time.time(), "actor": actor(), "host": host(), "pid": os.getpid()})
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue      # a torn line from a crash; the rest is still worth reading
+            if isinstance(record, dict):
+                yield record
+
+    def drain_into(self, store: StateStore, env: str, run_id: int | None = None) -> int:
+        """Copy this env's local records into the store, then drop them from the file."""
+        if not self.path.exists():
+            return 0
+        keep: list[dict[str, Any]] = []
+        moved = 0
+        for record in self.records():
+            if record.get("env") != env:
+                keep.append(record)
+                continue
+            if run_id is None:
+                store.event(None, env, record.get("step", "rollback"), "info",
+                            f"imported from local journal: {record.get('summary', '')}", record)
+            else:
+                store.event(run_id, env, record.get("step", "rollback"), record.get("kind", "info"),
+                            str(record.get("summary", "")), record.get("data"))
+            moved += 1
+        if moved:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(_json(r) + "\n" for r in keep))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        return moved

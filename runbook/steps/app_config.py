@@ -1,0 +1,217 @@
+"""The app side: the role's URL in the app's config, the feature flag, and the restart."""
+
+from __future__ import annotations
+
+import time
+
+from providers.base import Digest
+from runbook.changes import Change
+from runbook.context import UrlState
+from runbook.engine import Step, Verdict
+from runbook.errors import ConfigError
+from runbook.login import try_login
+from runbook.secret import Secret, mask_url
+
+
+def _written_digest(ctx) -> str | None:
+    """The digest of the URL pg-runbook last wrote (for write-only stores such as Supabase secrets)."""
+    if ctx.store is None:
+        return None
+    for event in reversed(ctx.store.events(ctx.env.name, limit=500)):
+        digest = (event.get("data") or {}).get("url_digest")
+        if event.get("step") == "url" and digest:
+            return digest
+    return None
+
+
+def url_state(ctx, *, refresh: bool = False) -> UrlState:
+    if ctx.url_state is not None and not refresh:
+        return ctx.url_state
+    value = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+    if value is None or value == "":
+        state = UrlState(None, False, f"{ctx.url_var} is not set")
+    elif isinstance(value, Digest):
+        written = _written_digest(ctx)
+        if written and written == value.sha256:
+            state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
+        else:
+            state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
+    elif not ctx.info.password_auth:
+        state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
+    else:
+        ok, why = try_login(Secret(value), ctx.role.name)
+        state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
+    ctx.url_state = state
+    return state
+
+
+def shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, Digest):
+        return f"sha256:{value.sha256[:12]}…"
+    return mask_url(value)
+
+
+class WriteUrl(Step):
+    """Put a working URL for the role in the app's config (or attach it where the platform can)."""
+
+    kind = "url"
+
+    def observe(self, ctx):
+        return url_state(ctx)
+
+    def plan(self, ctx, state: UrlState):
+        fresh = ctx.new_password is not None or ctx.credential_created
+        if not fresh and state.logs_in is not False:
+            return []
+        ctx.app_change_planned = True
+        why = state.reason if state.logs_in is False else "new credential"
+        if ctx.plan_only:
+            if ctx.api_credentials:
+                return [Change(f"attach credential {ctx.role.name} to the app as {ctx.url_var} "
+                               f"(the platform keeps it current; {why})")]
+            return [Change(f"set {ctx.url_var} = postgres://{ctx.role.name}:****@… ({why})")]
+        if ctx.api_credentials:
+            cred = ctx.credential or ctx.db.credential(ctx.role.name)
+            if cred is None:
+                raise ConfigError(f"credential {ctx.role.name} does not exist; the role step must run before url")
+        elif ctx.new_password is not None or not ctx.info.password_auth:
+            cred = ctx.db.credential_for(ctx.role.name, ctx.new_password)
+        else:
+            raise ConfigError(f"{ctx.url_var} does not log in and no new password was set in this run; "
+                              "the role step must run before url")
+        ctx.pending_credential = cred
+        verb = "attach" if ctx.api_credentials else "set"
+        return [Change(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})",
+                       data={"url_digest": Digest.of(cred.url()).sha256})]
+
+    def apply(self, ctx, changes):
+        cred = ctx.pending_credential
+        if not ctx.app.attach_url(cred, ctx.url_var):
+            ctx.app.set_config({ctx.url_var: cred.url()})
+        ctx.app_changed = True
+        ctx.url_state = None
+        if ctx.store is not None:
+            ctx.store.event(ctx.run_id, ctx.env.name, "url", "info", f"{ctx.url_var} written",
+                            {"url_digest": changes[0].data.get("url_digest")})
+
+    def verify(self, ctx):
+        state = url_state(ctx, refresh=True)
+        if state.logs_in is False:
+            return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
+        return Verdict.ok(state.reason or f"{ctx.url_var} logs in as {ctx.role.name}")
+
+
+class SetFlag(Step):
+    """Turn the feature flag on (provision: the soak clock starts) or off (rollback)."""
+
+    kind = "flag"
+
+    @property
+    def target(self) -> str:
+        raw = self.params.get("value", "on")
+        # YAML 1.1 reads a bare on/off as a boolean
+        value = {True: "on", False: "off"}.get(raw, str(raw).lower()) if isinstance(raw, bool) else str(raw).lower()
+        if value not in ("on", "off"):
+            raise ConfigError(f"flag step value must be on or off, not {value!r}")
+        return value
+
+    @property
+    def name(self) -> str:
+        return f"flag {self.target}"
+
+    def _value(self, ctx) -> str:
+        return ctx.flag.on_value if self.target == "on" else ctx.flag.off_value
+
+    def observe(self, ctx):
+        return ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+
+    def plan(self, ctx, current):
+        want = self._value(ctx)
+        if isinstance(current, Digest):
+            current_matches = current == Digest.of(want)
+        else:
+            current_matches = current == want
+        if current_matches:
+            return []
+        ctx.app_change_planned = True
+        was = "unset" if current is None else ("(write-only)" if isinstance(current, Digest) else repr(current))
+        return [Change(f"set {ctx.flag.name}={want!r} (was {was})", reversible=True)]
+
+    def apply(self, ctx, changes):
+        ctx.app.set_config({ctx.flag.name: self._value(ctx)})
+        ctx.app_changed = True
+
+    def verify(self, ctx):
+        current = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+        want = self._value(ctx)
+        ok = current == Digest.of(want) if isinstance(current, Digest) else current == want
+        if not ok:
+            return Verdict("fail", f"{ctx.flag.name} is {current!r}, expected {want!r}")
+        self._soak_clock(ctx)
+        return Verdict.ok(f"{ctx.flag.name}={want}")
+
+    def _soak_clock(self, ctx) -> None:
+        store = ctx.store
+        if store is None or ctx.plan_only:
+            return
+        now = time.time()
+        if self.target == "off":
+            if store.open_soak(ctx.env.name):
+                store.end_soak(ctx.env.name, "rolled-back", f"flag turned off by {ctx.command}", now)
+                ctx.note("soak ended: the flag is off")
+            return
+        soak = store.open_soak(ctx.env.name)
+        if soak is None or soak["digest"] != ctx.digest:
+            store.start_soak(ctx.env.name, ctx.digest, ctx.run_id, now)
+            ctx.soak_started = True
+            why = "spec changed" if soak else "flag on"
+            ctx.note(f"soak clock started ({why}); `runbook soak --env {ctx.env.name}` evaluates its checkpoints")
+
+
+class Restart(Step):
+    """Restart the app when its config changed and the platform did not restart it already."""
+
+    kind = "restart"
+
+    def observe(self, ctx):
+        return ctx.app_changed or (ctx.plan_only and ctx.app_change_planned) or bool(self.params.get("always"))
+
+    def plan(self, ctx, needed):
+        if not needed:
+            return []
+        if ctx.app.config_change_restarts and not self.params.get("always"):
+            ctx.note(f"{ctx.app.key} restarts the app itself when its config changes; no second restart")
+            return []
+        if getattr(ctx.app, "can_restart", True) is False:
+            ctx.note("no restart command configured (app.restart); restart the app yourself to pick up the change")
+            return []
+        return [Change(f"restart the app ({ctx.app.key})", reversible=False)]
+
+    def apply(self, ctx, changes):
+        ctx.app.restart()
+
+
+class UnsetUrl(Step):
+    """Remove the role's URL from the app's config (detach it where it was attached)."""
+
+    kind = "unset_url"
+
+    def observe(self, ctx):
+        return ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+
+    def plan(self, ctx, current):
+        if current is None:
+            return []
+        ctx.app_change_planned = True
+        return [Change(f"remove {ctx.url_var} ({shown(current)}) from the app's config", reversible=False)]
+
+    def apply(self, ctx, changes):
+        if not ctx.app.detach_url(ctx.role.name, ctx.url_var):
+            ctx.app.unset_config([ctx.url_var])
+        ctx.app_changed = True
+
+    def verify(self, ctx):
+        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+        return Verdict.ok() if current is None else Verdict("fail", f"{ctx.url_var} is still set")

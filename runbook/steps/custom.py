@@ -1,0 +1,91 @@
+"""Steps a project adds in its own playbooks: raw SQL, a shell command, an HTTP check.
+
+These run what the operator wrote in their own playbook file; they are the operator's code,
+as a migration is, so the SQL is passed through as written (never built from input).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from psycopg import sql
+
+from runbook.changes import Change
+from runbook.engine import Step, Verdict
+from runbook.errors import ConfigError, RunbookError
+from runbook.secret import redact
+
+
+class SqlStep(Step):
+    """`- sql: {run: "…", unless: "SELECT …"}` — runs when `unless` returns no row / false."""
+
+    kind = "sql"
+
+    @property
+    def name(self) -> str:
+        return str(self.params.get("name") or "sql")
+
+    def observe(self, ctx):
+        unless = self.params.get("unless")
+        if not unless:
+            return False
+        row = ctx.admin().execute(sql.SQL(unless)).fetchone()
+        return bool(row and row[0])
+
+    def plan(self, ctx, done):
+        if "run" not in self.params:
+            raise ConfigError("sql step needs `run:`")
+        if done:
+            return []
+        return [Change(self.params.get("summary") or f"run SQL: {str(self.params['run'])[:60]}",
+                       sql.SQL(self.params["run"]), reversible=False)]
+
+    def apply(self, ctx, changes):
+        conn = ctx.admin()
+        with conn.transaction():
+            conn.execute(changes[0].statement)
+
+
+class CommandStep(Step):
+    """`- command: {run: "…", timeout: 60}` — a shell command; exit 0 or the run fails."""
+
+    kind = "command"
+
+    @property
+    def name(self) -> str:
+        return str(self.params.get("name") or "command")
+
+    def plan(self, ctx, observed):
+        if "run" not in self.params:
+            raise ConfigError("command step needs `run:`")
+        return [Change(f"run `{self.params['run']}`", reversible=False)]
+
+    def apply(self, ctx, changes):
+        cmd = str(self.params["run"]).replace("{env}", ctx.env.name)
+        try:
+            res = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=str(ctx.project.base_dir),
+                                 timeout=float(self.params.get("timeout", 300)), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RunbookError(f"command `{cmd}` timed out") from None
+        if res.returncode != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
+            raise RunbookError(f"command `{cmd}` exited {res.returncode}: {redact(tail[0])[:200]}")
+
+
+class HttpCheckStep(Step):
+    """`- http_check: {url: …, status: 200}` — verify only."""
+
+    kind = "http_check"
+    mutates = False
+
+    @property
+    def name(self) -> str:
+        return str(self.params.get("name") or "http_check")
+
+    def verify(self, ctx):
+        from runbook.checks import http_status
+
+        url = self.params.get("url")
+        if not url:
+            raise ConfigError("http_check step needs `url:`")
+        return http_status(str(url), int(self.params.get("status", 200)), float(self.params.get("timeout", 10)))

@@ -1,0 +1,94 @@
+"""Before any change: the platform allows it, the server is new enough, and the admin has the
+powers the rest of the playbook needs. Read-only; a problem ends the run with exit 2."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runbook.engine import Step, Verdict
+from runbook.errors import Refused
+
+MIN_SERVER = 130000
+
+
+@dataclass
+class AdminFacts:
+    user: str
+    server_version: int
+    superuser: bool
+    createrole: bool
+    owner_exists: bool
+    owner_member: bool
+    missing_schemas: list[str] = field(default_factory=list)
+    foreign_owned: dict[str, int] = field(default_factory=dict)
+
+
+def admin_facts(conn, owner: str, schemas: list[str]) -> AdminFacts:
+    row = conn.execute(
+        """
+        SELECT current_user, current_setting('server_version_num')::int, r.rolsuper, r.rolcreaterole,
+               o.oid IS NOT NULL,
+               o.oid IS NOT NULL AND pg_has_role(current_user, o.oid, 'USAGE'),
+               ARRAY(SELECT s FROM unnest(%(schemas)s::text[]) s
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = s))
+        FROM pg_roles r LEFT JOIN pg_roles o ON o.rolname = %(owner)s
+        WHERE r.rolname = current_user
+        """,
+        {"owner": owner, "schemas": schemas},
+    ).fetchone()
+    foreign = dict(conn.execute(
+        """
+        SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r','p','v','m','f','S')
+          AND NOT pg_has_role(current_user, c.relowner, 'USAGE')
+        GROUP BY 1
+        """,
+        {"schemas": schemas},
+    ).fetchall())
+    return AdminFacts(row[0], row[1], row[2], row[3], row[4], row[5], list(row[6]), foreign)
+
+
+class Preflight(Step):
+    kind = "preflight"
+    mutates = False
+
+    def observe(self, ctx):
+        info = ctx.info                     # raises Refused for a plan tier / state the platform rules out
+        for key, value in info.details.items():
+            if key.startswith("note"):
+                ctx.note(value)
+        conn = ctx.admin()
+        facts = admin_facts(conn, ctx.owner, list(ctx.role.schemas))
+        problems: list[str] = []
+        if facts.server_version < MIN_SERVER:
+            problems.append(f"PostgreSQL {facts.server_version // 10000} is too old; pg-runbook needs 13 or newer")
+        if not ctx.api_credentials and not (facts.superuser or facts.createrole):
+            problems.append(
+                f"admin user {facts.user} can neither create roles nor is superuser; "
+                f"connect as a user WITH CREATEROLE (ALTER ROLE {facts.user} CREATEROLE)")
+        if not facts.owner_exists:
+            problems.append(f"owner role {ctx.owner} does not exist (role.owner); create it or fix the name")
+        elif not facts.superuser and not facts.owner_member:
+            problems.append(
+                f"admin user {facts.user} is not a member of the owner {ctx.owner}, so it cannot set default "
+                f"privileges FOR ROLE {ctx.owner} or grant on its tables; fix: GRANT {ctx.owner} TO {facts.user}")
+        if facts.missing_schemas:
+            problems.append(f"schema(s) {', '.join(facts.missing_schemas)} named in role.schemas do not exist")
+        problems.extend(ctx.db.preflight_sql(conn))
+        if not facts.superuser:
+            for schema, count in facts.foreign_owned.items():
+                ctx.note(f"{count} object(s) in {schema} are owned by roles {facts.user} cannot act for; "
+                         "grants on them will be skipped by PostgreSQL and reported as drift")
+        return facts, problems
+
+    def plan(self, ctx, observed):
+        facts, problems = observed
+        if problems:
+            raise Refused(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        ctx.note(f"server {facts.server_version // 10000}.{facts.server_version % 10000}"
+                 f", admin {facts.user}{' (superuser)' if facts.superuser else ''}, owner {ctx.owner}"
+                 + (f", plan {ctx.info.plan}" if ctx.info.plan else ""))
+        return []
+
+    def verify(self, ctx):
+        return Verdict.ok()

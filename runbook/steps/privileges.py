@@ -1,0 +1,58 @@
+"""Grants: schema USAGE, ON ALL … IN SCHEMA, default privileges FOR ROLE owner, deny-list
+revokes — one transaction, under lock_timeout so the app never queues behind us."""
+
+from __future__ import annotations
+
+import time
+
+from psycopg import errors as pg_errors, sql
+
+from runbook import catalog, grants
+from runbook.engine import Step, Verdict
+from runbook.errors import RunbookError
+
+
+def apply_statements(ctx, statements: list[sql.Composable]) -> None:
+    """Run the statements in one transaction with SET LOCAL lock_timeout; retry lock timeouts."""
+    conn = ctx.admin()
+    settings = ctx.settings
+    lock_ms = int(settings.lock_timeout.total_seconds() * 1000)
+    attempts = settings.lock_retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except pg_errors.LockNotAvailable:
+            if attempt == attempts:
+                raise RunbookError(
+                    f"grants gave up after {attempts} attempt(s): another session held a conflicting lock for more "
+                    f"than lock_timeout ({lock_ms} ms) each time; nothing was changed. Retry when the database is "
+                    "quieter, or raise settings.lock_timeout") from None
+            ctx.note(f"lock_timeout met (attempt {attempt}/{attempts}); retrying")
+            time.sleep(min(2.0 * attempt, 10.0))
+
+
+class Grants(Step):
+    kind = "grants"
+
+    def observe(self, ctx):
+        return catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+
+    def plan(self, ctx, snap):
+        for finding in grants.unfixable(ctx.role, snap):
+            ctx.note(finding.detail)
+        return grants.plan(ctx.role, snap)
+
+    def apply(self, ctx, changes):
+        apply_statements(ctx, [c.statement for c in changes if c.statement is not None])
+
+    def verify(self, ctx):
+        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+        left = [f for f in grants.findings(ctx.role, snap) if f.kind != "schema-missing"]
+        if left:
+            return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
+                           fix=f"runbook drift --env {ctx.env.name}")
+        return Verdict.ok(f"{len(snap.relations)} relations, {len(snap.routines)} routines as specified")

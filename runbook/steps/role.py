@@ -1,0 +1,126 @@
+"""The login role: created in SQL (password as a SCRAM verifier) or, where the platform owns
+logins (Heroku), through its credentials API."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from runbook import roles
+from runbook.changes import Change
+from runbook.engine import Step, Verdict
+from runbook.steps.app_config import url_state
+
+
+class EnsureRole(Step):
+    kind = "role"
+
+    def observe(self, ctx):
+        if ctx.api_credentials:
+            return {"credential": ctx.db.credential(ctx.role.name)}
+        facts = roles.facts(ctx.admin(), ctx.role.name)
+        state = url_state(ctx) if facts.exists else None
+        owner_member = False
+        if facts.exists:
+            owner_member = bool(ctx.admin().execute(
+                "SELECT pg_has_role(%s, %s, 'MEMBER')", (ctx.role.name, ctx.owner)).fetchone()[0])
+        return {"facts": facts, "url": state, "owner_member": owner_member}
+
+    def plan(self, ctx, observed):
+        role = ctx.role
+        if ctx.api_credentials:
+            if observed["credential"] is None:
+                return [Change(f"create credential {role.name} through the {ctx.db.key} API")]
+            ctx.credential = observed["credential"]
+            return []
+        info = ctx.info
+        conn = None if ctx.plan_only else ctx.admin()
+        no_su = info.details.get("no_superuser_clause") == "1"
+        facts: roles.RoleFacts = observed["facts"]
+        changes: list[Change] = []
+        if not facts.exists:
+            password = None
+            if info.password_auth:
+                password = roles.generate_password()
+                if not ctx.plan_only:
+                    ctx.new_password = password
+            changes.append(roles.create(conn, role, password, no_superuser_clause=no_su))
+            changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
+            return changes
+        changes.extend(roles.fix_attributes(role, facts, no_superuser_clause=no_su))
+        changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
+        if observed["owner_member"]:
+            changes.append(Change(
+                f"revoke membership of {role.name} in the owner {ctx.owner} (it could SET ROLE to the owner)",
+                sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(ctx.owner), sql.Identifier(role.name))))
+        state = observed["url"]
+        if info.password_auth and state is not None and state.logs_in is False:
+            password = roles.generate_password()
+            if not ctx.plan_only:
+                ctx.new_password = password
+            changes.append(roles.set_password(conn, role.name, password, state.reason))
+        return changes
+
+    def apply(self, ctx, changes):
+        if ctx.api_credentials:
+            ctx.credential = ctx.db.create_credential(ctx.role.name)
+            ctx.credential_created = True
+            return
+        conn = ctx.admin()
+        with conn.transaction():
+            for change in changes:
+                conn.execute(change.statement)
+
+    def verify(self, ctx):
+        if ctx.api_credentials:
+            cred = ctx.credential or ctx.db.credential(ctx.role.name)
+            return Verdict.ok() if cred else Verdict("fail", f"credential {ctx.role.name} is missing after create")
+        facts = roles.facts(ctx.admin(), ctx.role.name)
+        if not facts.exists or not facts.can_login:
+            return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
+        if facts.unsafe_attributes():
+            return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes())}")
+        return Verdict.ok()
+
+
+class RotatePassword(Step):
+    """A new password (or, for API credentials, a rotation through the platform)."""
+
+    kind = "rotate_password"
+
+    def observe(self, ctx):
+        if ctx.api_credentials:
+            return ctx.db.credential(ctx.role.name)
+        return roles.facts(ctx.admin(), ctx.role.name)
+
+    def plan(self, ctx, observed):
+        if ctx.api_credentials:
+            if observed is None:
+                raise_missing(ctx)
+            return [Change(f"rotate credential {ctx.role.name} through the {ctx.db.key} API")]
+        if not observed.exists:
+            raise_missing(ctx)
+        if not ctx.info.password_auth:
+            ctx.note("the role authenticates with IAM tokens; there is no password to rotate")
+            return []
+        password = roles.generate_password()
+        if not ctx.plan_only:
+            ctx.new_password = password
+        return [roles.set_password(None if ctx.plan_only else ctx.admin(), ctx.role.name, password, "rotation")]
+
+    def apply(self, ctx, changes):
+        if ctx.api_credentials:
+            ctx.credential = ctx.db.rotate(ctx.role.name)
+            ctx.credential_created = True
+            ctx.url_state = None
+            return
+        conn = ctx.admin()
+        with conn.transaction():
+            for change in changes:
+                conn.execute(change.statement)
+        ctx.url_state = None
+
+
+def raise_missing(ctx) -> None:
+    from runbook.errors import ConfigError
+
+    raise ConfigError(f"{ctx.role.name} does not exist in {ctx.env.name}; run `runbook provision --env {ctx.env.name}` first")

@@ -1,0 +1,717 @@
+"""A contract fake of the Heroku Platform API and the Heroku Postgres Data API, on 127.0.0.1.
+
+Two loopback HTTP servers (one per API, so a client that mixes up base URLs gets 404s) share one
+state, backed by a real PostgreSQL database:
+
+- an add-on's default attachment (DATABASE_URL) points at the database as an owner role the fake
+  creates (owner of the database, no CREATEROLE, like Heroku's default credential);
+- the public schema loses its PUBLIC grants, so new credentials lack USAGE as on Heroku;
+- creating a credential CREATE ROLEs a real login (after `provision_polls` looks in `provisioning`),
+  rotating ALTER ROLEs a new password and rewrites every attached config var, destroying
+  REASSIGNs/DROPs what the role owned and DROP ROLEs it, and is refused while it is attached;
+- attaching an add-on with namespace `credential:{name}` sets `{NAME}_URL` to that credential's URL.
+
+Every request is recorded (`requests`) so tests assert exact paths, headers and bodies. Faults are
+injected with `inject()`: 429 with Retry-After, 500/503, an arbitrary error status, a slow
+response (read timeout), a dropped connection. `latency` adds per-request delay, and `rate_limit`
+runs a per-token bucket that answers 429 with Retry-After when empty; every response carries
+RateLimit-Remaining. Passwords the fake generates can be chosen through `passwords`.
+
+Usable outside pytest (benchmarks): `FakeHeroku(...).start()`, then `.stop()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+
+ACCEPT = "application/vnd.heroku+json; version=3"
+DEFAULT_TOKEN = "fake-heroku-token-0123456789"
+_NOW = "2025-01-01T00:00:00Z"
+
+
+@dataclass
+class Recorded:
+    api: str                     # "platform" | "data"
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any                    # parsed JSON, or None
+    status: int | None = None    # None: the connection was dropped
+    fault: str | None = None
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+@dataclass
+class Fault:
+    kind: str                    # "429" | "500" | "503" | "error" | "slow" | "reset"
+    method: str | None
+    path: re.Pattern[str] | None
+    api: str | None
+    count: int
+    retry_after: float = 1
+    delay: float = 2.0
+    when: str = "before"         # slow/reset: before or after the request takes effect
+    status: int = 500
+    error_id: str = "server_error"
+    message: str = "Internal server error."
+
+    def matches(self, api: str, method: str, path: str) -> bool:
+        return (self.count > 0 and (self.api is None or self.api == api)
+                and (self.method is None or self.method == method)
+                and (self.path is None or self.path.search(path) is not None))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, ident: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.ident, self.message = status, ident, message
+
+
+class _Dropped(Exception):
+    """The handler closed the connection without an answer."""
+
+
+@dataclass
+class _Credential:
+    uuid: str
+    name: str
+    addon_id: str
+    state: str
+    password: str
+    polls: int                       # looks left before the current transition completes
+    pending: str | None = None       # "create" | "rotate" | "destroy"
+    role_created: bool = False
+
+
+@dataclass
+class _Addon:
+    id: str
+    name: str
+    app: str
+    plan: str
+    owner: str
+    owner_password: str
+    state: str = "provisioned"
+    credentials: dict[str, _Credential] = field(default_factory=dict)
+
+
+@dataclass
+class _Attachment:
+    id: str
+    name: str
+    app: str
+    addon_id: str
+    namespace: str | None
+
+
+class FakeHeroku:
+    def __init__(self, *, admin_dsn: str | None, database: str, port: int, host: str = "127.0.0.1",
+                 advertised_host: str | None = None, advertised_port: int | None = None,
+                 tokens: tuple[str, ...] = (DEFAULT_TOKEN,), latency: float = 0.0,
+                 rate_limit: int | None = None, rate_window_seconds: float = 3600.0,
+                 provision_polls: int = 1, rotation_polls: int = 1, revoke_polls: int = 1) -> None:
+        """admin_dsn: a superuser conninfo for `database` (None: no PostgreSQL behind, for pure HTTP
+        benchmarks; credentials then exist only in the fake). host/port: where apps reach the
+        server; advertised_*: what the APIs report instead (to exercise `connect:` overrides).
+        latency: seconds added to every request. rate_limit: requests per token per
+        rate_window_seconds (a refilling bucket); None: unlimited."""
+        self.admin_dsn = admin_dsn
+        self.database = database
+        self.pg_host, self.pg_port = host, port
+        self.advertised_host = advertised_host or host
+        self.advertised_port = advertised_port or port
+        self.tokens = set(tokens)
+        self.token = tokens[0]
+        self.latency = latency
+        self.rate_limit = rate_limit
+        self.rate_window_seconds = rate_window_seconds
+        self.provision_polls, self.rotation_polls, self.revoke_polls = provision_polls, rotation_polls, revoke_polls
+        self.requests: list[Recorded] = []
+        self.errors: list[str] = []          # bugs inside the fake: tests assert this stays empty
+        self.passwords: list[str] = []       # next generated passwords, in order (test hook)
+        self.releases: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
+        self.delayed_seconds = 0.0           # latency and slow faults actually applied
+        self._apps: dict[str, dict[str, Any]] = {}
+        self._config: dict[str, dict[str, str]] = {}
+        self._addons: dict[str, _Addon] = {}
+        self._attachments: dict[str, _Attachment] = {}
+        self._faults: list[Fault] = []
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.RLock()
+        self._servers: dict[str, ThreadingHTTPServer] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "FakeHeroku":
+        for api in ("platform", "data"):
+            server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self, api))
+            server.daemon_threads = True
+            self._servers[api] = server
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"fake-heroku-{api}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._servers.clear()
+        self._threads.clear()
+
+    def __enter__(self) -> "FakeHeroku":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def platform_url(self) -> str:
+        return f"http://127.0.0.1:{self._servers['platform'].server_address[1]}"
+
+    @property
+    def data_url(self) -> str:
+        return f"http://127.0.0.1:{self._servers['data'].server_address[1]}"
+
+    def environ(self) -> dict[str, str]:
+        """The environment a client needs to talk to this fake."""
+        return {"HEROKU_API_KEY": self.token, "HEROKU_API_URL": self.platform_url,
+                "HEROKU_DATA_API_URL": self.data_url}
+
+    # -- set-up helpers (no HTTP) ------------------------------------------------------------
+
+    def add_app(self, name: str) -> str:
+        with self._lock:
+            if name not in self._apps:
+                self._apps[name] = {"id": str(uuid.uuid4()), "name": name}
+                self._config[name] = {}
+                self.releases[name] = self.restarts[name] = 0
+            return self._apps[name]["id"]
+
+    def add_addon(self, app: str, *, owner: str, plan: str = "heroku-postgresql:standard-0",
+                  name: str | None = None, attachment: str = "DATABASE", state: str = "provisioned") -> str:
+        """Provision a Heroku Postgres add-on on `app` whose owner is the real role `owner`."""
+        self.add_app(app)
+        password = self._password()
+        addon = _Addon(id=str(uuid.uuid4()), name=name or f"postgresql-{secrets.token_hex(3)}-{len(self._addons) + 10000}",
+                       app=app, plan=plan, owner=owner, owner_password=password, state=state)
+        if self.admin_dsn:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(owner), sql.Literal(_verifier(conn, owner, password))))
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(self.database), sql.Identifier(owner)))
+                # Heroku: credentials other than the owner start without USAGE on public
+                conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        with self._lock:
+            self._addons[addon.id] = addon
+            if attachment:
+                self._attach(addon, app, attachment, None)
+        return addon.id
+
+    def addon(self, ref: str) -> dict[str, Any]:
+        with self._lock:
+            return self._addon_json(self._find_addon(ref))
+
+    def create_credential(self, addon_ref: str, name: str, password: str | None = None) -> None:
+        """A credential made outside the tool (e.g. by hand with the CLI), already active."""
+        with self._lock:
+            addon = self._find_addon(addon_ref)
+            cred = _Credential(str(uuid.uuid4()), name, addon.id, "active", password or self._password(), 0)
+            self._create_role(cred)
+            addon.credentials[name] = cred
+
+    def credential_password(self, addon_ref: str, name: str) -> str:
+        with self._lock:
+            return self._find_addon(addon_ref).credentials[name].password
+
+    def owner_url(self, addon_ref: str) -> str:
+        with self._lock:
+            addon = self._find_addon(addon_ref)
+            return self._url(addon.owner, addon.owner_password)
+
+    def config_vars(self, app: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._config[app])
+
+    def set_config_var(self, app: str, key: str, value: str | None) -> None:
+        with self._lock:
+            if value is None:
+                self._config[app].pop(key, None)
+            else:
+                self._config[app][key] = value
+
+    def attachments(self, app: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._attachment_json(a) for a in self._attachments.values() if app is None or a.app == app]
+
+    def inject(self, kind: str, *, method: str | None = None, path: str | None = None, api: str | None = None,
+               count: int = 1, retry_after: float = 1, delay: float = 2.0, when: str = "before",
+               status: int = 500, error_id: str = "server_error", message: str = "Internal server error.") -> None:
+        """Fail the next `count` matching requests. kind: "429" (Retry-After: retry_after), "500",
+        "503", "error" (status/error_id/message), "slow" (answer `delay` seconds late; when="after":
+        the change is made before the delay), "reset" (drop the connection; when="after": the
+        change is made first)."""
+        if kind not in ("429", "500", "503", "error", "slow", "reset"):
+            raise ValueError(f"unknown fault {kind!r}")
+        with self._lock:
+            self._faults.append(Fault(kind, method, re.compile(path) if path else None, api, count, retry_after,
+                                      delay, when, status, error_id, message))
+
+    def mutating(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method not in ("GET", "HEAD")]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # -- internals: state --------------------------------------------------------------------
+
+    def _password(self) -> str:
+        return self.passwords.pop(0) if self.passwords else "p" + secrets.token_hex(32)
+
+    def _url(self, user: str, password: str) -> str:
+        return (f"postgres://{quote(user, safe='')}:{quote(password, safe='')}@{self.advertised_host}:"
+                f"{self.advertised_port}/{quote(self.database, safe='')}")
+
+    def _find_app(self, ref: str) -> str:
+        for name, app in self._apps.items():
+            if ref in (name, app["id"]):
+                return name
+        raise ApiError(404, "not_found", "Couldn't find that app.")
+
+    def _find_addon(self, ref: str, app: str | None = None) -> _Addon:
+        for addon in self._addons.values():
+            if ref in (addon.id, addon.name):
+                if app is None or addon.app == app or any(
+                        a.addon_id == addon.id and a.app == app for a in self._attachments.values()):
+                    return addon
+        raise ApiError(404, "not_found", "Couldn't find that add-on.")
+
+    def _addon_json(self, addon: _Addon) -> dict[str, Any]:
+        vars_ = sorted(f"{a.name}_URL" for a in self._attachments.values() if a.addon_id == addon.id and a.app == addon.app)
+        return {
+            "id": addon.id, "name": addon.name, "state": addon.state, "config_vars": vars_,
+            "addon_service": {"id": "6c67493d-8fc2-4cd4-9161-4f1ec11cbe69", "name": "heroku-postgresql"},
+            "app": {"id": self._apps[addon.app]["id"], "name": addon.app},
+            "plan": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, addon.plan)), "name": addon.plan},
+            "provider_id": f"resource{addon.id[:8]}@heroku.com", "created_at": _NOW, "updated_at": _NOW,
+            "web_url": f"https://data.heroku.com/datastores/{addon.id}",
+        }
+
+    def _attachment_json(self, att: _Attachment) -> dict[str, Any]:
+        addon = self._addons[att.addon_id]
+        return {
+            "id": att.id, "name": att.name, "namespace": att.namespace,
+            "addon": {"id": addon.id, "name": addon.name,
+                      "app": {"id": self._apps[addon.app]["id"], "name": addon.app},
+                      "plan": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, addon.plan)), "name": addon.plan}},
+            "app": {"id": self._apps[att.app]["id"], "name": att.app},
+            "created_at": _NOW, "updated_at": _NOW, "web_url": None,
+        }
+
+    def _credential_json(self, addon: _Addon, cred: _Credential) -> dict[str, Any]:
+        users = [{"user": cred.name, "password": cred.password, "connections": 0,
+                  "state": "active" if cred.state in ("active", "rotating") and cred.role_created else
+                           "revoking" if cred.state == "revoking" else "enabling"}]
+        return {"uuid": cred.uuid, "name": cred.name, "state": cred.state, "database": self.database,
+                "host": self.advertised_host, "port": self.advertised_port, "credentials": users}
+
+    def _release(self, app: str) -> None:
+        self.releases[app] += 1
+        self.restarts[app] += 1
+
+    def _value_for(self, att: _Attachment) -> str:
+        addon = self._addons[att.addon_id]
+        if att.namespace is None:
+            return self._url(addon.owner, addon.owner_password)
+        cred = addon.credentials[att.namespace.removeprefix("credential:")]
+        return self._url(cred.name, cred.password)
+
+    def _attach(self, addon: _Addon, app: str, name: str, namespace: str | None) -> _Attachment:
+        att = _Attachment(str(uuid.uuid4()), name, app, addon.id, namespace)
+        self._attachments[att.id] = att
+        self._config[app][f"{name}_URL"] = self._value_for(att)
+        self._release(app)
+        return att
+
+    def _advance(self, addon: _Addon, cred: _Credential) -> None:
+        """One look at a credential: pending transitions complete after their polls run out."""
+        if cred.polls > 0:
+            cred.polls -= 1
+            return
+        if cred.pending == "create":
+            self._create_role(cred)
+            cred.state, cred.pending = "active", None
+        elif cred.pending == "rotate":
+            cred.state, cred.pending = "active", None
+        elif cred.pending == "destroy":
+            del addon.credentials[cred.name]
+
+    # -- internals: PostgreSQL ---------------------------------------------------------------
+
+    def _create_role(self, cred: _Credential) -> None:
+        if self.admin_dsn:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(cred.name), sql.Literal(_verifier(conn, cred.name, cred.password))))
+        cred.role_created = True
+
+    def _rotate_role(self, cred: _Credential) -> None:
+        if self.admin_dsn:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(cred.name), sql.Literal(_verifier(conn, cred.name, cred.password))))
+                # like Heroku, sessions on the old password are reset
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (cred.name,))
+
+    def _drop_role(self, addon: _Addon, cred: _Credential) -> None:
+        if not cred.role_created:
+            return
+        role, owner = sql.Identifier(cred.name), sql.Identifier(addon.owner)
+        if self.admin_dsn:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (cred.name,))
+                # Heroku: objects the credential owned are handed to the default credential
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner))
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                conn.execute(sql.SQL("DROP ROLE {}").format(role))
+        cred.role_created = False
+
+    # -- internals: HTTP ---------------------------------------------------------------------
+
+    def _take_fault(self, api: str, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(api, method, path):
+                    fault.count -= 1
+                    return fault
+        return None
+
+    def _delay(self, seconds: float) -> None:
+        time.sleep(seconds)
+        with self._lock:
+            self.delayed_seconds += seconds
+
+    def _rate(self, token: str) -> tuple[bool, int, float]:
+        """(allowed, remaining, retry_after) for one request under the per-token bucket."""
+        if self.rate_limit is None:
+            return True, 4500, 0.0
+        refill = self.rate_limit / self.rate_window_seconds
+        with self._lock:
+            now = time.monotonic()
+            tokens, stamp = self._buckets.get(token, (float(self.rate_limit), now))
+            tokens = min(float(self.rate_limit), tokens + (now - stamp) * refill)
+            if tokens < 1:
+                self._buckets[token] = (tokens, now)
+                return False, 0, math.ceil((1 - tokens) / refill)
+            tokens -= 1
+            self._buckets[token] = (tokens, now)
+            return True, int(tokens), 0.0
+
+    def dispatch(self, api: str, method: str, path: str, body: Any) -> tuple[int, Any]:
+        with self._lock:
+            if api == "platform":
+                return self._platform(method, path, body)
+            return self._data(method, path, body)
+
+    def _platform(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        match method, parts:
+            case "GET", ["apps", app, "addons", ref]:
+                return 200, self._addon_json(self._find_addon(ref, self._find_app(app)))
+            case "GET", ["addons", ref]:
+                return 200, self._addon_json(self._find_addon(ref))
+            case "GET", ["apps", app, "addon-attachments"]:
+                app = self._find_app(app)
+                return 200, [self._attachment_json(a) for a in self._attachments.values() if a.app == app]
+            case "GET", ["apps", app, "addon-attachments", ref]:
+                app = self._find_app(app)
+                for att in self._attachments.values():
+                    if att.app == app and ref in (att.id, att.name):
+                        return 200, self._attachment_json(att)
+                raise ApiError(404, "not_found", "Couldn't find that add on attachment.")
+            case "GET", ["addons", ref, "addon-attachments"]:
+                addon = self._find_addon(ref)
+                return 200, [self._attachment_json(a) for a in self._attachments.values() if a.addon_id == addon.id]
+            case "POST", ["addon-attachments"]:
+                return 201, self._create_attachment(body)
+            case "DELETE", ["addon-attachments", ref]:
+                att = self._attachments.get(ref)
+                if att is None:
+                    raise ApiError(404, "not_found", "Couldn't find that add on attachment.")
+                answer = self._attachment_json(att)
+                del self._attachments[ref]
+                self._config[att.app].pop(f"{att.name}_URL", None)
+                self._release(att.app)
+                return 200, answer
+            case "GET", ["apps", app, "config-vars"]:
+                return 200, dict(self._config[self._find_app(app)])
+            case "PATCH", ["apps", app, "config-vars"]:
+                return 200, self._patch_config(self._find_app(app), body)
+            case "DELETE", ["apps", app, "dynos"]:
+                self.restarts[self._find_app(app)] += 1
+                return 202, {}
+        raise ApiError(404, "not_found", "The requested API endpoint was not found. Are you using the right HTTP verb (i.e. `GET` vs. `POST`), and did you specify your intended version with the `Accept` header?")
+
+    def _create_attachment(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or "addon" not in body or "app" not in body:
+            raise ApiError(422, "invalid_params", "Missing required params: addon, app.")
+        app = self._find_app(_ref(body["app"]))
+        addon = self._find_addon(_ref(body["addon"]))
+        namespace = body.get("namespace")
+        if namespace is not None:
+            cred_name = str(namespace).removeprefix("credential:")
+            cred = addon.credentials.get(cred_name)
+            if not str(namespace).startswith("credential:") or cred is None or not cred.role_created:
+                raise ApiError(422, "invalid_params", f"Could not find credential {cred_name} for database {addon.name}.")
+        name = body.get("name") or f"HEROKU_POSTGRESQL_{secrets.token_hex(2).upper()}"
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(name)):
+            raise ApiError(422, "invalid_params", "Name must start with a letter and can only contain uppercase letters, numbers, and underscores.")
+        same = [a for a in self._attachments.values() if a.app == app and a.name == name]
+        if (same or f"{name}_URL" in self._config[app]) and body.get("confirm") != app:
+            raise ApiError(422, "confirmation_required",
+                           f"{name} is already in use on {app}. To proceed, re-run with confirm set to {app}.")
+        for old in same:
+            del self._attachments[old.id]
+        att = self._attach(addon, app, str(name), namespace)
+        return self._attachment_json(att)
+
+    def _patch_config(self, app: str, body: Any) -> dict[str, str]:
+        if not isinstance(body, dict) or not all(isinstance(v, (str, type(None))) for v in body.values()):
+            raise ApiError(422, "invalid_params", "Config vars must be a hash of strings or nulls.")
+        managed = {f"{a.name}_URL" for a in self._attachments.values() if a.app == app}
+        clash = sorted(set(body) & managed)
+        if clash:
+            raise ApiError(422, "invalid_params", f"Cannot overwrite attachment values {', '.join(clash)}.")
+        for key, value in body.items():
+            if value is None:
+                self._config[app].pop(key, None)
+            else:
+                self._config[app][key] = value
+        self._release(app)
+        return dict(self._config[app])
+
+    def _data(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts[:3] != ["postgres", "v0", "databases"] or len(parts) < 5 or parts[4] != "credentials":
+            raise ApiError(404, "not_found", "Not found.")
+        try:
+            addon = self._find_addon(parts[3])
+        except ApiError:
+            raise ApiError(404, "not_found", f"Couldn't find database {parts[3]}.") from None
+        tier = addon.plan.partition(":")[2]
+        rest = parts[5:]
+        match method, rest:
+            case "GET", []:
+                for cred in list(addon.credentials.values()):
+                    self._advance(addon, cred)
+                return 200, [self._credential_json(addon, c) for c in addon.credentials.values()]
+            case "POST", []:
+                if re.match(r"(essential|dev|basic|mini|hobby)", tier):
+                    raise ApiError(422, "unprocessable_entity", "You can't create a custom credential on Essential-tier databases.")
+                name = body.get("name") if isinstance(body, dict) else None
+                if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+                    raise ApiError(422, "invalid_params", "Name must be lower-case letters, digits and underscores.")
+                if name in addon.credentials or name in ("default", addon.owner):
+                    raise ApiError(422, "unprocessable_entity", f"A credential named {name} already exists on {addon.name}.")
+                addon.credentials[name] = _Credential(str(uuid.uuid4()), name, addon.id, "provisioning",
+                                                      self._password(), self.provision_polls, "create")
+                return 200, {"message": f"Credential {name} is being created within {addon.name}."}
+            case "GET", [name]:
+                cred = addon.credentials.get(name)
+                if cred is not None:
+                    self._advance(addon, cred)
+                    cred = addon.credentials.get(name)
+                if cred is None:
+                    raise ApiError(404, "not_found", f"Couldn't find credential {name} on {addon.name}.")
+                return 200, self._credential_json(addon, cred)
+            case "DELETE", [name]:
+                cred = addon.credentials.get(name)
+                if cred is None or cred.pending == "destroy":
+                    raise ApiError(404, "not_found", f"Couldn't find credential {name} on {addon.name}.")
+                apps = sorted({a.app for a in self._attachments.values()
+                               if a.addon_id == addon.id and a.namespace == f"credential:{name}"})
+                if apps:
+                    raise ApiError(422, "unprocessable_entity",
+                                   f"Credential {name} must be detached from the app{'s' if len(apps) > 1 else ''} "
+                                   f"{', '.join(apps)} before destroying.")
+                self._drop_role(addon, cred)
+                cred.state, cred.pending, cred.polls = "revoking", "destroy", self.revoke_polls
+                return 200, {"message": f"The credential {name} has been destroyed within {addon.name} and detached from all apps."}
+            case "POST", [name, "credentials_rotation"]:
+                cred = addon.credentials.get(name)
+                if cred is None or cred.pending is not None:
+                    raise ApiError(404 if cred is None else 422, "not_found" if cred is None else "unprocessable_entity",
+                                   f"Couldn't find credential {name} on {addon.name}." if cred is None
+                                   else f"Credential {name} is {cred.state}; try again later.")
+                cred.password = self._password()
+                self._rotate_role(cred)
+                cred.state, cred.pending, cred.polls = "rotating", "rotate", self.rotation_polls
+                for att in self._attachments.values():
+                    if att.addon_id == addon.id and att.namespace == f"credential:{name}":
+                        self._config[att.app][f"{att.name}_URL"] = self._value_for(att)
+                        self._release(att.app)
+                return 200, {"message": f"Rotating credential {name} on {addon.name}."}
+        raise ApiError(404, "not_found", "Not found.")
+
+
+def _ref(value: Any) -> str:
+    """The API takes an identity as a string or as {"id": …} / {"name": …}."""
+    if isinstance(value, dict):
+        return str(value.get("id") or value.get("name") or "")
+    return str(value)
+
+
+def _verifier(conn: psycopg.Connection, role: str, password: str) -> str:
+    """A SCRAM verifier, so that no plaintext password reaches the server log (log_statement=all)."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
+def _handler_for(fake: FakeHeroku, api: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "FakeHeroku/1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: bodies and tokens stay out of output
+            pass
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            split = urlsplit(self.path)
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
+            record = Recorded(api, self.command, split.path, split.query, dict(self.headers.items()), body)
+            with fake._lock:
+                fake.requests.append(record)
+            try:
+                status, payload, extra = self._respond_to(record)
+            except _Dropped:
+                record.status = None
+                self._drop()
+                return
+            except Exception as exc:  # a bug in the fake: make it visible to the test
+                fake.errors.append(f"{self.command} {split.path}: {type(exc).__name__}: {exc}")
+                status, payload, extra = 500, {"id": "fake_bug", "message": "The fake failed; see fake.errors."}, {}
+            record.status = status
+            self._send(status, payload, extra)
+
+        def _respond_to(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+            if fake.latency:
+                fake._delay(fake.latency)
+            auth = record.header("Authorization") or ""
+            token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+            if token not in fake.tokens:
+                return 401, {"id": "unauthorized", "message": "Invalid credentials provided."}, {}
+            allowed, remaining, retry_after = fake._rate(token)
+            extra = {"RateLimit-Remaining": str(remaining)}
+            if not allowed:
+                record.fault = "rate_limit"
+                return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
+                    **extra, "Retry-After": _num(retry_after)}
+            if api == "platform" and record.header("Accept") != ACCEPT:
+                return 400, {"id": "missing_version", "message": f"Please specify a version along with Heroku's API MIME type. For example, `Accept: {ACCEPT}`."}, extra
+            fault = fake._take_fault(api, record.method, record.path)
+            if fault is not None:
+                record.fault = fault.kind
+                if fault.kind == "429":
+                    return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
+                        "RateLimit-Remaining": "0", "Retry-After": _num(fault.retry_after)}
+                if fault.kind in ("500", "503"):
+                    ident = "server_error" if fault.kind == "500" else "service_unavailable"
+                    return int(fault.kind), {"id": ident, "message": "Heroku is temporarily unavailable."}, extra
+                if fault.kind == "error":
+                    return fault.status, {"id": fault.error_id, "message": fault.message}, extra
+                if fault.when == "before":
+                    if fault.kind == "reset":
+                        raise _Dropped()
+                    fake._delay(fault.delay)
+            try:
+                status, payload = fake.dispatch(api, record.method, record.path, record.body)
+            except ApiError as exc:
+                status, payload = exc.status, {"id": exc.ident, "message": exc.message}
+            if fault is not None and fault.when == "after":
+                if fault.kind == "reset":
+                    raise _Dropped()
+                fake._delay(fault.delay)
+            return status, payload, extra
+
+        def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Request-Id", str(uuid.uuid4()))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True   # the client gave up (read timeout): nothing to answer
+
+        def _drop(self) -> None:
+            # an RST rather than a FIN: the client sees a reset connection, not a clean close
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            self.close_connection = True
+            try:
+                self.connection.close()
+            except OSError:
+                pass
+
+    return Handler
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def start_fake(pg: Any, *, app: str = "raxx-api-staging", plan: str = "heroku-postgresql:standard-0",
+               addon_name: str = "postgresql-fluffy-12345", **options: Any) -> FakeHeroku:
+    """A started fake with one app and one add-on owned by a fresh role, over a `pg` test target."""
+    fake = FakeHeroku(admin_dsn=pg.admin_dsn, database=pg.dbname, port=pg.port, **options).start()
+    try:
+        fake.add_addon(app, owner=pg.role("owner"), plan=plan, name=addon_name)
+    except BaseException:
+        fake.stop()
+        raise
+    return fake
+
