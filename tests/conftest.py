@@ -65,8 +65,17 @@ def _start(label: str, bin_dir: Path, base: Path) -> RunningCluster:
 
 
 @pytest.fixture(scope="session")
-def cluster_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("clusters")
+def cluster_base() -> Iterator[Path]:
+    # not under pytest's basetemp: another pytest session on the machine prunes old basetemps,
+    # which would pull the data directory out from under a running server
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="rb-clusters-"))
+    base.chmod(0o755)
+    yield base
+    if os.environ.get("RUNBOOK_TEST_KEEP_CLUSTERS") != "1":
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=[v[0] for v in VERSIONS])
@@ -75,7 +84,8 @@ def cluster(request: pytest.FixtureRequest, cluster_base: Path) -> Iterator[Runn
     if label not in _clusters:
         bin_dir = dict(VERSIONS)[label]
         _clusters[label] = _start(label, bin_dir, cluster_base)
-        request.addfinalizer(lambda: _clusters.pop(label).cluster.destroy())
+        if os.environ.get("RUNBOOK_TEST_KEEP_CLUSTERS") != "1":
+            request.addfinalizer(lambda: _clusters.pop(label).cluster.destroy())
     yield _clusters[label]
 
 

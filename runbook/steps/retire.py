@@ -38,15 +38,15 @@ class DropRole(Step):
         if not observed["facts"].exists:
             return []
         role, owner = sql.Identifier(name), sql.Identifier(ctx.owner)
-        changes = [
-            Change(f"stop new logins as {name}", sql.SQL("ALTER ROLE {} NOLOGIN").format(role)),
-            Change(f"end {observed['sessions']} open session(s) of {name}",
-                   sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(sql.Literal(name))),
-        ]
+        changes = [Change(f"stop new logins as {name}", sql.SQL("ALTER ROLE {} NOLOGIN").format(role))]
         if not observed["can_act"]:
-            # PG16+: CREATEROLE gives ADMIN on the roles it made, not their privileges; REASSIGN/DROP OWNED need them
-            changes.append(Change(f"let the admin act for {name} (needed by REASSIGN/DROP OWNED)",
+            # PG16+: CREATEROLE gives ADMIN on the roles it made, not their privileges; ending their
+            # sessions and REASSIGN/DROP OWNED need them
+            changes.append(Change(f"let the admin act for {name} (needed to end its sessions and reassign)",
                                   sql.SQL("GRANT {} TO CURRENT_USER").format(role)))
+        changes.append(Change(
+            f"end {observed['sessions']} open session(s) of {name}",
+            sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(sql.Literal(name))))
         changes += [
             Change(f"hand {observed['owned']} object(s) owned by {name} to {ctx.owner}",
                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner), reversible=False),
@@ -61,10 +61,10 @@ class DropRole(Step):
             ctx.db.destroy(ctx.role.name)
             return
         conn = ctx.admin()
-        conn.execute(changes[0].statement)
-        conn.execute(changes[1].statement)
+        for change in changes[:-3]:
+            conn.execute(change.statement)
         with conn.transaction():
-            for change in changes[2:]:
+            for change in changes[-3:]:
                 conn.execute(change.statement)
 
     def verify(self, ctx):
