@@ -273,8 +273,36 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where 
     return run_demo(directory, as_json=_json(output))
 
 
+@app.command()
+def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")], env: EnvOpt) -> int:
+    """Manage the embedded PostgreSQL of a `local` environment without a DSN."""
+    from runbook import render
+    from runbook.commands import embedded_cluster
+
+    out = render.console()
+    cluster = embedded_cluster(_load(), env)
+    if action == "start":
+        cluster.start()
+        out.print(f"running: {cluster.data_dir} on 127.0.0.1:{cluster.port}")
+    elif action == "stop":
+        cluster.stop()
+        out.print(f"stopped: {cluster.data_dir}")
+    elif action == "status":
+        state = "running" if cluster.initialised() and cluster.running() else ("stopped" if cluster.initialised() else "not created")
+        out.print(f"{state}: {cluster.data_dir}" + (f" on 127.0.0.1:{cluster.port}" if state == "running" else ""))
+        return 0 if state == "running" else 3
+    else:
+        from runbook.errors import ConfigError
+
+        raise ConfigError(f"unknown action {action!r}: status, start or stop")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
-    import click
+    try:  # typer ≥ 0.20 carries its own click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import exceptions as click_exc
 
     from runbook.errors import RunbookError
 
@@ -288,14 +316,14 @@ def main(argv: list[str] | None = None) -> None:
         command = typer.main.get_command(app)
         rv = command.main(args=args, prog_name="runbook", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("aborted\n")
         code = 1
-    except click.ClickException as exc:
+    except click_exc.ClickException as exc:
         exc.show()
-        code = 2
+        code = 2 if isinstance(exc, click_exc.UsageError) else (exc.exit_code or 1)
     except RunbookError as exc:
         from runbook.secret import redact
 

@@ -498,3 +498,12 @@ def status(project: Project, *, environ=None, state: str | None = None, transpor
         rows.append(row)
     result.data["environments"] = rows
     return result
+
+
+def embedded_cluster(project: Project, env: str):
+    """The embedded cluster behind a `local` environment without a DSN."""
+    ctx = _context(project, env, "embedded", None)
+    cluster = getattr(ctx.db, "_cluster", None)
+    if not callable(cluster) or not getattr(ctx.db, "embedded", False):
+        raise ConfigError(f"{env} does not use an embedded PostgreSQL (it has a DSN or another provider)")
+    return cluster()

@@ -145,6 +145,10 @@ class Context:
                     pass
 
 
+_CONFIG_FAULTS = ("could not translate host name", "Name or service not known", "password authentication failed",
+                  "does not exist", "invalid ", "no password supplied", "unrecognized", "SSL is not enabled")
+
+
 def application_name(project: Project, purpose: str) -> str:
     return f"runbook:{project.spec.app}:{purpose}"[:63]
 
@@ -166,6 +170,10 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
         )
     except psycopg.OperationalError as exc:
         first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # a wrong host name, database, user or password is bad configuration (exit 2); a server
+        # that is down or slow is a failure worth retrying (exit 1)
+        if any(m in first for m in _CONFIG_FAULTS):
+            raise ConfigError(f"cannot connect to the database: {first}") from None
         raise RunbookError(f"cannot connect to the database: {first}") from None
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"bad database DSN: {redact(str(exc)).strip().splitlines()[0]}") from None

@@ -119,7 +119,7 @@ def mask_url(url: str | Secret) -> str:
         parts = urlsplit(raw)
     except ValueError:
         return redact(raw)
-    if parts.password is None and "@" not in parts.netloc:
+    if parts.password is None:
         return redact(raw)
     user = parts.username or ""
     host = parts.hostname or ""
