@@ -18,7 +18,7 @@ import logging
 import netrc
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -62,7 +62,8 @@ class HerokuDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="heroku database")
     provider: Literal["heroku"] = "heroku"
     addon: str = Field(default="DATABASE", description="the Heroku Postgres add-on: attachment name (DATABASE) or add-on name")
-    app: str = Field(description="the app the add-on is attached to (default: the app block's name)")
+    # not required in the file: filled from the app block's name during validation
+    app: str = Field(default="", description="the app the add-on is attached to (default: the app block's name)")
     connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of what Heroku reports")
     sslmode: str = Field(default="require", description="sslmode of the owner URL and the app URL")
 
@@ -400,10 +401,8 @@ class HerokuDatabase:
                           password=Secret(str(chosen["password"])), sslmode=self.config.sslmode)
 
     def _wait_usable(self, name: str, *, previous: str | None = None) -> Credential:
-        """Poll until the credential is active (with a new password after a rotation). Bounded by the
-        retry budget, counted in the time we chose to wait so that it holds whatever `sleep` is."""
-        budget = self.ctx.retry.total_seconds
-        started, waited, delay = time.monotonic(), 0.0, _POLL_FIRST
+        """Poll until the credential is active (with a new password after a rotation), within the retry budget."""
+        pauses = self._pauses()
         while True:
             info = self._info(name)
             if info is None:
@@ -412,14 +411,29 @@ class HerokuDatabase:
             if credential is not None and (previous is None or credential.password.reveal() != previous):
                 return credential
             state = info.get("state")
-            log.debug("heroku data: credential %s on %s is %s; next look in %.1fs", name, self.addon_name, state, delay)
-            if waited + delay > budget or time.monotonic() - started + delay > budget:
+            if not next(pauses):
                 raise ProviderError(
-                    f"heroku data: credential {name} on {self.addon_name} is still {state!r} after {budget:.0f}s; "
-                    f"see `heroku pg:credentials {self.addon_name} -a {self.app}` and run again")
-            self._sleep(delay)
-            waited += delay
+                    f"heroku data: credential {name} on {self.addon_name} is still {state!r} after "
+                    f"{self.ctx.retry.total_seconds:.0f}s; see `heroku pg:credentials {self.addon_name} -a {self.app}` "
+                    f"and run again")
+
+    def _pauses(self) -> Iterator[bool]:
+        """Sleep before each new look, doubling up to _POLL_MAX; False once the retry budget is spent.
+        The budget counts the larger of the time we chose to wait and the wall time, so it holds
+        whatever `sleep` does."""
+        budget = self.ctx.retry.total_seconds
+        started, waited, delay = time.monotonic(), 0.0, _POLL_FIRST
+        while True:
+            remaining = budget - max(waited, time.monotonic() - started)
+            if remaining <= 0:
+                yield False
+                return
+            pause = min(delay, remaining)
+            log.debug("heroku data: looking again in %.1fs", pause)
+            self._sleep(pause)
+            waited += pause
             delay = min(delay * 2, _POLL_MAX)
+            yield True
 
     def credential(self, name: str) -> Credential | None:
         info = self._info(name)
@@ -465,15 +479,11 @@ class HerokuDatabase:
         self._wait_gone(name)
 
     def _wait_gone(self, name: str) -> None:
-        budget = self.ctx.retry.total_seconds
-        started, waited, delay = time.monotonic(), 0.0, _POLL_FIRST
+        pauses = self._pauses()
         while (info := self._info(name)) is not None:
-            if waited + delay > budget or time.monotonic() - started + delay > budget:
+            if not next(pauses):
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} is still {info.get('state')!r} "
-                                    f"{budget:.0f}s after it was destroyed")
-            self._sleep(delay)
-            waited += delay
-            delay = min(delay * 2, _POLL_MAX)
+                                    f"{self.ctx.retry.total_seconds:.0f}s after it was destroyed")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import yaml
 from runbook.errors import ConfigError
 
 MAX_FILE_BYTES = 1_000_000
+MAX_NODES = 100_000      # aliases can expand a small file exponentially ("billion laughs")
 
 Loc = tuple[Any, ...]
 
@@ -41,12 +42,19 @@ class Located:
         return f"{self.path}:{line}" if line else self.path
 
 
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
 
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str, loader: _Loader) -> Any:
+    if len(lines) > MAX_NODES:
+        raise ConfigError(f"{path}: too many values (aliases expand to more than {MAX_NODES}); is it the right file?")
     lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: invalid YAML: unsupported tag {node.tag}")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}

@@ -635,10 +635,10 @@ def _handler_for(fake: FakeHeroku, api: str) -> type[BaseHTTPRequestHandler]:
                 fake._delay(fake.latency)
             auth = record.header("Authorization") or ""
             token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
-            if token not in fake.tokens:
-                return 401, {"id": "unauthorized", "message": "Invalid credentials provided."}, {}
-            allowed, remaining, retry_after = fake._rate(token)
+            allowed, remaining, retry_after = fake._rate(token or "")
             extra = {"RateLimit-Remaining": str(remaining)}
+            if token not in fake.tokens:
+                return 401, {"id": "unauthorized", "message": "Invalid credentials provided."}, extra
             if not allowed:
                 record.fault = "rate_limit"
                 return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
@@ -682,7 +682,7 @@ def _handler_for(fake: FakeHeroku, api: str) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(data)
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 self.close_connection = True   # the client gave up (read timeout): nothing to answer
 
         def _drop(self) -> None:

@@ -48,6 +48,12 @@ def test_unknown_key_in_the_database_block_names_the_line_and_a_suggestion():
     assert "did you mean 'addon'" in err.value.message
 
 
+def test_the_json_schema_does_not_require_the_database_app():
+    schema = HerokuDatabaseConfig.model_json_schema()
+    assert "app" not in schema.get("required", [])
+    assert schema["properties"]["addon"]["default"] == "DATABASE"
+
+
 def test_the_database_block_needs_an_app_from_somewhere():
     with pytest.raises(ValidationError, match="app is required"):
         HerokuDatabaseConfig.model_validate({"addon": "DATABASE"}, context={"app": {}})
