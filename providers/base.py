@@ -140,6 +140,7 @@ class OpenContext:
     environ: Mapping[str, str]
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     http_transport: object | None = None   # an httpx transport injected by tests; None = real network
+    role_name: str = ""                # the application role (for IAM policies and messages)
     url_var: str = ""                  # the app config variable that holds the role's URL
     flag_name: str = ""                # the app config variable that holds the feature flag
     budget_key: str | None = None      # fleet runs share one rate budget per account

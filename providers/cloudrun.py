@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from providers.base import Credential, Digest, OpenContext
 from providers.gcp_auth import GoogleAuth, google_error
-from providers.http import ApiClient, shared_budget
+from providers.http import ApiClient, RateBudget, shared_budget
 from runbook.durations import parse_duration
 from runbook.errors import ConfigError, ProviderError
 from runbook.secret import Secret
@@ -101,11 +101,12 @@ class CloudRunApp:
     config_change_restarts = True
 
     def __init__(self, config: CloudRunAppConfig, ctx: OpenContext, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self.auth = GoogleAuth(ctx.environ)
-        self._sleep = sleep
+        self._sleep = sleep          # between operation polls (tests pass a recorder)
+        self._budget = budget        # default: the budget shared by every client of this identity
         self._clients: dict[str, ApiClient] = {}
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -119,7 +120,8 @@ class CloudRunApp:
             self._clients[name] = ApiClient(
                 title, self.ctx.environ.get(var) or default, headers={"Accept": "application/json"},
                 retry=self.ctx.retry, transport=self.ctx.http_transport,   # type: ignore[arg-type]
-                budget=shared_budget(self.ctx.budget_key or self.auth.account_key), describe_error=google_error,
+                budget=self._budget or shared_budget(self.ctx.budget_key or self.auth.account_key),
+                describe_error=google_error,
             )
         return self._clients[name]
 

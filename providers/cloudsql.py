@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from providers.base import Credential, DatabaseInfo, OpenContext
 from providers.gcp_auth import GoogleAuth, google_error
-from providers.http import ApiClient, shared_budget
+from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.durations import parse_duration
 from runbook.errors import ConfigError, ProviderError, Refused
@@ -111,11 +111,12 @@ class CloudSqlDatabase:
     key = "cloudsql"
 
     def __init__(self, config: CloudSqlDatabaseConfig, ctx: OpenContext, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self.auth = GoogleAuth(ctx.environ)
-        self._sleep = sleep
+        self._sleep = sleep          # between operation polls (tests pass a recorder)
+        self._budget = budget        # default: the budget shared by every client of this identity
         self._api: ApiClient | None = None
         self._instance: dict[str, Any] | None = None
 
@@ -128,9 +129,15 @@ class CloudSqlDatabase:
             self._api = ApiClient(
                 "Cloud SQL Admin API", base, headers={"Accept": "application/json"}, retry=self.ctx.retry,
                 transport=self.ctx.http_transport,   # type: ignore[arg-type]
-                budget=shared_budget(self.ctx.budget_key or self.auth.account_key), describe_error=google_error,
+                budget=self._budget or shared_budget(self.ctx.budget_key or self.auth.account_key),
+                describe_error=google_error,
             )
         return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         response = self.api.request(method, path, headers=self.auth.headers(), **kw)

@@ -337,6 +337,9 @@ class EcsApp:
                 raise ProviderError(f"ecs service {c.service} in cluster {c.cluster}: {reason}")
             service = out["services"][0]
 
+    def close(self) -> None:
+        self.aws.close()
+
     def attach_url(self, credential: Credential, var: str) -> bool:
         return False
 

@@ -55,9 +55,11 @@ class RateBudget:
     """Per-account pacing. Clients report the remaining budget the API announced; when it runs
     low, callers wait a little before the next request instead of meeting a 429."""
 
-    def __init__(self, low_water: int = 10, refill_per_second: float = 75 / 60) -> None:
+    def __init__(self, low_water: int = 10, refill_per_second: float = 75 / 60,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.low_water = low_water
         self.refill_per_second = refill_per_second
+        self.sleep = sleep
         self._remaining: float | None = None
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
@@ -78,14 +80,13 @@ class RateBudget:
             self._remaining = self.low_water - 1
             self._stamp = now + delay
         self.waited += delay
-        time.sleep(delay)
+        self.sleep(delay)
 
     def observe(self, response: httpx.Response) -> None:
         if response.status_code == 429:
+            # the client's retry honours Retry-After; the budget only counts, so as not to wait twice
             with self._lock:
                 self.throttled += 1
-                self._remaining = 0
-                self._stamp = time.monotonic()
         for name in ("RateLimit-Remaining", "X-RateLimit-Remaining", "x-ratelimit-remaining"):
             value = response.headers.get(name)
             if value is not None:
@@ -149,7 +150,7 @@ class ApiClient:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(exc.response) if isinstance(exc, RetryableStatus) else None
-        backoff = wait_exponential_jitter(initial=0.5, max=self.retry.max_backoff_seconds)(state)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=self.retry.max_backoff_seconds)(state)
         delay = hinted if hinted is not None else backoff
         # never sleep past the total budget: better to fail now with a clear message
         spent = time.monotonic() - state.start_time

@@ -58,20 +58,23 @@ class Aws:
                 from botocore.exceptions import ProfileNotFound
             except ImportError:
                 raise ConfigError("the AWS providers need boto3: pip install 'pg-runbook[aws]'") from None
+            # ctx.environ stands in for os.environ in the first links of boto3's default chain
+            # (a configured profile, else keys, else AWS_PROFILE); files and roles follow as usual
             kwargs: dict[str, Any] = {"region_name": self.region}
             env = self.ctx.environ
             if self.profile:
                 kwargs["profile_name"] = self.profile
             elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-                # ctx.environ stands in for os.environ; the rest of the default chain still applies
                 kwargs["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
                 kwargs["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
                 if env.get("AWS_SESSION_TOKEN"):
                     kwargs["aws_session_token"] = env["AWS_SESSION_TOKEN"]
+            elif env.get("AWS_PROFILE"):
+                kwargs["profile_name"] = env["AWS_PROFILE"]
             try:
                 self._session = boto3.session.Session(**kwargs)
             except ProfileNotFound:
-                raise ConfigError(f"AWS profile {self.profile!r} is not configured") from None
+                raise ConfigError(f"AWS profile {kwargs['profile_name']!r} is not configured") from None
         return self._session
 
     def endpoint_url(self, service: str) -> str | None:
@@ -104,6 +107,11 @@ class Aws:
         client = self.client(service)
         return guarded(service, lambda: getattr(client, operation)(**params))
 
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
     def pages(self, service: str, operation: str, /, **params: Any):
         paginator = self.client(service).get_paginator(operation)
         iterator = guarded(service, lambda: iter(paginator.paginate(**params)))
@@ -112,11 +120,6 @@ class Aws:
             if page is None:
                 return
             yield page
-
-
-def error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code") or "")
 
 
 def guarded(service: str, fn: Callable[[], Any]) -> Any:
@@ -171,7 +174,7 @@ _NOT_CONNECTABLE = {
     "inaccessible-encryption-credentials", "incompatible-network", "incompatible-restore",
 }
 _PARAMS = ("rds.force_ssl", "rds.restrict_password_commands")
-# parameter groups may be unreadable (policy, or a default group a local endpoint lacks):
+# parameter groups may be unreadable (IAM policy, or a local endpoint without the group):
 # describe then falls back to what the server itself says in preflight_sql
 _PARAM_UNREADABLE = {"DBParameterGroupNotFound", "DBClusterParameterGroupNotFound", "AccessDenied",
                      "AccessDeniedException", "UnauthorizedOperation"}
@@ -376,7 +379,8 @@ class RdsDatabase:
         for name in _PARAMS:
             details[name] = self._param_shown(name, params[name], target)
         if self._params_note:
-            details["parameters_note"] = self._params_note
+            # "note…" keys are shown by preflight: the SQL-side check in preflight_sql still runs
+            details["note_parameters"] = self._params_note
         details["master_secret"] = cfg.master_secret or target.secret_arn or "none"
         if cfg.auth == "iam":
             if not target.iam_enabled:
@@ -386,6 +390,8 @@ class RdsDatabase:
                               f"{cmd} --enable-iam-database-authentication --apply-immediately")
             details["iam_resource"] = self.iam_resource("<role>")
             details["iam_policy"] = self.iam_policy("<role>")
+            details["note_iam"] = ("the app's IAM role needs this policy statement (<role> is role.name): "
+                                   + details["iam_policy"])
         return DatabaseInfo(
             engine=target.engine, version=target.version, plan=target.klass, credentials="sql",
             password_auth=cfg.auth != "iam", role_grants=("rds_iam",) if cfg.auth == "iam" else (),
@@ -490,6 +496,9 @@ class RdsDatabase:
             problems.append(f"master user {user} is not a member of rds_password; password commands are "
                             f"restricted ({source}). Fix: GRANT rds_password TO {ident};")
         return problems
+
+    def close(self) -> None:
+        self.aws.close()
 
     # credentials are created in SQL for this provider
     def credential(self, name: str) -> Credential | None:

@@ -33,7 +33,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from providers.base import Credential, DatabaseInfo, Digest, OpenContext
-from providers.http import ApiClient, shared_budget
+from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
@@ -70,7 +70,7 @@ def supabase_error(response: httpx.Response) -> str:
 class _Management:
     """The Management API client for one token (shared by the database and app sides)."""
 
-    def __init__(self, ctx: OpenContext) -> None:
+    def __init__(self, ctx: OpenContext, budget: RateBudget | None = None) -> None:
         token = (ctx.environ.get(TOKEN_ENV) or "").strip()
         if not token:
             raise ConfigError(f"{TOKEN_ENV} is not set; create a personal access token at "
@@ -80,7 +80,7 @@ class _Management:
             "Supabase Management API", ctx.environ.get("SUPABASE_API_URL") or DEFAULT_API,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             retry=ctx.retry, transport=ctx.http_transport,   # type: ignore[arg-type]
-            budget=shared_budget(key), describe_error=supabase_error,
+            budget=budget or shared_budget(key), describe_error=supabase_error,
         )
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -135,9 +135,10 @@ class SupabaseDatabaseConfig(BaseModel):
 class SupabaseDatabase:
     key = "supabase"
 
-    def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext) -> None:
+    def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None) -> None:
         self.config = config
         self.ctx = ctx
+        self._budget = budget        # default: the budget shared by every client of this token
         self._mgmt: _Management | None = None
         self._project: dict[str, Any] | None = None
         self._pooler: str | None = None
@@ -145,8 +146,13 @@ class SupabaseDatabase:
     @property
     def mgmt(self) -> _Management:
         if self._mgmt is None:
-            self._mgmt = _Management(self.ctx)
+            self._mgmt = _Management(self.ctx, self._budget)
         return self._mgmt
+
+    def close(self) -> None:
+        if self._mgmt is not None:
+            self._mgmt.api.close()
+            self._mgmt = None
 
     @property
     def ref(self) -> str:
@@ -292,16 +298,22 @@ class SupabaseApp:
     # Edge Functions read secrets on each invocation: a change is live without a restart
     config_change_restarts = True
 
-    def __init__(self, config: SupabaseAppConfig, ctx: OpenContext) -> None:
+    def __init__(self, config: SupabaseAppConfig, ctx: OpenContext, *, budget: RateBudget | None = None) -> None:
         self.config = config
         self.ctx = ctx
+        self._budget = budget
         self._mgmt: _Management | None = None
 
     @property
     def mgmt(self) -> _Management:
         if self._mgmt is None:
-            self._mgmt = _Management(self.ctx)
+            self._mgmt = _Management(self.ctx, self._budget)
         return self._mgmt
+
+    def close(self) -> None:
+        if self._mgmt is not None:
+            self._mgmt.api.close()
+            self._mgmt = None
 
     @property
     def _path(self) -> str:

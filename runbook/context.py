@@ -95,7 +95,7 @@ class Context:
             environ=self.environ,
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
-            http_transport=self.http_transport, url_var=self.url_var, flag_name=self.flag.name,
+            http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
         )
 
     @property

@@ -12,6 +12,8 @@ from tests.providers.heroku.conftest import ADDON, APP, FLAG, URL_VAR
 
 def test_no_body_password_or_token_reaches_logs(fake, open_db, open_app, pg, canary_password, caplog, capsys):
     caplog.set_level(logging.DEBUG)
+    # the CLI clamps httpx to WARNING for the whole process; an earlier test in this worker may have run it
+    caplog.set_level(logging.DEBUG, logger="httpx")
     owner_password = fake.owner_url(ADDON).split(":")[2].split("@")[0]
     role = pg.role("raxx_app")
     fake.provision_polls = 2

@@ -62,6 +62,12 @@ def app_role(pg, canary_password):
     return credential
 
 
+def offline(password: str) -> Credential:
+    """A credential whose URL is only stored, never used to log in."""
+    return Credential(name="raptor_app", user="raptor_app", host="raptor.abc.eu-west-1.rds.amazonaws.com", port=5432,
+                      database="raptor", password=Secret(password))
+
+
 # -- config model -------------------------------------------------------------------------------
 
 def test_region_and_profile_default_from_an_rds_database():
@@ -145,9 +151,9 @@ def test_secret_store_round_trip_login_and_previous_version(service, ctx, pg, ap
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_retire_schedules_deletion_and_provision_restores(service, ctx, app_role, canary_password):
+def test_retire_schedules_deletion_and_provision_restores(service, ctx, canary_password):
     app = open_app(ctx)
-    app.set_config({URL_VAR: app_role().url()})
+    app.set_config({URL_VAR: offline(canary_password).url()})
     app.unset_config([URL_VAR])
     sm = client("secretsmanager")
     deleted = sm.describe_secret(SecretId=SECRET)["DeletedDate"]
@@ -155,24 +161,24 @@ def test_retire_schedules_deletion_and_provision_restores(service, ctx, app_role
     assert app.get_config([URL_VAR]) == {URL_VAR: None}
     app.unset_config([URL_VAR])        # idempotent while scheduled
     # provisioning again within the window brings the secret back with the new value
-    app.set_config({URL_VAR: app_role().url()})
+    app.set_config({URL_VAR: offline(canary_password + "-2").url()})
     assert "DeletedDate" not in sm.describe_secret(SecretId=SECRET)
-    assert json.loads(sm.get_secret_value(SecretId=SECRET)["SecretString"])["password"] == canary_password
+    assert json.loads(sm.get_secret_value(SecretId=SECRET)["SecretString"])["password"] == canary_password + "-2"
 
 
-def test_absent_secret_reads_as_none_and_an_unknown_arn_is_not_created(service, ctx, app_role):
+def test_absent_secret_reads_as_none_and_an_unknown_arn_is_not_created(service, ctx, canary_password):
     assert open_app(ctx).get_config([URL_VAR, FLAG]) == {URL_VAR: None, FLAG: None}
     open_app(ctx).unset_config([URL_VAR, FLAG])    # nothing to delete is fine
     arn = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:raptor-url-AbCdEf"
     with pytest.raises(ConfigError, match="no secret arn:.*give a name and pg-runbook creates it"):
-        open_app(ctx, url_name=arn).set_config({URL_VAR: app_role().url()})
+        open_app(ctx, url_name=arn).set_config({URL_VAR: offline(canary_password).url()})
 
 
 # -- the URL in SSM, and the flag ------------------------------------------------------------------
 
-def test_ssm_store_is_a_securestring(service, ctx, app_role):
+def test_ssm_store_is_a_securestring(service, ctx, canary_password):
     app = open_app(ctx, url_store="ssm", url_name="/raptor/staging/DATABASE_URL")
-    cred = app_role()
+    cred = offline(canary_password)
     app.set_config({URL_VAR: cred.url(), FLAG: "1"})
     ssm = client("ssm")
     assert ssm.get_parameter(Name="/raptor/staging/DATABASE_URL")["Parameter"]["Type"] == "SecureString"
@@ -196,10 +202,10 @@ def test_flag_is_an_ssm_string(service, ctx):
         app.set_config({FLAG: ""})
 
 
-def test_other_keys_are_refused_before_anything_is_written(service, ctx, app_role):
+def test_other_keys_are_refused_before_anything_is_written(service, ctx, canary_password):
     app = open_app(ctx)
     with pytest.raises(ConfigError, match=f"keeps only {URL_VAR} .* and {FLAG} .*'OTHER' has no place"):
-        app.set_config({URL_VAR: app_role().url(), FLAG: "1", "OTHER": "x"})
+        app.set_config({URL_VAR: offline(canary_password).url(), FLAG: "1", "OTHER": "x"})
     assert client("secretsmanager").list_secrets()["SecretList"] == []
     assert client("ssm").describe_parameters()["Parameters"] == []
     with pytest.raises(ConfigError):
@@ -208,16 +214,16 @@ def test_other_keys_are_refused_before_anything_is_written(service, ctx, app_rol
         app.unset_config(["OTHER"])
 
 
-def test_no_secret_reaches_the_logs_at_debug(service, ctx, app_role, canary_password, caplog):
+def test_no_secret_reaches_the_logs_at_debug(service, ctx, canary_password, caplog):
     logging.getLogger("botocore").setLevel(logging.NOTSET)    # as a fresh process has it
     caplog.set_level(logging.DEBUG)
     app = open_app(ctx)
-    app.set_config({URL_VAR: app_role().url(), FLAG: "1"})
+    app.set_config({URL_VAR: offline(canary_password).url(), FLAG: "1"})
     app.get_config([URL_VAR, FLAG])
-    app.set_config({URL_VAR: app_role().url()})
+    app.set_config({URL_VAR: offline(canary_password + "-2").url()})
     app.restart()
     ssm_app = open_app(ctx, url_store="ssm", url_name="/raptor/staging/DATABASE_URL")
-    ssm_app.set_config({URL_VAR: app_role().url()})
+    ssm_app.set_config({URL_VAR: offline(canary_password).url()})
     ssm_app.get_config([URL_VAR])
     assert logging.getLogger("botocore").getEffectiveLevel() >= logging.WARNING
     assert any(r.name == "providers.ecs" for r in caplog.records)     # progress was logged

@@ -77,6 +77,21 @@ def test_clients_honour_endpoint_retry_and_timeouts(make_ctx):
     assert plain.meta.endpoint_url == f"https://rds.{REGION}.amazonaws.com"
 
 
+def test_missing_credentials_and_profiles_are_config_errors(make_ctx, monkeypatch, tmp_path):
+    # nothing in the chain, and no instance-metadata lookup off this machine
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    ctx = dataclasses.replace(make_ctx(), environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(ConfigError, match="no usable AWS credentials"):
+        open_db(ctx, instance="a", region=REGION).describe()
+    with pytest.raises(ConfigError, match="AWS profile 'nope' is not configured"):
+        open_db(ctx, instance="a", region=REGION, profile="nope").describe()
+
+
 def test_describe_instance_reports_version_class_and_parameters(aws, ctx):
     create_parameter_group("raptor-pg", **{"rds.force_ssl": "0", "rds.restrict_password_commands": "1"})
     create_instance(parameter_group="raptor-pg")
@@ -98,7 +113,7 @@ def test_describe_reports_engine_defaults_for_unset_parameters(aws, ctx):
     assert d["parameter_group"] == "default.postgres16"
     assert d["rds.force_ssl"] == "1 (engine default)"          # RDS for PostgreSQL >= 15
     assert d["rds.restrict_password_commands"] == "0 (engine default)"
-    assert "parameters_note" not in d
+    assert "note_parameters" not in d
     create_instance("raptor-old", version="14.10")
     assert open_db(ctx, instance="raptor-old", region=REGION).describe().details["rds.force_ssl"] == "0 (engine default)"
 
@@ -116,7 +131,7 @@ def test_describe_goes_on_when_the_parameter_group_is_unreadable(aws, ctx):
     db.aws.client("rds").meta.events.register("before-call.rds.DescribeDBParameters", deny)
     d = db.describe().details
     assert d["rds.restrict_password_commands"] == "0 (engine default)"
-    assert d["parameters_note"] == "parameter group raptor-pg unreadable (AccessDenied)"
+    assert d["note_parameters"] == "parameter group raptor-pg unreadable (AccessDenied)"
 
     def throttle(**kwargs):
         raise ClientError({"Error": {"Code": "InternalFailure", "Message": "boom"}}, "DescribeDBParameters")
@@ -179,6 +194,7 @@ def test_iam_auth_describe_gives_policy_and_rds_iam(aws, ctx):
     assert json.loads(db.iam_policy("raptor_app")) == {
         "Effect": "Allow", "Action": "rds-db:connect", "Resource": resource}
     assert json.loads(info.details["iam_policy"])["Resource"] == resource.replace("raptor_app", "<role>")
+    assert info.details["note_iam"].endswith(info.details["iam_policy"])
     cred = db.credential_for("raptor_app", None)
     assert cred.password is None and cred.sslmode == "require"
     assert cred.url().reveal() == f"postgresql://raptor_app@{db_desc['Endpoint']['Address']}:5432/raptor?sslmode=require"
