@@ -111,8 +111,9 @@ def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
                 started = time.monotonic()
                 step.apply(ctx, changes)
                 _fault_kill(step.name)
+                extra = {k: v for c in changes for k, v in c.data.items()}
                 journal(step.name, "result", f"applied {len(changes)} change(s)",
-                        {"seconds": round(time.monotonic() - started, 3)})
+                        {"seconds": round(time.monotonic() - started, 3), **extra})
                 report.status = "applied"
             else:
                 report.status = "unchanged"

@@ -84,8 +84,7 @@ def cluster(request: pytest.FixtureRequest, cluster_base: Path) -> Iterator[Runn
     if label not in _clusters:
         bin_dir = dict(VERSIONS)[label]
         _clusters[label] = _start(label, bin_dir, cluster_base)
-        if os.environ.get("RUNBOOK_TEST_KEEP_CLUSTERS") != "1":
-            request.addfinalizer(lambda: _clusters.pop(label).cluster.destroy())
+        request.addfinalizer(lambda: _retire_cluster(label))
     yield _clusters[label]
 
 
@@ -128,6 +127,19 @@ class PgTarget:
         with self.connect() as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
+
+
+def _retire_cluster(label: str) -> None:
+    """Session-wide canary check, then teardown: no test's canary password reached the server
+    log (log_statement = all), whatever test put it there."""
+    rc = _clusters.pop(label)
+    try:
+        text = rc.cluster.log_file.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if os.environ.get("RUNBOOK_TEST_KEEP_CLUSTERS") != "1":
+        rc.cluster.destroy()
+    assert CANARY not in text, f"canary password found in the {label} server log"
 
 
 @pytest.fixture

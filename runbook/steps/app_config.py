@@ -92,9 +92,6 @@ class WriteUrl(Step):
             ctx.app.set_config({ctx.url_var: cred.url()})
         ctx.app_changed = True
         ctx.url_state = None
-        if ctx.store is not None:
-            ctx.store.event(ctx.run_id, ctx.env.name, "url", "info", f"{ctx.url_var} written",
-                            {"url_digest": changes[0].data.get("url_digest")})
 
     def verify(self, ctx):
         state = url_state(ctx, refresh=True)
