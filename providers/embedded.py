@@ -168,7 +168,8 @@ class Cluster:
                 opts["port"] = str(self.port)
                 o = " ".join(f"-c {k}={v}" for k, v in opts.items())
                 continue
-            raise ClusterError(f"PostgreSQL did not start: {self.log_tail()}")
+            detail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
+            raise ClusterError(f"PostgreSQL did not start: {detail[0]} | log: {self.log_tail()}")
 
     def log_tail(self, lines: int = 3) -> str:
         try:

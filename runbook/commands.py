@@ -329,9 +329,8 @@ def _rollback_to_store(ctx: Context, state: str | None, records: list[dict[str, 
         run_id = store.begin(ctx.env.name, "rollback", ctx.digest)
         local.drain_into(store, ctx.env.name, run_id)
         store.finish(run_id, "ok" if result.status in ("ok", "unchanged") else "failed", {"result": result.status})
-        if store.open_soak(ctx.env.name):
-            store.end_soak(ctx.env.name, "rolled-back", "flag turned off by rollback", time.time())
-            result.say("the soak ended (rolled back)")
+        if store.end_soak(ctx.env.name, "rolled-back", "flag turned off by rollback", time.time(), include_passed=True):
+            result.say("the soak ended (rolled back); a rolled-back soak does not allow promotion")
         return store.location
     except Exception as exc:
         result.say(f"state store failed mid-write ({type(exc).__name__}); journalled locally at {local.path}")
@@ -389,6 +388,10 @@ def soak(project: Project, env: str, *, environ=None, state: str | None = None, 
             result.status, result.exit_code = "waiting", GateClosed.exit_code
             if view.state in ("rolled-back", "retired", "ended"):
                 result.say(f"the last soak of {env} {view.state}; provision again to start a new one")
+        elif view.state == "inconclusive":
+            result.status, result.exit_code = "check-failed", CheckFailed.exit_code
+            result.say(f"the soak is inconclusive (a checkpoint had no data); it cannot pass. Fix the check, then "
+                       f"`runbook provision --env {env}` after a rollback, or re-provision with a changed spec, to soak again")
         elif view.state == "failed":
             result.status, result.exit_code = "check-failed", CheckFailed.exit_code
             result.say(f"the soak failed; roll back with: runbook rollback --env {env} --yes")

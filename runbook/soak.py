@@ -91,6 +91,8 @@ def view(store, env: str, spec, digest: str, *, now: float | None = None) -> Soa
             state = "failed"
         elif all(p.status == "pass" for p in points):
             state = "passed"
+        elif all(p.status != "pending" for p in points):
+            state = "inconclusive"       # no data is never a pass: this soak cannot pass any more
     return SoakView(env, state, started, soak["digest"], soak["digest"] == digest, remaining, points, soak["id"])
 
 
@@ -99,7 +101,7 @@ def evaluate(ctx, store, *, now: float | None = None) -> SoakView:
     spec = ctx.project.spec.soak
     now = now or time.time()
     current = view(store, ctx.env.name, spec, ctx.digest, now=now)
-    if current.state != "running" and current.state not in ("passed", "failed"):
+    if current.state != "running" and current.state not in ("passed", "failed", "inconclusive"):
         return current
     soak = store.open_soak(ctx.env.name)
     if soak is None:
@@ -136,6 +138,8 @@ def evaluate(ctx, store, *, now: float | None = None) -> SoakView:
         final.state = "passed"
     elif final.state == "failed":
         store.end_soak(ctx.env.name, "failed", "a checkpoint failed", now)
+    elif final.state == "inconclusive":
+        store.end_soak(ctx.env.name, "inconclusive", "a checkpoint had no data or its check errored", now)
     return final
 
 

@@ -66,7 +66,7 @@ class StateStore(Protocol):
     def open_soak(self, env: str) -> dict[str, Any] | None: ...
     def latest_soak(self, env: str) -> dict[str, Any] | None: ...
     def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int: ...
-    def end_soak(self, env: str, status: str, reason: str, at: float) -> None: ...
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool: ...
     def checkpoints(self, soak_id: int) -> list[dict[str, Any]]: ...
     def record_checkpoint(self, soak_id: int, offset_s: float, at: float, late: bool, status: str, details: Any) -> bool: ...
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
@@ -215,10 +215,14 @@ class _SqlStore:
                    (at, "a new soak started", env))
         return self._insert("soaks", {"env": env, "digest": digest, "run_id": run_id, "started_at": at, "status": "running"})
 
-    def end_soak(self, env: str, status: str, reason: str, at: float) -> None:
-        self._exec(self._q("UPDATE {t} SET status = %s, ended_at = %s, end_reason = %s "
-                           "WHERE env = %s AND status = 'running'", t="soaks"),
-                   (status, at, redact(reason), env))
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool:
+        """End the running soak (and, for a rollback, void a passed one too). True if one changed."""
+        states = "('running', 'passed')" if include_passed else "('running')"
+        rows = self._exec(self._q("UPDATE {t} SET status = %s, ended_at = %s, end_reason = %s "
+                                  f"WHERE env = %s AND status IN {states} "
+                                  "AND id = (SELECT max(id) FROM {t} WHERE env = %s) RETURNING id", t="soaks"),
+                          (status, at, redact(reason), env, env))
+        return bool(rows)
 
     def checkpoints(self, soak_id: int) -> list[dict[str, Any]]:
         return self._select("checkpoints", "soak_id = %s", (soak_id,), order="offset_s")

@@ -139,6 +139,7 @@ class SetFlag(Step):
     def apply(self, ctx, changes):
         ctx.app.set_config({ctx.flag.name: self._value(ctx)})
         ctx.app_changed = True
+        self.changed = True
 
     def verify(self, ctx):
         current = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
@@ -155,16 +156,20 @@ class SetFlag(Step):
             return
         now = time.time()
         if self.target == "off":
-            if store.open_soak(ctx.env.name):
-                store.end_soak(ctx.env.name, "rolled-back", f"flag turned off by {ctx.command}", now)
-                ctx.note("soak ended: the flag is off")
+            if store.end_soak(ctx.env.name, "rolled-back", f"flag turned off by {ctx.command}", now, include_passed=True):
+                ctx.note("soak ended: the flag is off (a rolled-back soak does not allow promotion)")
             return
         soak = store.open_soak(ctx.env.name)
-        if soak is None or soak["digest"] != ctx.digest:
-            store.start_soak(ctx.env.name, ctx.digest, ctx.run_id, now)
-            ctx.soak_started = True
-            why = "spec changed" if soak else "flag on"
-            ctx.note(f"soak clock started ({why}); `runbook soak --env {ctx.env.name}` evaluates its checkpoints")
+        if soak is not None and soak["digest"] == ctx.digest:
+            return
+        latest = store.latest_soak(ctx.env.name)
+        if (soak is None and latest and latest["digest"] == ctx.digest and latest["status"] == "passed"
+                and not getattr(self, "changed", False)):
+            return     # a re-run of an environment whose soak already passed keeps that soak
+        store.start_soak(ctx.env.name, ctx.digest, ctx.run_id, now)
+        ctx.soak_started = True
+        why = "the role spec changed" if (soak or latest) and (soak or latest)["digest"] != ctx.digest else "flag on"
+        ctx.note(f"soak clock started ({why}); `runbook soak --env {ctx.env.name}` evaluates its checkpoints")
 
 
 class Restart(Step):
