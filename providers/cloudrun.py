@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from providers.base import Credential, Digest, OpenContext
 from providers.gcp_auth import GoogleAuth, google_error
 from providers.http import ApiClient, RateBudget, shared_budget
-from runbook.durations import parse_duration
+from runbook.durations import format_duration, parse_duration
 from runbook.errors import ConfigError, ProviderError
 from runbook.secret import Secret
 
@@ -190,15 +190,17 @@ class CloudRunApp:
 
     def _wait(self, operation: dict[str, Any], what: str) -> None:
         name = operation.get("name")
-        deadline = time.monotonic() + self.config.operation_timeout.total_seconds()
+        timeout, interval = self.config.operation_timeout.total_seconds(), self.config.poll_interval.total_seconds()
+        deadline, polls_left = time.monotonic() + timeout, max(1, int(timeout / max(interval, 1e-3)))
         while not operation.get("done"):
             if not name:
                 raise ProviderError(f"Cloud Run: {what} returned no operation to follow")
-            if time.monotonic() >= deadline:
-                raise ProviderError(f"Cloud Run: {what} is still in progress after {self.config.operation_timeout}; "
-                                    f"follow it with `gcloud run services describe {self.config.service} "
-                                    f"--region={self.config.region}`")
-            self._sleep(self.config.poll_interval.total_seconds())
+            polls_left -= 1
+            if time.monotonic() >= deadline or polls_left < 0:
+                raise ProviderError(f"Cloud Run: {what} is still in progress after "
+                                    f"{format_duration(self.config.operation_timeout)}; follow it with "
+                                    f"`gcloud run services describe {self.config.service} --region={self.config.region}`")
+            self._sleep(interval)
             operation = self._json(self._call("run", "GET", f"/v2/{name}"), "Cloud Run Admin API")
         error = operation.get("error")
         if error:

@@ -30,7 +30,7 @@ from providers.base import Credential, DatabaseInfo, OpenContext
 from providers.gcp_auth import GoogleAuth, google_error
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
-from runbook.durations import parse_duration
+from runbook.durations import format_duration, parse_duration
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
@@ -161,14 +161,16 @@ class CloudSqlDatabase:
         name = operation.get("name")
         if not name:
             raise ProviderError(f"Cloud SQL Admin API: {what} returned no operation to follow")
-        deadline = time.monotonic() + self.config.operation_timeout.total_seconds()
+        timeout, interval = self.config.operation_timeout.total_seconds(), self.config.poll_interval.total_seconds()
+        deadline, polls_left = time.monotonic() + timeout, max(1, int(timeout / max(interval, 1e-3)))
         while operation.get("status") != "DONE":
-            if time.monotonic() >= deadline:
+            polls_left -= 1
+            if time.monotonic() >= deadline or polls_left < 0:
                 raise ProviderError(
                     f"Cloud SQL: {what} is still {operation.get('status') or 'pending'} after "
-                    f"{self.config.operation_timeout}; follow it with `gcloud sql operations describe {name} "
-                    f"--project={self.config.project}`")
-            self._sleep(self.config.poll_interval.total_seconds())
+                    f"{format_duration(self.config.operation_timeout)}; follow it with "
+                    f"`gcloud sql operations describe {name} --project={self.config.project}`")
+            self._sleep(interval)
             operation = self._call("GET", f"{self._base}/operations/{name}")
         errors = (operation.get("error") or {}).get("errors") or []
         if errors:

@@ -46,6 +46,11 @@ class EnsureRole(Step):
             changes.append(roles.create(conn, role, password, no_superuser_clause=no_su))
             changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
             return changes
+        if callable(getattr(ctx.db, "adjust_existing_role", None)) and (
+                "cloudsqlsuperuser" in facts.member_of or facts.createrole or facts.createdb):
+            # a user made through the platform's API lands in its superuser group; the platform knows how to undo that
+            changes.append(Change(f"take {ctx.db.key}'s admin group and CREATEROLE/CREATEDB away from {role.name} "
+                                  "(it was created through the platform's API)", data={"platform_adjust": True}))
         changes.extend(roles.fix_attributes(role, facts, no_superuser_clause=no_su))
         changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
         if observed["owner_member"]:
@@ -66,9 +71,18 @@ class EnsureRole(Step):
             ctx.credential_created = True
             return
         conn = ctx.admin()
+        if any(c.data.get("platform_adjust") for c in changes):
+            for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
+                ctx.note(sentence)
+            if not roles.facts(conn, ctx.role.name).exists:
+                from runbook.errors import RunbookError
+
+                raise RunbookError(f"{ctx.role.name} was deleted through the platform's API so that it can be "
+                                   f"created again in SQL; run `runbook provision --env {ctx.env.name}` again")
         with conn.transaction():
             for change in changes:
-                conn.execute(change.statement)
+                if change.statement is not None:
+                    conn.execute(change.statement)
 
     def verify(self, ctx):
         if ctx.api_credentials:

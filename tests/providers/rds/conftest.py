@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+from tests.logins import create_login
 from psycopg import sql
 
 from providers.base import OpenContext, RetryPolicy
@@ -94,8 +96,7 @@ def master(pg, canary_password) -> Master:
     """A non-superuser master with CREATEROLE and a password, as RDS gives you; rds_password exists."""
     ensure_role(pg, "rds_password")
     name = pg.role("master")
-    pg.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
-        sql.Identifier(name), sql.Literal(canary_password)))
+    create_login(pg, name, canary_password, "CREATEROLE")
     pg.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(name)))
     pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(name)))
     return Master(name, canary_password)

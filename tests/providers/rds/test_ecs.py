@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
+
+from tests.logins import create_login, set_password
 from psycopg import sql
 from pydantic import ValidationError
 
@@ -53,7 +55,7 @@ def moto_deployment(cluster: str = "raptor", name: str = "web") -> dict:
 def app_role(pg, canary_password):
     """A real login the stored URL must reach."""
     name = pg.role("raptor_app")
-    pg.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(canary_password)))
+    create_login(pg, name, canary_password)
 
     def credential(password: str = canary_password) -> Credential:
         return Credential(name=name, user=name, host="127.0.0.1", port=pg.port, database=pg.dbname,
@@ -142,7 +144,7 @@ def test_secret_store_round_trip_login_and_previous_version(service, ctx, pg, ap
 
     # rotate: a second version becomes AWSCURRENT, the first AWSPREVIOUS
     rotated_pw = canary_password + "-rotated"
-    pg.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(first.user), sql.Literal(rotated_pw)))
+    set_password(pg, first.user, rotated_pw)
     app.set_config({URL_VAR: app_role(rotated_pw).url()})
     current = json.loads(sm.get_secret_value(SecretId=SECRET, VersionStage="AWSCURRENT")["SecretString"])
     previous = json.loads(sm.get_secret_value(SecretId=SECRET, VersionStage="AWSPREVIOUS")["SecretString"])

@@ -1,0 +1,381 @@
+"""Contract fakes of the Google APIs the cloudsql/cloudrun providers use, on 127.0.0.1.
+
+Three servers (so a provider that sends a call to the wrong base URL gets a 404):
+- sqladmin:       instances.get, users.delete, operations.get (PENDING → RUNNING → DONE over polls)
+- secretmanager:  secrets.create, secrets.addVersion, versions.access (latest), secrets.delete
+- run (v2):       services.get, services.patch (→ a long-running operation, a new revision),
+                  operations.get
+
+Backed by the real PostgreSQL when an admin DSN is given: users.delete really drops the role
+(its PostgreSQL error becomes the operation's error), and every revision Cloud Run "starts"
+resolves its env (secrets included) so a test can connect the way the app would.
+Shapes follow the public REST references: Google's {"error": {code, message, status}} envelope,
+sql#operation with status/error.errors[], google.longrunning.Operation with done/error/response.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import re
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tests.providers.cloudsql.fakeserver import FakeServer, Request
+
+TOKEN = "ya29.fake-google-access-token"
+PROJECT = "raxx-prod-123"
+INSTANCE = "raxx-pg"
+REGION = "europe-west1"
+SERVICE = "raxx-api"
+PUBLIC_IP = "34.78.1.2"
+PRIVATE_IP = "10.20.0.3"
+
+
+def gerror(code: int, status: str, message: str, reason: str | None = None) -> tuple[int, dict]:
+    err: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        err["errors"] = [{"message": message, "domain": "global", "reason": reason}]
+    return code, {"error": err}
+
+
+def default_instance(project: str = PROJECT, instance: str = INSTANCE, region: str = REGION) -> dict[str, Any]:
+    return {
+        "kind": "sql#instance",
+        "name": instance,
+        "project": project,
+        "region": region,
+        "state": "RUNNABLE",
+        "databaseVersion": "POSTGRES_16",
+        "databaseInstalledVersion": "POSTGRES_16_4",
+        "instanceType": "CLOUD_SQL_INSTANCE",
+        "connectionName": f"{project}:{region}:{instance}",
+        "backendType": "SECOND_GEN",
+        "ipAddresses": [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}, {"type": "OUTGOING", "ipAddress": "35.1.1.1"}],
+        "settings": {
+            "kind": "sql#settings",
+            "tier": "db-custom-2-7680",
+            "edition": "ENTERPRISE",
+            "availabilityType": "REGIONAL",
+            "activationPolicy": "ALWAYS",
+            "ipConfiguration": {"ipv4Enabled": True, "sslMode": "ENCRYPTED_ONLY", "requireSsl": True},
+        },
+    }
+
+
+def default_service(project: str = PROJECT, region: str = REGION, service: str = SERVICE) -> dict[str, Any]:
+    name = f"projects/{project}/locations/{region}/services/{service}"
+    return {
+        "name": name,
+        "uid": str(uuid.uuid4()),
+        "generation": "1",
+        "labels": {"team": "raptor"},
+        "createTime": "2024-05-01T10:00:00Z",
+        "ingress": "INGRESS_TRAFFIC_ALL",
+        "launchStage": "GA",
+        "template": {
+            "containers": [
+                {"name": "otel", "image": "otel/opentelemetry-collector:0.98.0"},
+                {"name": "app", "image": f"europe-docker.pkg.dev/{project}/apps/raxx-api:1.4.2",
+                 "ports": [{"name": "http1", "containerPort": 8080}],
+                 "env": [{"name": "LOG_LEVEL", "value": "info"}],
+                 "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}},
+            ],
+            "serviceAccount": f"raxx-api@{project}.iam.gserviceaccount.com",
+            "maxInstanceRequestConcurrency": 80,
+        },
+        "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
+        "latestReadyRevision": f"{name}/revisions/{service}-00001-abc",
+        "latestCreatedRevision": f"{name}/revisions/{service}-00001-abc",
+        "uri": f"https://{service}-x7y2z.a.run.app",
+        "etag": '"etag-1"',
+        "reconciling": False,
+    }
+
+
+class FakeGoogle:
+    def __init__(self, *, admin_dsn: str | None = None, token: str = TOKEN, op_polls: int = 2) -> None:
+        self.admin_dsn = admin_dsn
+        self.token = token
+        self.op_polls = op_polls                       # operation GETs before DONE
+        self.sqladmin = FakeServer("sqladmin")
+        self.secretmanager = FakeServer("secretmanager")
+        self.run = FakeServer("run")
+        self.instances: dict[tuple[str, str], dict[str, Any]] = {(PROJECT, INSTANCE): default_instance()}
+        self.sql_ops: dict[str, dict[str, Any]] = {}
+        self.op_statuses: list[str] = []               # every status an sqladmin operation GET returned
+        self.fail_next_operation: str | None = None    # message of an sqladmin operation error
+        self.stuck_operations = False                  # operations never finish
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.run_ops: dict[str, dict[str, Any]] = {}
+        self.fail_next_revision: str | None = None
+        self.revisions: list[dict[str, Any]] = []      # revisions that became ready, with resolved env
+        self._counter = itertools.count(2)
+        self._lock = threading.Lock()
+        self.add_service(default_service())
+        self._routes()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def start(self) -> "FakeGoogle":
+        for server in self.servers:
+            server.start()
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    @property
+    def servers(self) -> tuple[FakeServer, FakeServer, FakeServer]:
+        return self.sqladmin, self.secretmanager, self.run
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for s in self.servers for e in s.errors]
+
+    def environ(self) -> dict[str, str]:
+        return {"CLOUDSQL_API_URL": self.sqladmin.url, "SECRETMANAGER_API_URL": self.secretmanager.url,
+                "CLOUDRUN_API_URL": self.run.url, "GOOGLE_OAUTH_ACCESS_TOKEN": self.token}
+
+    def add_service(self, service: dict[str, Any]) -> None:
+        self.services[service["name"]] = service
+
+    def service(self, name: str | None = None) -> dict[str, Any]:
+        return self.services[name or f"projects/{PROJECT}/locations/{REGION}/services/{SERVICE}"]
+
+    def secret_value(self, name: str, project: str = PROJECT) -> str | None:
+        entry = self.secrets.get((project, name))
+        return entry["versions"][-1].decode() if entry and entry["versions"] else None
+
+    def latest_env(self) -> dict[str, str]:
+        return self.revisions[-1]["env"] if self.revisions else {}
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _authed(self, req: Request) -> tuple[int, dict] | None:
+        if req.headers.get("authorization") != f"Bearer {self.token}":
+            return gerror(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        return None
+
+    def _routes(self) -> None:
+        sa, sm, run = self.sqladmin, self.secretmanager, self.run
+        p, seg = r"(?P<p>[^/]+)", r"(?P<{}>[^/:]+)"
+
+        @sa.route("GET", rf"/v1/projects/{p}/instances/{seg.format('i')}")
+        def get_instance(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            inst = self.instances.get((m["p"], m["i"]))
+            if inst is None:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            return 200, inst
+
+        @sa.route("DELETE", rf"/v1/projects/{p}/instances/{seg.format('i')}/users")
+        def delete_user(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            if (m["p"], m["i"]) not in self.instances:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            name = req.query.get("name")
+            if not name:
+                return gerror(400, "INVALID_ARGUMENT", "Missing parameter: name.", "required")
+            op_id = str(uuid.uuid4())
+            op = {"kind": "sql#operation", "name": op_id, "status": "PENDING", "operationType": "DELETE_USER",
+                  "targetId": m["i"], "targetProject": m["p"], "insertTime": "2024-05-01T10:00:00Z",
+                  "selfLink": f"https://sqladmin.googleapis.com/v1/projects/{m['p']}/operations/{op_id}"}
+            self.sql_ops[op_id] = {"op": op, "polls": 0, "action": ("drop_role", name),
+                                   "error": self.fail_next_operation}
+            self.fail_next_operation = None
+            return 200, op
+
+        @sa.route("GET", rf"/v1/projects/{p}/operations/{seg.format('op')}")
+        def get_operation(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            entry = self.sql_ops.get(m["op"])
+            if entry is None:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL operation does not exist.", "operationDoesNotExist")
+            op = entry["op"]
+            if op["status"] != "DONE" and not self.stuck_operations:
+                entry["polls"] += 1
+                if entry["polls"] >= self.op_polls:
+                    op["status"] = "DONE"
+                    self._finish_sql_op(entry)
+                else:
+                    op["status"] = "RUNNING"
+            elif self.stuck_operations:
+                op["status"] = "RUNNING"
+            self.op_statuses.append(op["status"])
+            return 200, op
+
+        @sm.route("POST", rf"/v1/projects/{p}/secrets")
+        def create_secret(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            sid = req.query.get("secretId") or ""
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", sid):
+                return gerror(400, "INVALID_ARGUMENT", "Invalid secret id.")
+            if not isinstance(req.body, dict) or "automatic" not in (req.body.get("replication") or {}):
+                return gerror(400, "INVALID_ARGUMENT", "Secret.replication is required.")
+            if (m["p"], sid) in self.secrets:
+                return gerror(409, "ALREADY_EXISTS", f"Secret [projects/{m['p']}/secrets/{sid}] already exists.")
+            self.secrets[(m["p"], sid)] = {"versions": [], "labels": req.body.get("labels") or {}}
+            return 200, {"name": f"projects/{m['p']}/secrets/{sid}", "replication": {"automatic": {}},
+                         "createTime": "2024-05-01T10:00:00Z", "labels": req.body.get("labels") or {}}
+
+        @sm.route("POST", rf"/v1/projects/{p}/secrets/{seg.format('s')}:addVersion")
+        def add_version(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            entry = self.secrets.get((m["p"], m["s"]))
+            if entry is None:
+                return gerror(404, "NOT_FOUND", f"Secret [projects/{m['p']}/secrets/{m['s']}] not found.")
+            try:
+                data = base64.b64decode((req.body or {})["payload"]["data"], validate=True)
+            except (KeyError, TypeError, ValueError):
+                return gerror(400, "INVALID_ARGUMENT", "payload.data must be base64.")
+            entry["versions"].append(data)
+            n = len(entry["versions"])
+            return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}", "state": "ENABLED",
+                         "createTime": "2024-05-01T10:00:00Z"}
+
+        @sm.route("GET", rf"/v1/projects/{p}/secrets/{seg.format('s')}/versions/latest:access")
+        def access(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            entry = self.secrets.get((m["p"], m["s"]))
+            if not entry or not entry["versions"]:
+                return gerror(404, "NOT_FOUND",
+                              f"Secret [projects/{m['p']}/secrets/{m['s']}] not found or has no versions.")
+            n = len(entry["versions"])
+            return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}",
+                         "payload": {"data": base64.b64encode(entry["versions"][-1]).decode()}}
+
+        @sm.route("DELETE", rf"/v1/projects/{p}/secrets/{seg.format('s')}")
+        def delete_secret(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            if self.secrets.pop((m["p"], m["s"]), None) is None:
+                return gerror(404, "NOT_FOUND", f"Secret [projects/{m['p']}/secrets/{m['s']}] not found.")
+            return 200, {}
+
+        service_rx = rf"/v2/(?P<name>projects/{p}/locations/(?P<r>[^/]+)/services/(?P<s>[^/]+))"
+
+        @run.route("GET", service_rx)
+        def get_service(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            service = self.services.get(m["name"])
+            if service is None:
+                return gerror(404, "NOT_FOUND", f"Resource '{m['s']}' of kind 'SERVICE' in region '{m['r']}' "
+                                                f"in project '{m['p']}' does not exist.")
+            return 200, service
+
+        @run.route("PATCH", service_rx)
+        def patch_service(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            with self._lock:
+                service = self.services.get(m["name"])
+                if service is None:
+                    return gerror(404, "NOT_FOUND", f"Resource '{m['s']}' of kind 'SERVICE' does not exist.")
+                body = req.body if isinstance(req.body, dict) else {}
+                if body.get("etag") not in (None, service["etag"]):
+                    return gerror(409, "ABORTED", "The etag does not match: the service changed since it was read.")
+                template = body.get("template")
+                if not isinstance(template, dict) or not template.get("containers"):
+                    return gerror(400, "INVALID_ARGUMENT", "template.containers is required.")
+                gen = next(self._counter)
+                rev = template.get("revision") or f"{m['s']}-{gen:05d}-{uuid.uuid4().hex[:3]}"
+                if any(r["name"] == rev for r in self.revisions) or rev == service["latestCreatedRevision"].split("/")[-1]:
+                    error = {"code": 6, "message": f"Revision named '{rev}' with different configuration already exists."}
+                else:
+                    error = self._resolve_failure(m["p"], template)
+                if error is None and self.fail_next_revision:
+                    error = {"code": 9, "message": self.fail_next_revision}
+                self.fail_next_revision = None
+                service["template"] = copy.deepcopy(template)
+                service["generation"] = str(gen)
+                service["etag"] = f'"etag-{gen}"'
+                service["latestCreatedRevision"] = f"{m['name']}/revisions/{rev}"
+                op_name = f"projects/{m['p']}/locations/{m['r']}/operations/{uuid.uuid4()}"
+                self.run_ops[op_name] = {"polls": 0, "error": error, "service": m["name"], "revision": rev}
+                return 200, {"name": op_name, "done": False,
+                             "metadata": {"@type": "type.googleapis.com/google.cloud.run.v2.Service",
+                                          "name": m["name"]}}
+
+        @run.route("GET", rf"/v2/(?P<name>projects/{p}/locations/[^/]+/operations/[^/]+)")
+        def get_run_operation(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            entry = self.run_ops.get(m["name"])
+            if entry is None:
+                return gerror(404, "NOT_FOUND", "Operation not found.")
+            entry["polls"] += 1
+            if entry["polls"] < self.op_polls:
+                return 200, {"name": m["name"], "done": False}
+            service = self.services[entry["service"]]
+            if entry["error"]:
+                return 200, {"name": m["name"], "done": True, "error": entry["error"]}
+            if not entry.get("ready"):
+                entry["ready"] = True
+                service["latestReadyRevision"] = f"{entry['service']}/revisions/{entry['revision']}"
+                self.revisions.append({"name": entry["revision"], "labels": dict(service["template"].get("labels") or {}),
+                                       "env": self._resolve_env(entry["service"].split("/")[1], service["template"])})
+            return 200, {"name": m["name"], "done": True,
+                         "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **service}}
+
+    # -- behaviour -------------------------------------------------------------------------
+
+    def _finish_sql_op(self, entry: dict[str, Any]) -> None:
+        error = entry["error"]
+        kind, name = entry["action"]
+        if error is None and kind == "drop_role":
+            if self.admin_dsn is None:
+                error = "no database behind this fake"
+            else:
+                try:
+                    with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+                except psycopg.Error as exc:
+                    error = f"Cannot delete user {name}: {str(exc).splitlines()[0]}"
+        if error:
+            entry["op"]["error"] = {"kind": "sql#operationErrors",
+                                    "errors": [{"kind": "sql#operationError", "code": "ERROR_RDBMS", "message": error}]}
+
+    def _env_refs(self, template: dict[str, Any]):
+        for container in template.get("containers") or []:
+            for env in container.get("env") or []:
+                yield container, env
+
+    def _resolve_failure(self, project: str, template: dict[str, Any]) -> dict[str, Any] | None:
+        for container, env in self._env_refs(template):
+            ref = (env.get("valueSource") or {}).get("secretKeyRef")
+            if ref:
+                secret = ref["secret"].split("/")[-1]
+                entry = self.secrets.get((project, secret))
+                if not entry or not entry["versions"]:
+                    return {"code": 9, "message": (
+                        f"Revision is not ready and cannot serve traffic. spec.template.spec.containers"
+                        f"[{container.get('name')}].env.valueFrom.secretKeyRef: Secret projects/{project}/secrets/"
+                        f"{secret}/versions/{ref.get('version')} was not found")}
+        return None
+
+    def _resolve_env(self, project: str, template: dict[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for _, env in self._env_refs(template):
+            if "value" in env:
+                out[env["name"]] = env["value"]
+            elif (env.get("valueSource") or {}).get("secretKeyRef"):
+                ref = env["valueSource"]["secretKeyRef"]
+                versions = self.secrets[(project, ref["secret"].split("/")[-1])]["versions"]
+                version = ref.get("version", "latest")
+                out[env["name"]] = (versions[-1] if version == "latest" else versions[int(version) - 1]).decode()
+        return out

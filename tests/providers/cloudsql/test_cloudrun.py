@@ -1,0 +1,240 @@
+"""The cloudrun app platform against the Secret Manager and Cloud Run fakes."""
+
+from __future__ import annotations
+
+import base64
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from providers.cloudrun import RESTART_LABEL, CloudRunAppConfig
+from runbook.errors import ConfigError, ProviderError
+from runbook.secret import Secret
+from tests.providers.cloudsql.conftest import FLAG, URL_VAR, app_config
+from tests.providers.cloudsql.fake_google import PROJECT, REGION, SERVICE, TOKEN
+from tests.logins import create_login
+
+SECRET = "raptor-database-url"
+SERVICE_PATH = f"/v2/projects/{PROJECT}/locations/{REGION}/services/{SERVICE}"
+SECRETS_PATH = f"/v1/projects/{PROJECT}/secrets"
+SECRET_PATH = f"{SECRETS_PATH}/{SECRET}"
+OPS = f"/v2/projects/{PROJECT}/locations/{REGION}/operations/.*"
+URL = "postgresql://raptor_app:pw-1234567@10.0.0.3:5432/raptor?sslmode=require"
+
+
+def app_env(fake) -> list[dict]:
+    containers = fake.service()["template"]["containers"]
+    return next(c for c in containers if c["name"] == "app")["env"]
+
+
+def url_ref() -> dict:
+    return {"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "latest"}}}
+
+
+def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open_app, sleeps):
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: Secret(URL), FLAG: "1"})
+
+    sm = bare_fake.secretmanager.requests
+    assert [(r.method, r.path) for r in sm] == [
+        ("GET", f"{SECRET_PATH}/versions/latest:access"),      # 404: nothing yet
+        ("POST", SECRETS_PATH),
+        ("POST", f"{SECRET_PATH}:addVersion"),
+    ]
+    assert sm[1].query == {"secretId": SECRET}
+    assert sm[1].body == {"replication": {"automatic": {}}, "labels": {"managed-by": "pg-runbook"}}
+    assert sm[2].body == {"payload": {"data": base64.b64encode(URL.encode()).decode()}}
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sm)
+
+    run = bare_fake.run.requests
+    assert [(r.method, r.path) for r in run][:3] == [("GET", SERVICE_PATH), ("GET", SERVICE_PATH), ("PATCH", SERVICE_PATH)]
+    assert [r.method for r in run[3:]] == ["GET", "GET"]       # the operation, polled until done
+    patch = run[2].body
+    assert patch["etag"] == '"etag-1"'
+    app_container = next(c for c in patch["template"]["containers"] if c["name"] == "app")
+    assert app_container["env"] == [{"name": "LOG_LEVEL", "value": "info"}, url_ref(), {"name": FLAG, "value": "1"}]
+    assert "env" not in next(c for c in patch["template"]["containers"] if c["name"] == "otel")
+    assert patch["template"]["labels"][RESTART_LABEL]
+    assert sleeps == [0.01, 0.01]                               # one sleep before each poll
+
+    # the new revision is ready and resolves the URL from the secret, as the app will see it
+    assert bare_fake.latest_env() == {"LOG_LEVEL": "info", URL_VAR: URL, FLAG: "1"}
+    assert bare_fake.service()["latestReadyRevision"].endswith(bare_fake.revisions[-1]["name"])
+    assert app.get_config([URL_VAR, FLAG, "LOG_LEVEL", "MISSING"]) == {
+        URL_VAR: URL, FLAG: "1", "LOG_LEVEL": "info", "MISSING": None}
+
+
+def test_an_unchanged_url_adds_no_version_but_still_rolls(bare_fake, open_app):
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: URL})
+    bare_fake.secretmanager.clear()
+    app.set_config({URL_VAR: URL})
+    assert [(r.method, r.path) for r in bare_fake.secretmanager.requests] == [("GET", f"{SECRET_PATH}/versions/latest:access")]
+    assert len(bare_fake.revisions) == 2
+    assert bare_fake.revisions[0]["labels"][RESTART_LABEL] != bare_fake.revisions[1]["labels"][RESTART_LABEL]
+
+
+def test_a_new_url_is_a_new_version_and_reaches_the_next_revision(bare_fake, open_app):
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: URL, FLAG: "1"})
+    new_url = URL.replace("pw-1234567", "pw-7654321")
+    app.set_config({URL_VAR: Secret(new_url)})
+    assert len(bare_fake.secrets[(PROJECT, SECRET)]["versions"]) == 2
+    assert bare_fake.latest_env()[URL_VAR] == new_url
+    assert app_env(bare_fake).count(url_ref()) == 1
+
+
+def test_an_existing_secret_is_kept(bare_fake, open_app):
+    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [], "labels": {"owner": "terraform"}}
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    create = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
+    assert len(create) == 1   # answered 409 ALREADY_EXISTS, then a version was added
+    assert bare_fake.secrets[(PROJECT, SECRET)] == {"versions": [URL.encode()], "labels": {"owner": "terraform"}}
+
+
+def test_a_url_pinned_to_a_version_is_moved_to_latest(bare_fake, open_app):
+    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [b"postgresql://old"], "labels": {}}
+    app_env(bare_fake).append({"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "1"}}})
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    assert app_env(bare_fake) == [{"name": "LOG_LEVEL", "value": "info"}, url_ref()]
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+def test_the_flag_alone_touches_no_secret(bare_fake, open_app):
+    app = open_app(bare_fake)
+    app.set_config({FLAG: "0"})
+    assert bare_fake.secretmanager.requests == []
+    assert app.get_config([FLAG]) == {FLAG: "0"}
+    assert app.config_change_restarts is True
+
+
+def test_restart_rolls_a_revision_with_nothing_else_changed(bare_fake, open_app):
+    before = bare_fake.service()["template"]
+    open_app(bare_fake).restart()
+    after = bare_fake.service()["template"]
+    assert {k: v for k, v in after.items() if k != "labels"} == {k: v for k, v in before.items() if k != "labels"}
+    assert set(after["labels"]) == {RESTART_LABEL}
+    assert bare_fake.service()["generation"] == "2"
+    assert len(bare_fake.revisions) == 1
+
+
+def test_a_fixed_revision_name_is_cleared(bare_fake, open_app):
+    bare_fake.service()["template"]["revision"] = f"{SERVICE}-00001-abc"
+    open_app(bare_fake).restart()   # the fake refuses a revision name that already exists
+    assert "revision" not in bare_fake.service()["template"]
+
+
+def test_unset_removes_the_env_then_the_secret(bare_fake, open_app):
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: URL, FLAG: "1"})
+    bare_fake.secretmanager.clear()
+    app.unset_config([URL_VAR, FLAG])
+    assert app_env(bare_fake) == [{"name": "LOG_LEVEL", "value": "info"}]
+    assert [(r.method, r.path) for r in bare_fake.secretmanager.requests] == [("DELETE", SECRET_PATH)]
+    assert bare_fake.latest_env() == {"LOG_LEVEL": "info"}
+    assert app.get_config([URL_VAR, FLAG]) == {URL_VAR: None, FLAG: None}
+    app.unset_config([URL_VAR])   # idempotent: the secret is already gone (404)
+
+
+def test_unset_refuses_a_secret_mounted_as_a_volume(bare_fake, open_app):
+    bare_fake.service()["template"]["volumes"] = [{"name": "db", "secret": {"secret": SECRET}}]
+    with pytest.raises(ConfigError, match="mounts secret raptor-database-url as volume db"):
+        open_app(bare_fake).unset_config([URL_VAR])
+    assert bare_fake.run.calls("PATCH") == [] and bare_fake.secretmanager.requests == []
+
+
+def test_a_failed_revision_is_surfaced(bare_fake, open_app):
+    bare_fake.fail_next_revision = ("Revision 'raxx-api-00002-x1z' is not ready and cannot serve traffic. "
+                                    "The user-provided container failed to start and listen on port 8080.")
+    with pytest.raises(ProviderError) as exc:
+        open_app(bare_fake).set_config({FLAG: "1"})
+    assert str(exc.value) == (f"Cloud Run: setting {FLAG} on {SERVICE} failed: Revision 'raxx-api-00002-x1z' is not "
+                              "ready and cannot serve traffic. The user-provided container failed to start and "
+                              "listen on port 8080.")
+
+
+def test_a_revision_that_cannot_read_the_secret_is_surfaced(bare_fake, open_app):
+    app_env(bare_fake).append({"name": "OTHER", "valueSource": {"secretKeyRef": {"secret": "gone", "version": "latest"}}})
+    with pytest.raises(ProviderError, match="Secret projects/raxx-prod-123/secrets/gone/versions/latest was not found"):
+        open_app(bare_fake).restart()
+
+
+def test_a_concurrent_deploy_is_reread_not_overwritten(bare_fake, open_app):
+    bare_fake.run.fail("PATCH", SERVICE_PATH, status=409, times=1,
+                       body={"error": {"code": 409, "status": "ABORTED", "message": "etag mismatch"}})
+    open_app(bare_fake).set_config({FLAG: "1"})
+    assert len(bare_fake.run.calls("PATCH", SERVICE_PATH)) == 2
+    assert len(bare_fake.run.calls("GET", SERVICE_PATH)) == 3   # the check, then one read per attempt
+    assert bare_fake.latest_env()[FLAG] == "1"
+
+
+def test_an_operation_that_never_finishes_times_out(bare_fake, open_app, sleeps):
+    bare_fake.op_polls = 10 ** 6
+    app = open_app(bare_fake, operation_timeout="10m", poll_interval="5m")
+    with pytest.raises(ProviderError, match="still in progress after .*gcloud run services describe raxx-api"):
+        app.restart()
+    assert sleeps == [300.0, 300.0]   # the timeout's worth of polls, however little time really passed
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "status", "status": 429, "headers": {"Retry-After": "1"}},
+    {"kind": "status", "status": 500},
+    {"kind": "status", "status": 503},
+    {"kind": "slow"},
+    {"kind": "reset"},
+], ids=["429", "500", "503", "timeout", "reset"])
+def test_transient_faults_are_retried(bare_fake, open_app, fault):
+    bare_fake.secretmanager.fail("POST", f"{SECRET_PATH}:addVersion", **fault)
+    bare_fake.run.fail("PATCH", SERVICE_PATH, **fault)
+    bare_fake.run.fail("GET", OPS, **fault)
+    open_app(bare_fake).set_config({URL_VAR: URL, FLAG: "1"})
+    assert bare_fake.latest_env()[URL_VAR] == URL
+    # a timed-out or reset write may have landed; the one that counts is the last
+    assert len(bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:addVersion")) == 2
+    assert len(bare_fake.run.calls("PATCH", SERVICE_PATH)) == 2
+
+
+def test_a_secret_for_any_other_key_is_refused(bare_fake, open_app):
+    with pytest.raises(ConfigError, match="only RAPTOR_DATABASE_URL is stored in Secret Manager"):
+        open_app(bare_fake).set_config({"API_KEY": Secret("abc-123456")})
+    assert bare_fake.run.requests == [] and bare_fake.secretmanager.requests == []
+
+
+def test_a_wrong_container_is_refused_before_anything_is_written(bare_fake, open_app):
+    with pytest.raises(ConfigError, match="no container 'web'.*it has: otel, app"):
+        open_app(bare_fake, container="web").set_config({URL_VAR: URL})
+    assert bare_fake.secretmanager.requests == [] and bare_fake.run.calls("PATCH") == []
+
+
+def test_a_named_container_gets_the_env(bare_fake, open_app):
+    open_app(bare_fake, container="otel").set_config({FLAG: "1"})
+    otel = next(c for c in bare_fake.service()["template"]["containers"] if c["name"] == "otel")
+    assert otel["env"] == [{"name": FLAG, "value": "1"}]
+
+
+def test_project_defaults_from_the_cloudsql_database():
+    assert app_config().project == PROJECT
+    with pytest.raises(ValueError, match="project"):
+        CloudRunAppConfig.model_validate({"region": REGION, "service": SERVICE, "url_secret": SECRET},
+                                         context={"env": "staging", "database": {"provider": "supabase"}})
+
+
+def test_describe_says_where_config_lives(bare_fake, open_app):
+    out = open_app(bare_fake).describe()
+    assert out["cloudrun"] == SERVICE_PATH.removeprefix("/v2/")
+    assert out["url"] == f"secret projects/{PROJECT}/secrets/{SECRET} (version latest)"
+    assert out["flag"] == f"env {FLAG}"
+    assert bare_fake.run.requests == []
+
+
+def test_the_app_connects_with_the_url_it_was_given(pg, fake, open_app, canary_password, caplog, capsys):
+    caplog.set_level("DEBUG")
+    role = pg.role("raptor_app")
+    create_login(pg, role, canary_password)
+    url = Secret(f"postgresql://{role}:{canary_password}@127.0.0.1:{pg.port}/{pg.dbname}?sslmode=disable")
+    open_app(fake).set_config({URL_VAR: url, FLAG: "1"})
+    with psycopg.connect(fake.latest_env()[URL_VAR]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    out = capsys.readouterr()
+    assert canary_password not in caplog.text + out.out + out.err
