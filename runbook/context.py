@@ -146,7 +146,8 @@ class Context:
 
 
 _CONFIG_FAULTS = ("could not translate host name", "Name or service not known", "password authentication failed",
-                  "does not exist", "invalid ", "no password supplied", "unrecognized", "SSL is not enabled")
+                  "does not exist", "invalid ", "no password supplied", "unrecognized", "SSL is not enabled",
+                  "could not parse network address", "missing \"=\"")
 
 
 def application_name(project: Project, purpose: str) -> str:

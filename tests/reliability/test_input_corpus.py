@@ -54,3 +54,43 @@ def test_huge_file_is_refused(tmp_path, capsys):
 def test_missing_file_says_how_to_start(tmp_path, capsys):
     code, _, err = run(["-f", str(tmp_path / "nope.yaml"), "validate"], capsys)
     assert code == 2 and "runbook init" in err
+
+
+def _nothing_changed(env) -> None:
+    assert not env.pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (env.role,))
+    assert not (env.dir / ".runbook" / "staging.env").exists()
+
+
+@pytest.mark.parametrize("dsn, words", [
+    ("hostaddr=256.1.1.1 dbname=x user=y", "could not parse network address"),
+    ("postgresql://u@[zz::bad/db", "bad database DSN"),
+    ("host=127.0.0.1 port={port} dbname=nope_nope user=nobody_at_all password=x sslmode=disable", "cannot connect"),
+    ("this is not a dsn", "bad database DSN"),
+])
+def test_bad_dsns_exit_2_and_change_nothing(su_env, capsys, monkeypatch, dsn, words):
+    monkeypatch.chdir(su_env.dir)
+    monkeypatch.setenv("RB_TEST_ADMIN_DSN", dsn.replace("{port}", str(su_env.pg.port)))
+    code, _, err = run(["provision", "--env", "staging", "--yes"], capsys)
+    assert code == 2, err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    _nothing_changed(su_env)
+
+
+def test_unknown_environment_exits_2_and_changes_nothing(su_env, capsys, monkeypatch):
+    monkeypatch.chdir(su_env.dir)
+    for key, value in su_env.environ.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run(["provision", "--env", "stagign", "--yes"], capsys)
+    assert code == 2 and "did you mean 'staging'" in err
+    _nothing_changed(su_env)
+
+
+def test_hostile_role_name_in_a_real_project_changes_nothing(su_env, capsys, monkeypatch):
+    monkeypatch.chdir(su_env.dir)
+    for key, value in su_env.environ.items():
+        monkeypatch.setenv(key, value)
+    text = su_env.path.read_text().replace(f"name: {su_env.role}", "name: 'x\"; DROP ROLE y; --'")
+    su_env.path.write_text(text)
+    code, _, err = run(["provision", "--env", "staging", "--yes"], capsys)
+    assert code == 2 and "not a plain identifier" in err
+    _nothing_changed(su_env)
