@@ -7,12 +7,33 @@ engine talks to providers only through these protocols.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Protocol, runtime_checkable
+from typing import Annotated, Literal, Mapping, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from runbook.secret import Secret, mask_url
 
 CredentialMode = Literal["sql", "api"]
+
+# libpq's sslmode values, for every provider's `sslmode:` key
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+def _env_var_name(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value or ""):
+        raise ValueError(f"{value!r} must name an environment variable, not hold the secret itself")
+    return value
+
+
+def _annotated_env_var():
+    from pydantic import AfterValidator
+
+    return Annotated[str, AfterValidator(_env_var_name)]
+
+
+#: a config key that names an environment variable (which holds a secret)
+EnvVarName = _annotated_env_var()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext
+from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, SslMode
 from providers.gcp_auth import GoogleAuth, google_error
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
@@ -36,11 +36,9 @@ from runbook.secret import Secret
 
 DEFAULT_API = "https://sqladmin.googleapis.com"
 SUPERUSER_GROUP = "cloudsqlsuperuser"
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _PROJECT = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")   # optional domain: prefix
 _INSTANCE = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
-_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class CloudSqlDatabaseConfig(BaseModel):
@@ -49,9 +47,9 @@ class CloudSqlDatabaseConfig(BaseModel):
     project: str = Field(description="Google Cloud project id")
     instance: str = Field(description="Cloud SQL instance id")
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
-    admin_password_env: str = Field(description="environment variable holding the admin user's password")
+    admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password")
     database: str = Field(default="postgres", description="database the role is granted in")
-    sslmode: str = Field(default="require", description="sslmode of the admin session and the app URL "
+    sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL "
                          "(disable behind the Cloud SQL Auth Proxy, which encrypts by itself)")
     connect: Connect | None = Field(default=None, description="address of a Cloud SQL Auth Proxy or tunnel")
     app_host: str | None = Field(default=None, description="host in the app's URL: an address, a socket "
@@ -82,19 +80,7 @@ class CloudSqlDatabaseConfig(BaseModel):
                              "give the id, not the connection name")
         return v
 
-    @field_validator("admin_password_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not _ENV_VAR.match(v):
-            raise ValueError(f"admin_password_env {v!r} must name an environment variable, not hold the password")
-        return v
 
-    @field_validator("sslmode")
-    @classmethod
-    def _ssl(cls, v: str) -> str:
-        if v not in SSL_MODES:
-            raise ValueError(f"sslmode {v!r} is not one of {', '.join(SSL_MODES)}")
-        return v
 
     def open(self, ctx: OpenContext) -> "CloudSqlDatabase":
         return CloudSqlDatabase(self, ctx)

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext
+from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
@@ -65,7 +65,7 @@ class HerokuDatabaseConfig(BaseModel):
     # not required in the file: filled from the app block's name during validation
     app: str = Field(default="", description="the app the add-on is attached to (default: the app block's name)")
     connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of what Heroku reports")
-    sslmode: str = Field(default="require", description="sslmode of the owner URL and the app URL")
+    sslmode: SslMode = Field(default="require", description="sslmode of the owner URL and the app URL")
 
     @model_validator(mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext
+from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
 from runbook.errors import ConfigError
 from runbook.secret import Secret
 
@@ -32,7 +32,7 @@ class LocalDatabaseConfig(BaseModel):
     dsn: str | None = Field(default=None, description="admin DSN without a password (e.g. a Unix socket)")
     embedded: str = Field(default=".runbook/pg", description="data folder of the embedded PostgreSQL")
     connect: Connect | None = None
-    sslmode: str | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)")
+    sslmode: SslMode | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)")
     database: str | None = Field(default=None, description="database name for the embedded server (default: the app name)")
 
     @field_validator("dsn")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext
+from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, install_log_hygiene, redact
@@ -194,7 +194,7 @@ class RdsDatabaseConfig(BaseModel):
         "default: the instance's RDS-managed MasterUserSecret")
     master_user: str | None = Field(default=None, description="master user name, overriding the secret's")
     auth: Literal["password", "iam"] = Field(default="password", description="how the app role logs in")
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "require"
+    sslmode: SslMode = "require"
     connect: Connect | None = Field(default=None, description="reach the server here instead of the RDS endpoint")
     database: str | None = Field(default=None, description="database name (default: the instance's DBName, else postgres)")
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, Digest, OpenContext
+from providers.base import Credential, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
@@ -41,7 +41,6 @@ from runbook.secret import Secret
 DEFAULT_API = "https://api.supabase.com"
 TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"
 TRANSACTION_PORT = 6543
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 UrlForm = Literal["direct", "session", "transaction"]
 
 _REF = re.compile(r"^[a-z0-9]{20}$")
@@ -97,12 +96,12 @@ class SupabaseDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="supabase database")
     provider: Literal["supabase"] = "supabase"
     project_ref: str = Field(description="project reference (the 20 letters in db.<ref>.supabase.co)")
-    password_env: str = Field(description="environment variable holding the postgres user's password")
+    password_env: EnvVarName = Field(description="environment variable holding the postgres user's password")
     admin_user: str = Field(default="postgres", description="the user that creates the role (postgres on Supabase)")
     database: str = Field(default="postgres")
     url_form: UrlForm = Field(default="session", description="how the app connects: direct, session or transaction pooler")
     admin_form: UrlForm = Field(default="direct", description="how the tool connects: direct or session (never transaction)")
-    sslmode: str = Field(default="require")
+    sslmode: SslMode = Field(default="require")
     region: str | None = Field(default=None, description="project region, for the pooler host aws-0-<region>.pooler.supabase.com")
     pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the default for the region")
     connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
@@ -114,19 +113,7 @@ class SupabaseDatabaseConfig(BaseModel):
             raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
         return v
 
-    @field_validator("password_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not _ENV_VAR.match(v):
-            raise ValueError(f"password_env {v!r} must name an environment variable, not hold the password")
-        return v
 
-    @field_validator("sslmode")
-    @classmethod
-    def _ssl(cls, v: str) -> str:
-        if v not in SSL_MODES:
-            raise ValueError(f"sslmode {v!r} is not one of {', '.join(SSL_MODES)}")
-        return v
 
     def open(self, ctx: OpenContext) -> "SupabaseDatabase":
         return SupabaseDatabase(self, ctx)
