@@ -388,10 +388,10 @@ class RdsDatabase:
                        else f"aws rds modify-db-instance --db-instance-identifier {target.ident}")
                 raise Refused(f"IAM database authentication is off on RDS {self._what}; turn it on: "
                               f"{cmd} --enable-iam-database-authentication --apply-immediately")
-            details["iam_resource"] = self.iam_resource("<role>")
-            details["iam_policy"] = self.iam_policy("<role>")
-            details["note_iam"] = ("the app's IAM role needs this policy statement (<role> is role.name): "
-                                   + details["iam_policy"])
+            role = self.ctx.role_name or "<role>"
+            details["iam_resource"] = self.iam_resource(role)
+            details["iam_policy"] = self.iam_policy(role)
+            details["note_iam"] = "the app's IAM role needs this policy statement: " + details["iam_policy"]
         return DatabaseInfo(
             engine=target.engine, version=target.version, plan=target.klass, credentials="sql",
             password_auth=cfg.auth != "iam", role_grants=("rds_iam",) if cfg.auth == "iam" else (),
