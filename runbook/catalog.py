@@ -62,6 +62,8 @@ class Snapshot:
     schemas: dict[str, SchemaFacts]
     relations: list[Relation]
     routines: list[Routine]
+    database: str = ""
+    can_connect: bool = True      # CONNECT on the database (PUBLIC has it unless someone hardened it)
 
     def in_schema(self, schema: str) -> list[Relation]:
         return [r for r in self.relations if r.schema == schema]
@@ -139,4 +141,11 @@ def snapshot(conn: Connection, spec: RoleSpec, owner: str) -> Snapshot:
             name=name, exists=bool(exists), owner=sowner if exists else None, usage=bool(usage),
             create=bool(create), defaults={k: frozenset(v) for k, v in (defaults or {}).items()},
         )
-    return Snapshot(spec.name, roid is not None, owner, facts, relations, routines)
+    database, can_connect = conn.execute(sql.SQL("""
+        SELECT d.datname,
+               CASE WHEN {roid}::oid IS NOT NULL THEN has_database_privilege({roid}::oid, d.oid, 'CONNECT')
+                    ELSE d.datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(d.datacl) a
+                                                     WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT') END
+        FROM pg_database d WHERE d.datname = current_database()
+    """).format(**params)).fetchone()
+    return Snapshot(spec.name, roid is not None, owner, facts, relations, routines, database, bool(can_connect))

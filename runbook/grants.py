@@ -55,6 +55,8 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
     """Everything the spec covers that the role cannot reach, and everything denied it can."""
     out: list[Finding] = []
     role = spec.name
+    if not snap.can_connect:
+        out.append(Finding("connect", "", (), f"{role} lacks CONNECT on database {snap.database}"))
     for schema, grants in spec.schemas.items():
         facts = snap.schemas.get(schema)
         if facts is None or not facts.exists:
@@ -112,6 +114,10 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
     owner = sql.Identifier(snap.owner)
     changes: list[Change] = []
     revokes: list[Change] = []
+    if not snap.can_connect and snap.database:
+        # a hardened database (REVOKE CONNECT … FROM PUBLIC) needs it granted by name
+        changes.append(Change(f"grant CONNECT on database {snap.database}",
+                              sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(snap.database), role)))
     for schema, grants in spec.schemas.items():
         facts = snap.schemas.get(schema)
         if facts is None or not facts.exists:

@@ -213,3 +213,11 @@ def test_journal_records_intent_before_result_and_app_role_cannot_read_it(su_env
     assert steps[0][1] == "intent" and steps[1][1] == "result"
     with su_env.app_conn() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT * FROM runbook.events")
+
+
+def test_hardened_database_without_public_connect(su_env):
+    su_env.pg.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(su_env.pg.dbname)))
+    assert provision(su_env).status == "ok"
+    with su_env.app_conn() as conn:
+        conn.execute("SELECT count(*) FROM orders")
+    assert commands.drift(su_env.project(), "staging", environ=su_env.environ).status == "ok"
