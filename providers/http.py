@@ -53,7 +53,11 @@ def _retry_after(response: httpx.Response | None) -> float | None:
 
 class RateBudget:
     """Per-account pacing. Clients report the remaining budget the API announced; when it runs
-    low, callers wait a little before the next request instead of meeting a 429."""
+    low, callers wait a little before the next request instead of meeting a 429.
+
+    Shared by parallel clients (a fleet), it counts requests in flight: an answer's remaining
+    count was taken when the server handled that request, so the others still in flight are
+    subtracted from it. Until the first answer, at most `low_water` requests go out blind."""
 
     def __init__(self, low_water: int = 10, refill_per_second: float = 75 / 60,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -61,13 +65,18 @@ class RateBudget:
         self.refill_per_second = refill_per_second
         self.sleep = sleep
         self._remaining: float | None = None
+        self._unmetered = False     # the API answered without a remaining count: nothing to pace by
+        self._inflight = 0          # admitted by before_request, not yet answered
         self._stamp = time.monotonic()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self.waited = 0.0
         self.throttled = 0      # 429s met by clients sharing this budget
 
     def before_request(self) -> None:
-        with self._lock:
+        with self._cond:
+            while self._remaining is None and not self._unmetered and self._inflight >= self.low_water:
+                self._cond.wait(0.5)
+            self._inflight += 1
             if self._remaining is None:
                 return
             now = time.monotonic()
@@ -76,27 +85,36 @@ class RateBudget:
             if self._remaining >= self.low_water:
                 self._remaining -= 1
                 return
+            # reserve the next slot: callers queue up 1/refill apart
             delay = (self.low_water - self._remaining) / self.refill_per_second
             self._remaining = self.low_water - 1
             self._stamp = now + delay
-        self.waited += delay
+            self.waited += delay
         self.sleep(delay)
 
     def observe(self, response: httpx.Response) -> None:
-        if response.status_code == 429:
-            # the client's retry honours Retry-After; the budget only counts, so as not to wait twice
-            with self._lock:
+        with self._cond:
+            self._inflight = max(0, self._inflight - 1)
+            if response.status_code == 429:
+                # the client's retry honours Retry-After; the budget only counts, so as not to wait twice
                 self.throttled += 1
-        for name in ("RateLimit-Remaining", "X-RateLimit-Remaining", "x-ratelimit-remaining"):
-            value = response.headers.get(name)
-            if value is not None:
-                try:
-                    with self._lock:
-                        self._remaining = float(value)
-                        self._stamp = time.monotonic()
-                except ValueError:
-                    pass
-                return
+            value = next((response.headers[name] for name in ("RateLimit-Remaining", "X-RateLimit-Remaining")
+                          if name in response.headers), None)    # httpx headers are case-insensitive
+            try:
+                if value is None:
+                    raise ValueError
+                self._remaining = float(value) - self._inflight
+                self._stamp = time.monotonic()
+            except ValueError:
+                if self._remaining is None:
+                    self._unmetered = True
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """A request admitted by before_request got no answer (timeout, reset)."""
+        with self._cond:
+            self._inflight = max(0, self._inflight - 1)
+            self._cond.notify_all()
 
 
 _BUDGETS: dict[str, RateBudget] = {}
@@ -106,6 +124,20 @@ _BUDGETS_LOCK = threading.Lock()
 def shared_budget(account_key: str) -> RateBudget:
     with _BUDGETS_LOCK:
         return _BUDGETS.setdefault(account_key, RateBudget())
+
+
+_TLS: Any = None
+
+
+def _tls_context() -> Any:
+    """httpx's default TLS context, built once per process: building it loads the CA bundle (~20 ms
+    of CPU, under the GIL), and a fleet opens two clients per environment."""
+    global _TLS
+    if _TLS is None:
+        with _BUDGETS_LOCK:
+            if _TLS is None:
+                _TLS = httpx.create_ssl_context()
+    return _TLS
 
 
 ErrorFormatter = Callable[[httpx.Response], str]
@@ -142,6 +174,7 @@ class ApiClient:
             timeout=httpx.Timeout(retry.timeout_seconds, connect=min(10.0, retry.timeout_seconds)),
             transport=transport,
             follow_redirects=False,
+            verify=_tls_context() if transport is None else True,
         )
 
     def close(self) -> None:
@@ -166,7 +199,12 @@ class ApiClient:
             if self.budget:
                 self.budget.before_request()
             self.calls += 1
-            response = self.client.request(method, path, json=json, params=params, headers=headers)
+            try:
+                response = self.client.request(method, path, json=json, params=params, headers=headers)
+            except BaseException:
+                if self.budget:
+                    self.budget.cancel()
+                raise
             if self.budget:
                 self.budget.observe(response)
             if response.status_code in RETRY_STATUS and response.status_code not in allow:

@@ -38,7 +38,11 @@ class _Opts:
 
 OPTS = _Opts()
 
-EnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment name from runbook.yaml")]
+EnvOpt = Annotated[list[str], typer.Option(
+    "--env", "-e", metavar="<str>",
+    help="environment name from runbook.yaml; for a fleet repeat it, comma-separate or glob ('staging-*')")]
+OneEnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment name from runbook.yaml")]
+ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=32, help="fleets: environments run at once")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask; required without a terminal")]
 OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr) or json (stdout)")]
 StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
@@ -107,80 +111,146 @@ def _mutate(fn, env: str, yes: bool, output: Optional[Output], state: Optional[s
     return _finish(res, output, streamed=not _json(output))
 
 
+def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *, mutating: bool = False,
+           yes: bool = True, show_sql: bool = False, **kw) -> Optional[int]:
+    """Several environments (a list, a comma or a glob): runbook.fleet runs them and prints the
+    summary; None for one plain name, which takes the single-environment path unchanged."""
+    from runbook import fleet
+
+    if not fleet.is_fleet(env):
+        return None
+    from runbook import render
+
+    project = _load()
+    envs = fleet.select(project, env)
+    is_json = _json(output)
+    if mutating and not yes:
+        from runbook.errors import ConfigError
+
+        if _confirm(is_json) is None:
+            raise ConfigError(f"{verb} changes things; pass --yes (no terminal to confirm on)")
+        # one question for the fleet; `runbook plan --env …` shows each environment's changes first
+        if not typer.confirm(f"{verb} {len(envs)} environment(s): {', '.join(envs)}?", default=False, err=True):
+            render.console().print("cancelled; nothing was changed")
+            return 0
+    if mutating:
+        kw.update(yes=True, confirm=None)
+    res = fleet.run(project, verb, envs, parallel=parallel, on_done=None if is_json else fleet.progress, **kw)
+    if is_json:
+        render.emit_json(res.to_json())
+    else:
+        fleet.render_text(res, debug=OPTS.debug, show_sql=show_sql)
+    return res.exit_code
+
+
 @app.command()
 def plan(env: EnvOpt, output: OutOpt = None,
          playbook: Annotated[str, typer.Option(help="playbook to plan")] = "provision",
-         sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False) -> int:
+         sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False,
+         parallel: ParallelOpt = 1) -> int:
     """What provision would change. Changes nothing."""
     from runbook import commands
 
-    return _finish(commands.plan(_load(), env, playbook=playbook), output, show_sql=sql)
+    code = _fleet("plan", env, parallel, output, show_sql=sql, playbook=playbook)
+    if code is not None:
+        return code
+    return _finish(commands.plan(_load(), env[0], playbook=playbook), output, show_sql=sql)
 
 
 @app.command()
-def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
+              parallel: ParallelOpt = 1) -> int:
     """Tier check → role → grants → URL → flag on (soak starts) → restart → verify."""
     from runbook import commands
 
-    return _mutate(commands.provision, env, yes, output, state)
+    code = _fleet("provision", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
+    if code is not None:
+        return code
+    return _mutate(commands.provision, env[0], yes, output, state)
 
 
 @app.command()
-def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None) -> int:
+def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """The four checks, in order, with the fix for each failure. Exit 4 if any fails."""
     from runbook import commands
 
-    return _finish(commands.diagnose(_load(), env, state=state or OPTS.state), output)
+    code = _fleet("diagnose", env, parallel, output, state=state or OPTS.state)
+    if code is not None:
+        return code
+    return _finish(commands.diagnose(_load(), env[0], state=state or OPTS.state), output)
 
 
 @app.command()
 def drift(env: EnvOpt, fix: Annotated[bool, typer.Option("--fix", help="converge what drifted")] = False,
-          yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+          yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Objects the role should reach but cannot, and denied ones it can. Exit 4 on drift."""
     from runbook import commands
 
-    res = commands.drift(_load(), env, fix=fix, yes=yes, confirm=None if yes else _confirm(_json(output)),
+    code = _fleet("drift", env, parallel, output, mutating=fix, yes=yes, fix=fix, state=state or OPTS.state)
+    if code is not None:
+        return code
+    res = commands.drift(_load(), env[0], fix=fix, yes=yes, confirm=None if yes else _confirm(_json(output)),
                          state=state or OPTS.state)
     return _finish(res, output)
 
 
 @app.command()
-def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
+             parallel: ParallelOpt = 1) -> int:
     """Emergency: flag off (+ restart). Role and grants stay. Needs no lock and no database."""
     from runbook import commands
 
-    res = commands.rollback(_load(), env, yes=yes, confirm=None if yes else _confirm(_json(output)),
+    code = _fleet("rollback", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
+    if code is not None:
+        return code
+    res = commands.rollback(_load(), env[0], yes=yes, confirm=None if yes else _confirm(_json(output)),
                             state=state or OPTS.state)
     return _finish(res, output)
 
 
 @app.command()
-def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
+           parallel: ParallelOpt = 1) -> int:
     """Remove the URL, end sessions, reassign what the role owns, drop it."""
     from runbook import commands
 
-    return _mutate(commands.retire, env, yes, output, state)
+    code = _fleet("retire", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
+    if code is not None:
+        return code
+    return _mutate(commands.retire, env[0], yes, output, state)
 
 
 @app.command()
-def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
+           parallel: ParallelOpt = 1) -> int:
     """A new password (or platform rotation), written where the app reads it, then a restart."""
     from runbook import commands
 
-    return _mutate(commands.rotate, env, yes, output, state)
+    code = _fleet("rotate", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
+    if code is not None:
+        return code
+    return _mutate(commands.rotate, env[0], yes, output, state)
 
 
 @app.command()
 def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
-         wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False) -> int:
+         wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False,
+         parallel: ParallelOpt = 1) -> int:
     """Evaluate the checkpoints that are due (safe from cron). Exit 0 passed, 3 pending, 4 failed."""
     import time
 
-    from runbook import commands
+    from runbook import commands, fleet
 
+    if wait and fleet.is_fleet(env):
+        from runbook.errors import ConfigError
+
+        raise ConfigError("soak --wait takes one environment; for a fleet, run `runbook soak` from cron")
+    code = _fleet("soak", env, parallel, output, state=state or OPTS.state)
+    if code is not None:
+        return code
     project = _load()
     while True:
-        res = commands.soak(project, env, state=state or OPTS.state)
+        res = commands.soak(project, env[0], state=state or OPTS.state)
         if not wait or res.exit_code != 3 or not res.data.get("soak", {}).get("started_at"):
             return _finish(res, output)
         pending = [p for p in res.data["soak"]["checkpoints"] if p["status"] == "pending"]
@@ -200,11 +270,15 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
 def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign-off", help="who approved")] = None,
             force: Annotated[bool, typer.Option("--force", help="override a closed gate (needs --reason)")] = False,
             reason: Annotated[Optional[str], typer.Option("--reason")] = None,
-            yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None) -> int:
+            yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Provision prod only after a passed staging soak of the same role spec, with a sign-off."""
     from runbook import commands
 
-    return _mutate(commands.promote, env, yes, output, state, sign_off=sign_off, force=force, reason=reason)
+    code = _fleet("promote", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state,
+                  sign_off=sign_off, force=force, reason=reason)
+    if code is not None:
+        return code
+    return _mutate(commands.promote, env[0], yes, output, state, sign_off=sign_off, force=force, reason=reason)
 
 
 @app.command()
@@ -274,7 +348,7 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where 
 
 
 @app.command()
-def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")], env: EnvOpt) -> int:
+def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")], env: OneEnvOpt) -> int:
     """Manage the embedded PostgreSQL of a `local` environment without a DSN."""
     from runbook import render
     from runbook.commands import embedded_cluster

@@ -1,5 +1,6 @@
 """Grants: schema USAGE, ON ALL … IN SCHEMA, default privileges FOR ROLE owner, deny-list
-revokes — one transaction, under lock_timeout so the app never queues behind us."""
+revokes — one transaction, under lock_timeout so the app never queues behind us, retried when
+another session's transaction got in the way."""
 
 from __future__ import annotations
 
@@ -12,8 +13,31 @@ from runbook.engine import Step, Verdict
 from runbook.errors import RunbookError
 
 
+def _contended(exc: Exception) -> str | None:
+    """Why a grant transaction lost to another session, if it did; None for real errors.
+
+    GRANT rewrites each object's pg_class row, so it waits for any open transaction that changed
+    the same row (a migration's ALTER TABLE, another GRANT). If that wait outlasts lock_timeout
+    we get 55P03; if the other session commits first, PostgreSQL ends ours with XX000 "tuple
+    concurrently updated". Both, and deadlocks, succeed on a retry."""
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return "lock_timeout met"
+    if isinstance(exc, pg_errors.DeadlockDetected):
+        return "deadlock with another session"
+    if getattr(exc, "sqlstate", None) == "XX000" and "concurrently" in str(exc):
+        return "another session changed the same objects and committed while we waited"
+    return None
+
+
+def _backoff(attempt: int) -> float:
+    return min(2.0 * attempt, 10.0)
+
+
+_sleep = time.sleep     # tests replace it to skip the backoff
+
+
 def apply_statements(ctx, statements: list[sql.Composable]) -> None:
-    """Run the statements in one transaction with SET LOCAL lock_timeout; retry lock timeouts."""
+    """Run the statements in one transaction with SET LOCAL lock_timeout; retry lock contention."""
     conn = ctx.admin()
     settings = ctx.settings
     lock_ms = int(settings.lock_timeout.total_seconds() * 1000)
@@ -25,14 +49,17 @@ def apply_statements(ctx, statements: list[sql.Composable]) -> None:
                 for statement in statements:
                     conn.execute(statement)
             return
-        except pg_errors.LockNotAvailable:
+        except pg_errors.Error as exc:
+            why = _contended(exc)
+            if why is None:
+                raise
             if attempt == attempts:
                 raise RunbookError(
-                    f"grants gave up after {attempts} attempt(s): another session held a conflicting lock for more "
-                    f"than lock_timeout ({lock_ms} ms) each time; nothing was changed. Retry when the database is "
+                    f"grants gave up after {attempts} attempt(s): another session held a conflicting lock "
+                    f"(lock_timeout {lock_ms} ms; last: {why}); nothing was changed. Retry when the database is "
                     "quieter, or raise settings.lock_timeout") from None
-            ctx.note(f"lock_timeout met (attempt {attempt}/{attempts}); retrying")
-            time.sleep(min(2.0 * attempt, 10.0))
+            ctx.note(f"{why} (attempt {attempt}/{attempts}); retrying")
+            _sleep(_backoff(attempt))
 
 
 class Grants(Step):

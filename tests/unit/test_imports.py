@@ -1,0 +1,127 @@
+"""Start-up stays lean: `runbook --help` and a rollback on the dotenv platform import no provider
+API library (boto3, Google's libraries, httpx) and no provider they do not use, and merely
+importing a provider module never pulls in its SDK (it is imported inside the code that calls it).
+
+Each case runs in a fresh interpreter and reads sys.modules at exit. Wall time is measured by
+benchmarks/latency.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.projects import dotenv, spec_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SDKS = ("boto3", "botocore", "s3transfer", "google", "httpx")
+UNUSED_BY_DOTENV = ("providers.rds", "providers.ecs", "providers.heroku", "providers.cloudsql",
+                    "providers.cloudrun", "providers.gcp_auth", "providers.supabase", "providers.http")
+
+# Run the CLI in-process so sys.modules can be read after it exits.
+_WRAPPER = """
+import json, sys
+from runbook import cli
+try:
+    cli.main(sys.argv[2:])
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+with open(sys.argv[1], "w") as out:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, out)
+"""
+
+
+def _run(tmp_path: Path, cwd: Path, *args: str) -> tuple[int, set[str], str]:
+    report = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RB_")}
+    env.update({"NO_COLOR": "1", "CI": "true", "PYTHONPATH": str(ROOT)})
+    res = subprocess.run([sys.executable, "-c", _WRAPPER, str(report), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert report.exists(), res.stderr
+    data = json.loads(report.read_text())
+    return data["code"], set(data["modules"]), res.stdout + res.stderr
+
+
+def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def _project(directory: Path, extra_envs: dict | None = None) -> Path:
+    # the database DSN variable is unset on purpose: rollback must not need the database
+    data = spec_dict("raptor_app", dsn_env="RB_IMPORTS_UNSET_DSN", extra_envs=extra_envs)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "runbook.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return directory
+
+
+OTHER_PLATFORMS = {
+    "prod-aws": {"provider": "rds", "database": {"instance": "raptor-prod", "region": "eu-west-1"},
+                 "app": {"cluster": "raptor", "service": "web", "url_name": "raptor/db-url",
+                         "flag_parameter": "/raptor/flag"}},
+    "prod-heroku": {"provider": "heroku", "database": {"addon": "DATABASE"}, "app": {"name": "raptor-prod"}},
+    "prod-gcp": {"provider": "cloudsql",
+                 "database": {"project": "raptor-prod-123", "instance": "main", "admin_password_env": "PGPW"},
+                 "app": {"project": "raptor-prod-123", "region": "europe-west1", "service": "web",
+                         "url_secret": "raptor-url"}},
+}
+
+
+def test_help_imports_no_provider_at_all(tmp_path):
+    code, modules, output = _run(tmp_path, tmp_path, "--help")
+    assert code == 0 and "rollback" in output
+    assert _loaded(modules, SDKS) == []
+    assert _loaded(modules, ("providers",)) == []
+
+
+def test_rollback_on_dotenv_imports_only_what_it_uses(tmp_path):
+    project = _project(tmp_path / "app")
+    code, modules, output = _run(tmp_path, project, "rollback", "--env", "staging", "--yes")
+    assert code == 0, output
+    assert dotenv(project)["FLAG_RAPTOR_APP_ROLE_SEPARATION"] == "0"      # it really rolled back
+    assert _loaded(modules, SDKS) == []
+    assert _loaded(modules, UNUSED_BY_DOTENV) == []
+    assert "providers.dotenv" in modules
+
+
+def test_rollback_in_a_project_spanning_platforms_imports_no_sdk(tmp_path):
+    # validating the whole file loads the other environments' config models, never their clients
+    project = _project(tmp_path / "app", OTHER_PLATFORMS)
+    code, modules, output = _run(tmp_path, project, "rollback", "--env", "staging", "--yes")
+    assert code == 0, output
+    assert dotenv(project)["FLAG_RAPTOR_APP_ROLE_SEPARATION"] == "0"
+    assert "providers.rds" in modules and "providers.cloudsql" in modules     # the file was validated
+    assert _loaded(modules, ("boto3", "botocore", "s3transfer", "google")) == []
+
+
+def _sdks_after_import(module: str, sdks: tuple[str, ...]) -> list[str]:
+    probe = (f"import json, sys, {module}; "
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(sdks)!r})))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("module, sdks", [
+    ("providers.rds", ("boto3", "botocore")),
+    ("providers.ecs", ("boto3", "botocore")),
+    ("providers.cloudsql", ("google", "boto3", "botocore")),
+    ("providers.cloudrun", ("google", "boto3", "botocore")),
+    ("providers.gcp_auth", ("google",)),
+    ("providers.heroku", ("boto3", "botocore", "google")),
+    ("providers.supabase", ("boto3", "botocore", "google")),
+])
+def test_importing_a_provider_does_not_import_its_sdk(module, sdks):
+    assert _sdks_after_import(module, sdks) == []
+
+
+def test_the_probe_sees_an_sdk_that_is_imported():
+    # so the test above cannot pass vacuously
+    assert "boto3" in _sdks_after_import("boto3", ("boto3", "botocore"))
