@@ -146,7 +146,8 @@ def measure(project: Any, fake: FakeProcess, envs: list[str], parallel: int, sta
     failed = [o for o in res.outcomes if o.exit_code != 0]
     if stats["fake_errors"]:
         raise SystemExit(f"the fake failed: {stats['fake_errors'][:3]}")
-    return {"wall": wall, "cpu": cpu, "fake_cpu": stats["cpu"] - fake_cpu, "calls": stats["calls"], "throttled": stats["throttled"], "failed": len(failed),
+    return {"wall": wall, "cpu": cpu, "fake_cpu": stats["cpu"] - fake_cpu, "calls": stats["calls"],
+            "throttled": stats["throttled"], "failed": len(failed),
             "first_failure": failed[0].message if failed else "", "flags_off": stats["flags_off"]}
 
 
@@ -170,7 +171,8 @@ def scenario(name: str, project: Any, envs: list[str], apps: list[str], parallel
             rows.append({"scenario": name, "parallel": p, "wall": wall, "calls": calls, "floor": floor,
                          "cpu": statistics.median(r["cpu"] for r in runs),
                          "fake_cpu": statistics.median(r["fake_cpu"] for r in runs),
-                         "ratio": wall / floor if floor else float("nan"), "throttled": sum(r["throttled"] for r in runs),
+                         "ratio": wall / floor if floor else float("nan"),
+                         "throttled": sum(r["throttled"] for r in runs),
                          "failed": sum(r["failed"] for r in runs), "runs": repeat,
                          "converged": all(r["flags_off"] == len(apps) for r in runs),
                          "first_failure": next((r["first_failure"] for r in runs if r["first_failure"]), "")})
@@ -203,7 +205,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPU ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} CPU ({model}), Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
 
 
 def main(argv: list[str] | None = None) -> int:

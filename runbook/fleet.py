@@ -224,8 +224,8 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
                 try:
                     done[env] = future.result()
                 except BaseException as exc:   # SystemExit and the like, raised inside a verb
-                    done[env] = Outcome(env, "error", 1, 0.0, _first_line(f"internal error: {type(exc).__name__}: {exc}"),
-                                        error=type(exc).__name__)
+                    done[env] = Outcome(env, "error", 1, 0.0, error=type(exc).__name__,
+                                        message=_first_line(f"internal error: {type(exc).__name__}: {exc}"))
                 if on_done is not None:
                     on_done(done[env], len(done), len(envs))
     finally:
@@ -237,9 +237,9 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
 
 # The local journal (.runbook/journal.jsonl) is one file per project: `rollback` appends to it, and
 # rollback and every mutating run drain their environment's records with a read-rewrite-replace, so
-# two environments doing this at once in one process lose each other's records. Until runbook.state locks the file itself
-# (fcntl.flock around append and drain_into would also cover two processes), a fleet serialises
-# those two methods within the process.
+# two environments doing this at once in one process lose each other's records. Until runbook.state
+# locks the file itself (fcntl.flock around append and drain_into would also cover two processes),
+# a fleet serialises those two methods within the process.
 _JOURNAL_LOCK = threading.RLock()
 
 
