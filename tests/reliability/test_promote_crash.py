@@ -1,0 +1,164 @@
+"""`promote` killed (SIGKILL, a real subprocess) right after each of its side effects and before
+the result is journalled; the rerun must end where an uninterrupted promotion ends, and the
+journal and approvals must tell the story: the sign-off, the run that died (its intent without a
+result), the run that finished.
+
+Staging is a fresh database on the test cluster whose soak is made to pass by moving its start
+back (as tests/pg/test_soak_promote.py does); prod is its own embedded cluster (roles are
+cluster-wide, as they are across real environments), one per worker, a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from providers.embedded import Cluster, embedded_bin_dir
+from runbook import commands
+from tests.pg.conftest import make_env
+from tests.projects import dotenv
+
+PROMOTE_STEPS = ["role", "grants", "url", "flag on"]
+SHORT_SOAK = {"duration": "3s", "checkpoints": ["1s", "2s", "3s"], "valid_for": "1h", "checks": ["diagnose", "drift"]}
+SIGN_OFF = "Ada Lovelace"
+
+# the crash is in the tool, not in PostgreSQL: one version is enough (tests/pg runs both)
+pytestmark = pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def prod_cluster() -> Iterator[Cluster]:
+    # not under pytest's basetemp (see cluster_base in tests/conftest.py), and reachable by the
+    # server's own user, which the CLI's `pg_ctl status` runs as
+    base = Path(tempfile.mkdtemp(prefix="rb-prod-"))
+    base.chmod(0o755)
+    cluster = Cluster(embedded_bin_dir(), base / "pg")
+    cluster.start(settings={"log_statement": "all"})
+    cluster.wait_ready()
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def promotable(pg, tmp_path, prod_cluster):
+    """Staging provisioned with a passed soak; prod an empty database owned like staging's."""
+    dbname = f"prod_{uuid.uuid4().hex[:8]}"
+    prod = {"prod": {"provider": "local", "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
+                     "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
+    env = make_env(pg, tmp_path, admin="superuser", soak=SHORT_SOAK, extra_envs=prod)
+    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(env.owner)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    with psycopg.connect(prod_cluster.admin_conninfo(dbname), autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(env.owner)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(env.owner)))
+        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, total int)")
+        conn.execute("CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    pg.execute("UPDATE runbook.soaks SET started_at = started_at - 60 WHERE status = 'running'")
+    assert commands.soak(env.project(), "staging", environ=env.environ).exit_code == 0
+    yield env, prod_cluster.admin_conninfo(dbname)
+    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        for role in (env.role, env.owner):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def promote(env, *extra: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    run_env = {**os.environ, **env.environ, "NO_COLOR": "1", "CI": "true", **(environ or {})}
+    return subprocess.run([sys.executable, "-m", "runbook.cli", "promote", "--env", "prod", "--sign-off", SIGN_OFF,
+                           "--yes", *extra], cwd=env.dir, env=run_env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def prod_state(env, prod_dsn: str) -> dict:
+    with psycopg.connect(prod_dsn, autocommit=True) as conn:
+        roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (env.role,)).fetchone()[0]
+    values = dotenv(env.dir, "prod")
+    url = values.get("RAPTOR_APP_DATABASE_URL")
+    with psycopg.connect(url, autocommit=True) as app:
+        app.execute("INSERT INTO orders (total) VALUES (1)")
+        login_as = app.execute("SELECT current_user").fetchone()[0]
+        try:
+            app.execute("SELECT * FROM alembic_version")
+            deny = "reachable"
+        except psycopg.errors.InsufficientPrivilege:
+            deny = "denied"
+    return {
+        "roles": roles, "drift": commands.drift(env.project(), "prod", environ=env.environ).status,
+        "flag": values.get("FLAG_RAPTOR_APP_ROLE_SEPARATION"), "login_as": login_as, "deny_list": deny,
+        "url_lines": (Path(env.dir) / ".runbook" / "prod.env").read_text().count("RAPTOR_APP_DATABASE_URL="),
+    }
+
+
+def journal(prod_dsn: str) -> tuple[list[tuple], list[list[tuple]], list[tuple]]:
+    with psycopg.connect(prod_dsn, autocommit=True) as conn:
+        runs = conn.execute("SELECT id, command, status FROM runbook.runs ORDER BY id").fetchall()
+        events = [conn.execute("SELECT step, kind FROM runbook.events WHERE run_id = %s ORDER BY id", (r[0],)).fetchall()
+                  for r in runs]
+        approvals = conn.execute("SELECT sign_off, from_env, forced, soak_id IS NOT NULL FROM runbook.approvals "
+                                 "ORDER BY id").fetchall()
+    return runs, events, approvals
+
+
+@pytest.mark.parametrize("step", PROMOTE_STEPS)
+def test_promote_killed_after_each_side_effect_converges_on_rerun(promotable, step):
+    env, prod_dsn = promotable
+    died = promote(env, environ={"RUNBOOK_FAULT_KILL_AFTER": step})
+    assert died.returncode == -signal.SIGKILL, died.stderr
+
+    rerun = promote(env, "--output", "json")
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert any("was interrupted" in m and step in m for m in report["messages"]), report["messages"]
+
+    # the end state of an uninterrupted promotion
+    assert prod_state(env, prod_dsn) == {"roles": 1, "drift": "ok", "flag": "1", "login_as": env.role,
+                                         "deny_list": "denied", "url_lines": 1}
+
+    # the story: two sign-offs (one per invocation, each past the same passed soak), the dead run
+    # marked interrupted with its last intent unanswered, and the run that finished
+    runs, events, approvals = journal(prod_dsn)
+    assert [(r[1], r[2]) for r in runs] == [("promote", "interrupted"), ("promote", "ok")]
+    assert approvals == [(SIGN_OFF, "staging", False, True)] * 2
+    dead, done = events
+    assert dead[0] == ("gate", "info") and dead[-1] == (step, "intent")
+    assert (step, "result") not in dead
+    assert done[:2] == [("resume", "info"), ("gate", "info")]       # it noticed the dead run first
+    # what the dead run never reached, the rerun did; the step it died in was re-observed
+    later = PROMOTE_STEPS[PROMOTE_STEPS.index(step) + 1:]
+    assert all((s, "result") in done for s in later), done
+    # the staging soak that opened the gate is untouched by the crash
+    assert commands.soak(env.project(), "staging", environ=env.environ).exit_code == 0
+
+
+def test_uninterrupted_promotion_for_reference(promotable):
+    env, prod_dsn = promotable
+    done = promote(env)
+    assert done.returncode == 0, done.stderr
+    assert prod_state(env, prod_dsn) == {"roles": 1, "drift": "ok", "flag": "1", "login_as": env.role,
+                                         "deny_list": "denied", "url_lines": 1}
+    runs, events, approvals = journal(prod_dsn)
+    assert [(r[1], r[2]) for r in runs] == [("promote", "ok")] and approvals == [(SIGN_OFF, "staging", False, True)]
+    assert [e for e in events[0] if e[1] == "result"] == [(s, "result") for s in PROMOTE_STEPS]
+
+
+def test_the_app_password_never_reaches_the_prod_server_log(promotable, prod_cluster):
+    env, _ = promotable
+    assert promote(env, environ={"RUNBOOK_FAULT_KILL_AFTER": "role"}).returncode == -signal.SIGKILL
+    assert promote(env).returncode == 0
+    password = psycopg.conninfo.conninfo_to_dict(dotenv(env.dir, "prod")["RAPTOR_APP_DATABASE_URL"])["password"]
+    assert password and password not in prod_cluster.log_file.read_text(errors="replace")
