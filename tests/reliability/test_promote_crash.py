@@ -30,7 +30,12 @@ from runbook import commands
 from tests.pg.conftest import make_env
 from tests.projects import dotenv
 
-PROMOTE_STEPS = ["role", "grants", "url", "flag on"]
+PROMOTE_STEPS = ["role", "grants", "url", "flag on", "restart"]
+RESTARTS = "restarts-prod.log"
+# Killed after "flag on", the run never restarted the app, and the rerun finds nothing changed:
+# whether a restart is owed lives only in the dead run's memory (Restart.observe reads
+# ctx.app_changed), so the app keeps running on its old config. Reported; strict, so a fix shows.
+_RESTART_FORGOTTEN = pytest.mark.xfail(strict=True, reason="a restart owed by a killed run is forgotten by the rerun")
 SHORT_SOAK = {"duration": "3s", "checkpoints": ["1s", "2s", "3s"], "valid_for": "1h", "checks": ["diagnose", "drift"]}
 SIGN_OFF = "Ada Lovelace"
 
@@ -57,7 +62,8 @@ def promotable(pg, tmp_path, prod_cluster):
     """Staging provisioned with a passed soak; prod an empty database owned like staging's."""
     dbname = f"prod_{uuid.uuid4().hex[:8]}"
     prod = {"prod": {"provider": "local", "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
-                     "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
+                     "app": {"dotenv": ".runbook/prod.env", "restart": f"echo restarted >> {RESTARTS}"},
+                     "promote_from": "staging"}}
     env = make_env(pg, tmp_path, admin="superuser", soak=SHORT_SOAK, extra_envs=prod)
     with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(env.owner)))
@@ -97,11 +103,18 @@ def prod_state(env, prod_dsn: str) -> dict:
             deny = "reachable"
         except psycopg.errors.InsufficientPrivilege:
             deny = "denied"
+    restarts = Path(env.dir) / RESTARTS
     return {
         "roles": roles, "drift": commands.drift(env.project(), "prod", environ=env.environ).status,
+        "restarts": restarts.read_text().count("restarted") if restarts.exists() else 0,
         "flag": values.get("FLAG_RAPTOR_APP_ROLE_SEPARATION"), "login_as": login_as, "deny_list": deny,
         "url_lines": (Path(env.dir) / ".runbook" / "prod.env").read_text().count("RAPTOR_APP_DATABASE_URL="),
     }
+
+
+def UNINTERRUPTED(env) -> dict:
+    return {"roles": 1, "drift": "ok", "restarts": 1, "flag": "1", "login_as": env.role, "deny_list": "denied",
+            "url_lines": 1}
 
 
 def journal(prod_dsn: str) -> tuple[list[tuple], list[list[tuple]], list[tuple]]:
@@ -114,7 +127,8 @@ def journal(prod_dsn: str) -> tuple[list[tuple], list[list[tuple]], list[tuple]]
     return runs, events, approvals
 
 
-@pytest.mark.parametrize("step", PROMOTE_STEPS)
+@pytest.mark.parametrize("step", [pytest.param(s, marks=[_RESTART_FORGOTTEN] if s == "flag on" else [])
+                                  for s in PROMOTE_STEPS])
 def test_promote_killed_after_each_side_effect_converges_on_rerun(promotable, step):
     env, prod_dsn = promotable
     died = promote(env, environ={"RUNBOOK_FAULT_KILL_AFTER": step})
@@ -126,8 +140,7 @@ def test_promote_killed_after_each_side_effect_converges_on_rerun(promotable, st
     assert any("was interrupted" in m and step in m for m in report["messages"]), report["messages"]
 
     # the end state of an uninterrupted promotion
-    assert prod_state(env, prod_dsn) == {"roles": 1, "drift": "ok", "flag": "1", "login_as": env.role,
-                                         "deny_list": "denied", "url_lines": 1}
+    assert prod_state(env, prod_dsn) == UNINTERRUPTED(env)
 
     # the story: two sign-offs (one per invocation, each past the same passed soak), the dead run
     # marked interrupted with its last intent unanswered, and the run that finished
@@ -149,8 +162,7 @@ def test_uninterrupted_promotion_for_reference(promotable):
     env, prod_dsn = promotable
     done = promote(env)
     assert done.returncode == 0, done.stderr
-    assert prod_state(env, prod_dsn) == {"roles": 1, "drift": "ok", "flag": "1", "login_as": env.role,
-                                         "deny_list": "denied", "url_lines": 1}
+    assert prod_state(env, prod_dsn) == UNINTERRUPTED(env)
     runs, events, approvals = journal(prod_dsn)
     assert [(r[1], r[2]) for r in runs] == [("promote", "ok")] and approvals == [(SIGN_OFF, "staging", False, True)]
     assert [e for e in events[0] if e[1] == "result"] == [(s, "result") for s in PROMOTE_STEPS]

@@ -5,8 +5,9 @@ Cloud SQL + Cloud Run, Supabase) or moto (RDS + ECS) over a fresh database, with
 one fault: 429 with Retry-After, 500, 503, connect timeout, read timeout, connection reset.
 
 - `once`: only the first attempt of that call fails. The run must converge by itself.
-- `persistent`: every attempt of that call fails. The run must stop after `http_attempts` attempts
-  with one clear line (a RunbookError), and a clean rerun must converge.
+- `persistent`: every attempt of that call fails. The call must be tried exactly `http_attempts`
+  times; the run then stops with one clear line (a RunbookError) and a clean rerun must converge
+  (or, where the run can do without that call, it converges by itself).
 
 "Converged" is the state an uninterrupted run leaves (one role, one credential/attachment, the URL
 logging in as the role and able to write, the flag value, the app restarted where it must be); the
@@ -664,7 +665,6 @@ def test_fault_on_every_call(world, verb, index, label, fault, mode, waits):
         consecutive = [i for n, i in enumerate(plan.hits) if i == index + n]
         assert len(consecutive) == ATTEMPTS, plan.hits
         if failed is not None:
-            assert len(waits) <= (ATTEMPTS - 1) * len(plan.hits)
             if world.runs()[len(before):]:
                 assert world.runs()[-1][1] == "failed", world.runs()      # the journal says so
             world.run(verb)                                                # a clean rerun
@@ -703,20 +703,20 @@ def test_persistent_429_waits_as_told_and_stops_after_the_attempts(world, waits)
 
 # --- cross-checks with the fakes' own faults on real sockets ----------------------------------
 
-def test_real_read_timeout_after_the_credential_was_created(request, pg, tmp_path, monkeypatch, waits):
+def test_real_read_timeout_after_the_credential_was_created(pg, tmp_path, monkeypatch, waits):
     """The fake answers the credential POST only after the client gave up (a real ReadTimeout);
     the retried POST meets 'already exists' and the run adopts the credential."""
     with heroku_world(pg, tmp_path, monkeypatch) as world:
-        world.settings(http_timeout="300ms")
+        world.settings(http_timeout="1s")
         fake = world.fake
-        fake.inject("slow", api="data", method="POST", path=r"/credentials$", when="after", delay=1.0)
+        fake.inject("slow", api="data", method="POST", path=r"/credentials$", when="after", delay=2.5)
         assert world.run("provision").status == "ok"
         assert [(r.method, r.fault) for r in fake.requests if r.method == "POST" and r.api == "data"] == [
             ("POST", "slow"), ("POST", None)]
         assert world.snapshot() == world.expected["provision"]
 
 
-def test_real_reset_after_the_attachment_was_made(request, pg, tmp_path, monkeypatch, waits):
+def test_real_reset_after_the_attachment_was_made(pg, tmp_path, monkeypatch, waits):
     with heroku_world(pg, tmp_path, monkeypatch) as world:
         fake = world.fake
         fake.inject("reset", method="POST", path=r"^/addon-attachments$", when="after")
@@ -725,7 +725,7 @@ def test_real_reset_after_the_attachment_was_made(request, pg, tmp_path, monkeyp
         assert world.snapshot() == world.expected["provision"]
 
 
-def test_real_reset_before_a_cloud_run_patch(request, pg, tmp_path, monkeypatch, waits):
+def test_real_reset_before_a_cloud_run_patch(pg, tmp_path, monkeypatch, waits):
     with cloudsql_world(pg, tmp_path, monkeypatch) as world:
         fake = world.fake
         fake.run.fail("PATCH", r"/v2/projects/.*/services/raxx-api", "reset")
