@@ -112,7 +112,7 @@ def prod_state(env, prod_dsn: str) -> dict:
     }
 
 
-def UNINTERRUPTED(env) -> dict:
+def uninterrupted(env) -> dict:
     return {"roles": 1, "drift": "ok", "restarts": 1, "flag": "1", "login_as": env.role, "deny_list": "denied",
             "url_lines": 1}
 
@@ -140,7 +140,7 @@ def test_promote_killed_after_each_side_effect_converges_on_rerun(promotable, st
     assert any("was interrupted" in m and step in m for m in report["messages"]), report["messages"]
 
     # the end state of an uninterrupted promotion
-    assert prod_state(env, prod_dsn) == UNINTERRUPTED(env)
+    assert prod_state(env, prod_dsn) == uninterrupted(env)
 
     # the story: two sign-offs (one per invocation, each past the same passed soak), the dead run
     # marked interrupted with its last intent unanswered, and the run that finished
@@ -162,7 +162,7 @@ def test_uninterrupted_promotion_for_reference(promotable):
     env, prod_dsn = promotable
     done = promote(env)
     assert done.returncode == 0, done.stderr
-    assert prod_state(env, prod_dsn) == UNINTERRUPTED(env)
+    assert prod_state(env, prod_dsn) == uninterrupted(env)
     runs, events, approvals = journal(prod_dsn)
     assert [(r[1], r[2]) for r in runs] == [("promote", "ok")] and approvals == [(SIGN_OFF, "staging", False, True)]
     assert [e for e in events[0] if e[1] == "result"] == [(s, "result") for s in PROMOTE_STEPS]

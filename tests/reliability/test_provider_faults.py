@@ -66,7 +66,7 @@ CALLS: dict[tuple[str, str], list[str]] = {
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
         f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars",
         f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_CRED}/{{role}}", f"POST {HEROKU_CRED}",
-        f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_APP}/config-vars",
+        f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_APP}/config-vars",
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
         f"GET {HEROKU_APP}/addon-attachments/RAPTOR_APP_DATABASE", "POST /addon-attachments",
         f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars",
@@ -364,7 +364,8 @@ def heroku_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     from tests.providers.heroku.conftest import ADDON, APP, FLAG, URL_VAR
     from tests.providers.heroku.fake_heroku import start_fake
 
-    fake = start_fake(pg, app=APP, addon_name=ADDON)
+    # credentials are usable at the first look after the POST: the poll's pause adds nothing here
+    fake = start_fake(pg, app=APP, addon_name=ADDON, provision_polls=0)
     try:
         _owned_table(fake.owner_url(ADDON))
         role = pg.role("raxx_app")
