@@ -127,7 +127,9 @@ class Cluster:
             "--no-sync",
         ])
         if res.returncode != 0:
-            raise ClusterError(f"initdb failed: {res.stderr.strip().splitlines()[-1:]}")
+            # initdb's last line is its clean-up; the first error line says what went wrong
+            lines = res.stderr.strip().splitlines() or ["(no output)"]
+            raise ClusterError(f"initdb failed: {next((ln for ln in lines if 'error' in ln), lines[-1])}")
         port_file = self.port_file
         port_file.write_text(str(free_port()))
         if _as_root():

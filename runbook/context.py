@@ -133,6 +133,15 @@ class Context:
             self._owner = self.role.owner or self.admin().execute("SELECT current_user").fetchone()[0]
         return self._owner
 
+    def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
+        """This env's journal, oldest first: the store's events, then records journalled only
+        locally (a rollback that failed before it reached the store)."""
+        from runbook.state import LocalJournal
+
+        events = list(self.store.events(self.env.name, limit=limit)) if self.store is not None else []
+        local = LocalJournal(project_dir(self.project) / "journal.jsonl")
+        return events + [r for r in local.records() if r.get("env") == self.env.name]
+
     def close(self) -> None:
         if self._admin is not None and not self._admin.closed:
             self._admin.close()

@@ -55,6 +55,9 @@ class Step:
 
     kind = "step"
     mutates = True
+    # True for steps that change the app's config: their intents mark a restart as owed until a
+    # restart result follows in the journal (a run that dies in between leaves the debt visible)
+    touches_app = False
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params = dict(params or {})
@@ -107,7 +110,10 @@ def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
                     on_step(report)
                 continue
             if changes:
-                journal(step.name, "intent", "; ".join(c.summary for c in changes), {"changes": [c.to_json() for c in changes]})
+                intent: dict[str, Any] = {"changes": [c.to_json() for c in changes]}
+                if step.touches_app:
+                    intent["app"] = True
+                journal(step.name, "intent", "; ".join(c.summary for c in changes), intent)
                 started = time.monotonic()
                 step.apply(ctx, changes)
                 _fault_kill(step.name)

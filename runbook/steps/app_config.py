@@ -57,6 +57,7 @@ class WriteUrl(Step):
     """Put a working URL for the role in the app's config (or attach it where the platform can)."""
 
     kind = "url"
+    touches_app = True
 
     def observe(self, ctx):
         return url_state(ctx)
@@ -104,6 +105,7 @@ class SetFlag(Step):
     """Turn the feature flag on (provision: the soak clock starts) or off (rollback)."""
 
     kind = "flag"
+    touches_app = True
 
     @property
     def target(self) -> str:
@@ -172,23 +174,55 @@ class SetFlag(Step):
         ctx.note(f"soak clock started ({why}); `runbook soak --env {ctx.env.name}` evaluates its checkpoints")
 
 
+def owed_restart(ctx) -> dict | None:
+    """The journal event of an app-config change that no restart has followed yet, if any.
+
+    A run that changed the config and died (or failed) before restarting leaves its intent in the
+    journal; the next run must pay that restart even though it finds nothing left to change.
+    """
+    owed = None
+    for event in ctx.journal_history():
+        step, kind, data = event.get("step"), event.get("kind"), event.get("data")
+        if kind == "info" and isinstance(data, dict) and "kind" in data:
+            # a record imported from the local journal keeps its own step/kind/data inside
+            step, kind, data = data.get("step"), data.get("kind"), data.get("data")
+        if step == "restart" and kind == "result":
+            owed = None
+        elif kind == "intent" and isinstance(data, dict) and data.get("app"):
+            owed = event
+    return owed
+
+
 class Restart(Step):
-    """Restart the app when its config changed and the platform did not restart it already."""
+    """Restart the app when its config changed and the platform did not restart it already:
+    in this run, or in an earlier run that died or failed before its restart."""
 
     kind = "restart"
 
     def observe(self, ctx):
-        return ctx.app_changed or (ctx.plan_only and ctx.app_change_planned) or bool(self.params.get("always"))
+        if ctx.app_changed or (ctx.plan_only and ctx.app_change_planned) or self.params.get("always"):
+            return "now"
+        if ctx.plan_only and ctx.store is None:
+            return None
+        return owed_restart(ctx)
 
     def plan(self, ctx, needed):
         if not needed:
             return []
+        owed = needed != "now"
         if ctx.app.config_change_restarts and not self.params.get("always"):
-            ctx.note(f"{ctx.app.key} restarts the app itself when its config changes; no second restart")
+            if not owed:      # an owed one was paid by the platform when the config changed
+                ctx.note(f"{ctx.app.key} restarts the app itself when its config changes; no second restart")
             return []
         if getattr(ctx.app, "can_restart", True) is False:
-            ctx.note("no restart command configured (app.restart); restart the app yourself to pick up the change")
+            if not owed:      # said when the change was made; not again on every later run
+                ctx.note("no restart command configured (app.restart); restart the app yourself to pick up the change")
             return []
+        if owed:
+            run = needed.get("run_id")
+            by = f"run #{run}" if run else "an earlier run"
+            return [Change(f"restart the app ({ctx.app.key}): {by} changed its config ({needed.get('step')}) "
+                           "and did not restart it", reversible=False)]
         return [Change(f"restart the app ({ctx.app.key})", reversible=False)]
 
     def apply(self, ctx, changes):
@@ -199,6 +233,7 @@ class UnsetUrl(Step):
     """Remove the role's URL from the app's config (detach it where it was attached)."""
 
     kind = "unset_url"
+    touches_app = True
 
     def observe(self, ctx):
         return ctx.app.get_config([ctx.url_var]).get(ctx.url_var)

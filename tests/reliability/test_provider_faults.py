@@ -137,9 +137,6 @@ PERSISTENT = ("503", "connect_timeout", "read_timeout", "reset")
 _NO_URL_REFERENCE = ("cloudrun: the URL counts as in place once the secret holds it, even if the service "
                      "never got the env entry that reads it (the PATCH failed); the rerun leaves the app without "
                      "its URL while the flag goes on")
-_RESTART_FORGOTTEN = ("a config change made by a run that then failed is not restarted by the rerun: 'config "
-                      "changed' lives only in the dead run's memory, so ECS tasks keep the old flag (after "
-                      "rollback: the flag stays on in the running app)")
 _TEMPLATE_TRUSTED = ("cloudrun: a rerun trusts the service template and never checks that the newest revision "
                      "became ready (the fake finishes a rollout only when its operation is polled; a revision "
                      "that failed to start would go unnoticed the same way)")
@@ -154,14 +151,6 @@ KNOWN_GAPS = {
     ("cloudsql", "rollback", 3, "reset"): _TEMPLATE_TRUSTED,
     ("cloudsql", "rollback", 4, "503"): _TEMPLATE_TRUSTED,
     ("cloudsql", "rollback", 4, "connect_timeout"): _TEMPLATE_TRUSTED,
-    ("rds", "provision", 9, "read_timeout"): _RESTART_FORGOTTEN,
-    ("rds", "provision", 9, "reset"): _RESTART_FORGOTTEN,
-    ("rds", "provision", 11, "503"): _RESTART_FORGOTTEN,
-    ("rds", "provision", 11, "connect_timeout"): _RESTART_FORGOTTEN,
-    ("rds", "rollback", 1, "read_timeout"): _RESTART_FORGOTTEN,
-    ("rds", "rollback", 1, "reset"): _RESTART_FORGOTTEN,
-    ("rds", "rollback", 3, "503"): _RESTART_FORGOTTEN,
-    ("rds", "rollback", 3, "connect_timeout"): _RESTART_FORGOTTEN,
 }
 
 
