@@ -104,15 +104,8 @@ def _streamer(output: Optional[Output]):
     return render.step_line
 
 
-def _mutate(fn, env: str, yes: bool, output: Optional[Output], state: Optional[str], **kw) -> int:
-    project = _load()
-    res = fn(project, env, yes=yes, confirm=None if yes else _confirm(_json(output)), state=state or OPTS.state,
-             on_step=_streamer(output), **kw)
-    return _finish(res, output, streamed=not _json(output))
-
-
-def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *, mutating: bool = False,
-           yes: bool = True, show_sql: bool = False, **kw) -> Optional[int]:
+def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *, mutating: bool,
+           yes: bool, show_sql: bool, **kw) -> Optional[int]:
     """Several environments (a list, a comma or a glob): runbook.fleet runs them and prints the
     summary; None for one plain name, which takes the single-environment path unchanged."""
     from runbook import fleet
@@ -143,93 +136,75 @@ def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *
     return res.exit_code
 
 
+def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int = 1, mutating: bool = False,
+          yes: bool = False, streamed: bool = False, show_sql: bool = False, **kw) -> int:
+    """Every per-environment verb: a fleet through runbook.fleet, one name through
+    `commands.<verb>` (asking first when a person is there and --yes was not given)."""
+    code = _fleet(verb, env, parallel, output, mutating=mutating, yes=yes, show_sql=show_sql, **kw)
+    if code is not None:
+        return code
+    from runbook import commands
+
+    is_json = _json(output)
+    if mutating:
+        kw.update(yes=yes, confirm=None if yes else _confirm(is_json))
+    if streamed:
+        kw["on_step"] = _streamer(output)
+    res = getattr(commands, verb)(_load(), env[0], **kw)
+    return _finish(res, output, streamed=streamed and not is_json, show_sql=show_sql)
+
+
 @app.command()
 def plan(env: EnvOpt, output: OutOpt = None,
          playbook: Annotated[str, typer.Option(help="playbook to plan")] = "provision",
          sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False,
          parallel: ParallelOpt = 1) -> int:
     """What provision would change. Changes nothing."""
-    from runbook import commands
-
-    code = _fleet("plan", env, parallel, output, show_sql=sql, playbook=playbook)
-    if code is not None:
-        return code
-    return _finish(commands.plan(_load(), env[0], playbook=playbook), output, show_sql=sql)
+    return _verb("plan", env, output, parallel=parallel, show_sql=sql, playbook=playbook)
 
 
 @app.command()
 def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
               parallel: ParallelOpt = 1) -> int:
     """Tier check → role → grants → URL → flag on (soak starts) → restart → verify."""
-    from runbook import commands
-
-    code = _fleet("provision", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
-    if code is not None:
-        return code
-    return _mutate(commands.provision, env[0], yes, output, state)
+    return _verb("provision", env, output, parallel=parallel, mutating=True, yes=yes, streamed=True,
+                 state=state or OPTS.state)
 
 
 @app.command()
 def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """The four checks, in order, with the fix for each failure. Exit 4 if any fails."""
-    from runbook import commands
-
-    code = _fleet("diagnose", env, parallel, output, state=state or OPTS.state)
-    if code is not None:
-        return code
-    return _finish(commands.diagnose(_load(), env[0], state=state or OPTS.state), output)
+    return _verb("diagnose", env, output, parallel=parallel, state=state or OPTS.state)
 
 
 @app.command()
 def drift(env: EnvOpt, fix: Annotated[bool, typer.Option("--fix", help="converge what drifted")] = False,
           yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Objects the role should reach but cannot, and denied ones it can. Exit 4 on drift."""
-    from runbook import commands
-
-    code = _fleet("drift", env, parallel, output, mutating=fix, yes=yes, fix=fix, state=state or OPTS.state)
-    if code is not None:
-        return code
-    res = commands.drift(_load(), env[0], fix=fix, yes=yes, confirm=None if yes else _confirm(_json(output)),
-                         state=state or OPTS.state)
-    return _finish(res, output)
+    return _verb("drift", env, output, parallel=parallel, mutating=fix, yes=yes, fix=fix, state=state or OPTS.state)
 
 
 @app.command()
 def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
              parallel: ParallelOpt = 1) -> int:
     """Emergency: flag off (+ restart). Role and grants stay. Needs no lock and no database."""
-    from runbook import commands
-
-    code = _fleet("rollback", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
-    if code is not None:
-        return code
-    res = commands.rollback(_load(), env[0], yes=yes, confirm=None if yes else _confirm(_json(output)),
-                            state=state or OPTS.state)
-    return _finish(res, output)
+    return _verb("rollback", env, output, parallel=parallel, mutating=True, yes=yes, state=state or OPTS.state)
 
 
 @app.command()
 def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """Remove the URL, end sessions, reassign what the role owns, drop it."""
-    from runbook import commands
-
-    code = _fleet("retire", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
-    if code is not None:
-        return code
-    return _mutate(commands.retire, env[0], yes, output, state)
+    return _verb("retire", env, output, parallel=parallel, mutating=True, yes=yes, streamed=True,
+                 state=state or OPTS.state)
 
 
 @app.command()
 def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """A new password (or platform rotation), written where the app reads it, then a restart."""
-    from runbook import commands
-
-    code = _fleet("rotate", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state)
-    if code is not None:
-        return code
-    return _mutate(commands.rotate, env[0], yes, output, state)
+    return _verb("rotate", env, output, parallel=parallel, mutating=True, yes=yes, streamed=True,
+                 state=state or OPTS.state)
 
 
 @app.command()
@@ -245,7 +220,7 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
         from runbook.errors import ConfigError
 
         raise ConfigError("soak --wait takes one environment; for a fleet, run `runbook soak` from cron")
-    code = _fleet("soak", env, parallel, output, state=state or OPTS.state)
+    code = _fleet("soak", env, parallel, output, mutating=False, yes=True, show_sql=False, state=state or OPTS.state)
     if code is not None:
         return code
     project = _load()
@@ -272,13 +247,8 @@ def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign
             reason: Annotated[Optional[str], typer.Option("--reason")] = None,
             yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Provision prod only after a passed staging soak of the same role spec, with a sign-off."""
-    from runbook import commands
-
-    code = _fleet("promote", env, parallel, output, mutating=True, yes=yes, state=state or OPTS.state,
-                  sign_off=sign_off, force=force, reason=reason)
-    if code is not None:
-        return code
-    return _mutate(commands.promote, env[0], yes, output, state, sign_off=sign_off, force=force, reason=reason)
+    return _verb("promote", env, output, parallel=parallel, mutating=True, yes=yes, streamed=True,
+                 state=state or OPTS.state, sign_off=sign_off, force=force, reason=reason)
 
 
 @app.command()
