@@ -27,24 +27,23 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, SslMode
-from providers.gcp_auth import GoogleAuth, google_error
-from providers.http import ApiClient, RateBudget, shared_budget
+from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
+from providers.gcp_auth import GoogleAuth
+from providers.http import ApiClient, RateBudget
 from providers.local import Connect
-from runbook.durations import format_duration, parse_duration
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
 DEFAULT_API = "https://sqladmin.googleapis.com"
 SUPERUSER_GROUP = "cloudsqlsuperuser"
 
-_PROJECT = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")   # optional domain: prefix
 _INSTANCE = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
 
 
 class CloudSqlDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="cloudsql database")
     provider: Literal["cloudsql"] = "cloudsql"
-    project: str = Field(description="Google Cloud project id")
+    project: ProjectId = Field(description="Google Cloud project id")
     instance: str = Field(description="Cloud SQL instance id")
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
     admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password")
@@ -57,20 +56,8 @@ class CloudSqlDatabaseConfig(BaseModel):
     replace_api_users: bool = Field(default=False, description="delete an API-created role that owns nothing "
                                     "(so it is created again in SQL) when its cloudsqlsuperuser membership "
                                     "cannot be revoked in SQL")
-    poll_interval: timedelta = Field(default=timedelta(seconds=2), description="between operation polls")
-    operation_timeout: timedelta = Field(default=timedelta(minutes=10), description="longest wait for an operation")
-
-    @field_validator("poll_interval", "operation_timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> timedelta:
-        return parse_duration(v)
-
-    @field_validator("project")
-    @classmethod
-    def _project(cls, v: str) -> str:
-        if not _PROJECT.match(v):
-            raise ValueError(f"project {v!r} is not a Google Cloud project id (e.g. my-project-123)")
-        return v
+    poll_interval: Duration = Field(default=timedelta(seconds=2), description="between operation polls")
+    operation_timeout: Duration = Field(default=timedelta(minutes=10), description="longest wait for an operation")
 
     @field_validator("instance")
     @classmethod
@@ -79,8 +66,6 @@ class CloudSqlDatabaseConfig(BaseModel):
             raise ValueError(f"instance {v!r} is not a Cloud SQL instance id (lower-case letters, digits, -); "
                              "give the id, not the connection name")
         return v
-
-
 
     def open(self, ctx: OpenContext) -> "CloudSqlDatabase":
         return CloudSqlDatabase(self, ctx)
@@ -111,13 +96,8 @@ class CloudSqlDatabase:
     @property
     def api(self) -> ApiClient:
         if self._api is None:
-            base = self.ctx.environ.get("CLOUDSQL_API_URL") or DEFAULT_API
-            self._api = ApiClient(
-                "Cloud SQL Admin API", base, headers={"Accept": "application/json"}, retry=self.ctx.retry,
-                transport=self.ctx.http_transport,   # type: ignore[arg-type]
-                budget=self._budget or shared_budget(self.ctx.budget_key or self.auth.account_key),
-                describe_error=google_error,
-            )
+            self._api = api_client(self.ctx, self.auth, self._budget, title="Cloud SQL Admin API",
+                                   url_env="CLOUDSQL_API_URL", default_url=DEFAULT_API)
         return self._api
 
     def close(self) -> None:
@@ -127,11 +107,7 @@ class CloudSqlDatabase:
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         response = self.api.request(method, path, headers=self.auth.headers(), **kw)
-        try:
-            body = response.json() if response.content else {}
-        except ValueError:
-            raise ProviderError(f"Cloud SQL Admin API: {method} {path} answered with something that is not JSON") from None
-        return body if isinstance(body, dict) else {}
+        return json_body(response, f"Cloud SQL Admin API: {method} {path}")
 
     @property
     def _base(self) -> str:
@@ -144,20 +120,14 @@ class CloudSqlDatabase:
 
     def wait_operation(self, operation: dict[str, Any], what: str) -> dict[str, Any]:
         """Poll an sqladmin operation (PENDING → RUNNING → DONE) and surface its errors."""
-        name = operation.get("name")
-        if not name:
+        if not operation.get("name"):
             raise ProviderError(f"Cloud SQL Admin API: {what} returned no operation to follow")
-        timeout, interval = self.config.operation_timeout.total_seconds(), self.config.poll_interval.total_seconds()
-        deadline, polls_left = time.monotonic() + timeout, max(1, int(timeout / max(interval, 1e-3)))
-        while operation.get("status") != "DONE":
-            polls_left -= 1
-            if time.monotonic() >= deadline or polls_left < 0:
-                raise ProviderError(
-                    f"Cloud SQL: {what} is still {operation.get('status') or 'pending'} after "
-                    f"{format_duration(self.config.operation_timeout)}; follow it with "
-                    f"`gcloud sql operations describe {name} --project={self.config.project}`")
-            self._sleep(interval)
-            operation = self._call("GET", f"{self._base}/operations/{name}")
+        operation = wait_operation(
+            operation, api="Cloud SQL", what=what,
+            poll=lambda name: self._call("GET", f"{self._base}/operations/{name}"),
+            done=lambda op: op.get("status") == "DONE", state=lambda op: op.get("status") or "pending",
+            interval=self.config.poll_interval, timeout=self.config.operation_timeout, sleep=self._sleep,
+            follow=f"gcloud sql operations describe {operation['name']} --project={self.config.project}")
         errors = (operation.get("error") or {}).get("errors") or []
         if errors:
             messages = "; ".join(str(e.get("message") or e.get("code") or "unknown error") for e in errors)

@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from providers.aws import Aws, AwsError, aws_region
 from providers.base import Credential, OpenContext
-from providers.rds import Aws, AwsError, aws_region
 from runbook.durations import format_duration, parse_duration
 from runbook.errors import ConfigError, ProviderError
 from runbook.secret import Secret, reveal

@@ -4,8 +4,8 @@ The instance (or cluster) is read with boto3; the application role is created ov
 master user, whose password comes from Secrets Manager (the RDS-managed MasterUserSecret unless
 `master_secret` names another). `auth: iam` makes a password-less role in `rds_iam`.
 
-boto3 is imported only inside the code that calls AWS, so `import providers.rds` stays light.
-The AWS plumbing at the top (session, clients, error mapping) is shared with providers.ecs.
+boto3 is imported only inside the code that calls AWS (providers.aws, shared with providers.ecs),
+so `import providers.rds` stays light.
 """
 
 from __future__ import annotations
@@ -13,161 +13,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from providers.aws import Aws, AwsError, aws_region
 from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
-from runbook.secret import Secret, install_log_hygiene, redact
-
-# ---------------------------------------------------------------------------------------------
-# AWS plumbing (used by providers.ecs too)
-
-# AWS_ENDPOINT_URL_<ID>: the per-service override botocore documents, read from ctx.environ
-_ENDPOINT_IDS = {"rds": "RDS", "secretsmanager": "SECRETS_MANAGER", "ssm": "SSM", "ecs": "ECS"}
-
-
-def aws_region(configured: str | None, environ: Mapping[str, str], key: str) -> str:
-    region = configured or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise ConfigError(f"no AWS region: set {key} (or AWS_REGION in the environment)")
-    return region
-
-
-class Aws:
-    """boto3 clients for one region, created on first use from one Session.
-
-    Retries are botocore's own (standard mode) bounded by ctx.retry, so a throttled or
-    unreachable endpoint fails within the run's budget instead of hanging.
-    """
-
-    def __init__(self, ctx: OpenContext, *, region: str, profile: str | None = None,
-                 session: Any = None) -> None:
-        self.ctx = ctx
-        self.region = region
-        self.profile = profile
-        self._session = session
-        self._clients: dict[str, Any] = {}
-
-    def session(self) -> Any:
-        if self._session is None:
-            try:
-                import boto3
-                from botocore.exceptions import ProfileNotFound
-            except ImportError:
-                raise ConfigError("the AWS providers need boto3: pip install 'pg-runbook[aws]'") from None
-            # ctx.environ stands in for os.environ in the first links of boto3's default chain
-            # (a configured profile, else keys, else AWS_PROFILE); files and roles follow as usual
-            kwargs: dict[str, Any] = {"region_name": self.region}
-            env = self.ctx.environ
-            if self.profile:
-                kwargs["profile_name"] = self.profile
-            elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-                kwargs["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
-                kwargs["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
-                if env.get("AWS_SESSION_TOKEN"):
-                    kwargs["aws_session_token"] = env["AWS_SESSION_TOKEN"]
-            elif env.get("AWS_PROFILE"):
-                kwargs["profile_name"] = env["AWS_PROFILE"]
-            try:
-                self._session = boto3.session.Session(**kwargs)
-            except ProfileNotFound:
-                raise ConfigError(f"AWS profile {kwargs['profile_name']!r} is not configured") from None
-        return self._session
-
-    def endpoint_url(self, service: str) -> str | None:
-        env = self.ctx.environ
-        return env.get(f"AWS_ENDPOINT_URL_{_ENDPOINT_IDS.get(service, service.upper())}") or env.get("AWS_ENDPOINT_URL") or None
-
-    def client(self, service: str) -> Any:
-        if service not in self._clients:
-            from botocore.config import Config
-
-            # botocore logs request and response bodies (secret values) at DEBUG
-            install_log_hygiene()
-            retry = self.ctx.retry
-            config = Config(
-                region_name=self.region,
-                # total_max_attempts counts the first call; botocore's max_attempts would add one
-                retries={"mode": "standard", "total_max_attempts": max(1, retry.attempts)},
-                connect_timeout=retry.timeout_seconds,
-                read_timeout=retry.timeout_seconds,
-                user_agent_extra="pg-runbook",
-            )
-            kwargs: dict[str, Any] = {"config": config}
-            endpoint = self.endpoint_url(service)
-            if endpoint:
-                kwargs["endpoint_url"] = endpoint
-            self._clients[service] = self.session().client(service, **kwargs)
-        return self._clients[service]
-
-    def call(self, service: str, operation: str, /, **params: Any) -> dict[str, Any]:
-        client = self.client(service)
-        return guarded(service, lambda: getattr(client, operation)(**params))
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
-
-    def pages(self, service: str, operation: str, /, **params: Any):
-        paginator = self.client(service).get_paginator(operation)
-        iterator = guarded(service, lambda: iter(paginator.paginate(**params)))
-        while True:
-            page = guarded(service, lambda: next(iterator, None))
-            if page is None:
-                return
-            yield page
-
-
-def guarded(service: str, fn: Callable[[], Any]) -> Any:
-    """Run one AWS call; its failures become one-line ProviderError/ConfigError.
-
-    Only AWS's own error code and message are quoted (scrubbed of known secrets): never the
-    request parameters, which hold secret values.
-    """
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        NoCredentialsError,
-        NoRegionError,
-        ParamValidationError,
-        PartialCredentialsError,
-    )
-
-    try:
-        return fn()
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code") or "Unknown")
-        raw = str(err.get("Message") or "").strip()
-        message = f": {redact(raw.splitlines()[0])}" if raw else ""
-        raise AwsError(f"AWS {service} {exc.operation_name} failed: {code}{message}", code=code) from None
-    except (NoCredentialsError, PartialCredentialsError):
-        raise ConfigError("no usable AWS credentials (boto3 looks at AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                          "AWS_PROFILE, ~/.aws and instance/task roles)") from None
-    except NoRegionError:
-        raise ConfigError("no AWS region: set region in the project file or AWS_REGION") from None
-    except ParamValidationError:
-        # its text echoes parameter values; the operation is all that is safe to say
-        raise ProviderError(f"AWS {service}: request rejected by botocore's parameter validation") from None
-    except BotoCoreError as exc:
-        # connection, timeout and endpoint errors: their text names the endpoint, not the body
-        raise ProviderError(f"AWS {service}: {redact(str(exc))}") from None
-
-
-class AwsError(ProviderError):
-    """An AWS API answered with an error; `code` is its error code (DBInstanceNotFound, …)."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------------------------------------
-# RDS
+from runbook.secret import Secret
 
 _NOT_CONNECTABLE = {
     "stopped", "stopping", "starting", "creating", "deleting", "failed",

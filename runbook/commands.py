@@ -263,7 +263,8 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
                     result.status = "cancelled"
                     return result
             result.steps = engine.run([Grants()], ctx, plan_only=False, journal=_journal(ctx))
-        left = grants.findings(ctx.role, catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
+        # the grants step's verify just read the catalog after the fix; no second read
+        left = grants.findings(ctx.role, ctx.last_snapshot or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
         result.checks = [CheckResult("drift", "fail", f.summary()) for f in left]
         result.status = "ok" if not left else "check-failed"
         result.exit_code = 0 if not left else CheckFailed.exit_code

@@ -51,6 +51,7 @@ class Context:
     app_change_planned: bool = False
     url_state: UrlState | None = None
     soak_started: bool = False
+    last_snapshot: Any = None             # the grants step's verify snapshot; `drift --fix` reports from it
     notes: list[str] = field(default_factory=list)
 
     _db: DatabaseProvider | None = None

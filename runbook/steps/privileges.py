@@ -77,7 +77,7 @@ class Grants(Step):
         apply_statements(ctx, [c.statement for c in changes if c.statement is not None])
 
     def verify(self, ctx):
-        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+        snap = ctx.last_snapshot = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
         left = [f for f in grants.findings(ctx.role, snap) if f.kind != "schema-missing"]
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),

@@ -4,7 +4,13 @@ Three servers (so a provider that sends a call to the wrong base URL gets a 404)
 - sqladmin:       instances.get, users.delete, operations.get (PENDING → RUNNING → DONE over polls)
 - secretmanager:  secrets.create, secrets.addVersion, versions.access (latest), secrets.delete
 - run (v2):       services.get, services.patch (→ a long-running operation, a new revision),
-                  operations.get
+                  operations.get, revisions.get
+
+Cloud Run rollouts as the v2 Service resource reports them: a PATCH creates a revision and sets
+`latestCreatedRevision`, `reconciling: true` and a CONDITION_RECONCILING `terminalCondition`; the
+revision becomes ready (or fails) only as its operation is polled to `done`. Then `latestReadyRevision`,
+`observedGeneration`, `trafficStatuses` and `terminalCondition` say how it ended. Until then the
+previous ready revision serves, so a PATCH whose answer was lost leaves the service reconciling.
 
 Backed by the real PostgreSQL when an admin DSN is given: users.delete really drops the role
 (its PostgreSQL error becomes the operation's error), and every revision Cloud Run "starts"
@@ -35,6 +41,7 @@ REGION = "europe-west1"
 SERVICE = "raxx-api"
 PUBLIC_IP = "34.78.1.2"
 PRIVATE_IP = "10.20.0.3"
+LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
 
 
 def gerror(code: int, status: str, message: str, reason: str | None = None) -> tuple[int, dict]:
@@ -89,13 +96,25 @@ def default_service(project: str = PROJECT, region: str = REGION, service: str =
             "serviceAccount": f"raxx-api@{project}.iam.gserviceaccount.com",
             "maxInstanceRequestConcurrency": 80,
         },
-        "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
+        "traffic": [{"type": LATEST, "percent": 100}],
+        "observedGeneration": "1",
+        "terminalCondition": condition("Ready", "CONDITION_SUCCEEDED"),
+        "conditions": [condition("RoutesReady", "CONDITION_SUCCEEDED"),
+                       condition("ConfigurationsReady", "CONDITION_SUCCEEDED")],
         "latestReadyRevision": f"{name}/revisions/{service}-00001-abc",
         "latestCreatedRevision": f"{name}/revisions/{service}-00001-abc",
+        "trafficStatuses": [{"type": LATEST, "revision": f"{service}-00001-abc", "percent": 100}],
         "uri": f"https://{service}-x7y2z.a.run.app",
         "etag": '"etag-1"',
         "reconciling": False,
     }
+
+
+def condition(kind: str, state: str, message: str | None = None) -> dict[str, Any]:
+    out = {"type": kind, "state": state, "lastTransitionTime": "2024-05-01T10:00:00Z"}
+    if message:
+        out.update(message=message, severity="ERROR")
+    return out
 
 
 class FakeGoogle:
@@ -114,8 +133,9 @@ class FakeGoogle:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
         self.run_ops: dict[str, dict[str, Any]] = {}
-        self.fail_next_revision: str | None = None
-        self.revisions: list[dict[str, Any]] = []      # revisions that became ready, with resolved env
+        self.fail_next_revision: str | None = None     # the next revision fails to become ready, with this message
+        self.revisions: list[dict[str, Any]] = []      # revisions rolled out that became ready, with resolved env
+        self.all_revisions: dict[str, dict[str, Any]] = {}   # full name → every revision, the first one included
         self._counter = itertools.count(2)
         self._lock = threading.Lock()
         self.add_service(default_service())
@@ -145,7 +165,13 @@ class FakeGoogle:
                 "CLOUDRUN_API_URL": self.run.url, "GOOGLE_OAUTH_ACCESS_TOKEN": self.token}
 
     def add_service(self, service: dict[str, Any]) -> None:
+        """A deployed service: its template is what its ready revision runs (edits to the template
+        before the first PATCH count as deployed too, the way a test sets the scene)."""
         self.services[service["name"]] = service
+        ready = service["latestReadyRevision"]
+        self.all_revisions[ready] = {"name": ready.rsplit("/", 1)[-1], "full": ready, "generation": 1,
+                                     "service": service["name"], "template": service["template"],
+                                     "state": "ready", "env": None, "error": None}
 
     def service(self, name: str | None = None) -> dict[str, Any]:
         return self.services[name or f"projects/{PROJECT}/locations/{REGION}/services/{SERVICE}"]
@@ -155,7 +181,15 @@ class FakeGoogle:
         return entry["versions"][-1].decode() if entry and entry["versions"] else None
 
     def latest_env(self) -> dict[str, str]:
-        return self.revisions[-1]["env"] if self.revisions else {}
+        """What the app runs with: the env of the revision that serves (the latest ready one)."""
+        revision = self.all_revisions[self.service()["latestReadyRevision"]]
+        if revision["env"] is None:
+            return self._resolve_env(revision["service"].split("/")[1], revision["template"], strict=False)
+        return revision["env"]
+
+    def revision(self, name: str) -> dict[str, Any]:
+        """A revision by short name (every one the fake knows, pending and failed included)."""
+        return next(r for r in self.all_revisions.values() if r["name"] == name)
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -246,7 +280,7 @@ class FakeGoogle:
             return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}", "state": "ENABLED",
                          "createTime": "2024-05-01T10:00:00Z"}
 
-        @sm.route("GET", rf"/v1/projects/{p}/secrets/{seg.format('s')}/versions/latest:access")
+        @sm.route("GET", rf"/v1/projects/{p}/secrets/{seg.format('s')}/versions/(?P<v>latest|[0-9]+):access")
         def access(req: Request, m: re.Match[str]):
             if denied := self._authed(req):
                 return denied
@@ -254,9 +288,15 @@ class FakeGoogle:
             if not entry or not entry["versions"]:
                 return gerror(404, "NOT_FOUND",
                               f"Secret [projects/{m['p']}/secrets/{m['s']}] not found or has no versions.")
-            n = len(entry["versions"])
+            n = len(entry["versions"]) if m["v"] == "latest" else int(m["v"])
+            if not 1 <= n <= len(entry["versions"]):
+                return gerror(404, "NOT_FOUND", f"Secret Version [projects/{m['p']}/secrets/{m['s']}/versions/"
+                                                f"{m['v']}] not found.")
+            if n in entry.get("destroyed", ()):
+                return gerror(400, "FAILED_PRECONDITION", f"Secret Version [projects/{m['p']}/secrets/{m['s']}/"
+                                                          f"versions/{n}] is in DESTROYED state.")
             return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}",
-                         "payload": {"data": base64.b64encode(entry["versions"][-1]).decode()}}
+                         "payload": {"data": base64.b64encode(entry["versions"][n - 1]).decode()}}
 
         @sm.route("DELETE", rf"/v1/projects/{p}/secrets/{seg.format('s')}")
         def delete_secret(req: Request, m: re.Match[str]):
@@ -294,7 +334,8 @@ class FakeGoogle:
                     return gerror(400, "INVALID_ARGUMENT", "template.containers is required.")
                 gen = next(self._counter)
                 rev = template.get("revision") or f"{m['s']}-{gen:05d}-{uuid.uuid4().hex[:3]}"
-                if any(r["name"] == rev for r in self.revisions) or rev == service["latestCreatedRevision"].split("/")[-1]:
+                full = f"{m['name']}/revisions/{rev}"
+                if full in self.all_revisions:
                     error = {"code": 6, "message": f"Revision named '{rev}' with different configuration already exists."}
                 else:
                     error = self._resolve_failure(m["p"], template)
@@ -304,9 +345,17 @@ class FakeGoogle:
                 service["template"] = copy.deepcopy(template)
                 service["generation"] = str(gen)
                 service["etag"] = f'"etag-{gen}"'
-                service["latestCreatedRevision"] = f"{m['name']}/revisions/{rev}"
+                service["reconciling"] = True
+                service["terminalCondition"] = condition("Ready", "CONDITION_RECONCILING")
+                created = full not in self.all_revisions
+                if created:
+                    service["latestCreatedRevision"] = full
+                    self.all_revisions[full] = {"name": rev, "full": full, "generation": gen, "service": m["name"],
+                                                "template": service["template"], "state": "pending", "env": None,
+                                                "error": error}
                 op_name = f"projects/{m['p']}/locations/{m['r']}/operations/{uuid.uuid4()}"
-                self.run_ops[op_name] = {"polls": 0, "error": error, "service": m["name"], "revision": rev}
+                self.run_ops[op_name] = {"polls": 0, "error": error, "service": m["name"], "revision": full,
+                                         "created": created}
                 return 200, {"name": op_name, "done": False,
                              "metadata": {"@type": "type.googleapis.com/google.cloud.run.v2.Service",
                                           "name": m["name"]}}
@@ -315,22 +364,44 @@ class FakeGoogle:
         def get_run_operation(req: Request, m: re.Match[str]):
             if denied := self._authed(req):
                 return denied
-            entry = self.run_ops.get(m["name"])
-            if entry is None:
-                return gerror(404, "NOT_FOUND", "Operation not found.")
-            entry["polls"] += 1
-            if entry["polls"] < self.op_polls:
-                return 200, {"name": m["name"], "done": False}
-            service = self.services[entry["service"]]
-            if entry["error"]:
-                return 200, {"name": m["name"], "done": True, "error": entry["error"]}
-            if not entry.get("ready"):
-                entry["ready"] = True
-                service["latestReadyRevision"] = f"{entry['service']}/revisions/{entry['revision']}"
-                self.revisions.append({"name": entry["revision"], "labels": dict(service["template"].get("labels") or {}),
-                                       "env": self._resolve_env(entry["service"].split("/")[1], service["template"])})
-            return 200, {"name": m["name"], "done": True,
-                         "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **service}}
+            with self._lock:
+                entry = self.run_ops.get(m["name"])
+                if entry is None:
+                    return gerror(404, "NOT_FOUND", "Operation not found.")
+                entry["polls"] += 1
+                if entry["polls"] < self.op_polls:
+                    return 200, {"name": m["name"], "done": False}
+                if not entry.get("finished"):
+                    entry["finished"] = True
+                    self._finish_rollout(entry)
+                if entry["error"]:
+                    return 200, {"name": m["name"], "done": True, "error": entry["error"]}
+                service = self.services[entry["service"]]
+                return 200, {"name": m["name"], "done": True,
+                             "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **service}}
+
+        @run.route("GET", rf"/v2/(?P<name>projects/{p}/locations/[^/]+/services/[^/]+/revisions/[^/]+)")
+        def get_revision(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            revision = self.all_revisions.get(m["name"])
+            if revision is None:
+                return gerror(404, "NOT_FOUND", f"Resource '{m['name'].rsplit('/', 1)[-1]}' of kind 'REVISION' "
+                                                "does not exist.")
+            state = {"ready": "CONDITION_SUCCEEDED", "failed": "CONDITION_FAILED"}.get(revision["state"],
+                                                                                      "CONDITION_RECONCILING")
+            message = (revision["error"] or {}).get("message") if revision["state"] == "failed" else None
+            template = revision["template"]
+            return 200, {
+                "name": revision["full"], "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, revision["full"])),
+                "generation": "1", "service": revision["service"], "labels": dict(template.get("labels") or {}),
+                "createTime": "2024-05-01T10:00:00Z", "launchStage": "GA",
+                "containers": template.get("containers") or [], "volumes": template.get("volumes") or [],
+                "serviceAccount": template.get("serviceAccount"),
+                "maxInstanceRequestConcurrency": template.get("maxInstanceRequestConcurrency"),
+                "reconciling": revision["state"] == "pending", "observedGeneration": "1",
+                "conditions": [condition("Ready", state, message)],
+            }
 
     # -- behaviour -------------------------------------------------------------------------
 
@@ -350,6 +421,46 @@ class FakeGoogle:
             entry["op"]["error"] = {"kind": "sql#operationErrors",
                                     "errors": [{"kind": "sql#operationError", "code": "ERROR_RDBMS", "message": error}]}
 
+    def _finish_rollout(self, entry: dict[str, Any]) -> None:
+        """The operation is done: its revision is ready or failed, and the service says so."""
+        service = self.services[entry["service"]]
+        revision = self.all_revisions[entry["revision"]]
+        newest = service["latestCreatedRevision"] == entry["revision"]
+        if entry["error"]:
+            if entry["created"]:
+                revision["state"] = "failed"
+            if newest or not entry["created"]:
+                # the previous ready revision keeps serving; the service says why the rollout failed
+                message = entry["error"]["message"]
+                service["reconciling"] = False
+                service["terminalCondition"] = condition("Ready", "CONDITION_FAILED", message)
+                service["conditions"] = [condition("RoutesReady", "CONDITION_SUCCEEDED"),
+                                         condition("ConfigurationsReady", "CONDITION_FAILED", message)]
+            return
+        revision["state"] = "ready"
+        revision["env"] = self._resolve_env(entry["service"].split("/")[1], revision["template"])
+        self.revisions.append({"name": revision["name"], "labels": dict(revision["template"].get("labels") or {}),
+                               "env": revision["env"]})
+        current = self.all_revisions[service["latestReadyRevision"]]
+        if revision["generation"] > current["generation"]:
+            service["latestReadyRevision"] = revision["full"]
+        if newest:
+            service["reconciling"] = False
+            service["observedGeneration"] = str(revision["generation"])
+            service["terminalCondition"] = condition("Ready", "CONDITION_SUCCEEDED")
+            service["conditions"] = [condition("RoutesReady", "CONDITION_SUCCEEDED"),
+                                     condition("ConfigurationsReady", "CONDITION_SUCCEEDED")]
+        self._route_traffic(service)
+
+    @staticmethod
+    def _route_traffic(service: dict[str, Any]) -> None:
+        """trafficStatuses from the service's traffic targets: LATEST means the latest ready revision."""
+        ready = service["latestReadyRevision"].rsplit("/", 1)[-1]
+        service["trafficStatuses"] = [
+            {"type": t.get("type", LATEST), "revision": ready if t.get("type", LATEST) == LATEST else t.get("revision"),
+             "percent": t.get("percent", 0), **({"tag": t["tag"]} if t.get("tag") else {})}
+            for t in service.get("traffic") or [{"type": LATEST, "percent": 100}]]
+
     def _env_refs(self, template: dict[str, Any]):
         for container in template.get("containers") or []:
             for env in container.get("env") or []:
@@ -361,21 +472,27 @@ class FakeGoogle:
             if ref:
                 secret = ref["secret"].split("/")[-1]
                 entry = self.secrets.get((project, secret))
-                if not entry or not entry["versions"]:
+                version = str(ref.get("version") or "latest")
+                count = len(entry["versions"]) if entry else 0
+                if not count or (version != "latest" and not 1 <= int(version) <= count):
                     return {"code": 9, "message": (
                         f"Revision is not ready and cannot serve traffic. spec.template.spec.containers"
                         f"[{container.get('name')}].env.valueFrom.secretKeyRef: Secret projects/{project}/secrets/"
                         f"{secret}/versions/{ref.get('version')} was not found")}
         return None
 
-    def _resolve_env(self, project: str, template: dict[str, Any]) -> dict[str, str]:
+    def _resolve_env(self, project: str, template: dict[str, Any], *, strict: bool = True) -> dict[str, str]:
+        """The env a revision's instances start with; secret versions resolved now."""
         out: dict[str, str] = {}
         for _, env in self._env_refs(template):
             if "value" in env:
                 out[env["name"]] = env["value"]
             elif (env.get("valueSource") or {}).get("secretKeyRef"):
                 ref = env["valueSource"]["secretKeyRef"]
-                versions = self.secrets[(project, ref["secret"].split("/")[-1])]["versions"]
+                entry = self.secrets.get((project, ref["secret"].split("/")[-1]))
+                if entry is None and not strict:
+                    continue
+                versions = entry["versions"]
                 version = ref.get("version", "latest")
                 out[env["name"]] = (versions[-1] if version == "latest" else versions[int(version) - 1]).decode()
         return out

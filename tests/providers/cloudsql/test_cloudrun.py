@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import psycopg
 import pytest
@@ -28,8 +29,8 @@ def app_env(fake) -> list[dict]:
     return next(c for c in containers if c["name"] == "app")["env"]
 
 
-def url_ref() -> dict:
-    return {"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "latest"}}}
+def url_ref(version: str = "1") -> dict:
+    return {"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": version}}}
 
 
 def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open_app, sleeps):
@@ -48,12 +49,14 @@ def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sm)
 
     run = bare_fake.run.requests
-    assert [(r.method, r.path) for r in run][:3] == [("GET", SERVICE_PATH), ("GET", SERVICE_PATH), ("PATCH", SERVICE_PATH)]
-    assert [r.method for r in run[3:]] == ["GET", "GET"]       # the operation, polled until done
-    patch = run[2].body
+    # the service is read once (checked, then edited and sent back); the operation is polled until done
+    assert [(r.method, r.path) for r in run[:2]] == [("GET", SERVICE_PATH), ("PATCH", SERVICE_PATH)]
+    assert [r.method for r in run[2:]] == ["GET", "GET"] and all(re.fullmatch(OPS, r.path) for r in run[2:])
+    patch = run[1].body
     assert patch["etag"] == '"etag-1"'
     app_container = next(c for c in patch["template"]["containers"] if c["name"] == "app")
-    assert app_container["env"] == [{"name": "LOG_LEVEL", "value": "info"}, url_ref(), {"name": FLAG, "value": "1"}]
+    # the URL is pinned to the version just written: env vars resolve when an instance starts
+    assert app_container["env"] == [{"name": "LOG_LEVEL", "value": "info"}, url_ref("1"), {"name": FLAG, "value": "1"}]
     assert "env" not in next(c for c in patch["template"]["containers"] if c["name"] == "otel")
     assert patch["template"]["labels"][RESTART_LABEL]
     assert sleeps == [0.01, 0.01]                               # one sleep before each poll
@@ -61,8 +64,13 @@ def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open
     # the new revision is ready and resolves the URL from the secret, as the app will see it
     assert bare_fake.latest_env() == {"LOG_LEVEL": "info", URL_VAR: URL, FLAG: "1"}
     assert bare_fake.service()["latestReadyRevision"].endswith(bare_fake.revisions[-1]["name"])
+    bare_fake.run.clear()
+    bare_fake.secretmanager.clear()
     assert app.get_config([URL_VAR, FLAG, "LOG_LEVEL", "MISSING"]) == {
         URL_VAR: URL, FLAG: "1", "LOG_LEVEL": "info", "MISSING": None}
+    # the rollout is over, so the template is what serves: one read, then the pinned version
+    assert [(r.method, r.path) for r in bare_fake.run.requests] == [("GET", SERVICE_PATH)]
+    assert [(r.method, r.path) for r in bare_fake.secretmanager.requests] == [("GET", f"{SECRET_PATH}/versions/1:access")]
 
 
 def test_an_unchanged_url_adds_no_version_but_still_rolls(bare_fake, open_app):
@@ -82,7 +90,7 @@ def test_a_new_url_is_a_new_version_and_reaches_the_next_revision(bare_fake, ope
     app.set_config({URL_VAR: Secret(new_url)})
     assert len(bare_fake.secrets[(PROJECT, SECRET)]["versions"]) == 2
     assert bare_fake.latest_env()[URL_VAR] == new_url
-    assert app_env(bare_fake).count(url_ref()) == 1
+    assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("2")]
 
 
 def test_an_existing_secret_is_kept(bare_fake, open_app):
@@ -93,11 +101,14 @@ def test_an_existing_secret_is_kept(bare_fake, open_app):
     assert bare_fake.secrets[(PROJECT, SECRET)] == {"versions": [URL.encode()], "labels": {"owner": "terraform"}}
 
 
-def test_a_url_pinned_to_a_version_is_moved_to_latest(bare_fake, open_app):
+@pytest.mark.parametrize("version", ["1", "latest"])
+def test_a_url_reference_is_moved_to_the_version_written(bare_fake, open_app, version):
     bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [b"postgresql://old"], "labels": {}}
-    app_env(bare_fake).append({"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "1"}}})
-    open_app(bare_fake).set_config({URL_VAR: URL})
-    assert app_env(bare_fake) == [{"name": "LOG_LEVEL", "value": "info"}, url_ref()]
+    app_env(bare_fake).append(url_ref(version))
+    app = open_app(bare_fake)
+    assert app.get_config([URL_VAR]) == {URL_VAR: "postgresql://old"}
+    app.set_config({URL_VAR: URL})
+    assert app_env(bare_fake) == [{"name": "LOG_LEVEL", "value": "info"}, url_ref("2")]
     assert bare_fake.latest_env()[URL_VAR] == URL
 
 
@@ -165,7 +176,7 @@ def test_a_concurrent_deploy_is_reread_not_overwritten(bare_fake, open_app):
                        body={"error": {"code": 409, "status": "ABORTED", "message": "etag mismatch"}})
     open_app(bare_fake).set_config({FLAG: "1"})
     assert len(bare_fake.run.calls("PATCH", SERVICE_PATH)) == 2
-    assert len(bare_fake.run.calls("GET", SERVICE_PATH)) == 3   # the check, then one read per attempt
+    assert len(bare_fake.run.calls("GET", SERVICE_PATH)) == 2   # the first read, then a fresh one after the 409
     assert bare_fake.latest_env()[FLAG] == "1"
 
 
@@ -223,7 +234,7 @@ def test_project_defaults_from_the_cloudsql_database():
 def test_describe_says_where_config_lives(bare_fake, open_app):
     out = open_app(bare_fake).describe()
     assert out["cloudrun"] == SERVICE_PATH.removeprefix("/v2/")
-    assert out["url"] == f"secret projects/{PROJECT}/secrets/{SECRET} (version latest)"
+    assert out["url"] == f"secret projects/{PROJECT}/secrets/{SECRET} (the version the service pins)"
     assert out["flag"] == f"env {FLAG}"
     assert bare_fake.run.requests == []
 

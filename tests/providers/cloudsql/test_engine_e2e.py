@@ -100,7 +100,7 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
         assert conn.execute("SELECT current_user").fetchone()[0] == role
         conn.execute("INSERT INTO public.orders (total) VALUES (1)")
     container = next(c for c in fake.service()["template"]["containers"] if c["name"] == "app")
-    assert {"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "latest"}}} in container["env"]
+    assert {"name": URL_VAR, "valueSource": {"secretKeyRef": {"secret": SECRET, "version": "1"}}} in container["env"]
     assert "restart" not in {s.step for s in result.steps if s.status == "applied"}   # PATCH already rolled
     revisions = len(fake.revisions)
 
