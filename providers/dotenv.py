@@ -10,7 +10,6 @@ import fcntl
 import os
 import re
 import shlex
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from datetime import timedelta
@@ -20,6 +19,7 @@ from typing import Iterator, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from providers.base import Credential, OpenContext
+from runbook import shell
 from runbook.durations import parse_duration
 from runbook.errors import ConfigError, ProviderError
 from runbook.secret import Secret, redact, reveal
@@ -148,16 +148,12 @@ class DotenvApp:
         if not self.config.restart:
             return
         try:
-            res = subprocess.run(
-                self.config.restart, shell=True, capture_output=True, text=True,
-                timeout=self.config.restart_timeout.total_seconds(), cwd=str(self.ctx.base_dir),
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise ProviderError(f"restart command timed out after {self.config.restart_timeout}") from None
+            res = shell.run(self.config.restart, timeout=self.config.restart_timeout.total_seconds(),
+                            cwd=str(self.ctx.base_dir))
+        except shell.CommandTimeout:
+            raise ProviderError(f"restart command timed out after {self.config.restart_timeout}; it was stopped") from None
         if res.returncode != 0:
-            tail = redact((res.stderr or res.stdout).strip().splitlines()[-1:] and
-                          (res.stderr or res.stdout).strip().splitlines()[-1] or "")
+            tail = redact(res.tail())
             raise ProviderError(f"restart command `{shlex.split(self.config.restart)[0]}` exited {res.returncode}: {tail}")
 
     @property

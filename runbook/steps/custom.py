@@ -6,10 +6,9 @@ as a migration is, so the SQL is passed through as written (never built from inp
 
 from __future__ import annotations
 
-import subprocess
-
 from psycopg import sql
 
+from runbook import shell
 from runbook.changes import Change
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, RunbookError
@@ -63,13 +62,11 @@ class CommandStep(Step):
     def apply(self, ctx, changes):
         cmd = str(self.params["run"]).replace("{env}", ctx.env.name)
         try:
-            res = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=str(ctx.project.base_dir),
-                                 timeout=float(self.params.get("timeout", 300)), stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise RunbookError(f"command `{cmd}` timed out") from None
+            res = shell.run(cmd, timeout=float(self.params.get("timeout", 300)), cwd=str(ctx.project.base_dir))
+        except shell.CommandTimeout as exc:
+            raise RunbookError(f"command `{cmd}` {exc}; it was stopped") from None
         if res.returncode != 0:
-            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
-            raise RunbookError(f"command `{cmd}` exited {res.returncode}: {redact(tail[0])[:200]}")
+            raise RunbookError(f"command `{cmd}` exited {res.returncode}: {redact(res.tail())[:200]}")
 
 
 class HttpCheckStep(Step):
