@@ -7,7 +7,6 @@ import re
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from providers.cloudrun import RESTART_LABEL, CloudRunAppConfig
 from runbook.errors import ConfigError, ProviderError
@@ -153,6 +152,147 @@ def test_unset_refuses_a_secret_mounted_as_a_volume(bare_fake, open_app):
     with pytest.raises(ConfigError, match="mounts secret raptor-database-url as volume db"):
         open_app(bare_fake).unset_config([URL_VAR])
     assert bare_fake.run.calls("PATCH") == [] and bare_fake.secretmanager.requests == []
+
+
+# -- what serves, not what the template says ------------------------------------------------
+
+FIRST = f"{SERVICE}-00001-abc"      # the revision the fake's service starts with
+
+
+def reads(fake) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(Cloud Run, Secret Manager) requests since the last clear, then clear."""
+    out = ([(r.method, r.path) for r in fake.run.requests], [(r.method, r.path) for r in fake.secretmanager.requests])
+    fake.run.clear()
+    fake.secretmanager.clear()
+    return out
+
+
+def test_the_url_counts_only_once_the_service_reads_the_secret(bare_fake, open_app):
+    """A run wrote the secret, then its PATCH failed: the secret alone does not give the app its URL,
+    and the rerun converges without a second version or a second env entry."""
+    bare_fake.run.fail("PATCH", SERVICE_PATH, status=403,
+                       body={"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "run.services.update denied"}})
+    app = open_app(bare_fake)
+    with pytest.raises(ProviderError, match="PATCH .* failed: HTTP 403 PERMISSION_DENIED"):
+        app.set_config({URL_VAR: URL})
+    assert bare_fake.secret_value(SECRET) == URL and URL_VAR not in str(app_env(bare_fake))
+    reads(bare_fake)
+
+    assert app.get_config([URL_VAR]) == {URL_VAR: None}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH)], [])    # no reference: the secret is not even read
+
+    app.set_config({URL_VAR: URL})
+    run, sm = reads(bare_fake)
+    assert sm == [("GET", f"{SECRET_PATH}/versions/latest:access")]        # the value is there: no new version
+    assert [m for m, _ in run] == ["GET", "PATCH", "GET", "GET"]
+    app.set_config({URL_VAR: URL})                                       # and once more
+    assert bare_fake.secrets[(PROJECT, SECRET)]["versions"] == [URL.encode()]
+    assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("1")]
+    reads(bare_fake)
+    assert app.get_config([URL_VAR]) == {URL_VAR: URL}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH)], [("GET", f"{SECRET_PATH}/versions/1:access")])
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+@pytest.mark.parametrize("ref, destroyed, counts", [
+    ({"secret": SECRET, "version": "1"}, False, True),
+    ({"secret": f"projects/{PROJECT}/secrets/{SECRET}", "version": "1"}, False, True),
+    ({"secret": "another-secret", "version": "1"}, False, False),
+    ({"secret": SECRET, "version": "2"}, False, False),          # no such version
+    ({"secret": SECRET, "version": "1"}, True, False),           # destroyed: FAILED_PRECONDITION
+    ({"secret": SECRET, "version": "../../x"}, False, False),    # never put in a path
+], ids=["short-name", "resource-name", "other-secret", "missing-version", "destroyed-version", "odd-version"])
+def test_which_references_count_as_the_url(bare_fake, open_app, ref, destroyed, counts):
+    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [URL.encode()], "labels": {}, "destroyed": {1} if destroyed else set()}
+    app_env(bare_fake).append({"name": URL_VAR, "valueSource": {"secretKeyRef": ref}})
+    assert open_app(bare_fake).get_config([URL_VAR]) == {URL_VAR: URL if counts else None}
+
+
+def test_a_change_that_has_not_rolled_out_is_not_in_place(bare_fake, open_app):
+    """The PATCH landed but its rollout never finished for this run (the answer was lost, or the run
+    gave up waiting): the template has the flag, the revision that serves does not."""
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: URL})
+    serving = bare_fake.service()["latestReadyRevision"].rsplit("/", 1)[-1]
+    bare_fake.op_polls = 10 ** 6
+    with pytest.raises(ProviderError, match="still in progress after"):
+        open_app(bare_fake, operation_timeout="20ms").set_config({FLAG: "1"})
+    service = bare_fake.service()
+    assert service["reconciling"] is True and service["terminalCondition"]["state"] == "CONDITION_RECONCILING"
+    assert service["latestCreatedRevision"] != service["latestReadyRevision"]
+    assert {"name": FLAG, "value": "1"} in app_env(bare_fake)
+    reads(bare_fake)
+
+    # the URL is in the serving revision, so it still counts (no needless new password); the flag is not
+    assert app.get_config([FLAG, URL_VAR]) == {FLAG: None, URL_VAR: URL}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH), ("GET", f"{SERVICE_PATH}/revisions/{serving}")],
+                                [("GET", f"{SECRET_PATH}/versions/1:access")])
+
+    # the rerun rolls a new revision and waits until it serves
+    bare_fake.op_polls = 2
+    app.set_config({FLAG: "1"})
+    assert bare_fake.latest_env() == {"LOG_LEVEL": "info", URL_VAR: URL, FLAG: "1"}
+    reads(bare_fake)
+    assert app.get_config([FLAG]) == {FLAG: "1"}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH)], [])
+
+
+FAILED = ("Revision 'raxx-api-00002-x1z' is not ready and cannot serve traffic. The user-provided container "
+          "failed to start and listen on port 8080.")
+
+
+def test_a_revision_that_failed_leaves_the_change_out_and_the_rerun_says_why(bare_fake, open_app):
+    app = open_app(bare_fake)
+    bare_fake.fail_next_revision = FAILED
+    with pytest.raises(ProviderError):
+        app.set_config({FLAG: "1"})
+    service = bare_fake.service()
+    assert service["reconciling"] is False and service["terminalCondition"]["state"] == "CONDITION_FAILED"
+    assert service["terminalCondition"]["message"] == FAILED
+    assert service["latestReadyRevision"].endswith(FIRST) and not service["latestCreatedRevision"].endswith(FIRST)
+    assert bare_fake.revision(service["latestCreatedRevision"].rsplit("/", 1)[-1])["state"] == "failed"
+    reads(bare_fake)
+
+    assert app.get_config([FLAG]) == {FLAG: None}         # the template says 1; the revision that serves does not
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH), ("GET", f"{SERVICE_PATH}/revisions/{FIRST}")], [])
+
+    bare_fake.fail_next_revision = FAILED                 # the cause is still there: the rerun says so, in one line
+    with pytest.raises(ProviderError) as exc:
+        app.set_config({FLAG: "1"})
+    assert str(exc.value) == f"Cloud Run: setting {FLAG} on {SERVICE} failed: {FAILED}"
+
+    app.set_config({FLAG: "1"})                            # fixed: the rerun converges
+    assert app.get_config([FLAG]) == {FLAG: "1"} and bare_fake.latest_env()[FLAG] == "1"
+
+
+def test_a_rollout_that_serves_no_traffic_is_reported(bare_fake, open_app):
+    pinned = {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": FIRST, "percent": 100}
+    bare_fake.service()["traffic"] = [pinned]
+    bare_fake.service()["trafficStatuses"] = [pinned]
+    app = open_app(bare_fake)
+    with pytest.raises(ProviderError) as exc:
+        app.set_config({FLAG: "1"})
+    assert re.fullmatch(
+        rf"Cloud Run: setting {FLAG} on {SERVICE}: revision {SERVICE}-00002-[0-9a-f]{{3}} is ready but {FIRST} still "
+        rf"take traffic \(pinned in the service's traffic\), so the change does not serve; run `gcloud run services "
+        rf"update-traffic {SERVICE} --to-latest --region={REGION}` and rerun", str(exc.value)), str(exc.value)
+    reads(bare_fake)
+    assert app.get_config([FLAG, "LOG_LEVEL"]) == {FLAG: None, "LOG_LEVEL": "info"}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH), ("GET", f"{SERVICE_PATH}/revisions/{FIRST}")], [])
+
+
+def test_split_traffic_counts_a_value_only_where_every_revision_agrees(bare_fake, open_app):
+    app = open_app(bare_fake)
+    app.set_config({FLAG: "1"})
+    newest = bare_fake.revisions[-1]["name"]
+    bare_fake.service()["trafficStatuses"] = [
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "revision": newest, "percent": 90},
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": FIRST, "percent": 10},
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "raxx-api-00000-old", "percent": 0}]
+    reads(bare_fake)
+    assert app.get_config([FLAG, "LOG_LEVEL"]) == {FLAG: None, "LOG_LEVEL": "info"}
+    assert reads(bare_fake) == ([("GET", SERVICE_PATH), ("GET", f"{SERVICE_PATH}/revisions/{FIRST}"),
+                                 ("GET", f"{SERVICE_PATH}/revisions/{newest}")], [])
 
 
 def test_a_failed_revision_is_surfaced(bare_fake, open_app):

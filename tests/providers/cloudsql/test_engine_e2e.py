@@ -127,3 +127,26 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
     shown = caplog.text + json.dumps([r.to_json() for r in (result, diag, rb, ret)])
     for secret in (admin.password, password):
         assert secret not in shown
+
+
+def test_a_revision_that_fails_stops_provision_in_one_line_and_the_rerun_converges(world, fake, tmp_path, pg, admin):
+    """The URL's revision fails to start: the run stops with Cloud Run's reason; the secret already
+    holds the URL, but no serving revision reads it, so the rerun writes it again and rolls out."""
+    from runbook.errors import ProviderError
+
+    role = pg.role("raptor_app")
+    project = write_project(tmp_path, pg, admin, role)
+    fake.fail_next_revision = "Revision 'raxx-api-00002-x1z' is not ready and cannot serve traffic."
+    with pytest.raises(ProviderError) as err:
+        commands.provision(project, "staging", yes=True, environ=world)
+    assert err.value.message == (f"Cloud Run: setting {URL_VAR} on {SERVICE} failed: Revision 'raxx-api-00002-x1z' "
+                                 "is not ready and cannot serve traffic.")
+    assert fake.secret_value(SECRET) is not None and URL_VAR not in fake.latest_env()
+
+    result = commands.provision(project, "staging", yes=True, environ=world)
+    assert result.status == "ok", result.messages
+    env = fake.latest_env()
+    assert env[FLAG] == "1"
+    with psycopg.connect(env[URL_VAR]) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == role
+    assert fake.service()["terminalCondition"]["state"] == "CONDITION_SUCCEEDED"
