@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import netrc
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -203,6 +204,11 @@ def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
+# writes sent to each account by this process: an answer read before the latest one is stale
+_WRITES: dict[str, int] = {}
+_WRITES_LOCK = threading.Lock()
+
+
 class HerokuApi:
     """The Platform API and Data API clients of one provider object (same token, same budget)."""
 
@@ -214,6 +220,7 @@ class HerokuApi:
         headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token.reveal()}"}
         account = ctx.budget_key or "heroku:" + hashlib.sha256(token.reveal().encode()).hexdigest()[:16]
         budget = budget or shared_budget(account)
+        self.account = account
         common = dict(headers=headers, retry=ctx.retry, transport=ctx.http_transport, budget=budget,
                       describe_error=heroku_error, sleep=sleep)
         self.platform = ApiClient("heroku", self.platform_url, **common)
@@ -222,6 +229,18 @@ class HerokuApi:
     def close(self) -> None:
         self.platform.close()
         self.data.close()
+
+    def write(self, client: ApiClient, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Every change goes through here. Counted before it is sent: one whose answer is lost
+        still changed things. (A credential change also changes the config vars it is attached as,
+        so the database and app sides of one account share the count.)"""
+        with _WRITES_LOCK:
+            _WRITES[self.account] = _WRITES.get(self.account, 0) + 1
+        return client.request(method, path, **kw)
+
+    def writes(self) -> int:
+        with _WRITES_LOCK:
+            return _WRITES.get(self.account, 0)
 
     def resolve_addon(self, app: str, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The add-on named `ref` on `app`, by add-on name/id, else by attachment name.
@@ -243,6 +262,51 @@ class HerokuApi:
             raise ProviderError(f"heroku: attachment {ref} on {app} names no add-on")
         path = f"/addons/{_q(addon_id)}"
         return _json(self.platform.request("GET", path), path), attachment
+
+    def addon_id(self, app: str, ref: str) -> str:
+        """Only the id of the add-on `ref` names: an attachment already carries it, so the add-on
+        itself (plan, state) is not read again."""
+        path = f"/apps/{_q(app)}/addons/{_q(ref)}"
+        r = self.platform.request("GET", path, allow=(404,))
+        if r.status_code == 404:
+            path = f"/apps/{_q(app)}/addon-attachments/{_q(ref)}"
+            r = self.platform.request("GET", path, allow=(404,))
+            if r.status_code == 404:
+                raise ConfigError(
+                    f"heroku: app {app} has no add-on or attachment named {ref!r} ({heroku_error(r)}); "
+                    f"`heroku addons -a {app}` lists them")
+            found = (_json(r, path).get("addon") or {}).get("id")
+        else:
+            found = _json(r, path).get("id")
+        if not found:
+            raise ProviderError(f"heroku: {ref} on {app} names no add-on")
+        return str(found)
+
+
+class _Reads:
+    """Answers read since the account's last write: the same read again returns them instead of
+    asking Heroku (e.g. the config vars a step just verified, read again by the next step)."""
+
+    def __init__(self, api: HerokuApi) -> None:
+        self.api = api
+        self._stamp = -1
+        self._values: dict[str, Any] = {}
+
+    def _current(self) -> dict[str, Any]:
+        stamp = self.api.writes()
+        if stamp != self._stamp:
+            self._values, self._stamp = {}, stamp
+        return self._values
+
+    def get(self, key: str, read: Callable[[], Any]) -> Any:
+        values = self._current()
+        if key not in values:
+            values[key] = read()     # kept under the stamp taken before reading: a write meanwhile voids it
+        return values[key]
+
+    def put(self, key: str, value: Any) -> Any:
+        self._current()[key] = value
+        return value
 
 
 def plan_refusal(plan: str, addon: str, app: str) -> ConfigError | None:
@@ -289,6 +353,7 @@ class HerokuDatabase:
         self._addon: dict[str, Any] | None = None
         self._attachment: dict[str, Any] | None = None
         self._checked = False
+        self._reads = _Reads(self.api)
 
     def close(self) -> None:
         self.api.close()
@@ -350,6 +415,10 @@ class HerokuDatabase:
         return f"{'DATABASE' if 'DATABASE' in names else names[0]}_URL"
 
     def admin_dsn(self) -> Secret:
+        # asked for three times before the first step (run, state store, preflight)
+        return self._reads.get("admin_dsn", self._read_admin_dsn)
+
+    def _read_admin_dsn(self) -> Secret:
         var = self.admin_var()
         path = f"/apps/{_q(self.app)}/config-vars"
         url = _json(self.api.platform.request("GET", path), path).get(var)
@@ -379,10 +448,17 @@ class HerokuDatabase:
         base = f"/postgres/v0/databases/{_q(str(self._supported()['id']))}/credentials"
         return base if name is None else f"{base}/{_q(name)}"
 
-    def _info(self, name: str) -> dict[str, Any] | None:
+    def _info(self, name: str, *, reuse: bool = False) -> dict[str, Any] | None:
+        """The credential's record (None: there is none). `reuse`: an answer read since the last
+        write will do (a step's apply after its observe); polls never reuse, Heroku moves the state."""
+        if reuse:
+            return self._reads.get(f"credential:{name}", lambda: self._info(name))
         path = self._credentials_path(name)
         r = self.api.data.request("GET", path, allow=(404,))
-        return None if r.status_code == 404 else _json(r, path)
+        return self._reads.put(f"credential:{name}", None if r.status_code == 404 else _json(r, path))
+
+    def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.api.write(self.api.data, method, path, **kw)
 
     def _to_credential(self, info: Mapping[str, Any], name: str) -> Credential | None:
         if info.get("state") not in _USABLE:
@@ -436,13 +512,13 @@ class HerokuDatabase:
             yield True
 
     def credential(self, name: str) -> Credential | None:
-        info = self._info(name)
+        info = self._info(name, reuse=True)
         return None if info is None else self._to_credential(info, name)
 
     def create_credential(self, name: str) -> Credential:
-        if self._info(name) is None:
+        if self._info(name, reuse=True) is None:
             path = self._credentials_path()
-            r = self.api.data.request("POST", path, json={"name": name}, allow=(409, 422))
+            r = self._write("POST", path, json={"name": name}, allow=(409, 422))
             # a 409/422 after a retried POST (the first one landed) or a concurrent run: adopt what is there
             if r.status_code in (409, 422) and self._info(name) is None:
                 raise ProviderError(f"heroku data: POST {path} failed: {redact(heroku_error(r))}")
@@ -450,11 +526,11 @@ class HerokuDatabase:
         return self._wait_usable(name)
 
     def rotate(self, name: str) -> Credential:
-        info = self._info(name)
+        info = self._info(name, reuse=True)
         if info is None:
             raise ProviderError(f"heroku data: no credential {name} on {self.addon_name} to rotate")
         current = self._to_credential(info, name)
-        self.api.data.request("POST", self._credentials_path(name) + "/credentials_rotation", json={})
+        self._write("POST", self._credentials_path(name) + "/credentials_rotation", json={})
         log.info("heroku data: rotation of %s on %s started", name, self.addon_name)
         return self._wait_usable(name, previous=current.password.reveal() if current and current.password else None)
 
@@ -471,7 +547,7 @@ class HerokuDatabase:
             raise Refused(
                 f"heroku: credential {name} is still attached ({where}); detach it first: "
                 f"heroku addons:detach {first['name']} -a {(first.get('app') or {}).get('name')}")
-        r = self.api.data.request("DELETE", self._credentials_path(name), allow=(404,))
+        r = self._write("DELETE", self._credentials_path(name), allow=(404,))
         if r.status_code == 404:
             return
         log.info("heroku data: credential %s on %s destroyed; objects it owned go to the default credential",
@@ -502,6 +578,7 @@ class HerokuApp:
         self.name = config.name
         self.api = HerokuApi(ctx, budget=budget, sleep=sleep)
         self._addon_id: str | None = None
+        self._reads = _Reads(self.api)
 
     def close(self) -> None:
         self.api.close()
@@ -514,15 +591,19 @@ class HerokuApp:
         return f"/apps/{_q(self.name)}/config-vars"
 
     def get_config(self, keys: list[str]) -> dict[str, str | None]:
-        values = _json(self.api.platform.request("GET", self._config_path()), self._config_path())
+        path = self._config_path()
+        values = self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
         return {k: values.get(k) for k in keys}
+
+    def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.api.write(self.api.platform, method, path, **kw)
 
     def _patch(self, body: dict[str, str | None]) -> None:
         for key in body:
             if not _CONFIG_KEY.match(key):
                 raise ConfigError(f"{key!r} is not a valid config var name")
         if body:
-            self.api.platform.request("PATCH", self._config_path(), json=body)
+            self._write("PATCH", self._config_path(), json=body)
             log.info("heroku: config vars %s changed on %s (the dynos restart)", ", ".join(sorted(body)), self.name)
 
     def set_config(self, changes: Mapping[str, str | Secret]) -> None:
@@ -532,13 +613,12 @@ class HerokuApp:
         self._patch({k: None for k in keys})
 
     def restart(self) -> None:
-        self.api.platform.request("DELETE", f"/apps/{_q(self.name)}/dynos")
+        self._write("DELETE", f"/apps/{_q(self.name)}/dynos")
         log.info("heroku: dynos of %s restarted", self.name)
 
     def _addon(self) -> str | None:
         if self._addon_id is None and self.config._addon:
-            addon, _ = self.api.resolve_addon(self.config._addon_app or self.name, self.config._addon)
-            self._addon_id = str(addon["id"])
+            self._addon_id = self.api.addon_id(self.config._addon_app or self.name, self.config._addon)
         return self._addon_id
 
     def _attachment(self, attachment_name: str) -> dict[str, Any] | None:
@@ -557,7 +637,7 @@ class HerokuApp:
         if existing and (existing.get("addon") or {}).get("id") == addon_id and existing.get("namespace") == namespace:
             return True
         # confirm: replace an attachment of that name (a stale one, or the plain var a run without attachments set)
-        self.api.platform.request("POST", "/addon-attachments", json={
+        self._write("POST", "/addon-attachments", json={
             "addon": addon_id, "app": self.name, "name": name, "namespace": namespace, "confirm": self.name})
         log.info("heroku: %s attached to %s as %s", namespace, self.name, var)
         return True
@@ -571,6 +651,6 @@ class HerokuApp:
         addon_id = self._addon()
         if addon_id and (existing.get("addon") or {}).get("id") != addon_id:
             return False
-        self.api.platform.request("DELETE", f"/addon-attachments/{_q(str(existing['id']))}", allow=(404,))
+        self._write("DELETE", f"/addon-attachments/{_q(str(existing['id']))}", allow=(404,))
         log.info("heroku: credential:%s detached from %s (%s removed)", credential_name, self.name, var)
         return True

@@ -1,7 +1,9 @@
 """One HTTP client shape for every provider API: httpx + tenacity, bounded, quiet.
 
 - Retries 429 (honouring Retry-After), 5xx, timeouts and connection resets; never 4xx otherwise.
-- Bounded by attempts *and* total time (RetryPolicy), so a run never waits forever.
+- Bounded by attempts *and* total time (RetryPolicy), so a run never waits forever: no pause (a
+  backoff, a Retry-After, the rate budget's) ends past the call's deadline, no retry starts after
+  it, and the error says which bound ended the call.
 - Paces itself when the API says the budget is low (RateLimit-Remaining, x-ratelimit-remaining),
   through a RateBudget that may be shared by every client of one account (fleet runs).
 - Never logs or raises with a response body: provider bodies hold config vars and passwords.
@@ -20,8 +22,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -47,8 +47,21 @@ def _retry_after(response: httpx.Response | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):
+        return None     # unreadable: the backoff decides
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class NoTimeLeft(Exception):
+    """The rate budget's pause would end after the caller's deadline; nothing was sent."""
+
+    def __init__(self, pause: float | None, left: float) -> None:
+        super().__init__("no time left for the rate budget's pause")
+        self.pause = pause      # None: waiting for the first answers of requests in flight
+        self.left = left
 
 
 class RateBudget:
@@ -72,10 +85,17 @@ class RateBudget:
         self.waited = 0.0
         self.throttled = 0      # 429s met by clients sharing this budget
 
-    def before_request(self) -> None:
+    def before_request(self, time_left: float | None = None) -> None:
+        """Admit one request, pausing first when the budget runs low. `time_left` is what remains
+        of the caller's retry budget: a pause that would outlast it is refused with NoTimeLeft,
+        and nothing is reserved."""
+        deadline = None if time_left is None else time.monotonic() + time_left
         with self._cond:
             while self._remaining is None and not self._unmetered and self._inflight >= self.low_water:
-                self._cond.wait(0.5)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise NoTimeLeft(None, 0.0)
+                self._cond.wait(0.5 if left is None else min(0.5, left))
             self._inflight += 1
             if self._remaining is None:
                 return
@@ -87,6 +107,9 @@ class RateBudget:
                 return
             # reserve the next slot: callers queue up 1/refill apart
             delay = (self.low_water - self._remaining) / self.refill_per_second
+            if deadline is not None and now + delay > deadline:
+                self._inflight -= 1
+                raise NoTimeLeft(delay, max(0.0, deadline - now))
             self._remaining = self.low_water - 1
             self._stamp = now + delay
             self.waited += delay
@@ -161,12 +184,14 @@ class ApiClient:
         budget: RateBudget | None = None,
         describe_error: ErrorFormatter = default_error,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.retry = retry
         self.budget = budget
         self.describe_error = describe_error
         self.sleep = sleep
+        self.clock = clock
         self.calls = 0
         self.client = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -180,25 +205,23 @@ class ApiClient:
     def close(self) -> None:
         self.client.close()
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after(exc.response) if isinstance(exc, RetryableStatus) else None
-        backoff = wait_exponential_jitter(multiplier=0.5, max=self.retry.max_backoff_seconds)(state)
-        delay = hinted if hinted is not None else backoff
-        # never sleep past the total budget: better to fail now with a clear message
-        spent = time.monotonic() - state.start_time
-        return max(0.0, min(delay, self.retry.total_seconds - spent))
-
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200, 201, 202, 204),
                 allow: tuple[int, ...] = ()) -> httpx.Response:
         """Send with retries. Returns the response for statuses in `ok` or `allow`; raises
-        ProviderError (one line) for anything else."""
+        ProviderError (one line) for anything else, saying what ended the retries."""
+        policy = self.retry
+        started = self.clock()
+        deadline = started + policy.total_seconds
+        ended: dict[str, Any] = {"by": "attempts"}    # what stopped the retries, and when
+        sent = 0
 
         def attempt() -> httpx.Response:
+            nonlocal sent
             if self.budget:
-                self.budget.before_request()
+                self.budget.before_request(deadline - self.clock())
             self.calls += 1
+            sent += 1
             try:
                 response = self.client.request(method, path, json=json, params=params, headers=headers)
             except BaseException:
@@ -212,24 +235,66 @@ class ApiClient:
                 raise RetryableStatus(response)
             return response
 
+        def stop(state: RetryCallState) -> bool:
+            left = deadline - self.clock()
+            if state.attempt_number >= policy.attempts:
+                by = "attempts"
+            elif left <= 0:
+                by = "budget"
+            elif (_hint(state) or 0.0) > left:
+                # the API says when it will take the request again, and that is past the deadline
+                by = "retry-after"
+            else:
+                return False
+            ended.update(by=by, left=max(0.0, left), elapsed=self.clock() - started)
+            return True
+
+        def wait(state: RetryCallState) -> float:
+            hinted = _hint(state)
+            backoff = wait_exponential_jitter(multiplier=0.5, max=policy.max_backoff_seconds)(state)
+            # never sleep past the deadline
+            return max(0.0, min(hinted if hinted is not None else backoff, deadline - self.clock()))
+
         retryer = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, (RetryableStatus, httpx.TransportError))),
-            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total_seconds),
-            wait=self._wait,
-            sleep=self.sleep,
-            reraise=True,
+            stop=stop, wait=wait, sleep=self.sleep, reraise=True,
         )
+        where = f"{self.name}: {method} {path}"
+
+        def spent() -> str:
+            """The attempts made; with the clock when the time budget, not the count, ended them."""
+            made = f"{sent} attempt{'s' if sent != 1 else ''}"
+            if ended["by"] != "budget":
+                return made
+            return f"{made} in {ended['elapsed']:.1f}s, when the {budget} retry budget ran out"
+
+        budget = f"{policy.total_seconds:g}s"
         try:
             response = retryer(attempt)
+        except NoTimeLeft as exc:
+            what = f"not retried after {spent()}" if sent else "not sent"
+            if exc.pause is None:
+                why = f"the {budget} retry budget ran out while the account's first requests went unanswered"
+            else:
+                why = (f"the account's API rate budget needs a {exc.pause:.1f}s pause, more than the "
+                       f"{exc.left:.1f}s left of the {budget} retry budget")
+            raise ProviderError(f"{where} {what}: {why}") from None
         except RetryableStatus as exc:
-            raise ProviderError(
-                f"{self.name}: {method} {path} still failing after {self.retry.attempts} attempts: "
-                f"{redact(self.describe_error(exc.response))}") from None
+            error = redact(self.describe_error(exc.response))
+            if ended["by"] == "retry-after":
+                error += (f"; it asks for {_retry_after(exc.response):.0f}s (Retry-After), more than the "
+                          f"{ended['left']:.1f}s left of the {budget} retry budget")
+            raise ProviderError(f"{where} still failing after {spent()}: {error}") from None
         except httpx.TimeoutException:
-            raise ProviderError(f"{self.name}: {method} {path} timed out after retries "
-                                f"({self.retry.attempts} attempts, {self.retry.total_seconds:.0f}s budget)") from None
+            raise ProviderError(f"{where} timed out after retries ({spent()})") from None
         except httpx.TransportError as exc:
-            raise ProviderError(f"{self.name}: {method} {path} could not connect: {type(exc).__name__}") from None
+            raise ProviderError(f"{where} could not connect: {type(exc).__name__} (after {spent()})") from None
         if response.status_code in ok or response.status_code in allow:
             return response
-        raise ProviderError(f"{self.name}: {method} {path} failed: {redact(self.describe_error(response))}")
+        raise ProviderError(f"{where} failed: {redact(self.describe_error(response))}")
+
+
+def _hint(state: RetryCallState) -> float | None:
+    """The Retry-After of the failed attempt, if it gave one."""
+    exc = state.outcome.exception() if state.outcome else None
+    return _retry_after(exc.response) if isinstance(exc, RetryableStatus) else None

@@ -36,7 +36,7 @@ from providers.base import Credential, DatabaseInfo, Digest, EnvVarName, OpenCon
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
-from runbook.secret import Secret
+from runbook.secret import Secret, reveal
 
 DEFAULT_API = "https://api.supabase.com"
 TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"
@@ -92,6 +92,31 @@ class _Management:
             raise ProviderError(f"Supabase Management API: {method} {path} answered with something that is not JSON") from None
 
 
+class _UsesManagement:
+    """The Management API client, opened on first use (a plan or a rollback may never need it)."""
+
+    ctx: OpenContext
+    _budget: RateBudget | None
+    _mgmt: _Management | None = None
+
+    @property
+    def mgmt(self) -> _Management:
+        if self._mgmt is None:
+            self._mgmt = _Management(self.ctx, self._budget)
+        return self._mgmt
+
+    def close(self) -> None:
+        if self._mgmt is not None:
+            self._mgmt.api.close()
+            self._mgmt = None
+
+
+def _check_ref(v: str) -> str:
+    if not _REF.match(v):
+        raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
+    return v
+
+
 class SupabaseDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="supabase database")
     provider: Literal["supabase"] = "supabase"
@@ -106,40 +131,21 @@ class SupabaseDatabaseConfig(BaseModel):
     pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the default for the region")
     connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
 
-    @field_validator("project_ref")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        if not _REF.match(v):
-            raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
-        return v
-
-
+    _ref = field_validator("project_ref")(_check_ref)
 
     def open(self, ctx: OpenContext) -> "SupabaseDatabase":
         return SupabaseDatabase(self, ctx)
 
 
-class SupabaseDatabase:
+class SupabaseDatabase(_UsesManagement):
     key = "supabase"
 
     def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self._budget = budget        # default: the budget shared by every client of this token
-        self._mgmt: _Management | None = None
         self._project: dict[str, Any] | None = None
         self._pooler: str | None = None
-
-    @property
-    def mgmt(self) -> _Management:
-        if self._mgmt is None:
-            self._mgmt = _Management(self.ctx, self._budget)
-        return self._mgmt
-
-    def close(self) -> None:
-        if self._mgmt is not None:
-            self._mgmt.api.close()
-            self._mgmt = None
 
     @property
     def ref(self) -> str:
@@ -269,18 +275,13 @@ class SupabaseAppConfig(BaseModel):
                 v = {**v, "project_ref": database["project_ref"]}
         return v
 
-    @field_validator("project_ref")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        if not _REF.match(v):
-            raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
-        return v
+    _ref = field_validator("project_ref")(_check_ref)
 
     def open(self, ctx: OpenContext) -> "SupabaseApp":
         return SupabaseApp(self, ctx)
 
 
-class SupabaseApp:
+class SupabaseApp(_UsesManagement):
     key = "supabase"
     # Edge Functions read secrets on each invocation: a change is live without a restart
     config_change_restarts = True
@@ -289,18 +290,8 @@ class SupabaseApp:
         self.config = config
         self.ctx = ctx
         self._budget = budget
-        self._mgmt: _Management | None = None
-
-    @property
-    def mgmt(self) -> _Management:
-        if self._mgmt is None:
-            self._mgmt = _Management(self.ctx, self._budget)
-        return self._mgmt
-
-    def close(self) -> None:
-        if self._mgmt is not None:
-            self._mgmt.api.close()
-            self._mgmt = None
+        # the secrets listing as last read (name → digest); any write of ours forgets it
+        self._listing: dict[str, Any] | None = None
 
     @property
     def _path(self) -> str:
@@ -310,8 +301,7 @@ class SupabaseApp:
         return {"supabase": f"Edge Function secrets of project {self.config.project_ref}"}
 
     def get_config(self, keys: list[str]) -> dict[str, str | Digest | None]:
-        body = self.mgmt.json("GET", self._path)
-        stored = {str(s.get("name")): s.get("value") for s in body or [] if isinstance(s, dict)}
+        stored = self._secrets()
         out: dict[str, str | Digest | None] = {}
         for key in keys:
             value = stored.get(key)
@@ -326,24 +316,32 @@ class SupabaseApp:
                 out[key] = str(value)
         return out
 
-    @staticmethod
-    def _check(keys: list[str]) -> None:
+    def set_config(self, changes: Mapping[str, str | Secret]) -> None:
+        body = [{"name": key, "value": str(reveal(value))} for key, value in changes.items()]
+        self._change("POST", list(changes), body)
+
+    def unset_config(self, keys: list[str]) -> None:
+        self._change("DELETE", keys, list(keys))
+
+    def _secrets(self) -> dict[str, Any]:
+        """name → what the listing holds for it; read once until the next write (the step after a
+        verify reads the same listing again)."""
+        if self._listing is None:
+            body = self.mgmt.json("GET", self._path)
+            self._listing = {str(s.get("name")): s.get("value") for s in body or [] if isinstance(s, dict)}
+        return self._listing
+
+    def _change(self, method: str, keys: list[str], body: Any) -> None:
+        """The one way secrets are written: names checked before anything is sent, and the
+        listing forgotten before sending (a write whose answer is lost may still have landed)."""
         for key in keys:
             if not _ENV_VAR.match(key):
                 raise ConfigError(f"{key!r} is not a valid secret name")
             if key.upper().startswith("SUPABASE_"):
                 raise ConfigError(f"{key}: names starting with SUPABASE_ are reserved by Supabase; "
                                   "choose another url_var / flag name")
-
-    def set_config(self, changes: Mapping[str, str | Secret]) -> None:
-        self._check(list(changes))
-        body = [{"name": key, "value": value.reveal() if isinstance(value, Secret) else str(value)}
-                for key, value in changes.items()]
-        self.mgmt.api.request("POST", self._path, json=body)
-
-    def unset_config(self, keys: list[str]) -> None:
-        self._check(keys)
-        self.mgmt.api.request("DELETE", self._path, json=list(keys))
+        self._listing = None
+        self.mgmt.api.request(method, self._path, json=body)
 
     def restart(self) -> None:
         """Nothing to do: Edge Functions read their secrets on every invocation."""

@@ -64,13 +64,11 @@ SUPABASE = "/v1/projects/abcdefghijklmnopqrst"
 CALLS: dict[tuple[str, str], list[str]] = {
     ("heroku", "provision"): [
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
-        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars",
-        f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_CRED}/{{role}}", f"POST {HEROKU_CRED}",
+        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_CRED}/{{role}}", f"POST {HEROKU_CRED}",
         f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_APP}/config-vars",
-        f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
+        f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE",
         f"GET {HEROKU_APP}/addon-attachments/RAPTOR_APP_DATABASE", "POST /addon-attachments",
-        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars",
-        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars"],
+        f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars"],
     ("heroku", "rollback"): [
         f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars",
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
@@ -89,8 +87,7 @@ CALLS: dict[tuple[str, str], list[str]] = {
         f"GET {CLOUDRUN}/operations/{{id}}", f"GET {CLOUDRUN}/operations/{{id}}", f"GET {CLOUDRUN}/services/raxx-api"],
     ("supabase", "provision"): [
         f"GET {SUPABASE}", "GET /v1/organizations/raptor-org", f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets",
-        f"GET {SUPABASE}/secrets", f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets", f"GET {SUPABASE}/secrets",
-        f"GET {SUPABASE}/secrets"],
+        f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets", f"GET {SUPABASE}/secrets"],
     ("supabase", "rollback"): [f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets", f"GET {SUPABASE}/secrets"],
     ("rds", "provision"): [
         "rds.DescribeDBInstances", "rds.DescribeDBParameters", "secrets-manager.GetSecretValue",

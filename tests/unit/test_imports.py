@@ -22,7 +22,8 @@ from tests.projects import dotenv, spec_dict
 ROOT = Path(__file__).resolve().parents[2]
 SDKS = ("boto3", "botocore", "s3transfer", "google", "httpx")
 UNUSED_BY_DOTENV = ("providers.rds", "providers.ecs", "providers.heroku", "providers.cloudsql",
-                    "providers.cloudrun", "providers.gcp_auth", "providers.supabase", "providers.http")
+                    "providers.cloudrun", "providers.gcp", "providers.gcp_auth", "providers.aws", "providers.supabase",
+                    "providers.http")
 
 # Run the CLI in-process so sys.modules can be read after it exits.
 _WRAPPER = """
@@ -115,6 +116,8 @@ def _sdks_after_import(module: str, sdks: tuple[str, ...]) -> list[str]:
     ("providers.cloudsql", ("google", "boto3", "botocore")),
     ("providers.cloudrun", ("google", "boto3", "botocore")),
     ("providers.gcp_auth", ("google",)),
+    ("providers.gcp", ("google", "boto3", "botocore")),
+    ("providers.aws", ("boto3", "botocore")),
     ("providers.heroku", ("boto3", "botocore", "google")),
     ("providers.supabase", ("boto3", "botocore", "google")),
 ])

@@ -598,6 +598,9 @@ def _handler_for(fake: FakeHeroku, api: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "FakeHeroku/1"
+        # _send writes the headers and the body separately: with Nagle on, delayed ACKs add ~40 ms
+        # to every answer on loopback
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: bodies and tokens stay out of output
             pass

@@ -126,3 +126,21 @@ def test_describe_says_where_config_lives(bare_fake, open_app):
     described = open_app(bare_fake).describe()
     assert described["heroku app"] == APP
     assert described["config vars"] == f"{bare_fake.platform_url}/apps/{APP}/config-vars"
+
+
+def test_config_vars_just_read_are_reused_until_a_write_of_the_account(bare_fake, open_app, open_db):
+    config_vars = f"/apps/{APP}/config-vars"
+
+    def reads() -> int:
+        return sum(1 for r in bare_fake.requests if (r.method, r.path) == ("GET", config_vars))
+
+    app = open_app(bare_fake)
+    assert app.get_config([FLAG]) == {FLAG: None}
+    assert app.get_config([FLAG, "DATABASE_URL"])[FLAG] is None     # the next step's look: no new request
+    assert reads() == 1
+    app.set_config({FLAG: "1"})                                      # a write: what was read is stale
+    assert app.get_config([FLAG]) == {FLAG: "1"} and reads() == 2
+    # a credential change can change the config vars it is attached as: the database side of the
+    # same account voids the app side's reads too
+    open_db(bare_fake).destroy("raxx_gone")
+    assert app.get_config([FLAG]) == {FLAG: "1"} and reads() == 3

@@ -122,3 +122,9 @@ def test_fake_refuses_a_missing_version_header(bare_fake):
 def test_fake_keeps_the_two_apis_apart(bare_fake):
     r = httpx.get(f"{bare_fake.data_url}{CONFIG_VARS}", headers={"Accept": ACCEPT, "Authorization": f"Bearer {bare_fake.token}"})
     assert r.status_code == 404
+
+
+def test_fake_answers_with_nagle_off(bare_fake):
+    # its own attribute, not one a test patched onto BaseHTTPRequestHandler
+    for server in bare_fake._servers.values():
+        assert vars(server.RequestHandlerClass).get("disable_nagle_algorithm") is True

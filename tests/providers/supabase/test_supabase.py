@@ -290,3 +290,24 @@ def test_retries_are_bounded(bare_fake, open_app):
     assert str(exc.value) == (f"Supabase Management API: GET {SECRETS_PATH} still failing after 4 attempts: "
                               "HTTP 503: Service Unavailable")
     assert len(bare_fake.requests) == 4
+
+
+def test_the_listing_just_read_is_reused_until_a_write(bare_fake, open_app):
+    app = open_app(bare_fake)
+
+    def listings() -> int:
+        return len(bare_fake.server.calls("GET", SECRETS_PATH))
+
+    assert app.get_config([FLAG]) == {FLAG: None}
+    assert app.get_config([URL_VAR, FLAG]) == {URL_VAR: None, FLAG: None}    # the next step's look
+    assert listings() == 1
+    app.set_config({FLAG: "1"})
+    assert app.get_config([FLAG]) == {FLAG: Digest.of("1")} and listings() == 2
+    app.unset_config([FLAG])
+    assert app.get_config([FLAG]) == {FLAG: None} and listings() == 3
+    # a write that failed may still have landed: the listing is read again
+    bare_fake.server.fail("POST", SECRETS_PATH, status=400, body={"message": "Secret value is too large"})
+    with pytest.raises(ProviderError):
+        app.set_config({FLAG: "1"})
+    app.get_config([FLAG])
+    assert listings() == 4
