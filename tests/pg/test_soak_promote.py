@@ -5,7 +5,10 @@ sleeping; one waits for real checkpoints."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -130,24 +133,40 @@ def test_rollback_voids_the_soak_and_reprovision_starts_a_new_one(su_env):
 
 # --- promotion -----------------------------------------------------------------------------
 
-@pytest.fixture
-def with_prod(su_env, tmp_path):
-    """prod on its own cluster (roles are cluster-wide, as they are across real environments)."""
-    cluster = Cluster(embedded_bin_dir(), tmp_path / ".runbook" / "pg-prod")
+@pytest.fixture(scope="module")
+def prod_cluster():
+    """prod on its own cluster (roles are cluster-wide, as they are across real environments); one
+    per module and worker, outside pytest's basetemp (see cluster_base in tests/conftest.py)."""
+    base = Path(tempfile.mkdtemp(prefix="rb-prod-"))
+    base.chmod(0o755)
+    cluster = Cluster(embedded_bin_dir(), base / "pg")
     cluster.start()
     cluster.wait_ready()
-    with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def with_prod(su_env, prod_cluster):
+    """A fresh prod database per test; the owner role is unique to the test (pg.role)."""
+    dbname = f"prod_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(su_env.owner)))
-        conn.execute("CREATE DATABASE raptor")
-    with psycopg.connect(cluster.admin_conninfo("raptor"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    with psycopg.connect(prod_cluster.admin_conninfo(dbname), autocommit=True) as conn:
         conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(su_env.owner)))
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(su_env.owner)))
         conn.execute("CREATE TABLE orders (id serial PRIMARY KEY)")
-    prod = {"prod": {"provider": "local", "database": {"embedded": ".runbook/pg-prod"},
-                     "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
-    su_env.rewrite(soak=SHORT, extra_envs=prod)
+    su_env.prod = {"prod": {"provider": "local",
+                            "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
+                            "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
+    su_env.rewrite(soak=SHORT, extra_envs=su_env.prod)
     yield su_env
-    cluster.destroy()
+    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        for role in (su_env.role, su_env.owner):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def promote(env, **kw):
@@ -178,9 +197,7 @@ def test_changed_spec_invalidates_the_soak(with_prod):
     commands.provision(env.project(), "staging", yes=True, environ=env.environ)
     shift_soak(env, 60)
     assert soak(env).exit_code == 0
-    prod = {"prod": {"provider": "local", "database": {"embedded": ".runbook/pg-prod"},
-                     "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
-    env.rewrite(soak=SHORT, extra_envs=prod,
+    env.rewrite(soak=SHORT, extra_envs=env.prod,
                 schemas={"public": {"tables": ["SELECT"], "sequences": ["USAGE", "SELECT"]}})
     with pytest.raises(GateClosed, match="different role spec"):
         promote(env, sign_off="Ada")
