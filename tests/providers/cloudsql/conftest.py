@@ -4,61 +4,36 @@ PostgreSQL behind them), contexts pointing at them, and a Cloud SQL-like admin i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from psycopg import errors, sql
 
-from providers.base import OpenContext, RetryPolicy
+from providers.base import OpenContext
 from providers.cloudrun import CloudRunApp, CloudRunAppConfig
 from providers.cloudsql import CloudSqlDatabase, CloudSqlDatabaseConfig
-from providers.http import RateBudget
-from tests.providers.cloudsql.fake_google import INSTANCE, PROJECT, REGION, SERVICE, FakeGoogle
 from tests.logins import create_login
+from tests.providers.cloudsql.fake_google import INSTANCE, PROJECT, REGION, SERVICE, FakeGoogle
+from tests.providers.conftest import FLAG, URL_VAR  # noqa: F401 (tests import them from here)
+from tests.providers.conftest import Login, closing_all, fake_context, new_login, quick_budget, serving
 
-URL_VAR = "RAPTOR_DATABASE_URL"
-FLAG = "RAPTOR_NEW_ROLE"
 PASSWORD_ENV = "RAPTOR_PG_ADMIN_PASSWORD"
-RETRY = RetryPolicy(attempts=4, total_seconds=10, timeout_seconds=1, max_backoff_seconds=0.2)
-
-
-class Sleeps(list):
-    """Stands in for time.sleep between operation polls: records, waits nothing."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-def quick_budget() -> RateBudget:
-    # the shared budget would pause ~8 s after a 429 (plain time.sleep); tests refill it at once
-    return RateBudget(refill_per_second=1e6)
-
-
-def _finish(fake: FakeGoogle) -> None:
-    fake.stop()
-    assert fake.errors == [], "the fake itself failed:\n" + "\n".join(fake.errors)
 
 
 @pytest.fixture
 def fake(pg) -> Iterator[FakeGoogle]:
     """The Google fakes over a real database (users.delete drops real roles)."""
-    f = FakeGoogle(admin_dsn=pg.admin_dsn).start()
-    yield f
-    _finish(f)
+    yield from serving(FakeGoogle(admin_dsn=pg.admin_dsn).start())
 
 
 @pytest.fixture
 def bare_fake() -> Iterator[FakeGoogle]:
     """The fakes without PostgreSQL, for HTTP-only behaviour (runs once, not per PG version)."""
-    f = FakeGoogle().start()
-    yield f
-    _finish(f)
+    yield from serving(FakeGoogle().start())
 
 
 def context(fake: FakeGoogle, tmp_path: Path, **extra: str) -> OpenContext:
-    return OpenContext(env_name="staging", app_name="raptor", base_dir=tmp_path,
-                       environ={**fake.environ(), **extra}, retry=RETRY, url_var=URL_VAR, flag_name=FLAG)
+    return fake_context({**fake.environ(), **extra}, tmp_path)
 
 
 def database_config(**block) -> CloudSqlDatabaseConfig:
@@ -74,37 +49,20 @@ def app_config(**block) -> CloudRunAppConfig:
 
 
 @pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
 def open_db(tmp_path, sleeps):
-    opened: list[CloudSqlDatabase] = []
+    def open_one(fake: FakeGoogle, environ: dict[str, str] | None = None, **block) -> CloudSqlDatabase:
+        return CloudSqlDatabase(database_config(**block), context(fake, tmp_path, **(environ or {})),
+                                sleep=sleeps, budget=quick_budget())
 
-    def make(fake: FakeGoogle, environ: dict[str, str] | None = None, **block) -> CloudSqlDatabase:
-        db = CloudSqlDatabase(database_config(**block), context(fake, tmp_path, **(environ or {})),
-                              sleep=sleeps, budget=quick_budget())
-        opened.append(db)
-        return db
-
-    yield make
-    for db in opened:
-        db.close()
+    yield from closing_all(open_one)
 
 
 @pytest.fixture
 def open_app(tmp_path, sleeps):
-    opened: list[CloudRunApp] = []
+    def open_one(fake: FakeGoogle, **block) -> CloudRunApp:
+        return CloudRunApp(app_config(**block), context(fake, tmp_path), sleep=sleeps, budget=quick_budget())
 
-    def make(fake: FakeGoogle, **block) -> CloudRunApp:
-        app = CloudRunApp(app_config(**block), context(fake, tmp_path), sleep=sleeps, budget=quick_budget())
-        opened.append(app)
-        return app
-
-    yield make
-    for app in opened:
-        app.close()
+    yield from closing_all(open_one)
 
 
 # -- a Cloud SQL-like cluster: cloudsqlsuperuser and a non-superuser admin --------------------------
@@ -120,23 +78,17 @@ def ensure_group(pg) -> None:
         pass
 
 
-@dataclass
-class Admin:
-    name: str
-    password: str
-
-
 @pytest.fixture
-def admin(pg, canary_password) -> Admin:
+def admin(pg, canary_password) -> Login:
     """Like Cloud SQL's postgres: LOGIN CREATEROLE CREATEDB, member of cloudsqlsuperuser, no SUPERUSER.
     From PG 16 it also holds ADMIN OPTION on the group (so it can pass membership on)."""
     ensure_group(pg)
-    name = pg.role("csadmin")
-    create_login(pg, name, canary_password, "CREATEROLE CREATEDB")
+    admin = new_login(pg, "csadmin", canary_password, "CREATEROLE CREATEDB")
+    ident = sql.Identifier(admin.name)
     with_admin = sql.SQL(" WITH ADMIN OPTION") if pg.major >= 16 else sql.SQL("")
-    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(name)) + with_admin)
-    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(name)))
-    return Admin(name, canary_password)
+    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), ident) + with_admin)
+    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
+    return admin
 
 
 def api_created_user(pg, name: str, password: str, *, grantor: str | None = None) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.providers.cloudsql.fakeserver import FakeServer, Request
+from tests.providers.loopback import FakeServer, Request
 
 TOKEN = "ya29.fake-google-access-token"
 PROJECT = "raxx-prod-123"

@@ -3,74 +3,36 @@ Manager and Cloud Run fakes and the SQL side on the real PostgreSQL (a Cloud SQL
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from runbook import commands, project as projects
 from runbook.errors import Refused
 from tests.providers.cloudsql.conftest import FLAG, PASSWORD_ENV, URL_VAR
 from tests.providers.cloudsql.fake_google import INSTANCE, PROJECT, REGION, SERVICE
+from tests.providers.conftest import (
+    assert_not_shown, diagnosed_clean, free_port, owned_database, ran_ok, role_exists, write_project as write_runbook,
+)
 
 SECRET = "raptor-database-url"
 
 
 def write_project(tmp_path, pg, admin, role: str, *, port: int | None = None) -> projects.Project:
-    text = f"""\
-version: 1
-app: raptor
-role:
-  name: {role}
-  schemas:
-    public:
-      tables: [SELECT, INSERT, UPDATE, DELETE]
-      sequences: [USAGE, SELECT]
-config:
-  url_var: {URL_VAR}
-flag:
-  name: {FLAG}
-  on_value: "1"
-  off_value: "0"
-environments:
-  staging:
-    provider: cloudsql
-    database:
-      project: {PROJECT}
-      instance: {INSTANCE}
-      admin_user: {admin.name}
-      admin_password_env: {PASSWORD_ENV}
-      database: {pg.dbname}
-      sslmode: disable
-      connect: {{host: 127.0.0.1, port: {port or pg.port}}}
-      poll_interval: 10ms
-    app:
-      region: {REGION}
-      service: {SERVICE}
-      url_secret: {SECRET}
-      poll_interval: 10ms
-"""
-    path = tmp_path / "runbook.yaml"
-    path.write_text(text)
-    return projects.load(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return projects.load(write_runbook(tmp_path, role, {
+        "provider": "cloudsql",
+        "database": {"project": PROJECT, "instance": INSTANCE, "admin_user": admin.name,
+                     "admin_password_env": PASSWORD_ENV, "database": pg.dbname, "sslmode": "disable",
+                     "connect": {"host": "127.0.0.1", "port": port or pg.port}, "poll_interval": "10ms"},
+        "app": {"region": REGION, "service": SERVICE, "url_secret": SECRET, "poll_interval": "10ms"},
+    }, url_var=URL_VAR, flag=FLAG))
 
 
 @pytest.fixture
 def world(fake, pg, admin):
     """The admin owns the database and a table, as postgres does on a fresh Cloud SQL instance."""
-    pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin.name)))
-    with psycopg.connect(pg.tcp_dsn(admin.name, admin.password)) as conn:
-        conn.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total numeric)")
-        conn.commit()
+    owned_database(pg, admin)
     return {**fake.environ(), PASSWORD_ENV: admin.password}
 
 
@@ -80,7 +42,7 @@ def test_a_mysql_instance_is_refused_before_any_change(world, fake, tmp_path, pg
     with pytest.raises(Refused) as err:
         commands.provision(write_project(tmp_path, pg, admin, role), "staging", yes=True, environ=world)
     assert err.value.exit_code == 2 and "not PostgreSQL" in err.value.message
-    assert pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)) == []
+    assert not role_exists(pg, role)
     assert fake.secretmanager.requests == [] and fake.run.calls("PATCH") == []
 
 
@@ -90,8 +52,7 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
     project = write_project(tmp_path, pg, admin, role)
 
     # provision: role in SQL, URL as a secret version, flag as an env var, each change a revision
-    result = commands.provision(project, "staging", yes=True, environ=world)
-    assert result.status == "ok", result.messages
+    result = ran_ok(commands.provision, project, world)
     env = fake.latest_env()
     assert env[FLAG] == "1"
     url = env[URL_VAR]
@@ -105,28 +66,22 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
     revisions = len(fake.revisions)
 
     # diagnose: the four checks pass
-    diag = commands.diagnose(project, "staging", environ=world)
-    assert [(c.name, c.status) for c in diag.checks] == [
-        ("role", "pass"), ("grants", "pass"), ("url", "pass"), ("flag", "pass")], [c.detail for c in diag.checks]
+    diag = diagnosed_clean(project, world)
 
     # rollback with the database unreachable: flag off, a new revision
     dead = write_project(tmp_path, pg, admin, role, port=free_port())
-    rb = commands.rollback(dead, "staging", yes=True, environ=world)
-    assert rb.status == "ok", rb.messages
+    rb = ran_ok(commands.rollback, dead, world)
     assert fake.latest_env()[FLAG] == "0"
     assert len(fake.revisions) == revisions + 1
 
     # retire: the URL leaves the service, then the secret goes, then the role
-    ret = commands.retire(project, "staging", yes=True, environ=world)
-    assert ret.status == "ok", ret.messages
+    ret = ran_ok(commands.retire, project, world)
     assert URL_VAR not in fake.latest_env()
     assert (PROJECT, SECRET) not in fake.secrets
-    assert pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)) == []
+    assert not role_exists(pg, role)
 
     password = psycopg.conninfo.conninfo_to_dict(url)["password"]
-    shown = caplog.text + json.dumps([r.to_json() for r in (result, diag, rb, ret)])
-    for secret in (admin.password, password):
-        assert secret not in shown
+    assert_not_shown(caplog, (result, diag, rb, ret), admin.password, password)
 
 
 def test_a_revision_that_fails_stops_provision_in_one_line_and_the_rerun_converges(world, fake, tmp_path, pg, admin):
@@ -143,8 +98,7 @@ def test_a_revision_that_fails_stops_provision_in_one_line_and_the_rerun_converg
                                  "is not ready and cannot serve traffic.")
     assert fake.secret_value(SECRET) is not None and URL_VAR not in fake.latest_env()
 
-    result = commands.provision(project, "staging", yes=True, environ=world)
-    assert result.status == "ok", result.messages
+    result = ran_ok(commands.provision, project, world)
     env = fake.latest_env()
     assert env[FLAG] == "1"
     with psycopg.connect(env[URL_VAR]) as conn:

@@ -1,7 +1,7 @@
 """A contract fake of the Heroku Platform API and the Heroku Postgres Data API, on 127.0.0.1.
 
-Two loopback HTTP servers (one per API, so a client that mixes up base URLs gets 404s) share one
-state, backed by a real PostgreSQL database:
+Two loopback HTTP servers (tests/providers/loopback.py; one per API, so a client that mixes up
+base URLs gets 404s) share one state and one request log, backed by a real PostgreSQL database:
 
 - an add-on's default attachment (DATABASE_URL) points at the database as an owner role the fake
   creates (owner of the database, no CREATEROLE, like Heroku's default credential);
@@ -22,44 +22,25 @@ Usable outside pytest (benchmarks): `FakeHeroku(...).start()`, then `.stop()`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import secrets
-import socket
-import struct
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import psycopg
 from psycopg import sql
 
+from tests.providers.loopback import Dropped, LoopbackServer, Request
+
 ACCEPT = "application/vnd.heroku+json; version=3"
 DEFAULT_TOKEN = "fake-heroku-token-0123456789"
 _NOW = "2025-01-01T00:00:00Z"
-
-
-@dataclass
-class Recorded:
-    api: str                     # "platform" | "data"
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: Any                    # parsed JSON, or None
-    status: int | None = None    # None: the connection was dropped
-    fault: str | None = None
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers.items():
-            if key.lower() == name.lower():
-                return value
-        return None
 
 
 @dataclass
@@ -86,10 +67,6 @@ class ApiError(Exception):
     def __init__(self, status: int, ident: str, message: str) -> None:
         super().__init__(message)
         self.status, self.ident, self.message = status, ident, message
-
-
-class _Dropped(Exception):
-    """The handler closed the connection without an answer."""
 
 
 @dataclass
@@ -147,7 +124,7 @@ class FakeHeroku:
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
         self.provision_polls, self.rotation_polls, self.revoke_polls = provision_polls, rotation_polls, revoke_polls
-        self.requests: list[Recorded] = []
+        self.requests: list[Request] = []
         self.errors: list[str] = []          # bugs inside the fake: tests assert this stays empty
         self.passwords: list[str] = []       # next generated passwords, in order (test hook)
         self.releases: dict[str, int] = {}
@@ -160,30 +137,18 @@ class FakeHeroku:
         self._faults: list[Fault] = []
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.RLock()
-        self._servers: dict[str, ThreadingHTTPServer] = {}
-        self._threads: list[threading.Thread] = []
+        self._apis = {api: _Api(self, api) for api in ("platform", "data")}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "FakeHeroku":
-        for api in ("platform", "data"):
-            server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self, api))
-            server.daemon_threads = True
-            self._servers[api] = server
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"fake-heroku-{api}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for server in self._apis.values():
+            server.start()
         return self
 
     def stop(self) -> None:
-        for server in self._servers.values():
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._servers.clear()
-        self._threads.clear()
+        for server in self._apis.values():
+            server.stop()
 
     def __enter__(self) -> "FakeHeroku":
         return self.start()
@@ -192,12 +157,17 @@ class FakeHeroku:
         self.stop()
 
     @property
+    def _servers(self) -> dict[str, ThreadingHTTPServer]:
+        """The running HTTP servers by API (benchmarks tune their sockets)."""
+        return {api: s.httpd for api, s in self._apis.items() if s.httpd is not None}
+
+    @property
     def platform_url(self) -> str:
-        return f"http://127.0.0.1:{self._servers['platform'].server_address[1]}"
+        return self._apis["platform"].url
 
     @property
     def data_url(self) -> str:
-        return f"http://127.0.0.1:{self._servers['data'].server_address[1]}"
+        return self._apis["data"].url
 
     def environ(self) -> dict[str, str]:
         """The environment a client needs to talk to this fake."""
@@ -284,7 +254,7 @@ class FakeHeroku:
             self._faults.append(Fault(kind, method, re.compile(path) if path else None, api, count, retry_after,
                                       delay, when, status, error_id, message))
 
-    def mutating(self) -> list[Recorded]:
+    def mutating(self) -> list[Request]:
         return [r for r in self.requests if r.method not in ("GET", "HEAD")]
 
     def clear(self) -> None:
@@ -434,6 +404,48 @@ class FakeHeroku:
             tokens -= 1
             self._buckets[token] = (tokens, now)
             return True, int(tokens), 0.0
+
+    def answer(self, api: str, record: Request) -> tuple[int, Any, dict[str, str]]:
+        """One recorded request on `api`: latency, the token, the rate limit, the version header,
+        an injected fault, then the API itself."""
+        if self.latency:
+            self._delay(self.latency)
+        auth = record.header("Authorization") or ""
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        allowed, remaining, retry_after = self._rate(token or "")
+        extra = {"RateLimit-Remaining": str(remaining)}
+        if token not in self.tokens:
+            return 401, {"id": "unauthorized", "message": "Invalid credentials provided."}, extra
+        if not allowed:
+            record.fault = "rate_limit"
+            return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
+                **extra, "Retry-After": _num(retry_after)}
+        if api == "platform" and record.header("Accept") != ACCEPT:
+            return 400, {"id": "missing_version", "message": f"Please specify a version along with Heroku's API MIME type. For example, `Accept: {ACCEPT}`."}, extra
+        fault = self._take_fault(api, record.method, record.path)
+        if fault is not None:
+            record.fault = fault.kind
+            if fault.kind == "429":
+                return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
+                    "RateLimit-Remaining": "0", "Retry-After": _num(fault.retry_after)}
+            if fault.kind in ("500", "503"):
+                ident = "server_error" if fault.kind == "500" else "service_unavailable"
+                return int(fault.kind), {"id": ident, "message": "Heroku is temporarily unavailable."}, extra
+            if fault.kind == "error":
+                return fault.status, {"id": fault.error_id, "message": fault.message}, extra
+            if fault.when == "before":
+                if fault.kind == "reset":
+                    raise Dropped()
+                self._delay(fault.delay)
+        try:
+            status, payload = self.dispatch(api, record.method, record.path, record.body)
+        except ApiError as exc:
+            status, payload = exc.status, {"id": exc.ident, "message": exc.message}
+        if fault is not None and fault.when == "after":
+            if fault.kind == "reset":
+                raise Dropped()
+            self._delay(fault.delay)
+        return status, payload, extra
 
     def dispatch(self, api: str, method: str, path: str, body: Any) -> tuple[int, Any]:
         with self._lock:
@@ -594,113 +606,19 @@ def _verifier(conn: psycopg.Connection, role: str, password: str) -> str:
     return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
 
-def _handler_for(fake: FakeHeroku, api: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "FakeHeroku/1"
-        # _send writes the headers and the body separately: with Nagle on, delayed ACKs add ~40 ms
-        # to every answer on loopback
-        disable_nagle_algorithm = True
+class _Api(LoopbackServer):
+    """One of the two APIs: its own port, the fake's shared request log, errors and lock."""
+    server_version = "FakeHeroku/1"
+    content_type = "application/json; charset=utf-8"
+    crash_reply = {"id": "fake_bug", "message": "The fake failed; see fake.errors."}
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: bodies and tokens stay out of output
-            pass
+    def __init__(self, fake: FakeHeroku, api: str) -> None:
+        super().__init__(api, requests=fake.requests, errors=fake.errors, lock=fake._lock)
+        self.fake = fake
 
-        def do_GET(self) -> None:
-            self._handle()
-
-        do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            split = urlsplit(self.path)
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-            record = Recorded(api, self.command, split.path, split.query, dict(self.headers.items()), body)
-            with fake._lock:
-                fake.requests.append(record)
-            try:
-                status, payload, extra = self._respond_to(record)
-            except _Dropped:
-                record.status = None
-                self._drop()
-                return
-            except Exception as exc:  # a bug in the fake: make it visible to the test
-                fake.errors.append(f"{self.command} {split.path}: {type(exc).__name__}: {exc}")
-                status, payload, extra = 500, {"id": "fake_bug", "message": "The fake failed; see fake.errors."}, {}
-            record.status = status
-            self._send(status, payload, extra)
-
-        def _respond_to(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
-            if fake.latency:
-                fake._delay(fake.latency)
-            auth = record.header("Authorization") or ""
-            token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
-            allowed, remaining, retry_after = fake._rate(token or "")
-            extra = {"RateLimit-Remaining": str(remaining)}
-            if token not in fake.tokens:
-                return 401, {"id": "unauthorized", "message": "Invalid credentials provided."}, extra
-            if not allowed:
-                record.fault = "rate_limit"
-                return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
-                    **extra, "Retry-After": _num(retry_after)}
-            if api == "platform" and record.header("Accept") != ACCEPT:
-                return 400, {"id": "missing_version", "message": f"Please specify a version along with Heroku's API MIME type. For example, `Accept: {ACCEPT}`."}, extra
-            fault = fake._take_fault(api, record.method, record.path)
-            if fault is not None:
-                record.fault = fault.kind
-                if fault.kind == "429":
-                    return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
-                        "RateLimit-Remaining": "0", "Retry-After": _num(fault.retry_after)}
-                if fault.kind in ("500", "503"):
-                    ident = "server_error" if fault.kind == "500" else "service_unavailable"
-                    return int(fault.kind), {"id": ident, "message": "Heroku is temporarily unavailable."}, extra
-                if fault.kind == "error":
-                    return fault.status, {"id": fault.error_id, "message": fault.message}, extra
-                if fault.when == "before":
-                    if fault.kind == "reset":
-                        raise _Dropped()
-                    fake._delay(fault.delay)
-            try:
-                status, payload = fake.dispatch(api, record.method, record.path, record.body)
-            except ApiError as exc:
-                status, payload = exc.status, {"id": exc.ident, "message": exc.message}
-            if fault is not None and fault.when == "after":
-                if fault.kind == "reset":
-                    raise _Dropped()
-                fake._delay(fault.delay)
-            return status, payload, extra
-
-        def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Request-Id", str(uuid.uuid4()))
-                for key, value in extra.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-            except OSError:
-                self.close_connection = True   # the client gave up (read timeout): nothing to answer
-
-        def _drop(self) -> None:
-            # an RST rather than a FIN: the client sees a reset connection, not a clean close
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            self.close_connection = True
-            try:
-                self.connection.close()
-            except OSError:
-                pass
-
-    return Handler
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        status, payload, extra = self.fake.answer(self.name, request)
+        return status, payload, {"Request-Id": str(uuid.uuid4()), **extra}
 
 
 def _num(value: float) -> str:

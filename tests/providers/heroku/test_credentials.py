@@ -9,7 +9,8 @@ from psycopg import sql
 
 from providers.heroku import HerokuApp
 from runbook.errors import ProviderError, Refused
-from tests.providers.heroku.conftest import ADDON, APP, RETRY, URL_VAR, context, quick_budget
+from tests.providers.conftest import RETRY, quick_budget
+from tests.providers.heroku.conftest import ADDON, APP, URL_VAR, context
 from tests.providers.heroku.fake_heroku import FakeHeroku
 
 

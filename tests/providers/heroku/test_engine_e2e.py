@@ -3,41 +3,24 @@ Heroku APIs backed by real PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import Refused
+from tests.providers.conftest import as_login, assert_not_shown, diagnosed_clean, write_project
 from tests.providers.heroku.conftest import ADDON, APP, FLAG, URL_VAR
 
 
 def _write_project(directory: Path, role: str, addon: str = "DATABASE") -> Path:
-    data = {
-        "version": 1,
-        "app": "raxx",
-        "role": {"name": role,
-                 "schemas": {"public": {"tables": ["SELECT", "INSERT", "UPDATE", "DELETE"], "sequences": ["USAGE", "SELECT"]}}},
-        "config": {"url_var": URL_VAR},
-        "flag": {"name": FLAG, "on_value": "1", "off_value": "0"},
-        "settings": {"http_attempts": 4, "http_timeout": "2s", "retry_budget": "20s"},
-        "environments": {"staging": {"provider": "heroku",
-                                     "database": {"addon": addon, "sslmode": "disable"},
-                                     "app": {"name": APP}}},
-    }
-    path = directory / "runbook.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _as_owner(fake, statement: str) -> None:
-    with psycopg.connect(fake.owner_url(ADDON), autocommit=True) as conn:
-        conn.execute(statement)
+    return write_project(directory, role, {"provider": "heroku", "database": {"addon": addon, "sslmode": "disable"},
+                                           "app": {"name": APP}},
+                         url_var=URL_VAR, flag=FLAG, app="raxx",
+                         settings={"http_attempts": 4, "http_timeout": "2s", "retry_budget": "20s"})
 
 
 def _login(url: str) -> psycopg.Connection:
@@ -47,8 +30,8 @@ def _login(url: str) -> psycopg.Connection:
 @pytest.fixture
 def project(fake, pg, tmp_path):
     # the app's schema, created by the owner (Heroku's default credential), as migrations would
-    _as_owner(fake, "CREATE TABLE orders (id bigserial PRIMARY KEY, total int)")
-    _as_owner(fake, "CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
+    as_login(fake.owner_url(ADDON), "CREATE TABLE orders (id bigserial PRIMARY KEY, total int)",
+             "CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
     role = pg.role("raxx_app")
     return role, _write_project(tmp_path, role)
 
@@ -89,9 +72,7 @@ def test_full_lifecycle(fake, pg, tmp_path, project, canary_password, caplog):
             conn.execute("CREATE TABLE sneaky (x int)")
 
     # diagnose: the four checks pass
-    diag = commands.diagnose(projects.load(path), "staging", environ=environ)
-    results.append(diag)
-    assert [(c.name, c.status) for c in diag.checks] == [("role", "pass"), ("grants", "pass"), ("url", "pass"), ("flag", "pass")]
+    results.append(diagnosed_clean(projects.load(path), environ))
 
     # rotate: Heroku rotates and keeps the attached URL current
     old_url = config[URL_VAR]
@@ -124,9 +105,7 @@ def test_full_lifecycle(fake, pg, tmp_path, project, canary_password, caplog):
     assert URL_VAR not in fake.config_vars(APP)
     assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(0,)]
 
-    out = caplog.text + json.dumps([r.to_json() for r in results])
-    for secret in (canary_password, fake.owner_url(ADDON).split(":")[2].split("@")[0], fake.token):
-        assert secret not in out
+    assert_not_shown(caplog, results, canary_password, fake.owner_url(ADDON).split(":")[2].split("@")[0], fake.token)
 
 
 def test_essential_tier_refusal_changes_nothing(fake, pg, tmp_path):

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from runbook.errors import ProviderError
-from tests.providers.heroku.conftest import APP, FLAG, RETRY
+from tests.providers.conftest import RETRY
+from tests.providers.heroku.conftest import APP, FLAG
 from tests.providers.heroku.fake_heroku import ACCEPT, FakeHeroku
 
 CONFIG_VARS = f"/apps/{APP}/config-vars"

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-from tests.logins import create_login
 from psycopg import sql
 
 from providers.base import OpenContext, RetryPolicy
+from tests.providers.conftest import FLAG, URL_VAR  # noqa: F401 (tests import them from here)
+from tests.providers.conftest import Login, fake_context, new_login
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"     # moto's default account
-URL_VAR = "RAPTOR_DATABASE_URL"
-FLAG = "RAPTOR_NEW_ROLE"
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -62,8 +59,7 @@ FAST = RetryPolicy(attempts=3, total_seconds=10, timeout_seconds=2, max_backoff_
 @pytest.fixture
 def make_ctx(tmp_path, aws_environ):
     def make(**environ: str) -> OpenContext:
-        return OpenContext(env_name="staging", app_name="raptor", base_dir=tmp_path,
-                           environ={**aws_environ, **environ}, retry=FAST, url_var=URL_VAR, flag_name=FLAG)
+        return fake_context({**aws_environ, **environ}, tmp_path, retry=FAST)
 
     return make
 
@@ -73,10 +69,7 @@ def ctx(make_ctx) -> OpenContext:
     return make_ctx()
 
 
-@dataclass
-class Master:
-    name: str
-    password: str
+Master = Login        # RDS calls its admin login the master user
 
 
 def ensure_role(pg, name: str) -> None:
@@ -95,11 +88,11 @@ def ensure_role(pg, name: str) -> None:
 def master(pg, canary_password) -> Master:
     """A non-superuser master with CREATEROLE and a password, as RDS gives you; rds_password exists."""
     ensure_role(pg, "rds_password")
-    name = pg.role("master")
-    create_login(pg, name, canary_password, "CREATEROLE")
-    pg.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(name)))
-    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(name)))
-    return Master(name, canary_password)
+    master = new_login(pg, "master", canary_password, "CREATEROLE")
+    ident = sql.Identifier(master.name)
+    pg.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg.dbname), ident))
+    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
+    return master
 
 
 def create_parameter_group(name: str, family: str = "postgres16", **params: str) -> str:

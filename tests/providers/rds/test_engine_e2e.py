@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import psycopg
 import pytest
@@ -13,50 +12,23 @@ from psycopg import sql
 
 from runbook import commands, project as projects
 from runbook.errors import Refused
-from tests.providers.rds.conftest import REGION, client, create_instance, create_parameter_group
+from tests.providers.conftest import (
+    ORDERS, as_login, assert_not_shown, diagnosed_clean, free_port, ran_ok, write_project as write_runbook,
+)
+from tests.providers.rds.conftest import FLAG, REGION, URL_VAR, client, create_instance, create_parameter_group
 
 SECRET = "raptor/staging/database-url"
 PARAM = "/raptor/staging/FLAG"
-URL_VAR = "RAPTOR_DATABASE_URL"
-FLAG = "RAPTOR_NEW_ROLE"
 
 
 def write_project(tmp_path, pg, role: str, *, port: int | None = None) -> projects.Project:
-    text = f"""\
-version: 1
-app: raptor
-role:
-  name: {role}
-  schemas:
-    public:
-      tables: [SELECT, INSERT, UPDATE, DELETE]
-      sequences: [USAGE, SELECT]
-config:
-  url_var: {URL_VAR}
-flag:
-  name: {FLAG}
-  on_value: "1"
-  off_value: "0"
-environments:
-  staging:
-    provider: rds
-    database:
-      instance: raptor-staging
-      region: {REGION}
-      sslmode: disable
-      database: {pg.dbname}
-      connect: {{host: 127.0.0.1, port: {port or pg.port}}}
-    app:
-      cluster: raptor
-      service: web
-      url_store: secretsmanager
-      url_name: {SECRET}
-      flag_parameter: {PARAM}
-      wait: {{timeout: 1m, poll: 1s}}
-"""
-    path = tmp_path / "runbook.yaml"
-    path.write_text(text)
-    return projects.load(path)
+    return projects.load(write_runbook(tmp_path, role, {
+        "provider": "rds",
+        "database": {"instance": "raptor-staging", "region": REGION, "sslmode": "disable", "database": pg.dbname,
+                     "connect": {"host": "127.0.0.1", "port": port or pg.port}},
+        "app": {"cluster": "raptor", "service": "web", "url_store": "secretsmanager", "url_name": SECRET,
+                "flag_parameter": PARAM, "wait": {"timeout": "1m", "poll": "1s"}},
+    }, url_var=URL_VAR, flag=FLAG))
 
 
 @pytest.fixture
@@ -70,9 +42,7 @@ def world(aws, pg, master):
     ecs.register_task_definition(family="raptor-web", containerDefinitions=[
         {"name": "web", "image": "raptor:1", "memory": 256}])
     ecs.create_service(cluster="raptor", serviceName="web", taskDefinition="raptor-web", desiredCount=2)
-    with psycopg.connect(pg.tcp_dsn(master.name, master.password)) as conn:
-        conn.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total numeric)")
-        conn.commit()
+    as_login(pg.tcp_dsn(master.name, master.password), ORDERS)
     return ecs
 
 
@@ -82,12 +52,6 @@ def deployment_id(ecs) -> str:
 
 def secret_versions(stage: str) -> dict:
     return json.loads(client("secretsmanager").get_secret_value(SecretId=SECRET, VersionStage=stage)["SecretString"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def role_state(pg, role: str) -> list[tuple]:
@@ -120,8 +84,7 @@ def test_provision_diagnose_rollback_rotate_retire(world, tmp_path, pg, master, 
 
     # provision: role over SQL, URL in Secrets Manager, flag in SSM, a new ECS deployment
     first_deployment = deployment_id(world)
-    result = commands.provision(project, "staging", yes=True, environ=aws_environ)
-    assert result.status == "ok", result.messages
+    result = ran_ok(commands.provision, project, aws_environ)
     assert {s.step: s.status for s in result.steps}["restart"] == "applied"
     stored = secret_versions("AWSCURRENT")
     assert set(stored) == {"engine", "host", "username", "password", "dbname", "port", "sslmode"}
@@ -135,23 +98,19 @@ def test_provision_diagnose_rollback_rotate_retire(world, tmp_path, pg, master, 
     passwords = [stored["password"]]
 
     # diagnose: the four checks pass
-    diag = commands.diagnose(project, "staging", environ=aws_environ)
-    assert [(c.name, c.status) for c in diag.checks] == [
-        ("role", "pass"), ("grants", "pass"), ("url", "pass"), ("flag", "pass")], [c.detail for c in diag.checks]
+    diag = diagnosed_clean(project, aws_environ)
 
     # rollback works with the database unreachable: flag off and a new deployment
     dead = write_project(tmp_path, pg, role, port=free_port())
     before = deployment_id(world)
-    rb = commands.rollback(dead, "staging", yes=True, environ=aws_environ)
-    assert rb.status == "ok"
+    rb = ran_ok(commands.rollback, dead, aws_environ)
     assert client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "0"
     assert deployment_id(world) != before
     assert any("journalled locally" in m for m in rb.messages)
 
     # rotate: a new password; the secret's previous version keeps the old one
     project = write_project(tmp_path, pg, role)
-    rot = commands.rotate(project, "staging", yes=True, environ=aws_environ)
-    assert rot.status == "ok", rot.messages
+    rot = ran_ok(commands.rotate, project, aws_environ)
     current, previous = secret_versions("AWSCURRENT"), secret_versions("AWSPREVIOUS")
     assert previous["password"] == passwords[0] != current["password"]
     passwords.append(current["password"])
@@ -159,11 +118,8 @@ def test_provision_diagnose_rollback_rotate_retire(world, tmp_path, pg, master, 
         assert conn.execute("SELECT current_user").fetchone()[0] == role
 
     # retire: the secret is scheduled for deletion (recoverable), the role is dropped
-    ret = commands.retire(project, "staging", yes=True, environ=aws_environ)
-    assert ret.status == "ok", ret.messages
+    ret = ran_ok(commands.retire, project, aws_environ)
     assert "DeletedDate" in sm.describe_secret(SecretId=SECRET)
     assert pg.execute(sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = {}").format(sql.Literal(role))) == []
 
-    shown = caplog.text + json.dumps([r.to_json() for r in (result, diag, rb, rot, ret)])
-    for secret in (master.password, *passwords):
-        assert secret not in shown
+    assert_not_shown(caplog, (result, diag, rb, rot, ret), master.password, *passwords)

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from tests.providers.cloudsql.fakeserver import FakeServer, Request
+from tests.providers.loopback import FakeServer, Request
 
 TOKEN = "sbp_fake0123456789abcdef0123456789abcdef01"
 REF = "abcdefghijklmnopqrst"

@@ -3,69 +3,33 @@ Management API fake and the SQL side on the real PostgreSQL (a non-superuser `po
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 
 import psycopg
 import pytest
 
 from runbook import commands, project as projects
 from runbook.errors import Refused
+from tests.providers.conftest import (
+    assert_not_shown, diagnosed_clean, free_port, owned_database, ran_ok, role_exists, write_project as write_runbook,
+)
 from tests.providers.supabase.conftest import FLAG, PASSWORD_ENV, URL_VAR
 from tests.providers.supabase.fake_supabase import REF
 
 
 def write_project(tmp_path, pg, admin, role: str, *, port: int | None = None, admin_form: str = "direct") -> projects.Project:
-    text = f"""\
-version: 1
-app: raptor
-role:
-  name: {role}
-  schemas:
-    public:
-      tables: [SELECT, INSERT, UPDATE, DELETE]
-      sequences: [USAGE, SELECT]
-config:
-  url_var: {URL_VAR}
-flag:
-  name: {FLAG}
-  on_value: "1"
-  off_value: "0"
-environments:
-  staging:
-    provider: supabase
-    database:
-      project_ref: {REF}
-      password_env: {PASSWORD_ENV}
-      admin_user: {admin.name}
-      admin_form: {admin_form}
-      url_form: direct
-      database: {pg.dbname}
-      sslmode: disable
-      connect: {{host: 127.0.0.1, port: {port or pg.port}}}
-"""
-    path = tmp_path / "runbook.yaml"
-    path.write_text(text)
-    return projects.load(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return projects.load(write_runbook(tmp_path, role, {
+        "provider": "supabase",
+        "database": {"project_ref": REF, "password_env": PASSWORD_ENV, "admin_user": admin.name,
+                     "admin_form": admin_form, "url_form": "direct", "database": pg.dbname, "sslmode": "disable",
+                     "connect": {"host": "127.0.0.1", "port": port or pg.port}},
+    }, url_var=URL_VAR, flag=FLAG))
 
 
 @pytest.fixture
 def world(fake, pg, admin):
-    with psycopg.connect(pg.tcp_dsn(admin.name, admin.password)) as conn:
-        conn.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total numeric)")
-        conn.commit()
+    owned_database(pg, admin)
     return {**fake.environ(), PASSWORD_ENV: admin.password}
-
-
-def role_exists(pg, role: str) -> bool:
-    return bool(pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
 
 
 @pytest.mark.parametrize("setup, needle", [
@@ -92,8 +56,7 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
     project = write_project(tmp_path, pg, admin, role)
 
     # provision: role in SQL (no NOSUPERUSER sent), URL and flag as Edge Function secrets
-    result = commands.provision(project, "staging", yes=True, environ=world)
-    assert result.status == "ok", result.messages
+    result = ran_ok(commands.provision, project, world)
     assert fake.invoke_function(URL_VAR, FLAG) == role        # the function connects as the role
     url = fake.secrets[(REF, URL_VAR)]
     with psycopg.connect(url) as conn:
@@ -103,26 +66,20 @@ def test_provision_diagnose_rollback_retire(world, fake, tmp_path, pg, admin, ca
     assert len(creates) == 1 and "NOCREATEROLE" in creates[0] and "NOSUPERUSER" not in creates[0]
 
     # diagnose: the URL is verified by digest (the API never returns values)
-    diag = commands.diagnose(project, "staging", environ=world)
-    assert [(c.name, c.status) for c in diag.checks] == [
-        ("role", "pass"), ("grants", "pass"), ("url", "pass"), ("flag", "pass")], [c.detail for c in diag.checks]
+    diag = diagnosed_clean(project, world)
 
     # rollback with the database unreachable: the flag secret alone
     dead = write_project(tmp_path, pg, admin, role, port=free_port())
-    rb = commands.rollback(dead, "staging", yes=True, environ=world)
-    assert rb.status == "ok", rb.messages
+    rb = ran_ok(commands.rollback, dead, world)
     assert fake.secrets[(REF, FLAG)] == "0"
     assert fake.invoke_function(URL_VAR, FLAG) is None
 
     # retire: the URL secret is deleted, the role dropped
-    ret = commands.retire(project, "staging", yes=True, environ=world)
-    assert ret.status == "ok", ret.messages
+    ret = ran_ok(commands.retire, project, world)
     assert (REF, URL_VAR) not in fake.secrets
     assert not role_exists(pg, role)
     deletes = fake.server.calls("DELETE", f"/v1/projects/{REF}/secrets")
     assert deletes and deletes[-1].body == [URL_VAR]
 
     password = psycopg.conninfo.conninfo_to_dict(url)["password"]
-    shown = caplog.text + json.dumps([r.to_json() for r in (result, diag, rb, ret)])
-    for secret in (admin.password, password):
-        assert secret not in shown
+    assert_not_shown(caplog, (result, diag, rb, ret), admin.password, password)
