@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.base import Digest
-from runbook import catalog, grants, roles
 from runbook.engine import Verdict
 from runbook.errors import RunbookError
 from runbook.secret import redact
@@ -46,6 +45,8 @@ def check_role(ctx) -> CheckResult:
         if cred is None:
             return CheckResult("role", "fail", f"credential {name} does not exist", fix)
         return CheckResult("role", "pass", f"credential {name} exists")
+    from runbook import roles      # roles, catalog and grants bring psycopg: imported when a check reads SQL
+
     facts = roles.facts(ctx.admin(), name)
     if not facts.exists:
         return CheckResult("role", "fail", f"role {name} does not exist", fix)
@@ -66,6 +67,8 @@ def check_role(ctx) -> CheckResult:
 
 
 def check_grants(ctx) -> CheckResult:
+    from runbook import catalog, grants
+
     snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
     if not snap.role_exists:
         return CheckResult("grants", "fail", f"role {ctx.role.name} does not exist", f"runbook provision --env {ctx.env.name}")

@@ -19,7 +19,6 @@ above 3 because this run did nothing there at all. An interrupted fleet exits 13
 from __future__ import annotations
 
 import fnmatch
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -198,9 +197,35 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
     fn = verb(command)
     if not 1 <= parallel <= MAX_PARALLEL:
         raise ConfigError(f"--parallel {parallel}: between 1 and {MAX_PARALLEL}")
+    from runbook.state import shared_connections
+
     envs = list(envs)
     fleet = FleetResult(command, envs, parallel)
-    serialise_local_journal()
+    with shared_connections() as pool:   # environments journalling to one central store share its connections
+        warming = None
+        if command in MUTATING:          # each environment journals: connect while the first wave starts
+            warming = pool.prewarm(_store_users(project, envs, kwargs.get("state"), parallel))
+        try:
+            _run_all(fleet, fn, project, on_done, kwargs)
+        finally:
+            if warming is not None:
+                warming.join()
+    return fleet
+
+
+def _store_users(project: Any, envs: Sequence[str], state: str | None, parallel: int) -> dict[str, int]:
+    """Each state store URL the environments name, with how many of them may use it at once."""
+    users: dict[str, int] = {}
+    for env in envs:
+        url = state or project.env(env).spec.state
+        if url:
+            users[url] = users.get(url, 0) + 1
+    return {url: min(count, parallel) for url, count in users.items()}
+
+
+def _run_all(fleet: FleetResult, fn: Callable[..., Any], project: Any,
+             on_done: Callable[[Outcome, int, int], None] | None, kwargs: dict[str, Any]) -> None:
+    envs, parallel = fleet.envs, fleet.parallel
     started = time.perf_counter()
     done: dict[str, Outcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(envs))), thread_name_prefix="runbook-fleet")
@@ -232,36 +257,6 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
         pool.shutdown(wait=True, cancel_futures=True)
     fleet.seconds = time.perf_counter() - started
     fleet.outcomes = [done[env] for env in envs]
-    return fleet
-
-
-# The local journal (.runbook/journal.jsonl) is one file per project: `rollback` appends to it, and
-# rollback and every mutating run drain their environment's records with a read-rewrite-replace, so
-# two environments doing this at once in one process lose each other's records. Until runbook.state
-# locks the file itself (fcntl.flock around append and drain_into would also cover two processes),
-# a fleet serialises those two methods within the process.
-_JOURNAL_LOCK = threading.RLock()
-
-
-def serialise_local_journal() -> None:
-    from runbook.state import LocalJournal
-
-    if getattr(LocalJournal, "_fleet_serialised", False):
-        return
-
-    def locked(method: Callable[..., Any]) -> Callable[..., Any]:
-        def call(self: Any, *args: Any, **kw: Any) -> Any:
-            with _JOURNAL_LOCK:
-                return method(self, *args, **kw)
-        call.__wrapped__ = method  # type: ignore[attr-defined]
-        call.__doc__ = method.__doc__
-        return call
-
-    with _JOURNAL_LOCK:
-        if not getattr(LocalJournal, "_fleet_serialised", False):
-            LocalJournal.append = locked(LocalJournal.append)            # type: ignore[method-assign]
-            LocalJournal.drain_into = locked(LocalJournal.drain_into)    # type: ignore[method-assign]
-            LocalJournal._fleet_serialised = True                        # type: ignore[attr-defined]
 
 
 # --- rendering --------------------------------------------------------------------------------

@@ -17,24 +17,75 @@ from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 MASK = "****"
 
 _lock = threading.Lock()
-_known: set[str] = set()
-_pattern: re.Pattern[str] | None = None
+_known: set[str] = set()          # every value registered, in every form
+_pending: list[str] = []          # registered since the patterns were last brought up to date
+# The compiled patterns: None before the first redact (or after a reset), else chunks of
+# (values, pattern), largest first. A new chunk merges with the ones no bigger than itself, like
+# a binary counter, so each value is compiled O(log n) times however register and redact
+# interleave, and `register` itself only appends.
+_pattern: tuple[tuple[list[str], re.Pattern[str]], ...] | None = None
 
 # Passwords shorter than this are not registered: redacting "a" everywhere would shred output.
 _MIN_REDACT = 6
 
 
 def register(value: str) -> None:
-    """Remember a secret value (and its URL-quoted form) so that `redact` removes it."""
-    global _pattern
+    """Remember a secret value (and its URL-quoted forms) so that `redact` removes it."""
     if not value or len(value) < _MIN_REDACT:
         return
     forms = {value, quote(value, safe=""), quote_plus(value)}
     with _lock:
-        if forms <= _known:
-            return
-        _known.update(forms)
-        _pattern = re.compile("|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True)))
+        new = forms - _known
+        if new:
+            _known.update(new)
+            _pending.extend(new)
+
+
+def _compile(values: list[str]) -> re.Pattern[str]:
+    # longest first, so a secret that contains another is masked whole
+    return re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)))
+
+
+def _patterns() -> tuple[re.Pattern[str], ...]:
+    global _pattern
+    chunks = _pattern
+    if chunks is not None and not _pending:
+        return tuple(p for _, p in chunks)
+    with _lock:
+        if _pattern is None:            # first use, or reset: everything known is new
+            _pending.clear()
+            fresh, kept = list(_known), []
+        else:
+            fresh = [v for v in _pending if v in _known]
+            _pending.clear()
+            kept = list(_pattern)
+        while kept and len(kept[-1][0]) <= len(fresh):
+            fresh = kept.pop()[0] + fresh
+        if fresh:
+            kept.append((fresh, _compile(fresh)))
+        _pattern = tuple(kept)
+        return tuple(p for _, p in _pattern)
+
+
+def _mask_known(text: str) -> str:
+    patterns = _patterns()
+    if len(patterns) <= 1:
+        return patterns[0].sub(MASK, text) if patterns else text
+    # several chunks: mask the union of what each matched, so none can cut a longer secret short
+    spans = sorted(m.span() for p in patterns for m in p.finditer(text))
+    if not spans:
+        return text
+    out: list[str] = []
+    done = 0
+    start, end = spans[0]
+    for s, e in spans[1:]:
+        if s < end:
+            end = max(end, e)
+            continue
+        out += (text[done:start], MASK)
+        done, start, end = end, s, e
+    out += (text[done:start], MASK, text[end:])
+    return "".join(out)
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?(?:\+\w+)?://)(?P<user>[^:@/\s]*):(?P<pw>[^@\s]+)@")
@@ -45,9 +96,8 @@ def redact(text: str) -> str:
     """Mask every known secret value, any password inside a postgres URL and any `password=`."""
     if not text:
         return text
-    pattern = _pattern
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    if _known:
+        text = _mask_known(text)
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", text)
     return text

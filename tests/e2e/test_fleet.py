@@ -377,3 +377,99 @@ def test_shared_budget_counts_requests_in_flight():
     fresh.observe(answer(100))
     third.join(2)
     assert not third.is_alive()
+
+
+# --- a central PostgreSQL store: connections shared across the fleet's environments ------------
+
+def _store_url(pg) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(pg.admin_dsn)
+    return f"postgresql://{info['user']}@/{info['dbname']}?host={info['host']}&port={info['port']}"
+
+
+def _terminate(pg, pids: list[int]) -> None:
+    """End these server sessions and wait until they are gone (the server may restart, an idle
+    timeout may fire, an operator may kill them)."""
+    with pg.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        for _ in range(500):
+            alive = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]
+            if not alive:
+                return
+            admin.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"sessions {pids} did not end")
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
+def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path):
+    from runbook.state import open_store, shared_connections
+
+    url = _store_url(pg)
+    opened = lambda: open_store(url, admin_dsn=None, base_dir=tmp_path, env="e")  # noqa: E731
+    with shared_connections() as pool:
+        first = opened()
+        pid = first.conn.info.backend_pid
+        first.begin("e", "rollback", "d")
+        first.close()
+        first.close()                                   # a second close does not lend it twice
+        second, third = opened(), opened()              # the third while the second is out: its own
+        assert second.conn.info.backend_pid == pid and third.conn.info.backend_pid != pid
+        idle = [second.conn.info.backend_pid, third.conn.info.backend_pid]
+        second.close()
+        third.close()
+        _terminate(pg, idle)
+        fourth = opened()                               # both idle ones are dead: a fresh one
+        assert fourth.conn.info.backend_pid not in idle
+        assert fourth.begin("e", "rollback", "d") > 0
+        assert (pool.opened, pool.reused, pool.discarded) == (3, 1, 2)
+        fourth.conn.execute("BEGIN")                    # given back inside a transaction: not lent again
+        fourth.close()
+        assert pool.discarded == 3
+        kept = opened()
+        kept.close()
+    assert kept.conn.closed                             # idle ones close when the fleet ends
+    alone = opened()                                    # outside a fleet: no pool
+    assert [r["command"] for r in alone.runs("e")] == ["rollback", "rollback"]
+    alone.close()
+    assert alone.conn.closed
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
+def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(heroku_fleet, pg, monkeypatch):
+    from runbook import state
+
+    fake, project, environ = heroku_fleet
+    url = _store_url(pg)
+    real_end_soak = state._SqlStore.end_soak
+
+    def end_soak(self, env, *args, **kw):
+        if env == "hk-03":                              # the server drops this one's connection mid-write
+            _terminate(pg, [self.conn.info.backend_pid])
+        return real_end_soak(self, env, *args, **kw)
+
+    monkeypatch.setattr(state._SqlStore, "end_soak", end_soak)
+    envs = fleet.select(project, ["hk-*"])
+    with state.shared_connections() as pool:
+        res = fleet.run(project, "rollback", envs, parallel=4, yes=True, confirm=None, environ=environ, state=url)
+    assert [o.status for o in res.outcomes] == ["ok"] * len(envs), [(o.env, o.message) for o in res.outcomes]
+    assert all(fake.config_vars(f"fleet-app-{i:02d}")[FLAG] == "0" for i in range(len(envs)))
+    by_env = {o.env: o for o in res.outcomes}
+    assert any("state store failed mid-write" in m for m in by_env["hk-03"].result.messages)
+    # at most a first wave's worth opened by the prewarm, and as many by environments it did not reach
+    # in time, plus the one replacing the dropped connection; every other store reused one
+    assert pool.opened <= 2 * 4 + 1 < len(envs) and pool.discarded == 1
+    assert pool.reused >= len(envs) - pool.opened
+    # each environment its own run and its own events, whichever connection carried them
+    store = state.open_store(url, admin_dsn=None, base_dir=project.base_dir, env="hk-00")
+    try:
+        runs = store.runs(None, limit=100)
+        assert sorted(r["env"] for r in runs) == sorted(envs) and len({r["id"] for r in runs}) == len(envs)
+        for env in envs:
+            run = next(r for r in runs if r["env"] == env)
+            events = store.events(env, run_id=run["id"])
+            assert [e["kind"] for e in events if e["step"] == "flag off"] == ["intent", "result"], (env, events)
+            assert run["status"] == "ok"
+    finally:
+        store.close()
+    assert list(state.LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []

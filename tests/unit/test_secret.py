@@ -1,5 +1,6 @@
 import json
 import logging
+from urllib.parse import quote, quote_plus
 
 import pytest
 from pydantic import BaseModel
@@ -57,3 +58,41 @@ def test_logging_filter_scrubs_records(caplog):
     with caplog.at_level(logging.INFO):
         logger.info("connecting with %s", "log-canary-998877")
     assert "log-canary-998877" not in caplog.text
+
+
+@pytest.fixture
+def fresh_redactor(monkeypatch):
+    from runbook import secret
+
+    monkeypatch.setattr(secret, "_known", set())
+    monkeypatch.setattr(secret, "_pending", [])
+    monkeypatch.setattr(secret, "_pattern", None)
+    compiled: list[int] = []
+    real = secret._compile
+    monkeypatch.setattr(secret, "_compile", lambda values: compiled.append(len(values)) or real(values))
+    return compiled
+
+
+def test_many_registrations_compile_each_value_a_logarithmic_number_of_times(fresh_redactor):
+    values = [f"many-{i:05d}-p@ss/w+rd" for i in range(3000)]
+    for i, value in enumerate(values):
+        Secret(value)
+        if i % 7 == 0:                     # a long process redacts between registrations
+            assert redact("nothing secret here") == "nothing secret here"
+    sample = values[::101] + [quote(values[5], safe=""), quote_plus(values[9])]
+    out = redact(" | ".join(sample))
+    assert out == " | ".join([MASK] * len(sample))
+    forms = 3 * len(values)                # raw, quote and quote_plus forms
+    # the old redactor recompiled every known form on each registration: ~forms²/2 ≈ 40 million here
+    assert sum(fresh_redactor) <= forms * 14, sum(fresh_redactor)
+
+
+def test_a_longer_secret_is_masked_whole_even_when_registered_later(fresh_redactor):
+    from runbook import secret
+
+    for value in ("shorty-1", "filler-1", "filler-2", "filler-3"):
+        Secret(value)
+    assert redact("a shorty-1 b") == f"a {MASK} b"
+    Secret("xx-shorty-1-and-more")         # contains the first one
+    assert redact("xx-shorty-1-and-more, shorty-1, filler-3.") == f"{MASK}, {MASK}, {MASK}."
+    assert len(secret._pattern) == 2       # really in two compiled chunks, the short one first
