@@ -6,7 +6,6 @@ that cannot get data, or errors, is inconclusive: never a pass.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,12 +135,13 @@ def check_connections(ctx, application_name: str | None, min_sessions: int) -> C
 
 
 def run_command(cmd: str, timeout: float, cwd: str) -> CheckResult:
+    from runbook import shell
+
     label = f"command: {cmd}"
     try:
-        res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return CheckResult(label, "inconclusive", f"timed out after {timeout:.0f}s")
+        res = shell.run(cmd, timeout=timeout, cwd=cwd)
+    except shell.CommandTimeout:
+        return CheckResult(label, "inconclusive", f"timed out after {timeout:.0f}s; it was stopped")
     except OSError as exc:
         return CheckResult(label, "inconclusive", f"could not run: {exc.strerror}")
     tail = redact("\n".join((res.stdout + res.stderr).strip().splitlines()[-3:]))[:300]

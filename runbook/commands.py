@@ -74,7 +74,7 @@ def _journal(ctx: Context) -> engine.Journal:
 def _mutating_run(ctx: Context, command: str, state: str | None, result: Result) -> Iterator[None]:
     """Lock the environment, open the journal, record the run; finish it whatever happens."""
     from runbook.locks import EnvLock, label
-    from runbook.state import LocalJournal
+    from runbook.local_journal import LocalJournal
 
     ctx.info   # the platform's own refusal (plan tier, state) comes before we touch anything
     lock = EnvLock(ctx.db.admin_dsn(), app=ctx.project.spec.app, env=ctx.env.name,
@@ -277,7 +277,7 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
 def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None, environ=None,
              state: str | None = None, transport=None, **_: Any) -> Result:
     """Flag off (+ restart). No lock, no state store needed; the database may be down."""
-    from runbook.state import LocalJournal
+    from runbook.local_journal import LocalJournal
 
     _need_yes(yes, confirm, "rollback")
     ctx = _context(project, env, "rollback", environ, transport)
@@ -362,7 +362,7 @@ def history(project: Project, env: str | None, *, environ=None, state: str | Non
                 result.data.setdefault("soaks", []).append(soak)
         finally:
             store.close()
-    from runbook.state import LocalJournal
+    from runbook.local_journal import LocalJournal
 
     local = [r for r in LocalJournal(project_dir(project) / "journal.jsonl").records() if env is None or r.get("env") == env]
     if local:

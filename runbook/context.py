@@ -137,7 +137,7 @@ class Context:
     def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
         """This env's journal, oldest first: the store's events, then records journalled only
         locally (a rollback that failed before it reached the store)."""
-        from runbook.state import LocalJournal
+        from runbook.local_journal import LocalJournal
 
         events = list(self.store.events(self.env.name, limit=limit)) if self.store is not None else []
         local = LocalJournal(project_dir(self.project) / "journal.jsonl")

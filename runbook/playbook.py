@@ -5,6 +5,7 @@ http_check steps as well as the shipped kinds."""
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,15 @@ def _shipped_text(name: str) -> tuple[str, str]:
         return local.read_text(), str(local)
     ref = resources.files("runbook.playbooks").joinpath(f"{name}.yaml")
     return ref.read_text(), f"runbook/playbooks/{name}.yaml"
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_located(name: str):
+    # parsed once per process: a fleet loads the same playbook for every environment, and the
+    # YAML parse with line marks was a sixth of each environment's CPU. Steps are built anew by
+    # parse() each time, since a step may keep state for its run.
+    text, source = _shipped_text(name)
+    return load_text(text, source)
 
 
 def parse(located) -> Playbook:
@@ -68,5 +78,4 @@ def load(name: str, project=None) -> Playbook:
         return parse(load_file(path))
     if name not in SHIPPED:
         raise ConfigError(f"no playbook {name!r} (shipped: {', '.join(SHIPPED)}; add your own under playbooks: in runbook.yaml)")
-    text, source = _shipped_text(name)
-    return parse(load_text(text, source))
+    return parse(_shipped_located(name))

@@ -304,7 +304,8 @@ def test_heroku_fleet_shares_one_budget_and_keeps_every_journal(heroku_fleet, mo
     assert len(handed) == len(envs) and len({id(b) for b in handed}) == 1
     assert not [r for r in fake.requests if r.status == 429]
     # every environment's records reached its own store, none was lost to another's drain
-    from runbook.state import LocalJournal, open_store
+    from runbook.local_journal import LocalJournal
+    from runbook.state import open_store
 
     assert list(LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []
     for env in envs:
@@ -438,6 +439,7 @@ def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path
 @pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(heroku_fleet, pg, monkeypatch):
     from runbook import state
+    from runbook.local_journal import LocalJournal
 
     fake, project, environ = heroku_fleet
     url = _store_url(pg)
@@ -472,4 +474,4 @@ def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(he
             assert run["status"] == "ok"
     finally:
         store.close()
-    assert list(state.LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []
+    assert list(LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []

@@ -571,10 +571,10 @@ def _fast_loopback_and_fresh_redactor(monkeypatch):
 
     # the fakes write headers and body in two sends; with Nagle on, loopback adds ~40 ms per answer
     monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "disable_nagle_algorithm", True)
-    # the redactor recompiles one pattern of every secret the process has seen, on each new one:
-    # hundreds of cases in one worker would make that quadratic; each case starts afresh, as a
-    # run of the tool (one process) does
+    # each case starts with an empty redactor, as a run of the tool (one process) does, so that
+    # the redaction patterns of hundreds of earlier cases are not carried through this one
     monkeypatch.setattr(secret, "_known", set())
+    monkeypatch.setattr(secret, "_pending", [])
     monkeypatch.setattr(secret, "_pattern", None)
 
 

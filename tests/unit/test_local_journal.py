@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runbook.state import LocalJournal, SqliteStore
+from runbook.local_journal import LocalJournal
+from runbook.state import SqliteStore
 
 WRITERS = 2
 PER_WRITER = 1500
