@@ -11,6 +11,7 @@ Secret serialises as the mask.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -40,16 +41,23 @@ def _json(data: Any) -> str:
     return redact(json.dumps(data if data is not None else {}, default=default, sort_keys=True))
 
 
-def actor() -> str:
+@functools.lru_cache(maxsize=1)
+def _os_user() -> str:
+    # once per process: without USER/LOGNAME set, getuser() reads the password database, and
+    # every journal record asks
     import getpass
 
     try:
-        fallback = getpass.getuser()
+        return getpass.getuser()
     except Exception:
-        fallback = "unknown"
-    return os.environ.get("RUNBOOK_ACTOR") or fallback
+        return "unknown"
 
 
+def actor() -> str:
+    return os.environ.get("RUNBOOK_ACTOR") or _os_user()
+
+
+@functools.lru_cache(maxsize=1)
 def host() -> str:
     return socket.gethostname()
 
