@@ -242,45 +242,42 @@ class HerokuApi:
         with _WRITES_LOCK:
             return _WRITES.get(self.account, 0)
 
-    def resolve_addon(self, app: str, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """The add-on named `ref` on `app`, by add-on name/id, else by attachment name.
-
-        Returns (add-on, attachment): the attachment only when `ref` named one."""
+    def _named(self, app: str, ref: str) -> tuple[dict[str, Any], bool]:
+        """What `ref` names on `app`: (the add-on, False) by add-on name/id, else (the
+        attachment, True) by attachment name."""
         path = f"/apps/{_q(app)}/addons/{_q(ref)}"
         r = self.platform.request("GET", path, allow=(404,))
         if r.status_code != 404:
-            return _json(r, path), None
+            return _json(r, path), False
         path = f"/apps/{_q(app)}/addon-attachments/{_q(ref)}"
         r = self.platform.request("GET", path, allow=(404,))
         if r.status_code == 404:
             raise ConfigError(
                 f"heroku: app {app} has no add-on or attachment named {ref!r} ({heroku_error(r)}); "
                 f"`heroku addons -a {app}` lists them")
-        attachment = _json(r, path)
-        addon_id = (attachment.get("addon") or {}).get("id")
+        return _json(r, path), True
+
+    def resolve_addon(self, app: str, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The add-on named `ref` on `app`, by add-on name/id, else by attachment name.
+
+        Returns (add-on, attachment): the attachment only when `ref` named one."""
+        found, is_attachment = self._named(app, ref)
+        if not is_attachment:
+            return found, None
+        addon_id = (found.get("addon") or {}).get("id")
         if not addon_id:
             raise ProviderError(f"heroku: attachment {ref} on {app} names no add-on")
         path = f"/addons/{_q(addon_id)}"
-        return _json(self.platform.request("GET", path), path), attachment
+        return _json(self.platform.request("GET", path), path), found
 
     def addon_id(self, app: str, ref: str) -> str:
         """Only the id of the add-on `ref` names: an attachment already carries it, so the add-on
         itself (plan, state) is not read again."""
-        path = f"/apps/{_q(app)}/addons/{_q(ref)}"
-        r = self.platform.request("GET", path, allow=(404,))
-        if r.status_code == 404:
-            path = f"/apps/{_q(app)}/addon-attachments/{_q(ref)}"
-            r = self.platform.request("GET", path, allow=(404,))
-            if r.status_code == 404:
-                raise ConfigError(
-                    f"heroku: app {app} has no add-on or attachment named {ref!r} ({heroku_error(r)}); "
-                    f"`heroku addons -a {app}` lists them")
-            found = (_json(r, path).get("addon") or {}).get("id")
-        else:
-            found = _json(r, path).get("id")
-        if not found:
+        found, is_attachment = self._named(app, ref)
+        addon_id = (found.get("addon") or {}).get("id") if is_attachment else found.get("id")
+        if not addon_id:
             raise ProviderError(f"heroku: {ref} on {app} names no add-on")
-        return str(found)
+        return str(addon_id)
 
 
 class _Reads:
