@@ -326,14 +326,23 @@ def _rollback_to_store(ctx: Context, state: str | None, records: list[dict[str, 
         why = exc.message if isinstance(exc, RunbookError) else type(exc).__name__
         result.say(f"state store unreachable ({redact(why)}); journalled locally at {local.path}")
         return f"local:{local.path}"
+    drained = False
     try:
         run_id = store.begin(ctx.env.name, "rollback", ctx.digest)
         local.drain_into(store, ctx.env.name, run_id)
+        drained = True
         store.finish(run_id, "ok" if result.status in ("ok", "unchanged") else "failed", {"result": result.status})
         if store.end_soak(ctx.env.name, "rolled-back", "flag turned off by rollback", time.time(), include_passed=True):
             result.say("the soak ended (rolled back); a rolled-back soak does not allow promotion")
         return store.location
     except Exception as exc:
+        if drained:
+            # the records are in the store and gone from the file: saying "journalled locally"
+            # would send the operator to an empty file
+            result.say(f"state store failed mid-write ({type(exc).__name__}) after the rollback's records reached "
+                       f"{store.location}; its soak may still show as running there: `runbook rollback --env "
+                       f"{ctx.env.name} --yes` again ends it")
+            return store.location
         result.say(f"state store failed mid-write ({type(exc).__name__}); journalled locally at {local.path}")
         return f"local:{local.path}"
     finally:

@@ -457,7 +457,10 @@ def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(he
     assert [o.status for o in res.outcomes] == ["ok"] * len(envs), [(o.env, o.message) for o in res.outcomes]
     assert all(fake.config_vars(f"fleet-app-{i:02d}")[FLAG] == "0" for i in range(len(envs)))
     by_env = {o.env: o for o in res.outcomes}
-    assert any("state store failed mid-write" in m for m in by_env["hk-03"].result.messages)
+    # its records reached the store before the connection dropped: it says so, not "journalled locally"
+    said = [m for m in by_env["hk-03"].result.messages if "state store failed mid-write" in m]
+    assert said and "after the rollback's records reached" in said[0] and "journalled locally" not in said[0], said
+    assert by_env["hk-03"].result.data["journal"] != f"local:{project.base_dir / '.runbook' / 'journal.jsonl'}"
     # at most a first wave's worth opened by the prewarm, and as many by environments it did not reach
     # in time, plus the one replacing the dropped connection; every other store reused one
     assert pool.opened <= 2 * 4 + 1 < len(envs) and pool.discarded == 1
