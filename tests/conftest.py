@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -157,6 +159,22 @@ def pg(cluster: RunningCluster) -> Iterator[PgTarget]:
         for (role,) in rows:
             # anything the role still owns elsewhere went with the database; shared objects first
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="module")
+def prod_cluster() -> Iterator[Cluster]:
+    """A second cluster for promotion tests, prod beside the test cluster's staging (roles are
+    cluster-wide, as they are across real environments); one per module and worker. Not under
+    pytest's basetemp (see cluster_base), and reachable by the server's own user, which the
+    CLI's `pg_ctl status` runs as."""
+    base = Path(tempfile.mkdtemp(prefix="rb-prod-"))
+    base.chmod(0o755)
+    cluster = Cluster(embedded_bin_dir(), base / "pg")
+    cluster.start(settings={"log_statement": "all"})
+    cluster.wait_ready()
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

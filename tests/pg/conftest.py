@@ -4,6 +4,9 @@ CREATEROLE user that is a member of the owner (what managed platforms give you).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +78,25 @@ def env(request, pg, tmp_path) -> Env:
 @pytest.fixture
 def su_env(pg, tmp_path) -> Env:
     return make_env(pg, tmp_path, admin="superuser")
+
+
+@contextmanager
+def prod_database(cluster, env: Env, *tables: str) -> Iterator[str]:
+    """A fresh database on `cluster` (see prod_cluster) whose `tables` belong to env's owner, as
+    staging's do; dropped afterwards with the owner and app roles the test created there."""
+    dbname = f"prod_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(env.owner)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    with psycopg.connect(cluster.admin_conninfo(dbname), autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(env.owner)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(env.owner)))
+        for table in tables:
+            conn.execute(table)
+    try:
+        yield dbname
+    finally:
+        with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            for role in (env.role, env.owner):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

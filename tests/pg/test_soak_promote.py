@@ -5,20 +5,15 @@ sleeping; one waits for real checkpoints."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from providers.embedded import Cluster, embedded_bin_dir
 from runbook import commands
 from runbook.errors import ConfigError, GateClosed
-from tests.projects import dotenv, spec_dict, write_project
+from tests.pg.conftest import prod_database
+from tests.projects import dotenv
 
 SHORT = {"duration": "3s", "checkpoints": ["1s", "2s", "3s"], "valid_for": "1h", "checks": ["diagnose", "drift"]}
 
@@ -133,40 +128,15 @@ def test_rollback_voids_the_soak_and_reprovision_starts_a_new_one(su_env):
 
 # --- promotion -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def prod_cluster():
-    """prod on its own cluster (roles are cluster-wide, as they are across real environments); one
-    per module and worker, outside pytest's basetemp (see cluster_base in tests/conftest.py)."""
-    base = Path(tempfile.mkdtemp(prefix="rb-prod-"))
-    base.chmod(0o755)
-    cluster = Cluster(embedded_bin_dir(), base / "pg")
-    cluster.start()
-    cluster.wait_ready()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
 def with_prod(su_env, prod_cluster):
-    """A fresh prod database per test; the owner role is unique to the test (pg.role)."""
-    dbname = f"prod_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(su_env.owner)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    with psycopg.connect(prod_cluster.admin_conninfo(dbname), autocommit=True) as conn:
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(su_env.owner)))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(su_env.owner)))
-        conn.execute("CREATE TABLE orders (id serial PRIMARY KEY)")
-    su_env.prod = {"prod": {"provider": "local",
-                            "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
-                            "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
-    su_env.rewrite(soak=SHORT, extra_envs=su_env.prod)
-    yield su_env
-    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
-        for role in (su_env.role, su_env.owner):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    """prod: a fresh database on its own cluster (prod_cluster in tests/conftest.py)."""
+    with prod_database(prod_cluster, su_env, "CREATE TABLE orders (id serial PRIMARY KEY)") as dbname:
+        su_env.prod = {"prod": {"provider": "local",
+                                "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
+                                "app": {"dotenv": ".runbook/prod.env"}, "promote_from": "staging"}}
+        su_env.rewrite(soak=SHORT, extra_envs=su_env.prod)
+        yield su_env
 
 
 def promote(env, **kw):

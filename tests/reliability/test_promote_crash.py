@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from providers.embedded import Cluster, embedded_bin_dir
 from runbook import commands
-from tests.pg.conftest import make_env
+from tests.pg.conftest import make_env, prod_database
 from tests.projects import dotenv
 
 PROMOTE_STEPS = ["role", "grants", "url", "flag on", "restart"]
@@ -39,44 +33,22 @@ SIGN_OFF = "Ada Lovelace"
 pytestmark = pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 
 
-@pytest.fixture(scope="module")
-def prod_cluster() -> Iterator[Cluster]:
-    # not under pytest's basetemp (see cluster_base in tests/conftest.py), and reachable by the
-    # server's own user, which the CLI's `pg_ctl status` runs as
-    base = Path(tempfile.mkdtemp(prefix="rb-prod-"))
-    base.chmod(0o755)
-    cluster = Cluster(embedded_bin_dir(), base / "pg")
-    cluster.start(settings={"log_statement": "all"})
-    cluster.wait_ready()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
 def promotable(pg, tmp_path, prod_cluster):
-    """Staging provisioned with a passed soak; prod an empty database owned like staging's."""
-    dbname = f"prod_{uuid.uuid4().hex[:8]}"
-    prod = {"prod": {"provider": "local", "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
-                     "app": {"dotenv": ".runbook/prod.env", "restart": f"echo restarted >> {RESTARTS}"},
-                     "promote_from": "staging"}}
-    env = make_env(pg, tmp_path, admin="superuser", soak=SHORT_SOAK, extra_envs=prod)
-    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(env.owner)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    with psycopg.connect(prod_cluster.admin_conninfo(dbname), autocommit=True) as conn:
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(env.owner)))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(env.owner)))
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, total int)")
-        conn.execute("CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
-    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
-    pg.execute("UPDATE runbook.soaks SET started_at = started_at - 60 WHERE status = 'running'")
-    assert commands.soak(env.project(), "staging", environ=env.environ).exit_code == 0
-    yield env, prod_cluster.admin_conninfo(dbname)
-    with psycopg.connect(prod_cluster.admin_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
-        for role in (env.role, env.owner):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    """Staging provisioned with a passed soak; prod an empty database owned like staging's, on its
+    own cluster (prod_cluster in tests/conftest.py)."""
+    env = make_env(pg, tmp_path, admin="superuser", soak=SHORT_SOAK)
+    with prod_database(prod_cluster, env, "CREATE TABLE orders (id bigserial PRIMARY KEY, total int)",
+                       "CREATE TABLE alembic_version (version_num text PRIMARY KEY)") as dbname:
+        prod = {"prod": {"provider": "local",
+                         "database": {"embedded": str(prod_cluster.data_dir), "database": dbname},
+                         "app": {"dotenv": ".runbook/prod.env", "restart": f"echo restarted >> {RESTARTS}"},
+                         "promote_from": "staging"}}
+        env.rewrite(soak=SHORT_SOAK, extra_envs=prod)
+        assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+        pg.execute("UPDATE runbook.soaks SET started_at = started_at - 60 WHERE status = 'running'")
+        assert commands.soak(env.project(), "staging", environ=env.environ).exit_code == 0
+        yield env, prod_cluster.admin_conninfo(dbname)
 
 
 def promote(env, *extra: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
