@@ -25,35 +25,11 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.projects import OTHER_PLATFORM_ENVS, spec_dict  # noqa: E402  (the repo root, as benchmarks/fleet.py)
+
 UNSET = "RUNBOOK_LATENCY_UNSET_DSN"
 TARGET_HELP = 0.3
-
-
-def _spec(extra_envs: dict | None = None) -> dict:
-    envs = {"staging": {"provider": "local", "database": {"dsn_env": UNSET},
-                        "app": {"dotenv": ".runbook/staging.env"}}}
-    envs.update(extra_envs or {})
-    return {
-        "version": 1, "app": "latency",
-        "role": {"name": "latency_app",
-                 "schemas": {"public": {"tables": ["SELECT", "INSERT", "UPDATE", "DELETE"],
-                                        "sequences": ["USAGE", "SELECT"]}}},
-        "config": {"url_var": "LATENCY_DATABASE_URL"},
-        "flag": {"name": "FLAG_LATENCY_ROLE", "on_value": "1", "off_value": "0"},
-        "environments": envs,
-    }
-
-
-MIXED = {
-    "prod-aws": {"provider": "rds", "database": {"instance": "latency-prod", "region": "eu-west-1"},
-                 "app": {"cluster": "latency", "service": "web", "url_name": "latency/db-url",
-                         "flag_parameter": "/latency/flag"}},
-    "prod-heroku": {"provider": "heroku", "database": {"addon": "DATABASE"}, "app": {"name": "latency-prod"}},
-    "prod-gcp": {"provider": "cloudsql",
-                 "database": {"project": "latency-prod-123", "instance": "main", "admin_password_env": "PGPW"},
-                 "app": {"project": "latency-prod-123", "region": "europe-west1", "service": "web",
-                         "url_secret": "latency-url"}},
-}
 
 
 def _runbook() -> list[str]:
@@ -116,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rb-latency-") as tmp:
         single, mixed = Path(tmp) / "single", Path(tmp) / "mixed"
-        for folder, spec in ((single, _spec()), (mixed, _spec(MIXED))):
+        for folder, spec in ((single, spec_dict("raptor_app", dsn_env=UNSET)),
+                             (mixed, spec_dict("raptor_app", dsn_env=UNSET, extra_envs=OTHER_PLATFORM_ENVS))):
             folder.mkdir()
             (folder / "runbook.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         runbook = _runbook()

@@ -39,6 +39,20 @@ def spec_dict(role: str, *, owner: str | None = None, env: str = "staging", dsn_
     return data
 
 
+# Environments on every other platform, declared beside a local one: what a rollback of the local
+# environment must not import the libraries of (tests/unit/test_imports.py, benchmarks/latency.py).
+OTHER_PLATFORM_ENVS: dict[str, Any] = {
+    "prod-aws": {"provider": "rds", "database": {"instance": "raptor-prod", "region": "eu-west-1"},
+                 "app": {"cluster": "raptor", "service": "web", "url_name": "raptor/db-url",
+                         "flag_parameter": "/raptor/flag"}},
+    "prod-heroku": {"provider": "heroku", "database": {"addon": "DATABASE"}, "app": {"name": "raptor-prod"}},
+    "prod-gcp": {"provider": "cloudsql",
+                 "database": {"project": "raptor-prod-123", "instance": "main", "admin_password_env": "PGPW"},
+                 "app": {"project": "raptor-prod-123", "region": "europe-west1", "service": "web",
+                         "url_secret": "raptor-url"}},
+}
+
+
 def write_project(directory: Path, data: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "runbook.yaml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import dotenv, spec_dict
+from tests.projects import OTHER_PLATFORM_ENVS, dotenv, spec_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SDKS = ("boto3", "botocore", "s3transfer", "google", "httpx")
@@ -62,18 +62,6 @@ def _project(directory: Path, extra_envs: dict | None = None) -> Path:
     return directory
 
 
-OTHER_PLATFORMS = {
-    "prod-aws": {"provider": "rds", "database": {"instance": "raptor-prod", "region": "eu-west-1"},
-                 "app": {"cluster": "raptor", "service": "web", "url_name": "raptor/db-url",
-                         "flag_parameter": "/raptor/flag"}},
-    "prod-heroku": {"provider": "heroku", "database": {"addon": "DATABASE"}, "app": {"name": "raptor-prod"}},
-    "prod-gcp": {"provider": "cloudsql",
-                 "database": {"project": "raptor-prod-123", "instance": "main", "admin_password_env": "PGPW"},
-                 "app": {"project": "raptor-prod-123", "region": "europe-west1", "service": "web",
-                         "url_secret": "raptor-url"}},
-}
-
-
 def test_help_imports_no_provider_at_all(tmp_path):
     code, modules, output = _run(tmp_path, tmp_path, "--help")
     assert code == 0 and "rollback" in output
@@ -93,7 +81,7 @@ def test_rollback_on_dotenv_imports_only_what_it_uses(tmp_path):
 
 def test_rollback_in_a_project_spanning_platforms_imports_no_sdk(tmp_path):
     # validating the whole file loads the other environments' config models, never their clients
-    project = _project(tmp_path / "app", OTHER_PLATFORMS)
+    project = _project(tmp_path / "app", OTHER_PLATFORM_ENVS)
     code, modules, output = _run(tmp_path, project, "rollback", "--env", "staging", "--yes")
     assert code == 0, output
     assert dotenv(project)["FLAG_RAPTOR_APP_ROLE_SEPARATION"] == "0"
