@@ -47,6 +47,8 @@ from runbook import project as projects
 from runbook.errors import RunbookError
 from tests.conftest import CANARY
 from tests.logins import create_login
+from tests.projects import write_project as write_yaml
+from tests.providers.conftest import ORDERS, as_login, write_project
 
 FAULTS = ("429", "500", "503", "connect_timeout", "read_timeout", "reset")
 ATTEMPTS = 3
@@ -275,7 +277,7 @@ class World:
         """Rewrite the project file's settings block."""
         data = yaml.safe_load(self.project.path.read_text())
         data["settings"] = {**data["settings"], **values}
-        self.project = _write(self.project.path.parent, data)
+        self.project = projects.load(write_yaml(self.project.path.parent, data))
 
     def normalize(self, path: str) -> str:
         return _UUID.sub("{id}", path).replace(self.role, "{role}")
@@ -288,22 +290,8 @@ class World:
             return [tuple(r) for r in conn.execute("SELECT command, status FROM runbook.runs ORDER BY id")]
 
 
-def _write(tmp_path, data: dict[str, Any]) -> projects.Project:
-    path = tmp_path / "runbook.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return projects.load(path)
-
-
-def _spec(role: str, url_var: str, flag: str, env: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "version": 1, "app": "raptor",
-        "role": {"name": role, "schemas": {"public": {"tables": ["SELECT", "INSERT", "UPDATE", "DELETE"],
-                                                      "sequences": ["USAGE", "SELECT"]}}},
-        "config": {"url_var": url_var},
-        "flag": {"name": flag, "on_value": "1", "off_value": "0"},
-        "settings": SETTINGS,
-        "environments": {"staging": env},
-    }
+def _project(directory, role: str, url_var: str, flag: str, env: dict[str, Any]) -> projects.Project:
+    return projects.load(write_project(directory, role, env, url_var=url_var, flag=flag, settings=SETTINGS))
 
 
 def _app_login(url: str | None) -> str | None:
@@ -322,11 +310,6 @@ def _roles(pg, role: str) -> int:
     return pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))[0][0]
 
 
-def _owned_table(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total numeric)")
-
-
 @contextlib.contextmanager
 def heroku_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     from tests.providers.heroku.conftest import ADDON, APP, FLAG, URL_VAR
@@ -335,11 +318,11 @@ def heroku_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     # credentials are usable at the first look after the POST: the poll's pause adds nothing here
     fake = start_fake(pg, app=APP, addon_name=ADDON, provision_polls=0)
     try:
-        _owned_table(fake.owner_url(ADDON))
+        as_login(fake.owner_url(ADDON), ORDERS)
         role = pg.role("raxx_app")
         fake.passwords.extend([CANARY + "-heroku-1", CANARY + "-heroku-2"])
-        project = _write(tmp_path, _spec(role, URL_VAR, FLAG, {
-            "provider": "heroku", "database": {"addon": "DATABASE", "sslmode": "disable"}, "app": {"name": APP}}))
+        project = _project(tmp_path, role, URL_VAR, FLAG, {
+            "provider": "heroku", "database": {"addon": "DATABASE", "sslmode": "disable"}, "app": {"name": APP}})
 
         def snapshot() -> dict[str, Any]:
             try:
@@ -374,16 +357,16 @@ def cloudsql_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(admin)) + with_admin)
     pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin)))
     pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(admin)))
-    _owned_table(pg.tcp_dsn(admin, CANARY))
+    as_login(pg.tcp_dsn(admin, CANARY), ORDERS)
     fake = FakeGoogle(admin_dsn=pg.admin_dsn).start()
     try:
         role = pg.role("raptor_app")
-        project = _write(tmp_path, _spec(role, URL_VAR, FLAG, {
+        project = _project(tmp_path, role, URL_VAR, FLAG, {
             "provider": "cloudsql",
             "database": {"project": PROJECT, "instance": INSTANCE, "admin_user": admin,
                          "admin_password_env": PASSWORD_ENV, "database": pg.dbname, "sslmode": "disable",
                          "connect": {"host": "127.0.0.1", "port": pg.port}, "poll_interval": "10ms"},
-            "app": {"region": REGION, "service": SERVICE, "url_secret": secret, "poll_interval": "10ms"}}))
+            "app": {"region": REGION, "service": SERVICE, "url_secret": secret, "poll_interval": "10ms"}})
 
         def snapshot() -> dict[str, Any]:
             env = fake.latest_env()        # what the newest ready revision runs with: the restart
@@ -409,15 +392,15 @@ def supabase_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     create_login(pg, admin, CANARY, "CREATEROLE CREATEDB")
     pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin)))
     pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(admin)))
-    _owned_table(pg.tcp_dsn(admin, CANARY))
+    as_login(pg.tcp_dsn(admin, CANARY), ORDERS)
     fake = FakeSupabase(admin_dsn=pg.admin_dsn).start()
     try:
         role = pg.role("raptor_app")
-        project = _write(tmp_path, _spec(role, URL_VAR, FLAG, {
+        project = _project(tmp_path, role, URL_VAR, FLAG, {
             "provider": "supabase",
             "database": {"project_ref": REF, "password_env": PASSWORD_ENV, "admin_user": admin,
                          "admin_form": "direct", "url_form": "direct", "database": pg.dbname, "sslmode": "disable",
-                         "connect": {"host": "127.0.0.1", "port": pg.port}}}))
+                         "connect": {"host": "127.0.0.1", "port": pg.port}}})
 
         def snapshot() -> dict[str, Any]:
             return {"roles": _roles(pg, role), "flag": fake.secrets.get((REF, FLAG)),
@@ -486,7 +469,7 @@ def rds_world(pg, tmp_path, monkeypatch, clients: dict[str, Any]) -> Iterator[Wo
     pg.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(master)))
     pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(master)))
     pg.execute(sql.SQL("GRANT rds_password TO {}").format(sql.Identifier(master)))
-    _owned_table(pg.tcp_dsn(master, CANARY))
+    as_login(pg.tcp_dsn(master, CANARY), ORDERS)
     _share_botocore_loader(monkeypatch)
     create_parameter_group(name, **{"rds.restrict_password_commands": "1"})
     create_instance(name, parameter_group=name, master=Master(master, CANARY))
@@ -507,12 +490,12 @@ def rds_world(pg, tmp_path, monkeypatch, clients: dict[str, Any]) -> Iterator[Wo
 
     monkeypatch.setattr(Aws, "client", faulty_client)
     role = pg.role("raptor_app")
-    project = _write(tmp_path, _spec(role, "RAPTOR_DATABASE_URL", "RAPTOR_NEW_ROLE", {
+    project = _project(tmp_path, role, "RAPTOR_DATABASE_URL", "RAPTOR_NEW_ROLE", {
         "provider": "rds",
         "database": {"instance": name, "region": REGION, "sslmode": "disable", "database": pg.dbname,
                      "connect": {"host": "127.0.0.1", "port": pg.port}},
         "app": {"cluster": name, "service": "web", "url_store": "secretsmanager", "url_name": secret,
-                "flag_parameter": parameter, "wait": {"timeout": "1m", "poll": "1s"}}}))
+                "flag_parameter": parameter, "wait": {"timeout": "1m", "poll": "1s"}}})
     deployment: dict[str, str] = {}
 
     def deployment_id() -> str:
