@@ -48,7 +48,7 @@ from runbook.errors import RunbookError
 from tests.conftest import CANARY
 from tests.logins import create_login
 from tests.projects import write_project as write_yaml
-from tests.providers.conftest import ORDERS, as_login, write_project
+from tests.providers.conftest import ORDERS, as_login, new_login, owned_database, write_project
 
 FAULTS = ("429", "500", "503", "connect_timeout", "read_timeout", "reset")
 ATTEMPTS = 3
@@ -310,6 +310,15 @@ def _roles(pg, role: str) -> int:
     return pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))[0][0]
 
 
+def _owning_admin(pg, base: str, attributes: str) -> str:
+    """A platform-admin-like login (password CANARY) that owns the test database and its orders
+    table, as on a fresh managed instance the app's migrations have run on."""
+    admin = new_login(pg, base, CANARY, attributes)
+    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(admin.name)))
+    owned_database(pg, admin)
+    return admin.name
+
+
 @contextlib.contextmanager
 def heroku_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     from tests.providers.heroku.conftest import ADDON, APP, FLAG, URL_VAR
@@ -351,13 +360,9 @@ def cloudsql_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     secret = "raptor-database-url"
     # a Cloud SQL-like admin: CREATEROLE, in cloudsqlsuperuser, owner of the database
     ensure_group(pg)
-    admin = pg.role("csadmin")
-    create_login(pg, admin, CANARY, "CREATEROLE CREATEDB")
+    admin = _owning_admin(pg, "csadmin", "CREATEROLE CREATEDB")
     with_admin = sql.SQL(" WITH ADMIN OPTION") if pg.major >= 16 else sql.SQL("")
     pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(admin)) + with_admin)
-    pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin)))
-    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(admin)))
-    as_login(pg.tcp_dsn(admin, CANARY), ORDERS)
     fake = FakeGoogle(admin_dsn=pg.admin_dsn).start()
     try:
         role = pg.role("raptor_app")
@@ -388,11 +393,7 @@ def supabase_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
     from tests.providers.supabase.conftest import FLAG, PASSWORD_ENV, URL_VAR
     from tests.providers.supabase.fake_supabase import REF, FakeSupabase
 
-    admin = pg.role("sbpostgres")
-    create_login(pg, admin, CANARY, "CREATEROLE CREATEDB")
-    pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin)))
-    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(admin)))
-    as_login(pg.tcp_dsn(admin, CANARY), ORDERS)
+    admin = _owning_admin(pg, "sbpostgres", "CREATEROLE CREATEDB")
     fake = FakeSupabase(admin_dsn=pg.admin_dsn).start()
     try:
         role = pg.role("raptor_app")
