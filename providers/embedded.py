@@ -54,9 +54,19 @@ def _ensure_service_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SERVICE_USER],
-                       check=True, capture_output=True)
-        entry = pwd.getpwnam(SERVICE_USER)
+        # several processes (xdist workers) may get here at once on a fresh machine; two
+        # concurrent useradd runs can lose one's /etc/passwd line, so create it under a lock
+        import fcntl
+
+        with open("/run/lock/pg-runbook-useradd.lock" if os.path.isdir("/run/lock") else "/tmp/pg-runbook-useradd.lock",
+                  "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                entry = pwd.getpwnam(SERVICE_USER)
+            except KeyError:
+                subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SERVICE_USER],
+                               check=True, capture_output=True)
+                entry = pwd.getpwnam(SERVICE_USER)
     return entry.pw_uid, entry.pw_gid
 
 
