@@ -7,7 +7,7 @@ engine talks to providers only through these protocols.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Mapping, Protocol, runtime_checkable
+from typing import Annotated, Callable, Literal, Mapping, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from runbook.secret import Secret, mask_url
@@ -152,6 +152,29 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """One state change of a long platform wait (an ECS deployment, a Cloud Run rollout, a
+    Heroku credential being provisioned, sessions draining), for the operator to watch.
+
+    `what` names the wait ("ecs deployment"), `state` is the platform's own word for where it
+    is ("IN_PROGRESS 1/2 tasks"), `remaining` the seconds left of the tool's wait (None:
+    unbounded or unknown), `done` True on the last event of that wait."""
+
+    what: str
+    state: str
+    remaining: float | None = None
+    done: bool = False
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+def _no_progress(_event: Progress) -> None:
+    return None
+
+
+@dataclass(frozen=True)
 class OpenContext:
     """What a provider may know about where it runs: never the engine, only these facts."""
 
@@ -165,3 +188,4 @@ class OpenContext:
     url_var: str = ""                  # the app config variable that holds the role's URL
     flag_name: str = ""                # the app config variable that holds the feature flag
     budget_key: str | None = None      # fleet runs share one rate budget per account
+    progress: ProgressSink = _no_progress  # long waits report each state change here (the CLI renders them)
