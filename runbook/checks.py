@@ -55,6 +55,9 @@ def check_role(ctx) -> CheckResult:
         return CheckResult("role", "fail", f"role {name}'s password has expired (VALID UNTIL)", f"runbook rotate --env {ctx.env.name}")
     if facts.unsafe_attributes():
         return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes())}", fix)
+    extra = roles.drift_findings(ctx.role, facts, ctx.info.role_grants)
+    if extra:
+        return CheckResult("role", "fail", "; ".join(f.detail for f in extra), f"runbook drift --env {ctx.env.name} --fix")
     from runbook.steps.app_config import url_state
 
     state = url_state(ctx)
@@ -72,6 +75,10 @@ def check_grants(ctx) -> CheckResult:
     if not snap.role_exists:
         return CheckResult("grants", "fail", f"role {ctx.role.name} does not exist", f"runbook provision --env {ctx.env.name}")
     found = grants.findings(ctx.role, snap)
+    if not ctx.api_credentials:
+        from runbook import roles
+
+        found = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants) + found
     if found:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),

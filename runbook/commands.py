@@ -17,6 +17,7 @@ from runbook.context import Context, connect, project_dir
 from runbook.errors import CheckFailed, ConfigError, GateClosed, RunbookError
 from runbook.project import Project
 from runbook.secret import redact
+from runbook.steps.app_config import ROLLBACK_MARK
 
 Confirm = Callable[[str, list[engine.StepReport]], bool]
 
@@ -60,7 +61,8 @@ def _open_store(ctx: Context, state: str | None, *, timeout: int = 10):
 
     url = _state_url(ctx, state)
     dsn = ctx.db.admin_dsn() if url in (None, "", "database") else None
-    return open_store(url, admin_dsn=dsn, base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=timeout)
+    return open_store(url, admin_dsn=dsn, base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=timeout,
+                      app=ctx.project.spec.app)
 
 
 def _journal(ctx: Context) -> engine.Journal:
@@ -81,6 +83,7 @@ def _mutating_run(ctx: Context, command: str, state: str | None, result: Result)
                    label=label(ctx.project.spec.app, command),
                    connect=lambda dsn, name: connect(dsn, ctx, purpose=name))
     lock.acquire()
+    ctx.run_started_at = time.time()
     try:
         ctx.store = _open_store(ctx, state)
         try:
@@ -229,8 +232,14 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
 def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, confirm: Confirm | None = None,
           environ=None, state: str | None = None, transport=None, **_: Any) -> Result:
     """Tables, sequences and functions the role should reach but cannot, and denied ones it can."""
-    from runbook import catalog, grants
+    from runbook import catalog, grants, roles
     from runbook.steps.privileges import Grants
+    from runbook.steps.role import RoleDrift
+
+    def role_drift() -> list:
+        if ctx.api_credentials:
+            return []
+        return roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants)
 
     if fix:
         _need_yes(yes, confirm, "drift --fix")
@@ -240,6 +249,8 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         started = time.perf_counter()
         snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
         found = grants.findings(ctx.role, snap)
+        if snap.role_exists:
+            found = role_drift() + found
         result.data["catalog_seconds"] = round(time.perf_counter() - started, 4)
         result.data["relations"] = len(snap.relations)
         result.data["routines"] = len(snap.routines)
@@ -258,13 +269,13 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         ctx.plan_only = False
         with _mutating_run(ctx, "drift --fix", state, result):
             if not yes:
-                preview = engine.run([Grants()], ctx, plan_only=True, journal=lambda *a: None)
+                preview = engine.run([RoleDrift(), Grants()], ctx, plan_only=True, journal=lambda *a: None)
                 if not confirm(f"drift --fix {env}", preview):
                     result.status = "cancelled"
                     return result
-            result.steps = engine.run([Grants()], ctx, plan_only=False, journal=_journal(ctx))
+            result.steps = engine.run([RoleDrift(), Grants()], ctx, plan_only=False, journal=_journal(ctx))
         # the grants step's verify just read the catalog after the fix; no second read
-        left = grants.findings(ctx.role, ctx.last_snapshot or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
+        left = role_drift() + grants.findings(ctx.role, ctx.last_snapshot or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
         result.checks = [CheckResult("drift", "fail", f.summary()) for f in left]
         result.status = "ok" if not left else "check-failed"
         result.exit_code = 0 if not left else CheckFailed.exit_code
@@ -298,6 +309,10 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
             if not confirm(f"rollback {env}", preview):
                 result.status = "cancelled"
                 return result
+        # before the flag goes off: a provision that started earlier and reaches its flag-on step
+        # later (rollback takes no lock) finds this and leaves the flag off (steps/app_config.py)
+        journal("rollback", "marker", "rolled back: runs started before now must not turn the flag on again",
+                {ROLLBACK_MARK: time.time()})
         result.steps = engine.run(book.steps, ctx, plan_only=False, journal=journal)
         changed = any(s.status == "applied" for s in result.steps)
         result.status = "ok" if changed else "unchanged"
@@ -321,7 +336,7 @@ def _rollback_to_store(ctx: Context, state: str | None, records: list[dict[str, 
         from runbook.state import open_store
 
         store = open_store(url, admin_dsn=dsn if url in (None, "", "database") else None,
-                           base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=3)
+                           base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=3, app=ctx.project.spec.app)
     except Exception as exc:
         why = exc.message if isinstance(exc, RunbookError) else type(exc).__name__
         result.say(f"state store unreachable ({redact(why)}); journalled locally at {local.path}")

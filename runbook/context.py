@@ -41,6 +41,7 @@ class Context:
     http_transport: Any = None
     store: Any = None                     # StateStore | None
     run_id: int | None = None
+    run_started_at: float | None = None   # wall clock when this mutating run took its lock
 
     # produced during the run
     new_password: Secret | None = None
@@ -174,11 +175,17 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
     if settings:
         options["options"] = f"-c statement_timeout={int(settings.statement_timeout.total_seconds() * 1000)}"
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             dsn.reveal(), autocommit=autocommit, connect_timeout=max(1, connect_timeout),
             application_name=application_name(ctx.project, purpose) if ctx else f"runbook:{purpose}"[:63],
             **options,
         )
+        try:
+            pin_session(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
     except psycopg.OperationalError as exc:
         first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # a wrong host name, database, user or password is bad configuration (exit 2); a server
@@ -188,6 +195,24 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
         raise RunbookError(f"cannot connect to the database: {first}") from None
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"bad database DSN: {redact(str(exc)).strip().splitlines()[0]}") from None
+
+
+# The owner may own the database and so `ALTER DATABASE … SET search_path = evil, pg_catalog`
+# (or `SET role`): every session the tool opens would then resolve unqualified names through the
+# owner's schema first and run the owner's look-alike functions with the admin's powers.
+PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+
+
+def pin_session(conn) -> None:
+    """Right after connecting, before any other statement: search_path to pg_catalog then pg_temp
+    (pg_temp last, so a temporary object cannot shadow a catalog one either) and no SET ROLE a
+    database or role default slipped in. The statement itself calls only qualified names."""
+    from psycopg.pq import TransactionStatus
+
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, false), "
+                 "pg_catalog.set_config('role', 'none', false)", (PINNED_SEARCH_PATH,))
+    if not conn.autocommit and conn.info.transaction_status == TransactionStatus.INTRANS:
+        conn.commit()      # a session setting, kept: not rolled back with the first transaction
 
 
 def project_dir(project: Project) -> Path:

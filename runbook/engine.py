@@ -85,10 +85,31 @@ class Step:
 Journal = Callable[[str, str, str, Any], None]
 
 
+# Test-only fault injection for the crash matrix: die by SIGKILL after a side effect, before its
+# result is journalled. Not a feature: RUNBOOK_FAULT_KILL_AFTER alone does nothing (a stray export
+# must never kill a production run halfway); it needs RUNBOOK_FAULT_TOKEN set to a digest of the
+# step name that only a test computes on purpose, through fault_environ().
+_FAULT_SALT = b"pg-runbook test-only fault injection; never set this in production: "
+
+
+def _fault_token(step: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(_FAULT_SALT + step.encode()).hexdigest()
+
+
+def fault_environ(step: str) -> dict[str, str]:
+    """The environment that arms the kill after `step` (tests only)."""
+    return {"RUNBOOK_FAULT_KILL_AFTER": step, "RUNBOOK_FAULT_TOKEN": _fault_token(step)}
+
+
 def _fault_kill(step: str) -> None:
-    """Fault injection for the crash matrix: die by SIGKILL after a side effect, before its result."""
     target = os.environ.get("RUNBOOK_FAULT_KILL_AFTER")
-    if target and target == step:
+    if not target or target != step:
+        return
+    import hmac
+
+    if hmac.compare_digest(os.environ.get("RUNBOOK_FAULT_TOKEN", ""), _fault_token(step)):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

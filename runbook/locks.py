@@ -25,7 +25,7 @@ class EnvLock:
         self.conn = connect(dsn, label)
 
     def acquire(self) -> None:
-        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        got = self.conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
         if not got:
             holder = self.holder()
             self.release()
@@ -36,9 +36,10 @@ class EnvLock:
         row = self.conn.execute(
             """
             SELECT a.pid, a.application_name, a.usename, a.backend_start
-            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid AND l.objid = %s::oid
-              AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.objsubid = 1
+              AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
             """,
             (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF)),
         ).fetchone()

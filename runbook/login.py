@@ -1,23 +1,91 @@
-"""Logging in as the application role, the way the app will: with the URL from its config."""
+"""Logging in as the application role, the way the app will: with the URL from its config.
+
+That URL is not the tool's to trust: the app (the owner, in the threat model) can plant one. So
+a login with it uses only the URL's own password, only to the host, port, database and user the
+tool itself would write, and nothing else libpq could add on the operator's behalf: no password
+file, no PGPASSWORD, no PGHOSTADDR diversion, no Kerberos ticket, and `require_auth=scram-sha-256`
+so that a server asking for a cleartext (or MD5) password gets nothing.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from runbook.secret import Secret, redact
 
+# URL parameters that change only how the session behaves, never where it goes or what it sends
+_HARMLESS = frozenset({"host", "port", "dbname", "user", "password", "sslmode", "application_name",
+                       "connect_timeout", "options", "channel_binding", "target_session_attrs",
+                       "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"})
+_WHERE = ("host", "port", "dbname", "user")
 
-def try_login(url: str | Secret, role: str, *, timeout: int = 5) -> tuple[bool, str]:
-    """(True, "") when the URL logs in as `role`; (False, why) otherwise. Never raises."""
-    import psycopg
+
+def _endpoint(parts: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (str(parts.get("host") or ""), str(parts.get("port") or "5432"), str(parts.get("dbname") or ""),
+            str(parts.get("user") or ""))
+
+
+def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | None, str]:
+    """The keyword parameters to log in with `url` (None and why not when it must not be tried).
+    `expected`: the Credential the tool would write for the role (its endpoint; no password needed),
+    or None where the platform alone writes the URL."""
+    from psycopg.conninfo import conninfo_to_dict
 
     raw = url.reveal() if isinstance(url, Secret) else url
     try:
-        with psycopg.connect(raw, connect_timeout=max(1, timeout), autocommit=True,
-                             application_name="runbook:login-check") as conn:
-            who = conn.execute("SELECT current_user").fetchone()[0]
+        parts = conninfo_to_dict(raw)
+    except Exception as exc:           # a malformed URL in someone's config is data, not a crash
+        return None, f"the URL does not parse ({type(exc).__name__})"
+    want = conninfo_to_dict(expected.url().reveal()) if expected is not None else dict(parts)
+    foreign = sorted(k for k in parts if k not in _HARMLESS)
+    if foreign:
+        return None, f"the URL sets {', '.join(foreign)}, which pg-runbook will not follow"
+    if not parts.get("password"):
+        return None, "the URL carries no password (pg-runbook logs in only with the URL's own)"
+    got, wanted = _endpoint(parts), _endpoint(want)
+    if got != wanted:
+        diff = [f"{k} {g!r} (expected {w!r})" for k, g, w in zip(_WHERE, got, wanted) if g != w]
+        return None, "the URL points elsewhere: " + ", ".join(diff)
+    params: dict[str, Any] = {k: v for k, v in parts.items()}
+    params.update(hostaddr="", passfile=os.devnull, require_auth="scram-sha-256", gssencmode="disable",
+                  sslmode=parts.get("sslmode") or want.get("sslmode") or "prefer")
+    return params, ""
+
+
+def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, application_name: str = "runbook:login-check"):
+    """A session opened with the app's URL under the rules above; raises ValueError(why) when the
+    URL must not be tried, psycopg.Error when the server refuses it. search_path pinned."""
+    import psycopg
+
+    from runbook.context import pin_session
+
+    params, why = app_conninfo(url, expected)
+    if params is None:
+        raise ValueError(why)
+    params.update(connect_timeout=max(1, timeout), application_name=application_name)
+    conn = psycopg.connect(autocommit=True, **params)
+    try:
+        pin_session(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5) -> tuple[bool, str]:
+    """(True, "") when the URL logs in as `role`; (False, why) otherwise. Never raises."""
+    import psycopg
+
+    try:
+        with connect_as_app(url, expected, timeout=timeout) as conn:
+            who = conn.execute("SELECT CURRENT_USER::text").fetchone()[0]
+    except ValueError as exc:
+        return False, str(exc)
     except psycopg.Error as exc:
         text = redact(str(exc)).strip().splitlines()
         return False, text[0] if text else type(exc).__name__
-    except Exception as exc:   # a malformed URL in someone's config is data, not a crash
+    except Exception as exc:
         return False, f"{type(exc).__name__}: {redact(str(exc))[:200]}"
     if who != role:
         return False, f"the URL logs in as {who}, not {role}"

@@ -137,6 +137,11 @@ class RoleSpec(Strict):
         description="Tables the role must never reach (migration bookkeeping); `table` or `schema.table`",
     )
     connection_limit: int | None = Field(default=None, ge=-1, description="CONNECTION LIMIT; default none")
+    adopt: bool = Field(
+        default=False,
+        description="Take over a role of this name that exists but pg-runbook did not create (its password and "
+        "privileges are reset to the spec); never the owner, the admin, a superuser or a role with members",
+    )
 
     @field_validator("name")
     @classmethod
@@ -173,9 +178,16 @@ class RoleSpec(Strict):
                 check_identifier(part, "deny entry", pattern=_SCHEMA_IDENT)
         return v
 
+    @model_validator(mode="after")
+    def _not_owner(self) -> "RoleSpec":
+        if self.owner is not None and self.owner == self.name:
+            raise ValueError(f"role.name {self.name!r} is the owner; the app needs a role of its own")
+        return self
+
     def digest(self) -> str:
-        """A stable digest of the role section: a soak is valid only for the spec it soaked."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable digest of the role section: a soak is valid only for the spec it soaked.
+        `adopt` says how the role came under management, not what it may do: left out."""
+        body = json.dumps(self.model_dump(mode="json", exclude={"adopt"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ Passwords never travel as plaintext SQL: we send a SCRAM-SHA-256 verifier comput
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from psycopg import Connection, sql
 
 from runbook.changes import Change
+from runbook.errors import Refused
 from runbook.project import RoleSpec
 from runbook.secret import Secret
 
@@ -22,6 +24,39 @@ _ALPHABET = string.ascii_letters + string.digits
 def generate_password(length: int = 40) -> Secret:
     # letters and digits only: survives URLs, dotenv files and shells without quoting surprises
     return Secret("".join(secrets.choice(_ALPHABET) for _ in range(length)))
+
+
+# The mark of a role pg-runbook made (or was told to adopt): a comment on the role, naming the
+# project identity it serves. Roles are shared catalog objects and commenting on one needs
+# CREATEROLE (PG16+: and ADMIN OPTION on it) or superuser, so the owner, the threat, cannot forge
+# or move it, whereas it can write anything into a journal it can reach.
+MARKER_PREFIX = "pg-runbook managed role "
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whose role this is: one app's one environment, in one database."""
+
+    app: str
+    env: str
+    database: str
+
+    def marker(self) -> str:
+        return MARKER_PREFIX + json.dumps({"app": self.app, "env": self.env, "database": self.database},
+                                          sort_keys=True, separators=(",", ":"))
+
+    def __str__(self) -> str:
+        return f"app {self.app}, environment {self.env}, database {self.database}"
+
+
+def parse_marker(comment: str | None) -> Identity | None:
+    if not comment or not comment.startswith(MARKER_PREFIX):
+        return None
+    try:
+        body = json.loads(comment[len(MARKER_PREFIX):])
+        return Identity(str(body["app"]), str(body["env"]), str(body["database"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -37,27 +72,115 @@ class RoleFacts:
     valid_until_past: bool = False
     connection_limit: int = -1
     member_of: tuple[str, ...] = ()
+    # roles that can use this role's privileges (SET ROLE or inherit), the admin itself left out:
+    # on PG16+ the CREATEROLE admin that made the role holds an ADMIN-only membership in it
+    members: tuple[str, ...] = ()
+    comment: str | None = None
+    admin_user: str = ""
+    admin_option: bool = True            # the admin may ALTER/COMMENT it (PG16+: needs ADMIN OPTION)
+    owns: int = 0                        # objects it owns in this database (an app role owns none)
 
     def unsafe_attributes(self) -> list[str]:
         names = [("SUPERUSER", self.superuser), ("CREATEROLE", self.createrole), ("CREATEDB", self.createdb),
                  ("REPLICATION", self.replication), ("BYPASSRLS", self.bypassrls)]
         return [n for n, on in names if on]
 
+    @property
+    def marked_for(self) -> Identity | None:
+        return parse_marker(self.comment)
+
+
+_FACTS = sql.SQL("""
+    SELECT r.rolcanlogin, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
+           COALESCE(r.rolvaliduntil < pg_catalog.now(), false), r.rolconnlimit,
+           ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                 WHERE m.member = r.oid ORDER BY 1),
+           ARRAY(SELECT u.rolname::text FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles u ON u.oid = m.member
+                 WHERE m.roleid = r.oid AND u.rolname <> CURRENT_USER {usable} ORDER BY 1),
+           pg_catalog.shobj_description(r.oid, 'pg_authid'), CURRENT_USER::text,
+           {admin_option},
+           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d
+             WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = r.oid AND d.deptype = 'o'
+               AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))
+    FROM pg_catalog.pg_roles r WHERE r.rolname = %s
+""")
+
 
 def facts(conn: Connection, name: str) -> RoleFacts:
-    row = conn.execute(
-        """
-        SELECT r.rolcanlogin, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
-               coalesce(r.rolvaliduntil < now(), false), r.rolconnlimit,
-               ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-                     WHERE m.member = r.oid ORDER BY 1)
-        FROM pg_roles r WHERE r.rolname = %s
-        """,
-        (name,),
-    ).fetchone()
+    # PG16+ splits membership into ADMIN / INHERIT / SET options: one with neither INHERIT nor SET
+    # hands the member none of the role's privileges
+    usable = sql.SQL("AND (m.inherit_option OR m.set_option)" if conn.info.server_version >= 160000 else "")
+    admin_option = sql.SQL("pg_catalog.pg_has_role(CURRENT_USER, r.oid, 'MEMBER WITH ADMIN OPTION')"
+                           if conn.info.server_version >= 160000 else "true")
+    row = conn.execute(_FACTS.format(usable=usable, admin_option=admin_option), (name,)).fetchone()
     if row is None:
-        return RoleFacts(name, exists=False)
-    return RoleFacts(name, True, *[bool(x) for x in row[:7]], int(row[7]), tuple(row[8]))
+        admin = conn.execute("SELECT CURRENT_USER::text").fetchone()[0]
+        return RoleFacts(name, exists=False, admin_user=admin)
+    return RoleFacts(name, True, *[bool(x) for x in row[:7]], int(row[7]), tuple(row[8]), tuple(row[9]),
+                     row[10], row[11], bool(row[12]), int(row[13]))
+
+
+def identity(ctx) -> Identity:
+    """The project identity a role of this run belongs to (the database as the admin session sees it)."""
+    return Identity(ctx.project.spec.app, ctx.env.name, ctx.admin().info.dbname)
+
+
+def refuse_unmanageable(current: RoleFacts, ident: Identity, *, owner: str, adopt: bool) -> bool:
+    """Raise Refused unless pg-runbook may manage this existing role for `ident`; True when it is
+    to be adopted now (no marker yet, `role.adopt: true`). Never the owner, the admin, a superuser
+    or a role others draw privileges from, marked or not."""
+    name = current.name
+    if name == owner:
+        raise Refused(f"role {name} is the owner of the app's objects (role.owner); pg-runbook never manages "
+                      "the owner: give the app its own role.name")
+    if name == current.admin_user:
+        raise Refused(f"role {name} is the admin user pg-runbook connects as; give the app its own role.name")
+    if current.superuser:
+        raise Refused(f"role {name} is a superuser; pg-runbook will not manage it (nor strip its SUPERUSER): "
+                      "give the app its own role.name")
+    marked = current.marked_for
+    if marked is not None:
+        if marked != ident:
+            raise Refused(f"role {name} belongs to {marked}; refusing to manage it for {ident} "
+                          "(roles are cluster-wide: give this environment its own role.name)")
+        return False        # ours; members granted behind our back are drift, revoked by the role step
+    if current.members:
+        raise Refused(f"role {name} is granted to {', '.join(current.members)}, who would get every privilege "
+                      f"pg-runbook gives it; pg-runbook adopts only a role nobody else draws on "
+                      f"(REVOKE {name} FROM {current.members[0]}, or pick another role.name)")
+    if current.owns:
+        # role.owner may be left to default, so the owner is known by what it owns, not by its name
+        raise Refused(f"role {name} owns {current.owns} object(s) in this database: it is an owner, not an app "
+                      "role; pg-runbook will not manage it (give the app its own role.name)")
+    if not adopt:
+        raise Refused(f"role {name} already exists and pg-runbook did not create it (no pg-runbook mark on it); "
+                      "to let pg-runbook take it over, set role.adopt: true (its password and privileges "
+                      "will be reset to the spec)")
+    if not current.admin_option:
+        raise Refused(f"admin user {current.admin_user} has no ADMIN OPTION on {name} (PostgreSQL 16+ needs it to "
+                      f"alter a role it did not create); as a superuser: GRANT {name} TO {current.admin_user} "
+                      "WITH ADMIN OPTION, INHERIT FALSE, SET FALSE")
+    return True
+
+
+def refuse_unless_managed(current: RoleFacts, ident: Identity, *, owner: str, action: str,
+                          adopting: bool = False) -> None:
+    """For steps that change or destroy an existing role: it must already carry our mark
+    (`adopting`: a plan in which the role step would adopt it first)."""
+    if not current.exists:
+        return
+    if adopting:
+        refuse_unmanageable(current, ident, owner=owner, adopt=True)
+        return
+    if current.marked_for is None and current.name not in (owner, current.admin_user) and not current.superuser:
+        raise Refused(f"role {current.name} exists but pg-runbook did not create or adopt it (no pg-runbook mark); "
+                      f"refusing to {action} it (provision with role.adopt: true first, if it is the app's)")
+    refuse_unmanageable(current, ident, owner=owner, adopt=False)
+
+
+def mark(name: str, ident: Identity) -> Change:
+    return Change(f"mark {name} as managed by pg-runbook ({ident})",
+                  sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), sql.Literal(ident.marker())))
 
 
 def verifier(conn: Connection, user: str, password: Secret) -> str:
@@ -92,14 +215,38 @@ def set_password(conn: Connection | None, name: str, password: Secret, reason: s
 
 
 def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool) -> list[Change]:
-    out: list[Change] = []
+    """One ALTER ROLE naming only what differs: PostgreSQL 16+ refuses a CREATEROLE admin any
+    mention of SUPERUSER, REPLICATION or BYPASSRLS, even to switch them off on a role without them."""
     bad = current.unsafe_attributes()
-    if bad or not current.can_login or (spec.connection_limit is not None and spec.connection_limit != current.connection_limit):
-        attrs = sql.SQL(" ").join(_attributes(spec, no_superuser_clause=no_superuser_clause and not current.superuser))
-        why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"])]) or "connection limit"
-        out.append(Change(f"alter role {spec.name}: {why}",
-                          sql.SQL("ALTER ROLE {} WITH {}").format(sql.Identifier(spec.name), attrs)))
-    return out
+    clauses: list[sql.Composable] = [sql.SQL(f"NO{b}") for b in bad]
+    if not current.can_login:
+        clauses.append(sql.SQL("LOGIN"))
+    limit = spec.connection_limit is not None and spec.connection_limit != current.connection_limit
+    if limit:
+        clauses.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(spec.connection_limit)))
+    if not clauses:
+        return []
+    why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"]),
+                     *(["connection limit"] if limit else [])])
+    return [Change(f"alter role {spec.name}: {why}",
+                   sql.SQL("ALTER ROLE {} WITH {}").format(sql.Identifier(spec.name), sql.SQL(" ").join(clauses)))]
+
+
+def apply_all(conn: Connection, changes: list[Change]) -> None:
+    """The changes in one transaction; a statement the admin may not run ends as one line, with
+    nothing applied."""
+    import psycopg
+
+    with conn.transaction():
+        for change in changes:
+            if change.statement is None:
+                continue
+            try:
+                conn.execute(change.statement)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                why = (exc.diag.message_detail or exc.diag.message_primary or "permission denied").strip().rstrip(".")
+                raise Refused(f"the admin user may not {change.summary}: {why}; nothing was changed "
+                              f"(run as a superuser: {change.sql_text(conn)})") from None
 
 
 def grant_memberships(name: str, roles: tuple[str, ...], current: RoleFacts) -> list[Change]:
@@ -107,3 +254,45 @@ def grant_memberships(name: str, roles: tuple[str, ...], current: RoleFacts) -> 
         Change(f"grant {r} to {name}", sql.SQL("GRANT {} TO {}").format(sql.Identifier(r), sql.Identifier(name)))
         for r in roles if r not in current.member_of
     ]
+
+
+def membership_drift(name: str, allowed: tuple[str, ...], current: RoleFacts) -> list[Change]:
+    """Memberships the spec does not give, both ways: roles ours is a member of (it inherits their
+    privileges, CREATEROLE included) and roles that are members of ours (they get its DML)."""
+    role = sql.Identifier(name)
+    out = [Change(f"revoke membership of {name} in {g} (the spec does not give it)",
+                  sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), role))
+           for g in current.member_of if g not in allowed]
+    out += [Change(f"revoke {name} from {m} (it would reach everything {name} may)",
+                   sql.SQL("REVOKE {} FROM {}").format(role, sql.Identifier(m)))
+            for m in current.members]
+    return out
+
+
+def attribute_drift(spec: RoleSpec, current: RoleFacts) -> list[str]:
+    """Role attributes the spec does not give, as sentences (drift and diagnose report them)."""
+    out = [f"{spec.name} has {a}" for a in current.unsafe_attributes()]
+    if spec.connection_limit is not None and spec.connection_limit != current.connection_limit:
+        out.append(f"{spec.name} has CONNECTION LIMIT {current.connection_limit}, the spec says {spec.connection_limit}")
+    return out
+
+
+def drift_findings(spec: RoleSpec, current: RoleFacts, allowed: tuple[str, ...]) -> list:
+    """Attributes and memberships the spec does not give, as drift findings."""
+    from runbook.grants import Finding
+
+    if not current.exists:
+        return []
+    out = [Finding("role", "", (), s) for s in attribute_drift(spec, current)]
+    out += [Finding("membership", "", (g,), f"{spec.name} is a member of {g}, which the spec does not give "
+                    f"(it inherits or can SET ROLE to {g}'s privileges)") for g in current.member_of if g not in allowed]
+    out += [Finding("membership", "", (m,), f"{spec.name} is granted to {m}, which reaches everything {spec.name} may")
+            for m in current.members]
+    return out
+
+
+def drift_fixes(spec: RoleSpec, current: RoleFacts, allowed: tuple[str, ...], *, no_superuser_clause: bool) -> list[Change]:
+    if not current.exists:
+        return []
+    return [c for c in fix_attributes(spec, current, no_superuser_clause=no_superuser_clause)
+            if current.can_login] + membership_drift(spec.name, allowed, current)

@@ -89,14 +89,14 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.runs (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, command text NOT NULL,
         status text NOT NULL, actor text, host text, pid int, started_at double precision NOT NULL,
-        finished_at double precision, digest text, detail text)""",
+        finished_at double precision, digest text, detail text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.events (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id bigint, env text NOT NULL,
-        at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text)""",
+        at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.soaks (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, digest text NOT NULL,
         run_id bigint, started_at double precision NOT NULL, ended_at double precision,
-        status text NOT NULL DEFAULT 'running', end_reason text)""",
+        status text NOT NULL DEFAULT 'running', end_reason text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, soak_id bigint NOT NULL, offset_s double precision NOT NULL,
         at double precision NOT NULL, late boolean NOT NULL, status text NOT NULL, details text,
@@ -104,7 +104,7 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.approvals (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, from_env text, soak_id bigint,
         digest text, sign_off text NOT NULL, actor text, host text, at double precision NOT NULL,
-        forced boolean NOT NULL, reason text)""",
+        forced boolean NOT NULL, reason text, app text)""",
     "CREATE INDEX IF NOT EXISTS events_env_idx ON {schema}.events (env, id)",
     "CREATE INDEX IF NOT EXISTS runs_env_idx ON {schema}.runs (env, id)",
 ]
@@ -112,18 +112,25 @@ _PG_DDL = [
 _SQLITE_DDL = [
     """CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, command TEXT NOT NULL,
         status TEXT NOT NULL, actor TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL,
-        digest TEXT, detail TEXT)""",
+        digest TEXT, detail TEXT, app TEXT)""",
     """CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, env TEXT NOT NULL,
-        at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT)""",
+        at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT, app TEXT)""",
     """CREATE TABLE IF NOT EXISTS soaks (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, digest TEXT NOT NULL,
-        run_id INTEGER, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT 'running', end_reason TEXT)""",
+        run_id INTEGER, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT 'running', end_reason TEXT,
+        app TEXT)""",
     """CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, soak_id INTEGER NOT NULL,
         offset_s REAL NOT NULL, at REAL NOT NULL, late BOOLEAN NOT NULL, status TEXT NOT NULL, details TEXT,
         UNIQUE (soak_id, offset_s))""",
     """CREATE TABLE IF NOT EXISTS approvals (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, from_env TEXT,
         soak_id INTEGER, digest TEXT, sign_off TEXT NOT NULL, actor TEXT, host TEXT, at REAL NOT NULL,
-        forced BOOLEAN NOT NULL, reason TEXT)""",
+        forced BOOLEAN NOT NULL, reason TEXT, app TEXT)""",
 ]
+
+# Tables keyed by app (checkpoints hang off a soak). A journal written before the key existed gets
+# the column on first open; a store that belongs to one project (the environment's own database,
+# a SQLite file) gives its old rows to the app that opens it, a central one leaves them unkeyed:
+# there is no telling whose they were, so they open no gate for anyone.
+KEYED = ("runs", "events", "soaks", "approvals")
 
 _COLUMNS = {
     "runs": ("id", "env", "command", "status", "actor", "host", "pid", "started_at", "finished_at", "digest", "detail"),
@@ -135,9 +142,19 @@ _COLUMNS = {
 
 
 class _SqlStore:
-    """Shared logic; subclasses say how to run a statement against their database."""
+    """Shared logic; subclasses say how to run a statement against their database.
+
+    Every row carries the app (the project identity) beside the environment: two projects that
+    share a central store, both with a `staging`, never read each other's runs, soaks or
+    approvals. A store opened without an app (a script inspecting it) reads every app's rows."""
 
     location: str
+    app: str | None = None
+
+    def _scoped(self, where: str, params: tuple) -> tuple[str, tuple]:
+        if self.app is None:
+            return where, params
+        return f"({where}) AND app = %s", (*params, self.app)
 
     # --- dialect hooks -------------------------------------------------------------------
     def _q(self, template: str, **idents: str) -> Any:
@@ -149,6 +166,8 @@ class _SqlStore:
     # --- helpers ---------------------------------------------------------------------------
     def _select(self, table: str, where: str, params: tuple, order: str = "id DESC", limit: int | None = None) -> list[dict[str, Any]]:
         cols = _COLUMNS[table]
+        if table != "checkpoints":          # checkpoints hang off a soak, which is scoped
+            where, params = self._scoped(where, params)
         text = f"SELECT {', '.join(cols)} FROM {{t}} WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
         rows = self._exec(self._q(text, t=table), params)
         out = []
@@ -167,6 +186,8 @@ class _SqlStore:
         return out
 
     def _insert(self, table: str, values: dict[str, Any]) -> int:
+        if table != "checkpoints":
+            values = {**values, "app": self.app}
         cols = list(values)
         text = f"INSERT INTO {{t}} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id"
         return int(self._exec(self._q(text, t=table), tuple(values.values()))[0][0])
@@ -190,21 +211,22 @@ class _SqlStore:
         for start in range(0, len(rows), 100):
             chunk = rows[start:start + 100]
             params = tuple(v for run_id, env, step, kind, summary, data in chunk
-                           for v in (run_id, env, now, step, kind, redact(summary), _json(data)))
-            text = ("INSERT INTO {t} (run_id, env, at, step, kind, summary, data) VALUES "
-                    + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk)))
+                           for v in (run_id, env, now, step, kind, redact(summary), _json(data), self.app))
+            text = ("INSERT INTO {t} (run_id, env, at, step, kind, summary, data, app) VALUES "
+                    + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk)))
             self._exec(self._q(text, t="events"), params)
 
     def finish(self, run_id: int, status: str, detail: dict[str, Any] | None = None) -> None:
-        self._exec(self._q("UPDATE {t} SET status = %s, finished_at = %s, detail = %s WHERE id = %s", t="runs"),
-                   (status, time.time(), _json(detail), run_id))
+        where, params = self._scoped("id = %s", (run_id,))
+        self._exec(self._q(f"UPDATE {{t}} SET status = %s, finished_at = %s, detail = %s WHERE {where}", t="runs"),
+                   (status, time.time(), _json(detail), *params))
 
     def interrupted(self, env: str, current: int) -> list[dict[str, Any]]:
         """Runs still marked running whose process is gone (we hold the lock, so it must be)."""
         stale = self._select("runs", "env = %s AND status = 'running' AND id <> %s", (env, current))
         for run in stale:
             self._exec(self._q("UPDATE {t} SET status = 'interrupted', finished_at = %s WHERE id = %s", t="runs"),
-                       (time.time(), run["id"]))
+                       (time.time(), run["id"]))      # an id we just read through the app's scope
             events = self._select("events", "run_id = %s", (run["id"],), order="id DESC", limit=200)
             results = {(e["step"]) for e in events if e["kind"] in ("result", "error")}
             run["dangling"] = [e for e in events if e["kind"] == "intent" and e["step"] not in results]
@@ -231,18 +253,19 @@ class _SqlStore:
         return rows[0] if rows else None
 
     def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int:
-        self._exec(self._q("UPDATE {t} SET status = 'superseded', ended_at = %s, end_reason = %s "
-                           "WHERE env = %s AND status = 'running'", t="soaks"),
-                   (at, "a new soak started", env))
+        where, params = self._scoped("env = %s AND status = 'running'", (env,))
+        self._exec(self._q(f"UPDATE {{t}} SET status = 'superseded', ended_at = %s, end_reason = %s WHERE {where}",
+                           t="soaks"), (at, "a new soak started", *params))
         return self._insert("soaks", {"env": env, "digest": digest, "run_id": run_id, "started_at": at, "status": "running"})
 
     def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool:
         """End the running soak (and, for a rollback, void a passed one too). True if one changed."""
         states = "('running', 'passed')" if include_passed else "('running')"
+        latest, latest_params = self._scoped("env = %s", (env,))
         rows = self._exec(self._q("UPDATE {t} SET status = %s, ended_at = %s, end_reason = %s "
                                   f"WHERE env = %s AND status IN {states} "
-                                  "AND id = (SELECT max(id) FROM {t} WHERE env = %s) RETURNING id", t="soaks"),
-                          (status, at, redact(reason), env, env))
+                                  f"AND id = (SELECT max(id) FROM {{t}} WHERE {latest}) RETURNING id", t="soaks"),
+                          (status, at, redact(reason), env, *latest_params))
         return bool(rows)
 
     def checkpoints(self, soak_id: int) -> list[dict[str, Any]]:
@@ -399,21 +422,27 @@ class PostgresStore(_SqlStore):
     by a ConnectionPool, which gets it back on close)."""
 
     def __init__(self, conninfo: str | Secret, *, location: str, connect_timeout: int = 10,
-                 pool: ConnectionPool | None = None) -> None:
+                 pool: ConnectionPool | None = None, app: str | None = None, claim_legacy: bool = False) -> None:
         self.location = location
+        self.app = app
         self._pool = pool
         self._key = conninfo.reveal() if isinstance(conninfo, Secret) else conninfo
         self._closed = False
         self.conn = pool.take(self._key) if pool is not None else None
         if self.conn is None:
-            self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout)
+            self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
+                                     claim_legacy=claim_legacy)
             if pool is not None:
                 pool.count_opened()
 
     @staticmethod
-    def connect(conninfo: str, *, location: str, connect_timeout: int = 10) -> Any:
-        """A new autocommit connection to the store, its schema created if it is not there yet."""
+    def connect(conninfo: str, *, location: str, connect_timeout: int = 10, app: str | None = None,
+                claim_legacy: bool = False) -> Any:
+        """A new autocommit connection to the store, its schema created if it is not there yet,
+        and refused, before anything is written to it, if someone else made or changed it."""
         import psycopg
+
+        from runbook.context import pin_session
 
         try:
             conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout,
@@ -421,26 +450,30 @@ class PostgresStore(_SqlStore):
         except psycopg.OperationalError as exc:
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
         try:
-            PostgresStore._ensure(conn)
+            pin_session(conn)
+            PostgresStore._ensure(conn, location=location, app=app if claim_legacy else None)
         except BaseException:
             _close_quietly(conn)
             raise
         return conn
 
     @staticmethod
-    def _ensure(conn: Any) -> None:
+    def _ensure(conn: Any, *, location: str = "state store", app: str | None = None) -> None:
         from psycopg import sql
 
         exists = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)", (SCHEMA, list(TABLES))
-        ).fetchone()[0]
-        if exists == len(TABLES):
-            return
-        with conn.transaction():
-            # serialise first-time creation between concurrent runs
-            conn.execute("SELECT pg_advisory_xact_lock(8675309, 1)")
-            for ddl in _PG_DDL:
-                conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(SCHEMA)))
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+            (SCHEMA, list(TABLES))).fetchone()[0]
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone():
+            refuse_foreign_journal(conn, location)
+        if exists != len(TABLES):
+            with conn.transaction():
+                # serialise first-time creation between concurrent runs
+                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(8675309, 1)")
+                for ddl in _PG_DDL:
+                    conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(SCHEMA)))
+                refuse_foreign_journal(conn, location)
+        _migrate(conn, app)
 
     def _q(self, template: str, **idents: str) -> Any:
         from psycopg import sql
@@ -462,15 +495,115 @@ class PostgresStore(_SqlStore):
             self.conn.close()
 
 
+# Whatever in the journal schema could run someone else's code as the tool, or let someone else
+# write a row there (a forged "passed" soak would open promotion), found in one read. The tool
+# makes the schema and its tables (owned by the session user, no grants), identity sequences,
+# plain indexes and one constant default; anything else was put there by someone else.
+_FOREIGN_JOURNAL = """
+WITH s AS (SELECT n.oid, n.nspowner, n.nspacl FROM pg_catalog.pg_namespace n WHERE n.nspname = %(schema)s),
+     me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+     t AS (SELECT c.oid, c.relname::text AS name, c.relowner, c.relacl, c.relkind, c.relam, c.relrowsecurity
+             FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.oid)
+SELECT problem FROM (
+  SELECT 1, 'schema ' || %(schema)s || ' is owned by ' || pg_catalog.pg_get_userbyid(s.nspowner) FROM s, me
+   WHERE s.nspowner <> me.oid
+  UNION ALL
+  SELECT 2, 'schema ' || %(schema)s || ' grants ' || a.privilege_type || ' to '
+         || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END
+    FROM s, pg_catalog.aclexplode(s.nspacl) a WHERE a.grantee <> s.nspowner
+  UNION ALL
+  SELECT 3, t.name || ' is owned by ' || pg_catalog.pg_get_userbyid(t.relowner) FROM t, me WHERE t.relowner <> me.oid
+  UNION ALL
+  SELECT 4, t.name || ' grants ' || a.privilege_type || ' to '
+         || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END
+    FROM t, pg_catalog.aclexplode(t.relacl) a WHERE a.grantee <> t.relowner
+  UNION ALL
+  SELECT 5, t.name || ' is not a plain table' FROM t WHERE t.name = ANY(%(tables)s) AND t.relkind <> 'r'
+  UNION ALL
+  SELECT 6, t.name || ' is not a heap table' FROM t WHERE t.relkind = 'r'
+     AND t.relam <> (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap')
+  UNION ALL
+  SELECT 7, t.name || ' has row-level security' FROM t WHERE t.relrowsecurity
+  UNION ALL
+  SELECT 8, 'trigger ' || g.tgname || ' on ' || t.name FROM t JOIN pg_catalog.pg_trigger g ON g.tgrelid = t.oid
+  UNION ALL
+  SELECT 9, 'rule ' || w.rulename || ' on ' || t.name FROM t JOIN pg_catalog.pg_rewrite w ON w.ev_class = t.oid
+  UNION ALL
+  SELECT 10, 'policy ' || p.polname || ' on ' || t.name FROM t JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid
+  UNION ALL
+  SELECT 11, 'a default on ' || t.name || '.' || a.attname
+    FROM t JOIN pg_catalog.pg_attrdef d ON d.adrelid = t.oid
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.adnum
+   WHERE NOT (t.name = 'soaks' AND a.attname = 'status'
+              AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) = '''running''::text')
+  UNION ALL
+  SELECT 12, 'column ' || t.name || '.' || a.attname || ' has a type from outside pg_catalog'
+    FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_catalog.pg_type y ON y.oid = a.atttypid
+   WHERE t.relkind = 'r' AND y.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+  UNION ALL
+  SELECT 13, 'generated column ' || t.name || '.' || a.attname
+    FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid WHERE a.attgenerated <> ''
+  UNION ALL
+  SELECT 14, 'constraint ' || k.conname || ' on ' || t.name FROM t JOIN pg_catalog.pg_constraint k ON k.conrelid = t.oid
+   WHERE k.contype NOT IN ('p', 'u', 'n')
+  UNION ALL
+  SELECT 15, 'index ' || i.indexrelid::pg_catalog.regclass::text
+         || ' has expressions, a predicate or a foreign operator class'
+    FROM t JOIN pg_catalog.pg_index i ON i.indrelid = t.oid
+   WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_opclass o WHERE o.oid = ANY(i.indclass::pg_catalog.oid[])
+                 AND o.opcnamespace <> 'pg_catalog'::pg_catalog.regnamespace)
+) x(rank, problem) ORDER BY rank, problem
+"""
+
+
+def refuse_foreign_journal(conn: Any, location: str) -> None:
+    """Refuse (exit 2) a journal schema pg-runbook did not make, or one changed behind its back."""
+    from runbook.errors import Refused
+
+    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": list(TABLES)}).fetchall()]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise Refused(f"state store {location}: {problems[0]}{more}; pg-runbook did not make its journal that way "
+                      "and will not use it (others could run code as the admin through it, or forge a passed "
+                      f"soak): drop schema {SCHEMA} after review, or use --state")
+
+
+def _migrate(conn: Any, app: str | None) -> None:
+    """Add the app key to a journal written before it existed (see KEYED)."""
+    from psycopg import sql
+
+    missing = [r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attname = 'app' AND NOT a.attisdropped)", (SCHEMA, list(KEYED))).fetchall()]
+    if not missing:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(8675309, 1)")
+        for table in missing:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS app text").format(sql.Identifier(SCHEMA, table)))
+            if app is not None:
+                conn.execute(sql.SQL("UPDATE {} SET app = %s WHERE app IS NULL").format(sql.Identifier(SCHEMA, table)),
+                             (app,))
+
+
 class SqliteStore(_SqlStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, app: str | None = None) -> None:
         self.location = f"sqlite:///{path}"
+        self.app = app
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             for ddl in _SQLITE_DDL:
                 self.conn.execute(ddl)
+            for table in KEYED:     # a file written before the app key: its rows are this project's
+                if not any(col[1] == "app" for col in self.conn.execute(f"PRAGMA table_info({table})")):
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN app TEXT")
+                    if app is not None:
+                        self.conn.execute(f"UPDATE {table} SET app = ? WHERE app IS NULL", (app,))
         except sqlite3.DatabaseError as exc:
             raise RunbookError(f"state store {self.location} unusable: {exc}") from None
 
@@ -498,27 +631,30 @@ def pooled_conninfo(url: str | None) -> str | None:
     return None
 
 
-def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10) -> StateStore:
-    """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise."""
+def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
+               app: str | None = None) -> StateStore:
+    """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
+    `app` scopes every read and write to that project (None: a script reading every app's rows)."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
-        return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout)
+        return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout,
+                             app=app, claim_legacy=True)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():
             path = base_dir / path
-        return SqliteStore(path)
+        return SqliteStore(path, app=app)
     if url.startswith("sqlite://"):
         # sqlite:////abs/path is the absolute form; sqlite://rel is a common typo
         raise ConfigError(f"state URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     if url.startswith(("postgresql://", "postgres://")):
         from runbook.secret import mask_url
 
-        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool)
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool, app=app)
     if url.startswith("env:"):
         value = os.environ.get(url[4:])
         if not value:
             raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
-        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout)
+        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout, app=app)
     raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")

@@ -8,7 +8,7 @@ from providers.base import Digest
 from runbook.changes import Change
 from runbook.context import UrlState
 from runbook.engine import Step, Verdict
-from runbook.errors import ConfigError
+from runbook.errors import ConfigError, GateClosed
 from runbook.login import try_login
 from runbook.secret import Secret, mask_url
 
@@ -22,6 +22,16 @@ def _written_digest(ctx) -> str | None:
         if event.get("step") == "url" and digest:
             return digest
     return None
+
+
+def expected_endpoint(ctx):
+    """The role's credential as the tool would write it (no password): the only place a login
+    with the app's URL may go. Where the platform issues credentials itself (Heroku), the one it
+    gave this run, if any; otherwise None (the platform's attachment writes the URL; the other
+    rules of login.py still hold)."""
+    if ctx.api_credentials:
+        return ctx.credential
+    return ctx.db.credential_for(ctx.role.name, None)
 
 
 def url_state(ctx, *, refresh: bool = False) -> UrlState:
@@ -39,7 +49,7 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
     elif not ctx.info.password_auth:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name)
+        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx))
         state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
     ctx.url_state = state
     return state
@@ -139,9 +149,30 @@ class SetFlag(Step):
         return [Change(f"set {ctx.flag.name}={want!r} (was {was})", reversible=True)]
 
     def apply(self, ctx, changes):
+        if self.target == "on":
+            self._refuse_after_rollback(ctx)
         ctx.app.set_config({ctx.flag.name: self._value(ctx)})
         ctx.app_changed = True
         self.changed = True
+        if self.target == "on":
+            # a rollback that got in between our check and our write wins: put its value back
+            try:
+                self._refuse_after_rollback(ctx)
+            except GateClosed:
+                ctx.app.set_config({ctx.flag.name: ctx.flag.off_value})
+                raise
+
+    def _refuse_after_rollback(self, ctx) -> None:
+        since = ctx.run_started_at
+        if since is None:
+            return
+        mark = rolled_back_since(ctx, since)
+        if mark is not None:
+            who = f" by {mark['by']}" if mark.get("by") else ""
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mark["at"]))
+            raise GateClosed(f"{ctx.env.name} was rolled back at {when}{who}, after this run started; "
+                             f"{ctx.flag.name} stays {ctx.flag.off_value!r}. Run `runbook provision --env "
+                             f"{ctx.env.name}` again to turn it back on")
 
     def verify(self, ctx):
         current = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
@@ -172,6 +203,25 @@ class SetFlag(Step):
         ctx.soak_started = True
         why = "the role spec changed" if (soak or latest) and (soak or latest)["digest"] != ctx.digest else "flag on"
         ctx.note(f"soak clock started ({why}); `runbook soak --env {ctx.env.name}` evaluates its checkpoints")
+
+
+ROLLBACK_MARK = "rolled_back_at"
+
+
+def rolled_back_since(ctx, since: float) -> dict | None:
+    """The latest rollback marker journalled at or after `since` (store or local journal), if any."""
+    found = None
+    for event in ctx.journal_history():
+        step, kind, data, who = event.get("step"), event.get("kind"), event.get("data"), event
+        if kind == "info" and isinstance(data, dict) and "kind" in data:
+            who = data       # imported from the local journal: the original record is inside
+            step, kind, data = data.get("step"), data.get("kind"), data.get("data")
+        if step == "rollback" and kind == "marker" and isinstance(data, dict):
+            at = data.get(ROLLBACK_MARK)
+            if isinstance(at, (int, float)) and at >= since:
+                by = "@".join(str(who[k]) for k in ("actor", "host") if who.get(k))
+                found = {"at": float(at), "by": by}
+    return found
 
 
 def owed_restart(ctx) -> dict | None:

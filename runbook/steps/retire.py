@@ -1,5 +1,10 @@
 """Take the role out: no more logins, sessions ended, what it owns handed to the owner, then
-the role (or the platform credential) destroyed."""
+the role (or the platform credential) destroyed.
+
+Only a role pg-runbook made (or adopted) for this environment, never the owner or the admin:
+retire ends with DROP OWNED, which in the owner's hands drops the app's schema and every table.
+DROP OWNED runs only once REASSIGN OWNED has left the role owning nothing in this database (it
+then only revokes privileges), checked in the same transaction."""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ from psycopg import sql
 from runbook import roles
 from runbook.changes import Change
 from runbook.engine import Step, Verdict
+from runbook.errors import Refused
+
+# what the role owns in this database, from the dependency catalog (every kind of object)
+_OWNED_HERE = """
+    SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid
+    WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.deptype = 'o' AND r.rolname = %s
+      AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+"""
 
 
 class DropRole(Step):
@@ -20,13 +33,14 @@ class DropRole(Step):
         facts = roles.facts(conn, ctx.role.name)
         if not facts.exists:
             return {"facts": facts}
+        roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="retire")
         owned, sessions, can_act, superuser = conn.execute(
-            """
-            SELECT (SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = %(r)s),
-                   (SELECT count(*) FROM pg_stat_activity WHERE usename = %(r)s),
-                   pg_has_role(current_user, %(r)s, 'USAGE'),
-                   (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-            """, {"r": ctx.role.name}).fetchone()
+            f"""
+            SELECT ({_OWNED_HERE}),
+                   (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s),
+                   pg_catalog.pg_has_role(CURRENT_USER, %s, 'USAGE'),
+                   (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER)
+            """, (ctx.role.name, ctx.role.name, ctx.role.name)).fetchone()
         return {"facts": facts, "owned": owned, "sessions": sessions, "can_act": can_act or superuser}
 
     def plan(self, ctx, observed):
@@ -46,11 +60,12 @@ class DropRole(Step):
                                   sql.SQL("GRANT {} TO CURRENT_USER").format(role)))
         changes.append(Change(
             f"end {observed['sessions']} open session(s) of {name}",
-            sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(sql.Literal(name))))
+            sql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                    "WHERE usename = {}").format(sql.Literal(name))))
         changes += [
             Change(f"hand {observed['owned']} object(s) owned by {name} to {ctx.owner}",
                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner), reversible=False),
-            Change(f"revoke every privilege and default privilege held by {name}",
+            Change(f"revoke every privilege and default privilege held by {name} (it owns nothing by then)",
                    sql.SQL("DROP OWNED BY {}").format(role), reversible=False),
             Change(f"drop role {name}", sql.SQL("DROP ROLE {}").format(role), reversible=False),
         ]
@@ -63,9 +78,16 @@ class DropRole(Step):
         conn = ctx.admin()
         for change in changes[:-3]:
             conn.execute(change.statement)
+        reassign, drop_owned, drop_role = changes[-3:]
         with conn.transaction():
-            for change in changes[-3:]:
-                conn.execute(change.statement)
+            conn.execute(reassign.statement)
+            # DROP OWNED drops whatever the role still owns: after the reassignment that must be nothing
+            left = conn.execute(_OWNED_HERE, (ctx.role.name,)).fetchone()[0]
+            if left:
+                raise Refused(f"{ctx.role.name} still owns {left} object(s) after REASSIGN OWNED; refusing DROP OWNED "
+                              "(it would drop them); nothing was dropped")
+            conn.execute(drop_owned.statement)
+            conn.execute(drop_role.statement)
 
     def verify(self, ctx):
         if ctx.api_credentials:

@@ -17,13 +17,15 @@ class EnsureRole(Step):
     def observe(self, ctx):
         if ctx.api_credentials:
             return {"credential": ctx.db.credential(ctx.role.name)}
-        facts = roles.facts(ctx.admin(), ctx.role.name)
-        state = url_state(ctx) if facts.exists else None
-        owner_member = False
+        conn = ctx.admin()
+        facts = roles.facts(conn, ctx.role.name)
+        ident = roles.identity(ctx)
+        adopting = False
         if facts.exists:
-            owner_member = bool(ctx.admin().execute(
-                "SELECT pg_has_role(%s, %s, 'MEMBER')", (ctx.role.name, ctx.owner)).fetchone()[0])
-        return {"facts": facts, "url": state, "owner_member": owner_member}
+            # before anything else touches it (a login try included): is this role ours to manage?
+            adopting = roles.refuse_unmanageable(facts, ident, owner=ctx.owner, adopt=ctx.role.adopt)
+        state = url_state(ctx) if facts.exists else None
+        return {"facts": facts, "url": state, "adopting": adopting, "identity": ident}
 
     def plan(self, ctx, observed):
         role = ctx.role
@@ -36,6 +38,7 @@ class EnsureRole(Step):
         conn = None if ctx.plan_only else ctx.admin()
         no_su = info.details.get("no_superuser_clause") == "1"
         facts: roles.RoleFacts = observed["facts"]
+        ident: roles.Identity = observed["identity"]
         changes: list[Change] = []
         if not facts.exists:
             password = None
@@ -44,8 +47,11 @@ class EnsureRole(Step):
                 if not ctx.plan_only:
                     ctx.new_password = password
             changes.append(roles.create(conn, role, password, no_superuser_clause=no_su))
+            changes.append(roles.mark(role.name, ident))      # same transaction as the CREATE
             changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
             return changes
+        if observed["adopting"]:
+            changes.append(roles.mark(role.name, ident))
         if callable(getattr(ctx.db, "adjust_existing_role", None)) and (
                 "cloudsqlsuperuser" in facts.member_of or facts.createrole or facts.createdb):
             # a user made through the platform's API lands in its superuser group; the platform knows how to undo that
@@ -53,10 +59,9 @@ class EnsureRole(Step):
                                   "(it was created through the platform's API)", data={"platform_adjust": True}))
         changes.extend(roles.fix_attributes(role, facts, no_superuser_clause=no_su))
         changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
-        if observed["owner_member"]:
-            changes.append(Change(
-                f"revoke membership of {role.name} in the owner {ctx.owner} (it could SET ROLE to the owner)",
-                sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(ctx.owner), sql.Identifier(role.name))))
+        # the platform's own adjustment takes its admin group away; the rest is drift we revoke
+        left_to_platform = ("cloudsqlsuperuser",) if any(c.data.get("platform_adjust") for c in changes) else ()
+        changes.extend(roles.membership_drift(role.name, info.role_grants + left_to_platform, facts))
         state = observed["url"]
         if info.password_auth and state is not None and state.logs_in is False:
             password = roles.generate_password()
@@ -79,10 +84,7 @@ class EnsureRole(Step):
 
                 raise RunbookError(f"{ctx.role.name} was deleted through the platform's API so that it can be "
                                    f"created again in SQL; run `runbook provision --env {ctx.env.name}` again")
-        with conn.transaction():
-            for change in changes:
-                if change.statement is not None:
-                    conn.execute(change.statement)
+        roles.apply_all(conn, changes)
 
     def verify(self, ctx):
         if ctx.api_credentials:
@@ -93,7 +95,38 @@ class EnsureRole(Step):
             return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
         if facts.unsafe_attributes():
             return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes())}")
+        left = roles.membership_drift(ctx.role.name, ctx.info.role_grants + ("cloudsqlsuperuser",), facts)
+        if left:
+            return Verdict("fail", f"role {ctx.role.name}: still needed: {left[0].summary}")
+        if facts.marked_for != roles.identity(ctx):
+            return Verdict("fail", f"role {ctx.role.name} does not carry pg-runbook's mark for {roles.identity(ctx)}")
         return Verdict.ok()
+
+
+class RoleDrift(Step):
+    """`drift --fix` for the role itself: attributes and memberships the spec does not give."""
+
+    kind = "role_drift"
+
+    def observe(self, ctx):
+        facts = roles.facts(ctx.admin(), ctx.role.name)
+        roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="fix")
+        return facts
+
+    def plan(self, ctx, facts):
+        if ctx.api_credentials:
+            return []
+        return roles.drift_fixes(ctx.role, facts, ctx.info.role_grants,
+                                 no_superuser_clause=ctx.info.details.get("no_superuser_clause") == "1")
+
+    def apply(self, ctx, changes):
+        roles.apply_all(ctx.admin(), changes)
+
+    def verify(self, ctx):
+        if ctx.api_credentials:
+            return Verdict.ok()
+        left = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants)
+        return Verdict("fail", left[0].detail) if left else Verdict.ok()
 
 
 class RotatePassword(Step):
@@ -104,7 +137,9 @@ class RotatePassword(Step):
     def observe(self, ctx):
         if ctx.api_credentials:
             return ctx.db.credential(ctx.role.name)
-        return roles.facts(ctx.admin(), ctx.role.name)
+        facts = roles.facts(ctx.admin(), ctx.role.name)
+        roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="rotate the password of")
+        return facts
 
     def plan(self, ctx, observed):
         if ctx.api_credentials:

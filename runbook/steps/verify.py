@@ -6,7 +6,8 @@ from __future__ import annotations
 from runbook import catalog, grants
 from runbook.engine import Step, Verdict
 from runbook.secret import Secret
-from runbook.steps.app_config import url_state
+from runbook.login import connect_as_app
+from runbook.steps.app_config import expected_endpoint, url_state
 
 
 class VerifyFromApp(Step):
@@ -24,10 +25,8 @@ class VerifyFromApp(Step):
             if left:
                 return Verdict("fail", left[0].summary())
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
-        import psycopg
-
-        with psycopg.connect(Secret(state.value).reveal(), autocommit=True, connect_timeout=10,
-                             application_name="runbook:verify") as conn:
+        with connect_as_app(Secret(state.value), expected_endpoint(ctx), timeout=10,
+                            application_name="runbook:verify") as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \

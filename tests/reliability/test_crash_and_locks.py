@@ -13,6 +13,7 @@ import time
 import pytest
 
 from runbook import commands
+from runbook.engine import fault_environ
 from tests.pg.conftest import make_env
 from tests.projects import dotenv
 
@@ -41,7 +42,7 @@ EXPECTED = lambda env: {"roles": 1, "drift": "ok", "flag": "1", "login_as": env.
 @pytest.mark.parametrize("step", PROVISION_STEPS)
 def test_provision_killed_after_each_side_effect_converges_on_rerun(pg, tmp_path, step):
     env = make_env(pg, tmp_path, admin="createrole", restart="true")
-    died = cli(env, "provision", "--env", "staging", "--yes", extra={"RUNBOOK_FAULT_KILL_AFTER": step})
+    died = cli(env, "provision", "--env", "staging", "--yes", extra=fault_environ(step))
     assert died.returncode == -signal.SIGKILL
     rerun = cli(env, "provision", "--env", "staging", "--yes", "--output", "json")
     assert rerun.returncode == 0, rerun.stderr
@@ -59,7 +60,7 @@ def test_provision_killed_after_each_side_effect_converges_on_rerun(pg, tmp_path
 def test_rotate_killed_midway_converges(pg, tmp_path, step):
     env = make_env(pg, tmp_path, admin="superuser")
     assert cli(env, "provision", "--env", "staging", "--yes").returncode == 0
-    died = cli(env, "rotate", "--env", "staging", "--yes", extra={"RUNBOOK_FAULT_KILL_AFTER": step})
+    died = cli(env, "rotate", "--env", "staging", "--yes", extra=fault_environ(step))
     assert died.returncode == -signal.SIGKILL
     # after a kill between password change and URL write, the app's URL no longer logs in: the next
     # provision (or rotate) must notice and repair it, not assume
@@ -72,7 +73,7 @@ def test_rotate_killed_midway_converges(pg, tmp_path, step):
 def test_retire_killed_midway_converges(pg, tmp_path, step):
     env = make_env(pg, tmp_path, admin="createrole")
     assert cli(env, "provision", "--env", "staging", "--yes").returncode == 0
-    died = cli(env, "retire", "--env", "staging", "--yes", extra={"RUNBOOK_FAULT_KILL_AFTER": step})
+    died = cli(env, "retire", "--env", "staging", "--yes", extra=fault_environ(step))
     assert died.returncode == -signal.SIGKILL
     again = cli(env, "retire", "--env", "staging", "--yes")
     assert again.returncode == 0, again.stderr

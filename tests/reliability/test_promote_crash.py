@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from runbook import commands
+from runbook.engine import fault_environ
 from tests.pg.conftest import make_env, prod_database
 from tests.projects import dotenv
 
@@ -98,7 +99,7 @@ def journal(prod_dsn: str) -> tuple[list[tuple], list[list[tuple]], list[tuple]]
 @pytest.mark.parametrize("step", PROMOTE_STEPS)
 def test_promote_killed_after_each_side_effect_converges_on_rerun(promotable, step):
     env, prod_dsn = promotable
-    died = promote(env, environ={"RUNBOOK_FAULT_KILL_AFTER": step})
+    died = promote(env, environ=fault_environ(step))
     assert died.returncode == -signal.SIGKILL, died.stderr
 
     rerun = promote(env, "--output", "json")
@@ -143,7 +144,7 @@ def test_uninterrupted_promotion_for_reference(promotable):
 
 def test_the_app_password_never_reaches_the_prod_server_log(promotable, prod_cluster):
     env, _ = promotable
-    assert promote(env, environ={"RUNBOOK_FAULT_KILL_AFTER": "role"}).returncode == -signal.SIGKILL
+    assert promote(env, environ=fault_environ("role")).returncode == -signal.SIGKILL
     assert promote(env).returncode == 0
     password = psycopg.conninfo.conninfo_to_dict(dotenv(env.dir, "prod")["RAPTOR_APP_DATABASE_URL"])["password"]
     assert password and password not in prod_cluster.log_file.read_text(errors="replace")

@@ -44,7 +44,7 @@ def test_canary_password_never_leaks(su_env, canary_password, monkeypatch, caplo
             render.emit_json(res.to_json())
     assert errors and "exited 3" in errors[0]
     journal = su_env.pg.execute(
-        "SELECT coalesce(string_agg(t::text, ' '), '') FROM (SELECT * FROM runbook.events UNION ALL "
+        "SELECT coalesce(string_agg(t::text, ' '), '') FROM (SELECT id, run_id, env, at, step, kind, summary, data FROM runbook.events UNION ALL "
         "SELECT id, NULL, env, started_at, command, status, detail, actor FROM runbook.runs) t")[0][0]
     local = (su_env.dir / ".runbook" / "journal.jsonl")
     server_log = su_env.pg.rc.cluster.log_file.read_text(errors="replace")
