@@ -199,3 +199,19 @@ def test_reprovision_revokes_a_membership_in_the_owner(env):
         assert world(env.pg) == before
         return
     assert not env.pg.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (env.role, env.owner))[0][0]
+
+
+def test_retire_of_the_admin_is_refused(env):
+    """Item 2: retire with the admin's name would set the admin NOLOGIN; refused, nothing changed.
+    (The superuser admin here is `postgres`, a name the file refuses already.)"""
+    name = admin_user(env)
+    write_project(env.dir, spec_dict(name, owner=env.owner))
+    if name == "postgres":
+        with pytest.raises(ConfigError, match="reserved"):
+            load(env.path)
+        return
+    before = world(env.pg)
+    with pytest.raises(Refused) as err:
+        _retire(env)
+    assert "admin user" in _one_line(err.value)
+    assert world(env.pg) == before
