@@ -48,8 +48,9 @@ def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | Non
         diff = [f"{k} {g!r} (expected {w!r})" for k, g, w in zip(_WHERE, got, wanted) if g != w]
         return None, "the URL points elsewhere: " + ", ".join(diff)
     params: dict[str, Any] = {k: v for k, v in parts.items()}
+    # explicit values, empty ones included, keep libpq from filling these in from PG* variables
     params.update(hostaddr="", passfile=os.devnull, require_auth="scram-sha-256", gssencmode="disable",
-                  sslmode=parts.get("sslmode") or want.get("sslmode") or "prefer")
+                  options=parts.get("options") or "", sslmode=parts.get("sslmode") or want.get("sslmode") or "prefer")
     return params, ""
 
 

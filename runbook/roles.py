@@ -127,8 +127,9 @@ def identity(ctx) -> Identity:
 
 def refuse_unmanageable(current: RoleFacts, ident: Identity, *, owner: str, adopt: bool) -> bool:
     """Raise Refused unless pg-runbook may manage this existing role for `ident`; True when it is
-    to be adopted now (no marker yet, `role.adopt: true`). Never the owner, the admin, a superuser
-    or a role others draw privileges from, marked or not."""
+    to be adopted now (no marker yet, `role.adopt: true`). Never the owner, the admin or a
+    superuser, marked or not; never another identity's; and, to adopt, never a role that owns
+    objects here or that others draw privileges from."""
     name = current.name
     if name == owner:
         raise Refused(f"role {name} is the owner of the app's objects (role.owner); pg-runbook never manages "

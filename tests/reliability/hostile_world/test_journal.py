@@ -141,3 +141,24 @@ def test_a_journal_from_before_the_app_key_stays_readable(env):
     history = commands.history(env.project(), "staging", environ=env.environ)
     assert len(history.data["runs"]) == old_runs and old_runs >= 1
     assert env.pg.execute("SELECT count(*) FROM runbook.runs WHERE app IS DISTINCT FROM 'raptor'")[0][0] == 0
+
+
+def test_a_sqlite_journal_from_before_the_app_key_is_claimed_by_its_project(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        for ddl in state._SQLITE_DDL:
+            conn.execute(ddl.replace(", app TEXT)", ")").replace(",\n        app TEXT)", ")"))
+        conn.execute("INSERT INTO runs (env, command, status, started_at) VALUES ('staging', 'provision', 'ok', 1)")
+    assert "app" not in [c[1] for c in sqlite3.connect(path).execute("PRAGMA table_info(runs)")]
+    store = state.SqliteStore(path, app="raptor")
+    try:
+        assert [r["command"] for r in store.runs("staging")] == ["provision"]
+    finally:
+        store.close()
+    other = state.SqliteStore(path, app="falcon")
+    try:
+        assert other.runs("staging") == []
+    finally:
+        other.close()
