@@ -22,3 +22,12 @@ def try_login(url: str | Secret, role: str, *, timeout: int = 5) -> tuple[bool, 
     if who != role:
         return False, f"the URL logs in as {who}, not {role}"
     return True, ""
+
+
+def login_url(db, url: str | Secret) -> Secret:
+    """The URL the tool logs in with to prove the app's: the app's own, unless the database provider
+    routes it (`login_route`: the same user, password and database over the tool's endpoint, when
+    the app's endpoint, such as Cloud Run's /cloudsql socket, does not exist where the tool runs)."""
+    secret = url if isinstance(url, Secret) else Secret(url)
+    route = getattr(db, "login_route", None)
+    return route(secret) if callable(route) else secret

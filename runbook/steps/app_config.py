@@ -9,7 +9,7 @@ from runbook.changes import Change
 from runbook.context import UrlState
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError
-from runbook.login import try_login
+from runbook.login import login_url, try_login
 from runbook.secret import Secret, mask_url
 
 
@@ -39,7 +39,7 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
     elif not ctx.info.password_auth:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name)
+        ok, why = try_login(login_url(ctx.db, value), ctx.role.name)
         state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
     ctx.url_state = state
     return state
