@@ -12,8 +12,9 @@
   documents only `{secret}` and `projects/{project}/secrets/{secret}`, so a revision cannot read one.
 - The runtime service account (the template's, else the project's default compute account) needs
   roles/secretmanager.secretAccessor on the secret: checked in the secret's IAM policy and granted
-  there (setIamPolicy with the policy's etag), or, when the tool may not (or `grant_access: false`),
-  refused with the gcloud command, before any version is written.
+  there (setIamPolicy with the policy's etag), or, when the tool may not, refused with the gcloud
+  command, before any version is written. `grant_access: false` leaves the policy alone (a
+  project-wide grant, which the secret's policy does not show).
 - The flag (`ctx.flag_name`) and any other plain key are env vars of the service's container.
 - Every change is one PATCH of the service's template (`updateMask=template`, the etag read, never
   an output-only field nor `client`/`clientVersion`, which would attribute the revision to another
@@ -141,8 +142,9 @@ class CloudRunAppConfig(BaseModel):
         "{user_managed: [location, or {location, kms_key}]} where an organisation policy restricts locations")
     kms_key: str | None = Field(default=None, description="Cloud KMS key (CMEK) of an automatically replicated "
                                 "secret the tool creates")
-    grant_access: bool = Field(default=True, description="grant the service's runtime account "
-                               "roles/secretmanager.secretAccessor on the secret when it lacks it")
+    grant_access: bool = Field(default=True, description="check that the service's runtime account holds "
+                               "roles/secretmanager.secretAccessor on the secret and grant it there when it does "
+                               "not (false: it is granted project-wide; the tool leaves the secret's policy alone)")
     disable_old_versions: bool = Field(default=True, description="disable the secret's older versions once "
                                        "the revision with the new one serves all traffic")
     poll_interval: Duration = Field(default=timedelta(seconds=2), description="between operation polls")
@@ -337,18 +339,18 @@ class CloudRunApp:
 
     def _disable_older(self, keep: str) -> list[str]:
         """Disable every enabled version of the URL secret but `keep`; the numbers disabled."""
-        disabled, token = [], None
-        while True:
+        enabled, token = [], None
+        while True:   # every page first: disabling while paging a filtered list would shift its pages
             params = {"filter": "state:ENABLED", "pageSize": "100", **({"pageToken": token} if token else {})}
             page = self._get("secrets", f"{self._secret_path}/versions", params=params)
-            for version in page.get("versions") or []:
-                number = _short(version.get("name"))
-                if number.isdigit() and number != keep and version.get("state") == "ENABLED":
-                    self._call("secrets", "POST", f"{self._secret_path}/versions/{number}:disable", json={})
-                    disabled.append(number)
+            enabled += [_short(v.get("name")) for v in page.get("versions") or [] if v.get("state") == "ENABLED"]
             token = page.get("nextPageToken")
             if not token:
-                return disabled
+                break
+        disabled = [n for n in enabled if n.isdigit() and n != keep]
+        for number in disabled:
+            self._call("secrets", "POST", f"{self._secret_path}/versions/{number}:disable", json={})
+        return disabled
 
     # -- access for the runtime ------------------------------------------------------------
 
@@ -366,6 +368,8 @@ class CloudRunApp:
         """The runtime account may read the URL secret (a binding on the secret), else it is granted
         there, else refused with the command; before any version is written."""
         c = self.config
+        if not c.grant_access:
+            return    # granted elsewhere (project-wide): a missing grant surfaces as the rollout's error
         member = f"serviceAccount:{self.runtime_account(service)}"
         command = (f"gcloud secrets add-iam-policy-binding {c.url_secret} --project={c.project} "
                    f"--member={member} --role={ACCESSOR}")
@@ -376,9 +380,6 @@ class CloudRunApp:
             if any(b.get("role") == ACCESSOR and member in (b.get("members") or []) and not b.get("condition")
                    for b in bindings):
                 return
-            if not c.grant_access:
-                raise Refused(f"{member.split(':', 1)[1]} (the runtime account of {c.service}) may not read secret "
-                              f"{c.url_secret}; grant it with `{command}` (or set app.grant_access: true) and rerun")
             plain = next((b for b in bindings if b.get("role") == ACCESSOR and not b.get("condition")), None)
             if plain is None:
                 bindings.append({"role": ACCESSOR, "members": [member]})
@@ -392,7 +393,8 @@ class CloudRunApp:
             if response.status_code == 403:
                 raise Refused(f"{member.split(':', 1)[1]} (the runtime account of {c.service}) may not read secret "
                               f"{c.url_secret}, and the tool may not grant it ({redact(google_error(response))}); "
-                              f"run `{command}` and rerun")
+                              f"run `{command}` and rerun (or, if it holds the role project-wide, set "
+                              "app.grant_access: false)")
             if response.status_code != 409:    # 409 ABORTED: the policy changed since read; read it again
                 return
         raise ProviderError(f"Secret Manager: the IAM policy of {c.url_secret} kept changing under us; rerun")

@@ -104,7 +104,7 @@ class Api:
         elif body is None:
             problems.append(f"{method.id}: the body is not JSON")
         else:
-            problems += self.check(method.request, body, where=method.request, request=True)
+            problems += [f"{method.id}: {p}" for p in self.check(method.request, body, where=method.request, request=True)]
         return method, problems
 
     def check_response(self, method: Method, status: int, body: Any) -> list[str]:

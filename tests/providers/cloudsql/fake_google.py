@@ -1,8 +1,9 @@
 """Contract fakes of the Google APIs the cloudsql/cloudrun providers use, on 127.0.0.1.
 
 Three servers (so a provider that sends a call to the wrong base URL gets a 404):
-- sqladmin:       instances.get, users.delete, operations.get (PENDING → RUNNING → DONE over polls)
-- secretmanager:  secrets.create, secrets.addVersion, versions.access (latest), secrets.delete
+- sqladmin:       instances.get, instances.listServerCas, users.delete, operations.get (PENDING →
+                  RUNNING → DONE over polls)
+- secretmanager:  see fake_secrets (secrets, versions, aliases, IAM policies)
 - run (v2):       services.get, services.patch (→ a long-running operation, a new revision),
                   operations.get, revisions.get
 
@@ -15,8 +16,9 @@ previous ready revision serves, so a PATCH whose answer was lost leaves the serv
 Backed by the real PostgreSQL when an admin DSN is given: users.delete really drops the role
 (its PostgreSQL error becomes the operation's error), and every revision Cloud Run "starts"
 resolves its env (secrets included) so a test can connect the way the app would.
-Shapes follow the public REST references: Google's {"error": {code, message, status}} envelope,
-sql#operation with status/error.errors[], google.longrunning.Operation with done/error/response.
+Every request and answer is refereed by the API's discovery document (see discovery.py and
+GoogleServer): a request it rules out is answered 400 and fails the test, and so does an answer of
+the fake's that does not follow the response schema.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class FakeGoogle:
         self.run = GoogleServer("run", "run.v2", self.violations)
         self.instances: dict[tuple[str, str], dict[str, Any]] = {(PROJECT, INSTANCE): default_instance()}
         self.sql_ops: dict[str, dict[str, Any]] = {}
+        self.server_cas: list[str] = []                # PEMs instances.listServerCas answers
         self.op_statuses: list[str] = []               # every status an sqladmin operation GET returned
         self.fail_next_operation: str | None = None    # message of an sqladmin operation error
         self.stuck_operations = False                  # operations never finish
@@ -238,6 +241,17 @@ class FakeGoogle:
             if inst is None:
                 return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
             return 200, inst
+
+        @sa.route("GET", rf"/v1/projects/{p}/instances/{seg.format('i')}/listServerCas")
+        def list_server_cas(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            if (m["p"], m["i"]) not in self.instances:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            certs = [{"kind": "sql#sslCert", "cert": pem, "instance": m["i"], "sha1Fingerprint": f"{i:040x}"}
+                     for i, pem in enumerate(self.server_cas)]
+            return 200, {"kind": "sql#instancesListServerCas", "certs": certs,
+                         **({"activeVersion": f"{0:040x}"} if certs else {})}
 
         @sa.route("DELETE", rf"/v1/projects/{p}/instances/{seg.format('i')}/users")
         def delete_user(req: Request, m: re.Match[str]):

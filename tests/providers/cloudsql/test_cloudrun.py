@@ -407,3 +407,215 @@ def test_the_app_connects_with_the_url_it_was_given(pg, fake, open_app, canary_p
         assert conn.execute("SELECT current_user").fetchone() == (role,)
     out = capsys.readouterr()
     assert canary_password not in caplog.text + out.out + out.err
+
+
+# -- access for the runtime, replication, references, integrity, rotation ------------------------
+
+ACCESSOR = "roles/secretmanager.secretAccessor"
+
+
+def test_the_runtime_account_is_granted_access_on_the_secret(bare_fake, open_app):
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    assert bare_fake.store.accessors(SECRET) == {ACCOUNT}
+    # the revision could read it: it became ready with the URL
+    assert bare_fake.latest_env()[URL_VAR] == URL
+    bare_fake.secretmanager.clear()
+    open_app(bare_fake).set_config({URL_VAR: URL})         # granted already: the policy is only read
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:setIamPolicy") == []
+
+
+def test_an_existing_policy_is_kept_and_its_etag_sent(bare_fake, open_app):
+    entry = bare_fake.store.put(SECRET)
+    entry["policy"]["bindings"] = [{"role": "roles/secretmanager.viewer", "members": ["group:ops@example.com"]},
+                                   {"role": ACCESSOR, "members": ["serviceAccount:ci@example.iam.gserviceaccount.com"]}]
+    etag = entry["policy"]["etag"]
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    (grant,) = bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:setIamPolicy")
+    assert grant.body["policy"]["etag"] == etag
+    assert grant.body["policy"]["bindings"] == [
+        {"role": "roles/secretmanager.viewer", "members": ["group:ops@example.com"]},
+        {"role": ACCESSOR, "members": ["serviceAccount:ci@example.iam.gserviceaccount.com", f"serviceAccount:{ACCOUNT}"]}]
+
+
+def test_the_default_compute_account_is_the_runtime_when_none_is_named(bare_fake, open_app):
+    del bare_fake.service()["template"]["serviceAccount"]
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    assert bare_fake.store.accessors(SECRET) == {f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"}
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+def test_a_runtime_account_the_tool_may_not_grant_is_refused_with_the_command(bare_fake, open_app):
+    from runbook.errors import Refused
+
+    bare_fake.store.deny_set_iam = True
+    with pytest.raises(Refused) as exc:
+        open_app(bare_fake).set_config({URL_VAR: URL, FLAG: "1"})
+    assert exc.value.exit_code == 2
+    assert (f"run `gcloud secrets add-iam-policy-binding {SECRET} --project={PROJECT} "
+            f"--member=serviceAccount:{ACCOUNT} --role={ACCESSOR}` and rerun") in exc.value.message
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:addVersion") == []   # no version written
+    assert bare_fake.run.calls("PATCH") == []
+
+
+def test_grant_access_false_leaves_the_policy_to_a_project_wide_grant(bare_fake, open_app):
+    bare_fake.store.project_accessors.add(ACCOUNT)
+    open_app(bare_fake, grant_access=False).set_config({URL_VAR: URL})
+    assert not [r for r in bare_fake.secretmanager.requests if "IamPolicy" in r.path]
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+def test_without_access_the_rollout_says_why(bare_fake, open_app):
+    with pytest.raises(ProviderError, match=f"Permission denied on secret: projects/{PROJECT_NUMBER}/secrets/{SECRET}"):
+        open_app(bare_fake, grant_access=False).set_config({URL_VAR: URL})
+
+
+def test_user_managed_replication_with_cmek(bare_fake, open_app):
+    key = f"projects/{PROJECT}/locations/europe-west4/keyRings/ring/cryptoKeys/url"
+    open_app(bare_fake, replication={"user_managed": ["europe-west1", {"location": "europe-west4", "kms_key": key}]}
+             ).set_config({URL_VAR: URL})
+    (create,) = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
+    assert create.body["replication"] == {"userManaged": {"replicas": [
+        {"location": "europe-west1"}, {"location": "europe-west4", "customerManagedEncryption": {"kmsKeyName": key}}]}}
+
+
+def test_automatic_replication_with_cmek(bare_fake, open_app):
+    key = f"projects/{PROJECT}/locations/global/keyRings/ring/cryptoKeys/url"
+    open_app(bare_fake, kms_key=key).set_config({URL_VAR: URL})
+    (create,) = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
+    assert create.body["replication"] == {"automatic": {"customerManagedEncryption": {"kmsKeyName": key}}}
+
+
+@pytest.mark.parametrize("block, needle", [
+    ({"replication": {"user_managed": []}}, "at least 1"),
+    ({"replication": {"user_managed": [{"location": "europe-west1",
+                                        "kms_key": "projects/p/locations/us-east1/keyRings/r/cryptoKeys/k"}]}},
+     "needs the key in the replica's own location"),
+    ({"replication": {"user_managed": ["europe-west1"]}, "kms_key": "projects/p/locations/global/keyRings/r/cryptoKeys/k"},
+     "give each replica its own kms_key"),
+    ({"kms_key": "my-key"}, "is not a Cloud KMS key name"),
+    ({"replication": "regional"}, "replication"),
+])
+def test_replication_mistakes_are_config_errors(block, needle):
+    with pytest.raises(ValueError, match=needle):
+        app_config(**block)
+
+
+def test_an_existing_secret_with_other_replication_is_refused_when_replication_is_asked(bare_fake, open_app):
+    from runbook.errors import Refused
+
+    bare_fake.store.put(SECRET)   # automatic
+    with pytest.raises(Refused, match="replication cannot change"):
+        open_app(bare_fake, replication={"user_managed": ["europe-west1"]}).set_config({URL_VAR: URL})
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:addVersion") == []
+
+
+def test_a_version_alias_stays_an_alias_and_moves_to_the_version_written(bare_fake, open_app):
+    bare_fake.store.put(SECRET, "postgresql://old", aliases={"current": "1"}, accessors=(ACCOUNT,))
+    app_env(bare_fake).append(url_ref("current"))
+    app = open_app(bare_fake)
+    assert app.get_config([URL_VAR]) == {URL_VAR: "postgresql://old"}     # read, not "not set"
+    app.set_config({URL_VAR: URL})
+    assert bare_fake.secrets[(PROJECT, SECRET)]["aliases"] == {"current": "2"}
+    (patch,) = bare_fake.secretmanager.calls("PATCH", SECRET_PATH)
+    assert patch.query == {"updateMask": "versionAliases"} and patch.body["versionAliases"] == {"current": "2"}
+    assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("current")]
+    assert bare_fake.latest_env()[URL_VAR] == URL
+    assert bare_fake.store.states(SECRET) == ["DISABLED", "ENABLED"]
+    assert app.get_config([URL_VAR]) == {URL_VAR: URL}
+
+
+def test_a_damaged_payload_is_caught_by_its_crc32c(bare_fake, open_app):
+    bare_fake.store.put(SECRET, URL)
+    app_env(bare_fake).append(url_ref("1"))
+    bare_fake.store.corrupt_next_access = True
+    with pytest.raises(ProviderError, match="arrived damaged \\(its CRC32C does not match dataCrc32c\\)"):
+        open_app(bare_fake).get_config([URL_VAR])
+
+
+def test_older_versions_are_disabled_only_once_the_new_revision_serves(bare_fake, open_app):
+    app = open_app(bare_fake)
+    for n in range(1, 5):
+        app.set_config({URL_VAR: URL.replace("pw-1234567", f"pw-{n}234567")})
+    assert bare_fake.store.states(SECRET) == ["DISABLED", "DISABLED", "DISABLED", "ENABLED"]
+    bare_fake.store.secrets[(PROJECT, SECRET)]["versions"][0]["state"] = "ENABLED"   # re-enabled by hand
+    # the next rotation's revision fails: nothing is disabled, the serving revision still reads version 4
+    bare_fake.fail_next_revision = "Revision is not ready and cannot serve traffic."
+    with pytest.raises(ProviderError):
+        app.set_config({URL_VAR: URL})
+    assert bare_fake.store.states(SECRET) == ["ENABLED", "DISABLED", "DISABLED", "ENABLED", "ENABLED"]
+    assert app.get_config([URL_VAR]) == {URL_VAR: URL.replace("pw-1234567", "pw-4234567")}
+    # the rerun serves version 5; every older enabled one (over several pages of versions.list) goes
+    app.set_config({URL_VAR: URL})
+    assert bare_fake.store.states(SECRET) == ["DISABLED"] * 4 + ["ENABLED"]
+    assert len({r.query.get("pageToken") for r in bare_fake.secretmanager.calls("GET", f"{SECRET_PATH}/versions")}) > 1
+
+
+def test_disabling_can_be_turned_off(bare_fake, open_app):
+    app = open_app(bare_fake, disable_old_versions=False)
+    app.set_config({URL_VAR: URL})
+    app.set_config({URL_VAR: URL.replace("pw-1234567", "pw-7654321")})
+    assert bare_fake.store.states(SECRET) == ["ENABLED", "ENABLED"]
+
+
+# -- the Cloud SQL socket ----------------------------------------------------------------------
+
+CONNECTION = f"{PROJECT}:{REGION}:raxx-pg"
+SOCKET_URL = f"postgresql://raptor_app:pw-1234567@:5432/raptor?sslmode=disable&host=/cloudsql/{CONNECTION}"
+
+
+def mount_cloudsql(fake, *, path: str | None = "/cloudsql", instance: str = CONNECTION) -> None:
+    template = fake.service()["template"]
+    template["volumes"] = [{"name": "cloudsql", "cloudSqlInstance": {"instances": [instance]}}]
+    app = next(c for c in template["containers"] if c["name"] == "app")
+    app["volumeMounts"] = [{"name": "cloudsql", **({"mountPath": path} if path is not None else {})}]
+
+
+@pytest.mark.parametrize("path", ["/cloudsql", None], ids=["at-cloudsql", "empty-path"])
+def test_a_socket_url_needs_the_cloud_sql_volume_mounted(bare_fake, open_app, path):
+    mount_cloudsql(bare_fake, path=path)
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: Secret(SOCKET_URL)})
+    assert app.get_config([URL_VAR]) == {URL_VAR: SOCKET_URL}
+
+
+@pytest.mark.parametrize("mount", [
+    None, {"path": "/sockets"}, {"instance": f"{PROJECT}:{REGION}:another-pg"}], ids=["none", "elsewhere", "other-instance"])
+def test_a_socket_url_without_the_mount_is_refused_before_any_write(bare_fake, open_app, mount):
+    if mount is not None:
+        mount_cloudsql(bare_fake, **mount)
+    with pytest.raises(ConfigError) as exc:
+        open_app(bare_fake).set_config({URL_VAR: Secret(SOCKET_URL), FLAG: "1"})
+    assert exc.value.message == (
+        f"Cloud Run service {SERVICE} does not mount Cloud SQL instance {CONNECTION} at /cloudsql in its container, "
+        f"so the app cannot reach the socket its URL names; add it with `gcloud run services update {SERVICE} "
+        f"--region={REGION} --add-cloudsql-instances={CONNECTION}` and rerun")
+    assert bare_fake.secretmanager.requests == [] and bare_fake.run.calls("PATCH") == []
+
+
+def test_a_serving_revision_without_the_mount_does_not_count(bare_fake, open_app):
+    mount_cloudsql(bare_fake)
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: Secret(SOCKET_URL)})
+    template = bare_fake.service()["template"]
+    template.pop("volumes")            # a deploy by someone else dropped the Cloud SQL connection
+    with pytest.raises(ConfigError, match="does not mount Cloud SQL instance"):
+        app.get_config([URL_VAR])
+
+
+def test_rollout_states_reach_the_progress_sink(bare_fake, tmp_path, sleeps):
+    import dataclasses
+
+    from providers.cloudrun import CloudRunApp
+    from tests.providers.cloudsql.conftest import context
+    from tests.providers.conftest import quick_budget
+
+    events = []
+    ctx = dataclasses.replace(context(bare_fake, tmp_path), progress=events.append)
+    app = CloudRunApp(app_config(), ctx, sleep=sleeps, budget=quick_budget())
+    try:
+        app.set_config({FLAG: "1"})
+    finally:
+        app.close()
+    what = f"cloud run: setting {FLAG} on {SERVICE}"
+    assert [(e.what, e.state, e.done) for e in events] == [(what, "rolling out", False), (what, "reconciling", False),
+                                                           (what, "done", True)]
