@@ -1,8 +1,10 @@
 """`provider: cloudsql` — Cloud SQL for PostgreSQL through the Cloud SQL Admin API.
 
-The instance is read with `instances.get` (must be PostgreSQL, RUNNABLE, started, a primary).
-The application role is created in SQL by the admin user (`postgres` by default, password from
-`admin_password_env`), never through the API: users created through the API land in
+The instance is read with `instances.get` (must be PostgreSQL, RUNNABLE, started, a primary:
+replicas and read pools are refused, naming the primary). The application role is created in SQL
+by the admin user (`postgres` by default, password from `admin_password_env`; or, with
+`admin_auth: iam`, an IAM principal logging in with its OAuth access token, which needs the
+instance's cloudsql.iam_authentication flag on), never through the API: users created through the API land in
 `cloudsqlsuperuser` with CREATEROLE and CREATEDB. `adjust_existing_role` takes those powers
 away from a role that already exists that way (in SQL where PostgreSQL allows it; from PG 16 a
 membership granted by Cloud SQL's own superuser cannot be revoked by `postgres`, and with
@@ -61,7 +63,12 @@ class CloudSqlDatabaseConfig(BaseModel):
     project: ProjectId = Field(description="Google Cloud project id")
     instance: str = Field(description="Cloud SQL instance id")
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
-    admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password")
+    admin_password_env: EnvVarName | None = Field(default=None, description="environment variable holding the "
+                                                  "admin user's password (admin_auth: password)")
+    admin_auth: Literal["password", "iam"] = Field(
+        default="password", description="how the admin logs in: its password, or IAM database authentication "
+        "(admin_user is an IAM principal, e.g. ops@example.com or sa@project.iam, and the OAuth access token "
+        "is its password)")
     database: str = Field(default="postgres", description="database the role is granted in")
     sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL "
                          "(disable behind the Cloud SQL Auth Proxy, which encrypts by itself)")
@@ -83,6 +90,15 @@ class CloudSqlDatabaseConfig(BaseModel):
                                     "cannot be revoked in SQL")
     poll_interval: Duration = Field(default=timedelta(seconds=2), description="between operation polls")
     operation_timeout: Duration = Field(default=timedelta(minutes=10), description="longest wait for an operation")
+
+    @model_validator(mode="after")
+    def _admin_login(self) -> "CloudSqlDatabaseConfig":
+        if self.admin_auth == "password" and not self.admin_password_env:
+            raise ValueError("admin_password_env is required (or admin_auth: iam to log in with an IAM token)")
+        if self.admin_auth == "iam" and self.admin_user.endswith(".gserviceaccount.com"):
+            raise ValueError(f"admin_user {self.admin_user!r}: Cloud SQL names a service account's database user "
+                             f"without .gserviceaccount.com ({self.admin_user.removesuffix('.gserviceaccount.com')})")
+        return self
 
     @model_validator(mode="after")
     def _app_tls(self) -> "CloudSqlDatabaseConfig":
@@ -193,6 +209,13 @@ class CloudSqlDatabase:
                           f"patch {self.config.instance} --activation-policy=ALWAYS` and rerun")
         ssl_mode = self.ssl_mode()
         self._refuse_unreachable_tls(where, ssl_mode)
+        if self.config.admin_auth == "iam":
+            flags = {f.get("name"): f.get("value") for f in settings.get("databaseFlags") or []}
+            if flags.get("cloudsql.iam_authentication") != "on":
+                raise Refused(f"{where} does not accept IAM logins (database flag cloudsql.iam_authentication is "
+                              "not on) but database.admin_auth is iam; turn the flag on (`gcloud sql instances patch "
+                              f"{self.config.instance} --database-flags=cloudsql.iam_authentication=on`, listing "
+                              "the instance's other flags too: the list is replaced) or use admin_auth: password")
         installed = str(inst.get("databaseInstalledVersion") or version)
         app = self.credential_for("app", None)
         details = {
@@ -309,7 +332,11 @@ class CloudSqlDatabase:
     def admin_dsn(self) -> Secret:
         from psycopg.conninfo import make_conninfo
 
-        password = self.ctx.environ.get(self.config.admin_password_env)
+        if self.config.admin_auth == "iam":
+            # IAM database authentication: the OAuth access token of the identity running the tool
+            password = self.auth.access_token().reveal()
+        else:
+            password = self.ctx.environ.get(self.config.admin_password_env or "")
         if not password:
             raise ConfigError(f"environment variable {self.config.admin_password_env} (database.admin_password_env) "
                               f"is not set; it holds the password of {self.config.admin_user}")

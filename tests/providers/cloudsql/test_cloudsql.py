@@ -144,6 +144,11 @@ def test_credential_for_the_cloud_run_socket(bare_fake, open_db):
     ({"project": "Raxx Prod"}, "not a Google Cloud project id"),
     ({"admin_password_env": "hunter2 is my password"}, "must name an environment variable"),
     ({"sslmode": "required"}, "sslmode"),
+    ({"admin_password_env": None}, "admin_password_env is required \\(or admin_auth: iam"),
+    ({"admin_auth": "iam", "admin_user": "sa@raxx-prod-123.iam.gserviceaccount.com"},
+     "without .gserviceaccount.com \\(sa@raxx-prod-123.iam\\)"),
+    ({"ip": "ipv6"}, "ip"),
+    ({"app_port": 70000}, "app_port"),
 ])
 def test_config_rejects_mistakes(block, needle):
     with pytest.raises(ValueError, match=needle):
@@ -483,3 +488,13 @@ def test_operation_states_reach_the_progress_sink(bare_fake, tmp_path, sleeps):
         ("cloud sql: deleting user someone", "PENDING", False), ("cloud sql: deleting user someone", "RUNNING", False),
         ("cloud sql: deleting user someone", "DONE", True)]
     assert events[-1].remaining is None and events[0].remaining > 0
+
+
+def test_an_iam_admin_sends_the_access_token_as_its_password(bare_fake, open_db):
+    bare_fake.instances[(PROJECT, INSTANCE)]["settings"]["databaseFlags"] = [
+        {"name": "cloudsql.iam_authentication", "value": "on"}]
+    db = open_db(bare_fake, admin_auth="iam", admin_user="ops@example.com", admin_password_env=None)
+    assert db.describe()
+    parts = conninfo_to_dict(db.admin_dsn().reveal())
+    assert (parts["user"], parts["password"]) == ("ops@example.com", TOKEN)
+    assert TOKEN not in repr(db.admin_dsn())

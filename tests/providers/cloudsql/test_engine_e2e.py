@@ -271,3 +271,38 @@ def test_rotation_disables_the_old_versions_once_the_new_revision_serves(world, 
     assert current != first
     logs_in(current, role)
     diagnosed_clean(project, world)
+
+
+def test_an_iam_admin_logs_in_with_its_oauth_token(fake, tmp_path, pg, caplog):
+    """admin_auth: iam — the admin is an IAM principal whose database password is the OAuth access
+    token (here the cluster checks it as a password; Cloud SQL checks it with IAM)."""
+    from psycopg import sql
+
+    from tests.logins import create_login
+    from tests.providers.cloudsql.conftest import GROUP, ensure_group
+    from tests.providers.cloudsql.fake_google import TOKEN
+    from tests.providers.conftest import Login
+
+    caplog.set_level("DEBUG")
+    ensure_group(pg)
+    name = f"{pg.role('ops')}@example.com"
+    create_login(pg, name, TOKEN, "CREATEROLE CREATEDB")
+    ident = sql.Identifier(name)
+    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), ident)
+               + (sql.SQL(" WITH ADMIN OPTION") if pg.major >= 16 else sql.SQL("")))
+    pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
+    owned_database(pg, Login(name, TOKEN))
+    role = pg.role("raptor_app")
+    project = write_project(tmp_path, pg, Login(name, TOKEN), role,
+                            database={"admin_auth": "iam", "admin_password_env": None})
+    environ = fake.environ()
+
+    with pytest.raises(Refused, match="cloudsql.iam_authentication is not on"):    # before any change
+        commands.provision(project, "staging", yes=True, environ=environ)
+    assert not role_exists(pg, role)
+    fake.instances[(PROJECT, INSTANCE)]["settings"]["databaseFlags"] = [
+        {"name": "cloudsql.iam_authentication", "value": "on"}]
+    result = ran_ok(commands.provision, project, environ)
+    logs_in(fake.latest_env()[URL_VAR], role)
+    diag = diagnosed_clean(project, environ)
+    assert_not_shown(caplog, (result, diag), TOKEN)
