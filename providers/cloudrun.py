@@ -33,9 +33,10 @@
   as absent and the engine writes it again.
 - The URL counts as set only when the serving env entry reads `url_secret` (by id, or as
   `projects/<id or number>/secrets/<id>`) and that version (number, `latest` or alias) holds a
-  value whose CRC32C matches. A URL over /cloudsql/<connection name> counts only where the serving
-  revision mounts that instance's Cloud SQL volume at /cloudsql; set_config refuses, before any
-  write, a template that does not.
+  value whose CRC32C matches. A URL over /cloudsql/<connection name> is of use only where the
+  serving revision mounts that instance's Cloud SQL volume at /cloudsql: `url_problem` says so
+  (the engine then treats the URL as not working), and set_config refuses, before any write, a
+  template that does not.
 - `restart()` rolls a revision with nothing else changed.
 
 Base URLs: SECRETMANAGER_API_URL (default https://secretmanager.googleapis.com) and
@@ -330,7 +331,8 @@ class CloudRunApp:
                                 "answered without the version's name")
         return version
 
-    def _move_alias(self, secret: dict[str, Any], alias: str, version: str) -> None:
+    def _move_alias(self, alias: str, version: str) -> None:
+        secret = self._secret() or {}       # read now: its etag guards the aliases of this moment
         aliases = {**(secret.get("versionAliases") or {}), alias: version}
         body: dict[str, Any] = {"versionAliases": aliases}
         if secret.get("etag"):
@@ -588,14 +590,20 @@ class CloudRunApp:
             # in place only when every revision taking traffic holds it the same way
             entry = entries[0] if entries and all(e == entries[0] for e in entries) else None
             if key == self.ctx.url_var:
-                value = self._url_value(entry)
-                instance = _socket_instance(value) if value else None
-                if instance and not all(self._mounts_cloudsql(source, instance) for source in sources):
-                    raise ConfigError(self._mount_fix(instance))
-                out[key] = value
+                out[key] = self._url_value(entry)
             else:
                 out[key] = entry.get("value") if entry and "value" in entry else None
         return out
+
+    def url_problem(self, url: str) -> str | None:
+        """Why the app could not use `url` although its login works, else None: a /cloudsql socket
+        that a revision taking traffic does not mount."""
+        instance = _socket_instance(url)
+        if instance is None:
+            return None
+        if all(self._mounts_cloudsql(source, instance) for source in self._serving(self._service())):
+            return None
+        return self._mount_fix(instance)
 
     def _check_keys(self, keys: list[str]) -> None:
         for key in keys:
@@ -645,7 +653,7 @@ class CloudRunApp:
         if pinned and not pinned.isdigit() and pinned != "latest":
             # the service reads an alias: keep reading it, and move it to the version written
             if (secret.get("versionAliases") or {}).get(pinned) != number:
-                self._move_alias(secret, pinned, number)
+                self._move_alias(pinned, number)
             version = pinned
         else:
             version = number

@@ -36,6 +36,9 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
             state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
         else:
             state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
+    elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
+        # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
+        state = UrlState(value, False, problem)
     elif not ctx.info.password_auth:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:

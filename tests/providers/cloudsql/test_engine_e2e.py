@@ -306,3 +306,16 @@ def test_an_iam_admin_logs_in_with_its_oauth_token(fake, tmp_path, pg, caplog):
     logs_in(fake.latest_env()[URL_VAR], role)
     diag = diagnosed_clean(project, environ)
     assert_not_shown(caplog, (result, diag), TOKEN)
+
+
+def test_a_dropped_socket_mount_fails_diagnose_and_retire_still_cleans_up(world, fake, tmp_path, pg, admin):
+    mount_cloudsql(fake)
+    role = pg.role("raptor_app")
+    project = write_project(tmp_path, pg, admin, role, database={"app_host": "socket"})
+    ran_ok(commands.provision, project, world)
+    fake.service()["template"].pop("volumes")         # someone redeployed without the Cloud SQL connection
+    diag = commands.diagnose(project, "staging", environ=world)
+    url = next(c for c in diag.checks if c.name == "url")
+    assert url.status == "fail" and f"--add-cloudsql-instances={CONNECTION}" in url.detail
+    ran_ok(commands.retire, project, world)
+    assert URL_VAR not in fake.latest_env() and (PROJECT, SECRET) not in fake.secrets and not role_exists(pg, role)
