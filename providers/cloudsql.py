@@ -4,8 +4,8 @@ The instance is read with `instances.get` (must be PostgreSQL, RUNNABLE, started
 replicas and read pools are refused, naming the primary). The application role is created in SQL
 by the admin user (`postgres` by default, password from `admin_password_env`; or, with
 `admin_auth: iam`, an IAM principal logging in with its OAuth access token, which needs the
-instance's cloudsql.iam_authentication flag on), never through the API: users created through the API land in
-`cloudsqlsuperuser` with CREATEROLE and CREATEDB. `adjust_existing_role` takes those powers
+instance's cloudsql.iam_authentication flag on), never through the API: users created through
+the API land in `cloudsqlsuperuser` with CREATEROLE and CREATEDB. `adjust_existing_role` takes those powers
 away from a role that already exists that way (in SQL where PostgreSQL allows it; from PG 16 a
 membership granted by Cloud SQL's own superuser cannot be revoked by `postgres`, and with
 `replace_api_users: true` such a role that owns nothing is deleted through the Admin API so that
@@ -70,8 +70,9 @@ class CloudSqlDatabaseConfig(BaseModel):
         "(admin_user is an IAM principal, e.g. ops@example.com or sa@project.iam, and the OAuth access token "
         "is its password)")
     database: str = Field(default="postgres", description="database the role is granted in")
-    sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL "
-                         "(disable behind the Cloud SQL Auth Proxy, which encrypts by itself)")
+    sslmode: SslMode = Field(default="require", description="sslmode of the tool's session, and of the app's "
+                             "URL when there is no app_host (disable behind the Cloud SQL Auth Proxy, which "
+                             "encrypts by itself; verify-ca/verify-full use the instance's server CA)")
     connect: Connect | None = Field(default=None, description="where the tool connects: a Cloud SQL Auth Proxy "
                                     "or tunnel (the app's URL never takes its port or sslmode)")
     ip: Literal["public", "private", "psc"] | None = Field(
