@@ -1,17 +1,33 @@
 """`provider: cloudsql` — Cloud SQL for PostgreSQL through the Cloud SQL Admin API.
 
-The instance is read with `instances.get` (must be PostgreSQL, RUNNABLE, started, a primary).
-The application role is created in SQL by the admin user (`postgres` by default, password from
-`admin_password_env`), never through the API: users created through the API land in
-`cloudsqlsuperuser` with CREATEROLE and CREATEDB. `adjust_existing_role` takes those powers
+The instance is read with `instances.get` (must be PostgreSQL, RUNNABLE, started, a primary:
+replicas and read pools are refused, naming the primary). The application role is created in SQL
+by the admin user (`postgres` by default, password from `admin_password_env`; or, with
+`admin_auth: iam`, an IAM principal logging in with its OAuth access token, which needs the
+instance's cloudsql.iam_authentication flag on), never through the API: users created through
+the API land in `cloudsqlsuperuser` with CREATEROLE and CREATEDB. `adjust_existing_role` takes those powers
 away from a role that already exists that way (in SQL where PostgreSQL allows it; from PG 16 a
 membership granted by Cloud SQL's own superuser cannot be revoked by `postgres`, and with
 `replace_api_users: true` such a role that owns nothing is deleted through the Admin API so that
 the engine creates it again in SQL). Admin API operations are polled until DONE.
 
-Addresses: `connect: {host, port}` points the SQL session at a Cloud SQL Auth Proxy or tunnel;
-otherwise the instance's PRIMARY (public) address, else its PRIVATE one. `app_host` sets the host
-the app's URL names (`socket` = the /cloudsql/<connection name> socket Cloud Run mounts).
+Two endpoints. Where the tool connects: `connect: {host, port}` (a Cloud SQL Auth Proxy or tunnel),
+else the instance's address of kind `ip` (public = PRIMARY, private = PRIVATE, psc = its Private
+Service Connect DNS name; unset: public, else private, else psc), port 5432, with `sslmode`. What
+the app uses: `app_host` (an address, a socket folder, or `socket` = the /cloudsql/<connection
+name> folder Cloud Run mounts), `app_port` (default 5432, never the proxy's port) and
+`app_sslmode` (default require for an address: the tool's `disable` behind its own proxy is not
+the app's); without `app_host` the app uses the tool's endpoint (a sidecar proxy at the same
+address). When the app's endpoint is not the tool's, the app's login is proven over the tool's
+endpoint with the same user, password and database (`login_route`): from the operator's machine
+neither /cloudsql nor a private address need exist.
+
+SSL: `settings.ipConfiguration.sslMode`, or, when only the legacy `requireSsl: true` is set,
+TRUSTED_CLIENT_CERTIFICATE_REQUIRED (the document: "only allow connections encrypted with SSL/TLS
+and with valid client certificates"). Client certificates are the Auth Proxy's or a connector's
+business: such an instance is refused unless both endpoints go through one. `sslmode: verify-ca`
+/ `verify-full` verify the server with the instance's CA from the API (`serverCaCert`, else
+`instances.listServerCas`), written beside the project file under .runbook/.
 
 Base URL: CLOUDSQL_API_URL (default https://sqladmin.googleapis.com); token: see providers.gcp_auth.
 """
@@ -22,11 +38,12 @@ import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, SslMode
+from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, Progress, SslMode
 from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
 from providers.gcp_auth import GoogleAuth
 from providers.http import ApiClient, RateBudget
@@ -46,18 +63,50 @@ class CloudSqlDatabaseConfig(BaseModel):
     project: ProjectId = Field(description="Google Cloud project id")
     instance: str = Field(description="Cloud SQL instance id")
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
-    admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password")
+    admin_password_env: EnvVarName | None = Field(default=None, description="environment variable holding the "
+                                                  "admin user's password (admin_auth: password)")
+    admin_auth: Literal["password", "iam"] = Field(
+        default="password", description="how the admin logs in: its password, or IAM database authentication "
+        "(admin_user is an IAM principal, e.g. ops@example.com or sa@project.iam, and the OAuth access token "
+        "is its password)")
     database: str = Field(default="postgres", description="database the role is granted in")
-    sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL "
-                         "(disable behind the Cloud SQL Auth Proxy, which encrypts by itself)")
-    connect: Connect | None = Field(default=None, description="address of a Cloud SQL Auth Proxy or tunnel")
+    sslmode: SslMode = Field(default="require", description="sslmode of the tool's session, and of the app's "
+                             "URL when there is no app_host (disable behind the Cloud SQL Auth Proxy, which "
+                             "encrypts by itself; verify-ca/verify-full use the instance's server CA)")
+    connect: Connect | None = Field(default=None, description="where the tool connects: a Cloud SQL Auth Proxy "
+                                    "or tunnel (the app's URL never takes its port or sslmode)")
+    ip: Literal["public", "private", "psc"] | None = Field(
+        default=None, description="which address of the instance the tool uses without connect (default: "
+        "public, else private, else psc)")
     app_host: str | None = Field(default=None, description="host in the app's URL: an address, a socket "
                                  "folder, or `socket` for /cloudsql/<connection name> (Cloud Run)")
+    app_port: int | None = Field(default=None, ge=1, le=65535, description="port in the app's URL when app_host "
+                                 "is an address (default 5432)")
+    app_sslmode: SslMode | None = Field(default=None, description="sslmode in the app's URL when app_host is an "
+                                        "address (default require; with verify-*, also set app_sslrootcert)")
+    app_sslrootcert: str | None = Field(default=None, description="path of the server CA inside the app's "
+                                        "container, for app_sslmode verify-ca / verify-full")
     replace_api_users: bool = Field(default=False, description="delete an API-created role that owns nothing "
                                     "(so it is created again in SQL) when its cloudsqlsuperuser membership "
                                     "cannot be revoked in SQL")
     poll_interval: Duration = Field(default=timedelta(seconds=2), description="between operation polls")
     operation_timeout: Duration = Field(default=timedelta(minutes=10), description="longest wait for an operation")
+
+    @model_validator(mode="after")
+    def _admin_login(self) -> "CloudSqlDatabaseConfig":
+        if self.admin_auth == "password" and not self.admin_password_env:
+            raise ValueError("admin_password_env is required (or admin_auth: iam to log in with an IAM token)")
+        if self.admin_auth == "iam" and self.admin_user.endswith(".gserviceaccount.com"):
+            raise ValueError(f"admin_user {self.admin_user!r}: Cloud SQL names a service account's database user "
+                             f"without .gserviceaccount.com ({self.admin_user.removesuffix('.gserviceaccount.com')})")
+        return self
+
+    @model_validator(mode="after")
+    def _app_tls(self) -> "CloudSqlDatabaseConfig":
+        if self.app_sslmode in ("verify-ca", "verify-full") and not self.app_sslrootcert:
+            raise ValueError(f"app_sslmode {self.app_sslmode} needs app_sslrootcert: the path of the instance's "
+                             "server CA inside the app's container")
+        return self
 
     @field_validator("instance")
     @classmethod
@@ -127,7 +176,8 @@ class CloudSqlDatabase:
             poll=lambda name: self._call("GET", f"{self._base}/operations/{name}"),
             done=lambda op: op.get("status") == "DONE", state=lambda op: op.get("status") or "pending",
             interval=self.config.poll_interval, timeout=self.config.operation_timeout, sleep=self._sleep,
-            follow=f"gcloud sql operations describe {operation['name']} --project={self.config.project}")
+            follow=f"gcloud sql operations describe {operation['name']} --project={self.config.project}",
+            report=lambda state, left, done: self.ctx.progress(Progress(f"cloud sql: {what}", state, left, done)))
         errors = (operation.get("error") or {}).get("errors") or []
         if errors:
             messages = "; ".join(str(e.get("message") or e.get("code") or "unknown error") for e in errors)
@@ -143,10 +193,13 @@ class CloudSqlDatabase:
         if not version.startswith("POSTGRES_"):
             raise Refused(f"{where} runs {version or 'an unknown engine'}, not PostgreSQL; "
                           "point database.instance at a Cloud SQL for PostgreSQL instance")
-        if inst.get("instanceType") == "READ_REPLICA_INSTANCE":
-            primary = str(inst.get("masterInstanceName") or "its primary").split(":")[-1]
-            raise Refused(f"{where} is a read replica; roles can only be created on the primary: "
-                          f"set database.instance to {primary}")
+        kind = inst.get("instanceType") or "CLOUD_SQL_INSTANCE"
+        if kind != "CLOUD_SQL_INSTANCE":
+            # replicas and read pools are read-only: CREATE ROLE there dies with ReadOnlySqlTransaction
+            what = {"READ_REPLICA_INSTANCE": "a read replica", "READ_POOL_INSTANCE": "a read pool"}.get(kind, kind)
+            primary = str(inst.get("masterInstanceName") or "").split(":")[-1]
+            fix = f"set database.instance to {primary}" if primary else "set database.instance to its primary"
+            raise Refused(f"{where} is {what}; roles can only be created on the primary: {fix}")
         state = inst.get("state")
         if state != "RUNNABLE":
             raise Refused(f"{where} is {state or 'in an unknown state'}, not RUNNABLE; wait until "
@@ -155,18 +208,17 @@ class CloudSqlDatabase:
         if settings.get("activationPolicy") == "NEVER":
             raise Refused(f"{where} is stopped (activation policy NEVER); start it with `gcloud sql instances "
                           f"patch {self.config.instance} --activation-policy=ALWAYS` and rerun")
-        ip_config = settings.get("ipConfiguration") or {}
-        ssl_mode = ip_config.get("sslMode") or (
-            "ENCRYPTED_ONLY" if ip_config.get("requireSsl") else "ALLOW_UNENCRYPTED_AND_ENCRYPTED")
-        if self.config.connect is None:
-            if ssl_mode == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
-                raise Refused(f"{where} requires client certificates (sslMode {ssl_mode}); run the Cloud SQL "
-                              "Auth Proxy and set database.connect to its address (and sslmode: disable)")
-            if ssl_mode != "ALLOW_UNENCRYPTED_AND_ENCRYPTED" and self.config.sslmode in ("disable", "allow"):
-                raise Refused(f"{where} only accepts encrypted connections (sslMode {ssl_mode}) but "
-                              f"database.sslmode is {self.config.sslmode}; use require, or connect through "
-                              "the Cloud SQL Auth Proxy with database.connect")
+        ssl_mode = self.ssl_mode()
+        self._refuse_unreachable_tls(where, ssl_mode)
+        if self.config.admin_auth == "iam":
+            flags = {f.get("name"): f.get("value") for f in settings.get("databaseFlags") or []}
+            if flags.get("cloudsql.iam_authentication") != "on":
+                raise Refused(f"{where} does not accept IAM logins (database flag cloudsql.iam_authentication is "
+                              "not on) but database.admin_auth is iam; turn the flag on (`gcloud sql instances patch "
+                              f"{self.config.instance} --database-flags=cloudsql.iam_authentication=on`, listing "
+                              "the instance's other flags too: the list is replaced) or use admin_auth: password")
         installed = str(inst.get("databaseInstalledVersion") or version)
+        app = self.credential_for("app", None)
         details = {
             "instance": str(inst.get("connectionName") or f"{self.config.project}:{self.config.instance}"),
             "region": str(inst.get("region") or ""),
@@ -175,6 +227,7 @@ class CloudSqlDatabase:
             "availability": str(settings.get("availabilityType") or ""),
             "ssl_mode": ssl_mode,
             "admin": f"{self.config.admin_user}@{self._host()}:{self._port()}",
+            "app_endpoint": (app.options.get("host") or f"{app.host}:{app.port}") + f" (sslmode {app.sslmode})",
         }
         return DatabaseInfo(
             engine="postgres",
@@ -184,14 +237,69 @@ class CloudSqlDatabase:
             details={k: v for k, v in details.items() if v},
         )
 
+    def ssl_mode(self) -> str:
+        """The instance's SSL enforcement, as `sslMode` names it. `requireSsl` is the legacy field:
+        alone and true it means client certificates are required (the document pairs
+        TRUSTED_CLIENT_CERTIFICATE_REQUIRED with requireSsl true for PostgreSQL)."""
+        ip_config = (self.instance().get("settings") or {}).get("ipConfiguration") or {}
+        mode = ip_config.get("sslMode")
+        if mode and mode != "SSL_MODE_UNSPECIFIED":
+            return str(mode)
+        return "TRUSTED_CLIENT_CERTIFICATE_REQUIRED" if ip_config.get("requireSsl") else "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
+
+    def _refuse_unreachable_tls(self, where: str, ssl_mode: str) -> None:
+        """Both endpoints must be able to log in under the instance's SSL mode, before any change."""
+        c = self.config
+        encrypted = ssl_mode != "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
+        if c.connect is None:
+            if ssl_mode == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
+                raise Refused(f"{where} requires client certificates (sslMode {ssl_mode}); run the Cloud SQL Auth "
+                              f"Proxy (`cloud-sql-proxy {self._connection_name()} --port 15432`) and set "
+                              "database.connect to its address with sslmode: disable, or use a Cloud SQL connector")
+            if encrypted and c.sslmode in ("disable", "allow"):
+                raise Refused(f"{where} only accepts encrypted connections (sslMode {ssl_mode}) but "
+                              f"database.sslmode is {c.sslmode}; use require, or connect through "
+                              "the Cloud SQL Auth Proxy with database.connect")
+        if c.app_host and c.app_host != "socket" and not c.app_host.startswith("/"):
+            if ssl_mode == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
+                raise Refused(f"{where} requires client certificates (sslMode {ssl_mode}) but the app's URL names "
+                              f"{c.app_host} directly; use app_host: socket (Cloud Run's Cloud SQL connection) or "
+                              "the address of an Auth Proxy beside the app")
+            if encrypted and self._app_sslmode() in ("disable", "allow"):
+                raise Refused(f"{where} only accepts encrypted connections (sslMode {ssl_mode}) but the app's URL "
+                              f"would use sslmode {self._app_sslmode()}; set database.app_sslmode to require")
+
+    # -- the tool's endpoint ---------------------------------------------------------------
+
     def _instance_address(self) -> str:
-        addresses = self.instance().get("ipAddresses") or []
-        for kind in ("PRIMARY", "PRIVATE"):
-            for entry in addresses:
-                if entry.get("type") == kind and entry.get("ipAddress"):
-                    return str(entry["ipAddress"])
-        raise ConfigError(f"Cloud SQL instance {self.config.instance} has no IP address the tool can reach; "
-                          "run the Cloud SQL Auth Proxy and set database.connect to its address")
+        inst = self.instance()
+        addresses = inst.get("ipAddresses") or []
+        by_kind = {"public": "PRIMARY", "private": "PRIVATE"}
+
+        def ip_of(kind: str) -> str | None:
+            return next((str(e["ipAddress"]) for e in addresses if e.get("type") == kind and e.get("ipAddress")), None)
+
+        def psc_name() -> str | None:
+            psc = ((inst.get("settings") or {}).get("ipConfiguration") or {}).get("pscConfig") or {}
+            if not psc.get("pscEnabled"):
+                return None
+            names = [d.get("name") for d in inst.get("dnsNames") or []
+                     if d.get("connectionType") == "PRIVATE_SERVICE_CONNECT" and d.get("name")]
+            return str(names[0]).rstrip(".") if names else (str(inst.get("dnsName") or "").rstrip(".") or None)
+
+        want = self.config.ip
+        if want == "psc":
+            found = psc_name()
+        elif want:
+            found = ip_of(by_kind[want])
+        else:
+            found = ip_of("PRIMARY") or ip_of("PRIVATE") or psc_name()
+        if found:
+            return found
+        which = f"a {want} address" if want else "an address the tool can reach"
+        raise ConfigError(f"Cloud SQL instance {self.config.instance} has {'no ' + which.split(' ', 1)[1]}"
+                          f"{' (database.ip)' if want else ''}; run the Cloud SQL Auth Proxy and set "
+                          "database.connect to its address")
 
     def _host(self) -> str:
         return self.config.connect.host if self.config.connect else self._instance_address()
@@ -199,32 +307,100 @@ class CloudSqlDatabase:
     def _port(self) -> int:
         return self.config.connect.port if self.config.connect else 5432
 
+    def _tls(self) -> dict[str, str]:
+        """sslmode (and sslrootcert for verify-*) of the tool's own sessions."""
+        mode = self.config.sslmode
+        if mode not in ("verify-ca", "verify-full"):
+            return {"sslmode": mode}
+        return {"sslmode": mode, "sslrootcert": str(self._server_ca_file())}
+
+    def _server_ca_file(self) -> Path:
+        """The instance's server CA, from the API, as a PEM file under .runbook/ (re-read each run)."""
+        inst = self.instance()
+        pem = str((inst.get("serverCaCert") or {}).get("cert") or "")
+        if not pem:
+            listed = self._call("GET", f"{self._base}/instances/{self.config.instance}/listServerCas")
+            pem = "\n".join(str(c.get("cert") or "") for c in listed.get("certs") or [] if c.get("cert"))
+        if "BEGIN CERTIFICATE" not in pem:
+            raise ProviderError(f"Cloud SQL Admin API: instance {self.config.instance} reports no server CA "
+                                "certificate, so the server cannot be verified; use sslmode: require")
+        folder = Path(str(self.ctx.base_dir)) / ".runbook"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"cloudsql-{self.config.project}-{self.config.instance}-server-ca.pem"
+        path.write_text(pem if pem.endswith("\n") else pem + "\n")
+        return path
+
     def admin_dsn(self) -> Secret:
         from psycopg.conninfo import make_conninfo
 
-        password = self.ctx.environ.get(self.config.admin_password_env)
+        if self.config.admin_auth == "iam":
+            # IAM database authentication: the OAuth access token of the identity running the tool
+            password = self.auth.access_token().reveal()
+        else:
+            password = self.ctx.environ.get(self.config.admin_password_env or "")
         if not password:
             raise ConfigError(f"environment variable {self.config.admin_password_env} (database.admin_password_env) "
                               f"is not set; it holds the password of {self.config.admin_user}")
         return Secret(make_conninfo(
             host=self._host(), port=str(self._port()), user=self.config.admin_user, password=password,
-            dbname=self.config.database, sslmode=self.config.sslmode,
+            dbname=self.config.database, **self._tls(),
         ))
 
+    # -- the app's endpoint ----------------------------------------------------------------
+
+    def _app_sslmode(self) -> str:
+        c = self.config
+        if c.app_sslmode:
+            return c.app_sslmode
+        # behind its own proxy the tool may say disable; the app's direct connection is not proxied
+        return "require" if c.connect is not None else c.sslmode
+
     def credential_for(self, user: str, password: Secret | None) -> Credential:
-        app_host = self.config.app_host
+        c = self.config
+        app_host = c.app_host
         if app_host == "socket":
-            app_host = f"/cloudsql/{self.instance().get('connectionName') or self._connection_name()}"
+            app_host = f"/cloudsql/{self._connection_name()}"
         if app_host and app_host.startswith("/"):
             # a Unix socket folder: libpq takes it as ?host=, and TLS does not apply to sockets
-            return Credential(name=user, user=user, host="", port=5432, database=self.config.database,
+            return Credential(name=user, user=user, host="", port=5432, database=c.database,
                               password=password, sslmode="disable", options={"host": app_host})
-        return Credential(name=user, user=user, host=app_host or self._host(), port=self._port(),
-                          database=self.config.database, password=password, sslmode=self.config.sslmode)
+        if app_host:
+            sslmode = self._app_sslmode()
+            options = {"sslrootcert": c.app_sslrootcert} if sslmode.startswith("verify") and c.app_sslrootcert else {}
+            return Credential(name=user, user=user, host=app_host, port=c.app_port or 5432, database=c.database,
+                              password=password, sslmode=sslmode, options=options)
+        # no app_host: the app reaches the server where the tool does (e.g. an Auth Proxy sidecar)
+        tls = self._tls()
+        sslmode = tls.pop("sslmode")
+        return Credential(name=user, user=user, host=self._host(), port=self._port(), database=c.database,
+                          password=password, sslmode=sslmode, options=tls)
+
+    def login_route(self, url: Secret) -> Secret:
+        """Where the tool proves the app's login: the app's URL itself when the app uses the tool's
+        endpoint; when it names the app's own endpoint (a /cloudsql socket, a private app_host, the
+        app's port), the tool's endpoint with the URL's user, password and database. A URL that
+        names any other endpoint is tried as it is: the tool does not vouch for a server it did not
+        choose by logging in somewhere else."""
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        try:
+            parts = conninfo_to_dict(url.reveal())
+        except Exception:
+            return url    # a malformed URL fails its login as it is
+        app = self.credential_for(str(parts.get("user") or ""), None)
+        expected = (app.options.get("host") or app.host, str(app.port))
+        if (str(parts.get("host") or ""), str(parts.get("port") or "5432")) != expected:
+            return url
+        if expected == (self._host(), str(self._port())):
+            return url
+        keep = {k: str(parts[k]) for k in ("user", "password", "dbname") if parts.get(k)}
+        return Secret(make_conninfo(host=self._host(), port=str(self._port()), **keep, **self._tls()))
 
     def _connection_name(self) -> str:
-        region = self.instance().get("region") or "REGION"
-        return f"{self.config.project}:{region}:{self.config.instance}"
+        inst = self.instance()
+        if inst.get("connectionName"):
+            return str(inst["connectionName"])
+        return f"{self.config.project}:{inst.get('region') or 'REGION'}:{self.config.instance}"
 
     def preflight_sql(self, conn: Any) -> list[str]:
         row = conn.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()

@@ -58,16 +58,26 @@ def json_body(response: Any, what: str) -> dict[str, Any]:
 def wait_operation(operation: dict[str, Any], *, api: str, what: str, poll: Callable[[str], dict[str, Any]],
                    done: Callable[[dict[str, Any]], bool], interval: timedelta, timeout: timedelta,
                    sleep: Callable[[float], None], follow: str,
-                   state: Callable[[dict[str, Any]], str] = lambda op: "in progress") -> dict[str, Any]:
+                   state: Callable[[dict[str, Any]], str] = lambda op: "in progress",
+                   report: Callable[[str, float | None, bool], None] | None = None) -> dict[str, Any]:
     """Poll `operation` by name until `done`, at most `timeout` apart by `interval`, and return it.
 
     Bounded twice: by the wall clock and by the number of polls the timeout allows, so a recorded
     (non-sleeping) `sleep` in tests still ends the wait. Errors inside the finished operation are
-    the caller's to read: their shapes differ between APIs."""
+    the caller's to read: their shapes differ between APIs. `report(state, seconds left, done)` is
+    called on each change of `state` and once at the end (the operator's progress display)."""
     name = operation.get("name")
     seconds, step = timeout.total_seconds(), interval.total_seconds()
     deadline, polls_left = time.monotonic() + seconds, max(1, int(seconds / max(step, 1e-3)))
-    while not done(operation):
+    last: str | None = None
+    while True:
+        finished = done(operation)
+        now = state(operation)
+        if report is not None and (now != last or finished):
+            report(now, None if finished else max(0.0, deadline - time.monotonic()), finished)
+        last = now
+        if finished:
+            break
         if not name:
             raise ProviderError(f"{api}: {what} returned no operation to follow")
         polls_left -= 1

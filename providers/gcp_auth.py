@@ -73,6 +73,16 @@ class GoogleAuth:
                     f"GOOGLE_APPLICATION_CREDENTIALS, or set {TOKEN_ENV}") from None
         return self._credentials
 
+    def access_token(self) -> "Secret":
+        """The bearer token itself (Cloud SQL IAM database authentication takes it as the password)."""
+        from runbook.secret import Secret
+
+        value = self.headers().get("Authorization") or self.headers().get("authorization") or ""
+        token = value.removeprefix("Bearer ").strip()
+        if not token:
+            raise ProviderError("Google credentials gave no access token")
+        return Secret(token)
+
     def headers(self) -> dict[str, str]:
         if self._static:
             return {"Authorization": f"Bearer {self._static}"}

@@ -10,6 +10,7 @@ so that a server asking for a cleartext (or MD5) password gets nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from runbook.secret import Secret, redact
@@ -47,23 +48,43 @@ def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | Non
     if got != wanted:
         diff = [f"{k} {g!r} (expected {w!r})" for k, g, w in zip(_WHERE, got, wanted) if g != w]
         return None, "the URL points elsewhere: " + ", ".join(diff)
-    params: dict[str, Any] = {k: v for k, v in parts.items()}
-    # explicit values, empty ones included, keep libpq from filling these in from PG* variables
-    params.update(hostaddr="", passfile=os.devnull, require_auth="scram-sha-256", gssencmode="disable",
-                  options=parts.get("options") or "", sslmode=parts.get("sslmode") or want.get("sslmode") or "prefer")
+    params = _hardened(dict(parts), sslmode=parts.get("sslmode") or want.get("sslmode") or "prefer")
     return params, ""
 
 
-def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, application_name: str = "runbook:login-check"):
+def _hardened(params: dict[str, Any], *, sslmode: str) -> dict[str, Any]:
+    # explicit values, empty ones included, keep libpq from filling these in from PG* variables
+    params.update(hostaddr="", passfile=os.devnull, require_auth="scram-sha-256", gssencmode="disable",
+                  options=params.get("options") or "", sslmode=sslmode)
+    return params
+
+
+Route = Callable[[Secret], Secret]
+
+
+def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, application_name: str = "runbook:login-check",
+                   route: Route | None = None):
     """A session opened with the app's URL under the rules above; raises ValueError(why) when the
-    URL must not be tried, psycopg.Error when the server refuses it. search_path pinned."""
+    URL must not be tried, psycopg.Error when the server refuses it. search_path pinned.
+
+    `route` (the database provider's `login_route`): where the app's endpoint does not exist on this
+    machine (Cloud Run's /cloudsql socket, a private app_host), the provider names its own endpoint for
+    the same user, password and database. The URL is checked first, as the app would use it; only
+    then is the login moved, to an endpoint the provider chose, never one the URL chose."""
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     from runbook.context import pin_session
 
     params, why = app_conninfo(url, expected)
     if params is None:
         raise ValueError(why)
+    if route is not None:
+        secret = url if isinstance(url, Secret) else Secret(url)
+        routed = route(secret)
+        if routed.reveal() != secret.reveal():
+            theirs = conninfo_to_dict(routed.reveal())
+            params = _hardened(theirs, sslmode=str(theirs.get("sslmode") or params["sslmode"]))
     params.update(connect_timeout=max(1, timeout), application_name=application_name)
     conn = psycopg.connect(autocommit=True, **params)
     try:
@@ -74,12 +95,13 @@ def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, applic
     return conn
 
 
-def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5) -> tuple[bool, str]:
+def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5,
+              route: Route | None = None) -> tuple[bool, str]:
     """(True, "") when the URL logs in as `role`; (False, why) otherwise. Never raises."""
     import psycopg
 
     try:
-        with connect_as_app(url, expected, timeout=timeout) as conn:
+        with connect_as_app(url, expected, timeout=timeout, route=route) as conn:
             who = conn.execute("SELECT CURRENT_USER::text").fetchone()[0]
     except ValueError as exc:
         return False, str(exc)
@@ -91,3 +113,9 @@ def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5) 
     if who != role:
         return False, f"the URL logs in as {who}, not {role}"
     return True, ""
+
+
+def login_route(db: Any) -> Route | None:
+    """The database provider's `login_route`, where it has one."""
+    route = getattr(db, "login_route", None)
+    return route if callable(route) else None

@@ -9,7 +9,7 @@ from runbook.changes import Change
 from runbook.context import UrlState
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, GateClosed
-from runbook.login import try_login
+from runbook.login import login_route, try_login
 from runbook.secret import Secret, mask_url
 
 
@@ -46,10 +46,13 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
             state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
         else:
             state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
+    elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
+        # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
+        state = UrlState(value, False, problem)
     elif not ctx.info.password_auth:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx))
+        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx), route=login_route(ctx.db))
         state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
     ctx.url_state = state
     return state

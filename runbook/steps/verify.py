@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from runbook import catalog, grants
 from runbook.engine import Step, Verdict
+from runbook.login import connect_as_app, login_route
 from runbook.secret import Secret
-from runbook.login import connect_as_app
 from runbook.steps.app_config import expected_endpoint, url_state
 
 
@@ -25,8 +25,9 @@ class VerifyFromApp(Step):
             if left:
                 return Verdict("fail", left[0].summary())
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
+        # the app's URL, or the same login over the tool's endpoint where the app's is not here
         with connect_as_app(Secret(state.value), expected_endpoint(ctx), timeout=10,
-                            application_name="runbook:verify") as conn:
+                            application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \

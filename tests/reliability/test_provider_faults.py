@@ -77,8 +77,11 @@ CALLS: dict[tuple[str, str], list[str]] = {
         f"GET {HEROKU_APP}/config-vars"],
     ("cloudsql", "provision"): [
         f"GET {CLOUDSQL}/instances/raxx-pg", f"GET {CLOUDRUN}/services/raxx-api",
-        f"GET {CLOUDRUN}/services/raxx-api", f"GET {CLOUDSQL}/secrets/raptor-database-url/versions/latest:access",
-        f"POST {CLOUDSQL}/secrets", f"POST {CLOUDSQL}/secrets/raptor-database-url:addVersion",
+        f"GET {CLOUDRUN}/services/raxx-api", f"GET {CLOUDSQL}/secrets/raptor-database-url",
+        f"POST {CLOUDSQL}/secrets", f"GET {CLOUDSQL}/secrets/raptor-database-url:getIamPolicy",
+        f"POST {CLOUDSQL}/secrets/raptor-database-url:setIamPolicy",
+        f"GET {CLOUDSQL}/secrets/raptor-database-url/versions/latest:access",
+        f"POST {CLOUDSQL}/secrets/raptor-database-url:addVersion",
         f"PATCH {CLOUDRUN}/services/raxx-api", f"GET {CLOUDRUN}/operations/{{id}}", f"GET {CLOUDRUN}/operations/{{id}}",
         f"GET {CLOUDRUN}/services/raxx-api", f"GET {CLOUDSQL}/secrets/raptor-database-url/versions/1:access",
         f"GET {CLOUDRUN}/services/raxx-api", f"GET {CLOUDRUN}/services/raxx-api", f"PATCH {CLOUDRUN}/services/raxx-api",

@@ -1,8 +1,9 @@
 """Contract fakes of the Google APIs the cloudsql/cloudrun providers use, on 127.0.0.1.
 
 Three servers (so a provider that sends a call to the wrong base URL gets a 404):
-- sqladmin:       instances.get, users.delete, operations.get (PENDING → RUNNING → DONE over polls)
-- secretmanager:  secrets.create, secrets.addVersion, versions.access (latest), secrets.delete
+- sqladmin:       instances.get, instances.listServerCas, users.delete, operations.get (PENDING →
+                  RUNNING → DONE over polls)
+- secretmanager:  see fake_secrets (secrets, versions, aliases, IAM policies)
 - run (v2):       services.get, services.patch (→ a long-running operation, a new revision),
                   operations.get, revisions.get
 
@@ -15,8 +16,9 @@ previous ready revision serves, so a PATCH whose answer was lost leaves the serv
 Backed by the real PostgreSQL when an admin DSN is given: users.delete really drops the role
 (its PostgreSQL error becomes the operation's error), and every revision Cloud Run "starts"
 resolves its env (secrets included) so a test can connect the way the app would.
-Shapes follow the public REST references: Google's {"error": {code, message, status}} envelope,
-sql#operation with status/error.errors[], google.longrunning.Operation with done/error/response.
+Every request and answer is refereed by the API's discovery document (see discovery.py and
+GoogleServer): a request it rules out is answered 400 and fails the test, and so does an answer of
+the fake's that does not follow the response schema.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.providers.loopback import FakeServer, Request
+from tests.providers.cloudsql.discovery import api
+from tests.providers.cloudsql.fake_secrets import PROJECT_NUMBER, SecretStore  # noqa: F401 (tests import it here)
+from tests.providers.loopback import FakeServer, Reply, Request
 
 TOKEN = "ya29.fake-google-access-token"
 PROJECT = "raxx-prod-123"
@@ -49,6 +53,28 @@ def gerror(code: int, status: str, message: str, reason: str | None = None) -> t
     if reason:
         err["errors"] = [{"message": message, "domain": "global", "reason": reason}]
     return code, {"error": err}
+
+
+class GoogleServer(FakeServer):
+    """A route table refereed by the API's discovery document: a request the document does not
+    allow gets Google's 400 INVALID_ARGUMENT, and both it and any answer of the fake's that does
+    not follow the response schema land in `violations`, which fail the test at teardown."""
+
+    def __init__(self, name: str, document: str, violations: list[str]) -> None:
+        super().__init__(name)
+        self.api = api(document)
+        self.violations = violations
+
+    def respond(self, request: Request) -> Reply:
+        method, problems = self.api.check_request(request.method, request.path, request.query, request.body,
+                                                  request.raw)
+        if problems:
+            self.violations.extend(f"request: {p}" for p in problems)
+            return gerror(400, "INVALID_ARGUMENT", "; ".join(problems))
+        reply = super().respond(request)
+        if request.fault is None and method is not None:
+            self.violations.extend(f"the fake's answer: {p}" for p in self.api.check_response(method, reply[0], reply[1]))
+        return reply
 
 
 def default_instance(project: str = PROJECT, instance: str = INSTANCE, region: str = REGION) -> dict[str, Any]:
@@ -70,7 +96,8 @@ def default_instance(project: str = PROJECT, instance: str = INSTANCE, region: s
             "edition": "ENTERPRISE",
             "availabilityType": "REGIONAL",
             "activationPolicy": "ALWAYS",
-            "ipConfiguration": {"ipv4Enabled": True, "sslMode": "ENCRYPTED_ONLY", "requireSsl": True},
+            # the pair the document lists for "encrypted, no client certificate" on PostgreSQL
+            "ipConfiguration": {"ipv4Enabled": True, "sslMode": "ENCRYPTED_ONLY", "requireSsl": False},
         },
     }
 
@@ -122,20 +149,25 @@ class FakeGoogle:
         self.admin_dsn = admin_dsn
         self.token = token
         self.op_polls = op_polls                       # operation GETs before DONE
-        self.sqladmin = FakeServer("sqladmin")
-        self.secretmanager = FakeServer("secretmanager")
-        self.run = FakeServer("run")
+        self.violations: list[str] = []               # requests or answers the discovery documents rule out
+        self.sqladmin = GoogleServer("sqladmin", "sqladmin.v1", self.violations)
+        self.secretmanager = GoogleServer("secretmanager", "secretmanager.v1", self.violations)
+        self.run = GoogleServer("run", "run.v2", self.violations)
         self.instances: dict[tuple[str, str], dict[str, Any]] = {(PROJECT, INSTANCE): default_instance()}
         self.sql_ops: dict[str, dict[str, Any]] = {}
+        self.server_cas: list[str] = []                # PEMs instances.listServerCas answers
         self.op_statuses: list[str] = []               # every status an sqladmin operation GET returned
         self.fail_next_operation: str | None = None    # message of an sqladmin operation error
         self.stuck_operations = False                  # operations never finish
-        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.store = SecretStore(PROJECT)
+        self.secrets = self.store.secrets              # (project, secret id) → secret; see fake_secrets
         self.services: dict[str, dict[str, Any]] = {}
         self.run_ops: dict[str, dict[str, Any]] = {}
+        self.patch_masks: list[str | None] = []        # the updateMask of every services.patch
         self.fail_next_revision: str | None = None     # the next revision fails to become ready, with this message
         self.revisions: list[dict[str, Any]] = []      # revisions rolled out that became ready, with resolved env
         self.all_revisions: dict[str, dict[str, Any]] = {}   # full name → every revision, the first one included
+        self.default_account = f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"
         self._counter = itertools.count(2)
         self._lock = threading.Lock()
         self.add_service(default_service())
@@ -158,7 +190,7 @@ class FakeGoogle:
 
     @property
     def errors(self) -> list[str]:
-        return [e for s in self.servers for e in s.errors]
+        return [e for s in self.servers for e in s.errors] + self.violations
 
     def environ(self) -> dict[str, str]:
         return {"CLOUDSQL_API_URL": self.sqladmin.url, "SECRETMANAGER_API_URL": self.secretmanager.url,
@@ -177,8 +209,7 @@ class FakeGoogle:
         return self.services[name or f"projects/{PROJECT}/locations/{REGION}/services/{SERVICE}"]
 
     def secret_value(self, name: str, project: str = PROJECT) -> str | None:
-        entry = self.secrets.get((project, name))
-        return entry["versions"][-1].decode() if entry and entry["versions"] else None
+        return self.store.value(name, project)
 
     def latest_env(self) -> dict[str, str]:
         """What the app runs with: the env of the revision that serves (the latest ready one)."""
@@ -210,6 +241,17 @@ class FakeGoogle:
             if inst is None:
                 return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
             return 200, inst
+
+        @sa.route("GET", rf"/v1/projects/{p}/instances/{seg.format('i')}/listServerCas")
+        def list_server_cas(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            if (m["p"], m["i"]) not in self.instances:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            certs = [{"kind": "sql#sslCert", "cert": pem, "instance": m["i"], "sha1Fingerprint": f"{i:040x}"}
+                     for i, pem in enumerate(self.server_cas)]
+            return 200, {"kind": "sql#instancesListServerCas", "certs": certs,
+                         **({"activeVersion": f"{0:040x}"} if certs else {})}
 
         @sa.route("DELETE", rf"/v1/projects/{p}/instances/{seg.format('i')}/users")
         def delete_user(req: Request, m: re.Match[str]):
@@ -249,62 +291,7 @@ class FakeGoogle:
             self.op_statuses.append(op["status"])
             return 200, op
 
-        @sm.route("POST", rf"/v1/projects/{p}/secrets")
-        def create_secret(req: Request, m: re.Match[str]):
-            if denied := self._authed(req):
-                return denied
-            sid = req.query.get("secretId") or ""
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", sid):
-                return gerror(400, "INVALID_ARGUMENT", "Invalid secret id.")
-            if not isinstance(req.body, dict) or "automatic" not in (req.body.get("replication") or {}):
-                return gerror(400, "INVALID_ARGUMENT", "Secret.replication is required.")
-            if (m["p"], sid) in self.secrets:
-                return gerror(409, "ALREADY_EXISTS", f"Secret [projects/{m['p']}/secrets/{sid}] already exists.")
-            self.secrets[(m["p"], sid)] = {"versions": [], "labels": req.body.get("labels") or {}}
-            return 200, {"name": f"projects/{m['p']}/secrets/{sid}", "replication": {"automatic": {}},
-                         "createTime": "2024-05-01T10:00:00Z", "labels": req.body.get("labels") or {}}
-
-        @sm.route("POST", rf"/v1/projects/{p}/secrets/{seg.format('s')}:addVersion")
-        def add_version(req: Request, m: re.Match[str]):
-            if denied := self._authed(req):
-                return denied
-            entry = self.secrets.get((m["p"], m["s"]))
-            if entry is None:
-                return gerror(404, "NOT_FOUND", f"Secret [projects/{m['p']}/secrets/{m['s']}] not found.")
-            try:
-                data = base64.b64decode((req.body or {})["payload"]["data"], validate=True)
-            except (KeyError, TypeError, ValueError):
-                return gerror(400, "INVALID_ARGUMENT", "payload.data must be base64.")
-            entry["versions"].append(data)
-            n = len(entry["versions"])
-            return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}", "state": "ENABLED",
-                         "createTime": "2024-05-01T10:00:00Z"}
-
-        @sm.route("GET", rf"/v1/projects/{p}/secrets/{seg.format('s')}/versions/(?P<v>latest|[0-9]+):access")
-        def access(req: Request, m: re.Match[str]):
-            if denied := self._authed(req):
-                return denied
-            entry = self.secrets.get((m["p"], m["s"]))
-            if not entry or not entry["versions"]:
-                return gerror(404, "NOT_FOUND",
-                              f"Secret [projects/{m['p']}/secrets/{m['s']}] not found or has no versions.")
-            n = len(entry["versions"]) if m["v"] == "latest" else int(m["v"])
-            if not 1 <= n <= len(entry["versions"]):
-                return gerror(404, "NOT_FOUND", f"Secret Version [projects/{m['p']}/secrets/{m['s']}/versions/"
-                                                f"{m['v']}] not found.")
-            if n in entry.get("destroyed", ()):
-                return gerror(400, "FAILED_PRECONDITION", f"Secret Version [projects/{m['p']}/secrets/{m['s']}/"
-                                                          f"versions/{n}] is in DESTROYED state.")
-            return 200, {"name": f"projects/{m['p']}/secrets/{m['s']}/versions/{n}",
-                         "payload": {"data": base64.b64encode(entry["versions"][n - 1]).decode()}}
-
-        @sm.route("DELETE", rf"/v1/projects/{p}/secrets/{seg.format('s')}")
-        def delete_secret(req: Request, m: re.Match[str]):
-            if denied := self._authed(req):
-                return denied
-            if self.secrets.pop((m["p"], m["s"]), None) is None:
-                return gerror(404, "NOT_FOUND", f"Secret [projects/{m['p']}/secrets/{m['s']}] not found.")
-            return 200, {}
+        self.store.routes(sm, self._authed)
 
         service_rx = rf"/v2/(?P<name>projects/{p}/locations/(?P<r>[^/]+)/services/(?P<s>[^/]+))"
 
@@ -329,9 +316,23 @@ class FakeGoogle:
                 body = req.body if isinstance(req.body, dict) else {}
                 if body.get("etag") not in (None, service["etag"]):
                     return gerror(409, "ABORTED", "The etag does not match: the service changed since it was read.")
-                template = body.get("template")
+                mask = req.query.get("updateMask")
+                paths = mask.split(",") if mask else [k for k in body if k != "etag"]
+                writable = api("run.v2").schemas["GoogleCloudRunV2Service"]["properties"]
+                if bad := [path for path in paths if path.split(".")[0] not in writable or path == "etag"]:
+                    return gerror(400, "INVALID_ARGUMENT", f"Invalid update mask paths: {', '.join(bad)}.")
+                self.patch_masks.append(mask)
+                for path in paths:
+                    if path != "template" and path in body:
+                        service[path] = copy.deepcopy(body[path])
+                template = body.get("template") if "template" in paths else service["template"]
                 if not isinstance(template, dict) or not template.get("containers"):
                     return gerror(400, "INVALID_ARGUMENT", "template.containers is required.")
+                if template == service["template"] and req.query.get("forceNewRevision") != "true":
+                    # nothing in the template changed: Cloud Run rolls no revision
+                    op_name = f"projects/{m['p']}/locations/{m['r']}/operations/{uuid.uuid4()}"
+                    self.run_ops[op_name] = {"polls": 0, "noop": True, "service": m["name"], "error": None}
+                    return 200, {"name": op_name, "done": False}
                 gen = next(self._counter)
                 rev = template.get("revision") or f"{m['s']}-{gen:05d}-{uuid.uuid4().hex[:3]}"
                 full = f"{m['name']}/revisions/{rev}"
@@ -370,7 +371,13 @@ class FakeGoogle:
                     return gerror(404, "NOT_FOUND", "Operation not found.")
                 entry["polls"] += 1
                 if entry["polls"] < self.op_polls:
-                    return 200, {"name": m["name"], "done": False}
+                    return 200, {"name": m["name"], "done": False,
+                                 "metadata": {"@type": "type.googleapis.com/google.cloud.run.v2.Service",
+                                              "terminalCondition": condition("Ready", "CONDITION_RECONCILING")}}
+                if entry.get("noop"):
+                    return 200, {"name": m["name"], "done": True,
+                                 "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service",
+                                              **self.services[entry["service"]]}}
                 if not entry.get("finished"):
                     entry["finished"] = True
                     self._finish_rollout(entry)
@@ -397,8 +404,7 @@ class FakeGoogle:
                 "generation": "1", "service": revision["service"], "labels": dict(template.get("labels") or {}),
                 "createTime": "2024-05-01T10:00:00Z", "launchStage": "GA",
                 "containers": template.get("containers") or [], "volumes": template.get("volumes") or [],
-                "serviceAccount": template.get("serviceAccount"),
-                "maxInstanceRequestConcurrency": template.get("maxInstanceRequestConcurrency"),
+                **{k: template[k] for k in ("serviceAccount", "maxInstanceRequestConcurrency") if k in template},
                 "reconciling": revision["state"] == "pending", "observedGeneration": "1",
                 "conditions": [condition("Ready", state, message)],
             }
@@ -470,15 +476,12 @@ class FakeGoogle:
         for container, env in self._env_refs(template):
             ref = (env.get("valueSource") or {}).get("secretKeyRef")
             if ref:
-                secret = ref["secret"].split("/")[-1]
-                entry = self.secrets.get((project, secret))
-                version = str(ref.get("version") or "latest")
-                count = len(entry["versions"]) if entry else 0
-                if not count or (version != "latest" and not 1 <= int(version) <= count):
+                _, why = self.store.resolve(project, ref["secret"], str(ref.get("version") or "latest"),
+                                            template.get("serviceAccount") or self.default_account)
+                if why:
                     return {"code": 9, "message": (
                         f"Revision is not ready and cannot serve traffic. spec.template.spec.containers"
-                        f"[{container.get('name')}].env.valueFrom.secretKeyRef: Secret projects/{project}/secrets/"
-                        f"{secret}/versions/{ref.get('version')} was not found")}
+                        f"[{container.get('name')}].env.valueFrom.secretKeyRef: {why}")}
         return None
 
     def _resolve_env(self, project: str, template: dict[str, Any], *, strict: bool = True) -> dict[str, str]:
@@ -489,10 +492,11 @@ class FakeGoogle:
                 out[env["name"]] = env["value"]
             elif (env.get("valueSource") or {}).get("secretKeyRef"):
                 ref = env["valueSource"]["secretKeyRef"]
-                entry = self.secrets.get((project, ref["secret"].split("/")[-1]))
-                if entry is None and not strict:
+                data, why = self.store.resolve(project, ref["secret"], str(ref.get("version") or "latest"),
+                                               template.get("serviceAccount") or self.default_account)
+                if data is None:
+                    if strict:
+                        raise AssertionError(f"a revision became ready that cannot read its env: {why}")
                     continue
-                versions = entry["versions"]
-                version = ref.get("version", "latest")
-                out[env["name"]] = (versions[-1] if version == "latest" else versions[int(version) - 1]).decode()
+                out[env["name"]] = data.decode()
         return out

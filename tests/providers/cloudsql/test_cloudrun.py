@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import base64
+import copy
 import re
 
 import psycopg
 import pytest
 
-from providers.cloudrun import RESTART_LABEL, CloudRunAppConfig
+from providers.cloudrun import CloudRunAppConfig, crc32c
 from runbook.errors import ConfigError, ProviderError
 from runbook.secret import Secret
 from tests.providers.cloudsql.conftest import FLAG, URL_VAR, app_config
-from tests.providers.cloudsql.fake_google import PROJECT, REGION, SERVICE, TOKEN
+from tests.providers.cloudsql.fake_google import PROJECT, PROJECT_NUMBER, REGION, SERVICE, TOKEN
 from tests.logins import create_login
 
 SECRET = "raptor-database-url"
@@ -21,6 +22,7 @@ SECRETS_PATH = f"/v1/projects/{PROJECT}/secrets"
 SECRET_PATH = f"{SECRETS_PATH}/{SECRET}"
 OPS = f"/v2/projects/{PROJECT}/locations/{REGION}/operations/.*"
 URL = "postgresql://raptor_app:pw-1234567@10.0.0.3:5432/raptor?sslmode=require"
+ACCOUNT = f"raxx-api@{PROJECT}.iam.gserviceaccount.com"      # the fake service's runtime account
 
 
 def app_env(fake) -> list[dict]:
@@ -38,13 +40,19 @@ def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open
 
     sm = bare_fake.secretmanager.requests
     assert [(r.method, r.path) for r in sm] == [
-        ("GET", f"{SECRET_PATH}/versions/latest:access"),      # 404: nothing yet
+        ("GET", SECRET_PATH),                                   # 404: no secret yet
         ("POST", SECRETS_PATH),
-        ("POST", f"{SECRET_PATH}:addVersion"),
+        ("GET", f"{SECRET_PATH}:getIamPolicy"),                 # may the runtime account read it?
+        ("POST", f"{SECRET_PATH}:setIamPolicy"),                # no: granted on the secret
+        ("GET", f"{SECRET_PATH}/versions/latest:access"),      # 404: no version yet
+        ("POST", f"{SECRET_PATH}:addVersion"),                 # version 1: no older one to disable after
     ]
     assert sm[1].query == {"secretId": SECRET}
     assert sm[1].body == {"replication": {"automatic": {}}, "labels": {"managed-by": "pg-runbook"}}
-    assert sm[2].body == {"payload": {"data": base64.b64encode(URL.encode()).decode()}}
+    assert sm[3].body["policy"]["bindings"] == [{"role": "roles/secretmanager.secretAccessor",
+                                                "members": [f"serviceAccount:{ACCOUNT}"]}]
+    assert sm[5].body == {"payload": {"data": base64.b64encode(URL.encode()).decode(),
+                                      "dataCrc32c": str(crc32c(URL.encode()))}}
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sm)
 
     run = bare_fake.run.requests
@@ -52,12 +60,14 @@ def test_set_config_writes_a_secret_version_and_rolls_a_revision(bare_fake, open
     assert [(r.method, r.path) for r in run[:2]] == [("GET", SERVICE_PATH), ("PATCH", SERVICE_PATH)]
     assert [r.method for r in run[2:]] == ["GET", "GET"] and all(re.fullmatch(OPS, r.path) for r in run[2:])
     patch = run[1].body
-    assert patch["etag"] == '"etag-1"'
+    # only the template (and the etag read, so a concurrent deploy is not overwritten): nothing
+    # output-only, no client/clientVersion to attribute the revision to another tool
+    assert set(patch) == {"template", "etag"} and patch["etag"] == '"etag-1"'
+    assert run[1].query == {"updateMask": "template", "forceNewRevision": "true"}
     app_container = next(c for c in patch["template"]["containers"] if c["name"] == "app")
     # the URL is pinned to the version just written: env vars resolve when an instance starts
     assert app_container["env"] == [{"name": "LOG_LEVEL", "value": "info"}, url_ref("1"), {"name": FLAG, "value": "1"}]
     assert "env" not in next(c for c in patch["template"]["containers"] if c["name"] == "otel")
-    assert patch["template"]["labels"][RESTART_LABEL]
     assert sleeps == [0.01, 0.01]                               # one sleep before each poll
 
     # the new revision is ready and resolves the URL from the secret, as the app will see it
@@ -77,9 +87,9 @@ def test_an_unchanged_url_adds_no_version_but_still_rolls(bare_fake, open_app):
     app.set_config({URL_VAR: URL})
     bare_fake.secretmanager.clear()
     app.set_config({URL_VAR: URL})
-    assert [(r.method, r.path) for r in bare_fake.secretmanager.requests] == [("GET", f"{SECRET_PATH}/versions/latest:access")]
-    assert len(bare_fake.revisions) == 2
-    assert bare_fake.revisions[0]["labels"][RESTART_LABEL] != bare_fake.revisions[1]["labels"][RESTART_LABEL]
+    assert ("POST", f"{SECRET_PATH}:addVersion") not in [(r.method, r.path) for r in bare_fake.secretmanager.requests]
+    assert bare_fake.store.states(SECRET) == ["ENABLED"]
+    assert len(bare_fake.revisions) == 2    # forceNewRevision: the same template rolls again
 
 
 def test_a_new_url_is_a_new_version_and_reaches_the_next_revision(bare_fake, open_app):
@@ -87,22 +97,23 @@ def test_a_new_url_is_a_new_version_and_reaches_the_next_revision(bare_fake, ope
     app.set_config({URL_VAR: URL, FLAG: "1"})
     new_url = URL.replace("pw-1234567", "pw-7654321")
     app.set_config({URL_VAR: Secret(new_url)})
-    assert len(bare_fake.secrets[(PROJECT, SECRET)]["versions"]) == 2
+    # the revision reading version 2 serves all the traffic: version 1 (the old password) is disabled
+    assert bare_fake.store.states(SECRET) == ["DISABLED", "ENABLED"]
     assert bare_fake.latest_env()[URL_VAR] == new_url
     assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("2")]
 
 
 def test_an_existing_secret_is_kept(bare_fake, open_app):
-    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [], "labels": {"owner": "terraform"}}
+    bare_fake.store.put(SECRET, labels={"owner": "terraform"}, replication={"userManaged": {"replicas": [{"location": "europe-west1"}]}})
     open_app(bare_fake).set_config({URL_VAR: URL})
-    create = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
-    assert len(create) == 1   # answered 409 ALREADY_EXISTS, then a version was added
-    assert bare_fake.secrets[(PROJECT, SECRET)] == {"versions": [URL.encode()], "labels": {"owner": "terraform"}}
+    assert bare_fake.secretmanager.calls("POST", SECRETS_PATH) == []
+    entry = bare_fake.secrets[(PROJECT, SECRET)]
+    assert entry["labels"] == {"owner": "terraform"} and bare_fake.secret_value(SECRET) == URL
 
 
 @pytest.mark.parametrize("version", ["1", "latest"])
 def test_a_url_reference_is_moved_to_the_version_written(bare_fake, open_app, version):
-    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [b"postgresql://old"], "labels": {}}
+    bare_fake.store.put(SECRET, "postgresql://old", accessors=(ACCOUNT,))
     app_env(bare_fake).append(url_ref(version))
     app = open_app(bare_fake)
     assert app.get_config([URL_VAR]) == {URL_VAR: "postgresql://old"}
@@ -120,11 +131,10 @@ def test_the_flag_alone_touches_no_secret(bare_fake, open_app):
 
 
 def test_restart_rolls_a_revision_with_nothing_else_changed(bare_fake, open_app):
-    before = bare_fake.service()["template"]
+    before = copy.deepcopy(bare_fake.service()["template"])
     open_app(bare_fake).restart()
-    after = bare_fake.service()["template"]
-    assert {k: v for k, v in after.items() if k != "labels"} == {k: v for k, v in before.items() if k != "labels"}
-    assert set(after["labels"]) == {RESTART_LABEL}
+    assert bare_fake.service()["template"] == before
+    assert bare_fake.run.calls("PATCH")[0].query == {"updateMask": "template", "forceNewRevision": "true"}
     assert bare_fake.service()["generation"] == "2"
     assert len(bare_fake.revisions) == 1
 
@@ -183,10 +193,10 @@ def test_the_url_counts_only_once_the_service_reads_the_secret(bare_fake, open_a
 
     app.set_config({URL_VAR: URL})
     run, sm = reads(bare_fake)
-    assert sm == [("GET", f"{SECRET_PATH}/versions/latest:access")]        # the value is there: no new version
+    assert ("POST", f"{SECRET_PATH}:addVersion") not in sm                # the value is there: no new version
     assert [m for m, _ in run] == ["GET", "PATCH", "GET", "GET"]
     app.set_config({URL_VAR: URL})                                       # and once more
-    assert bare_fake.secrets[(PROJECT, SECRET)]["versions"] == [URL.encode()]
+    assert bare_fake.store.states(SECRET) == ["ENABLED"]
     assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("1")]
     reads(bare_fake)
     assert app.get_config([URL_VAR]) == {URL_VAR: URL}
@@ -197,13 +207,21 @@ def test_the_url_counts_only_once_the_service_reads_the_secret(bare_fake, open_a
 @pytest.mark.parametrize("ref, destroyed, counts", [
     ({"secret": SECRET, "version": "1"}, False, True),
     ({"secret": f"projects/{PROJECT}/secrets/{SECRET}", "version": "1"}, False, True),
+    ({"secret": f"projects/{PROJECT_NUMBER}/secrets/{SECRET}", "version": "1"}, False, True),
+    ({"secret": f"projects/987654321098/secrets/{SECRET}", "version": "1"}, False, False),   # another project's
+    ({"secret": SECRET, "version": "current"}, False, True),     # a version alias
+    ({"secret": SECRET, "version": "previous"}, False, False),   # an alias that names nothing
+    ({"secret": SECRET}, False, True),                           # no version: latest
     ({"secret": "another-secret", "version": "1"}, False, False),
     ({"secret": SECRET, "version": "2"}, False, False),          # no such version
     ({"secret": SECRET, "version": "1"}, True, False),           # destroyed: FAILED_PRECONDITION
     ({"secret": SECRET, "version": "../../x"}, False, False),    # never put in a path
-], ids=["short-name", "resource-name", "other-secret", "missing-version", "destroyed-version", "odd-version"])
+], ids=["short-name", "resource-name", "project-number", "other-project", "alias", "unknown-alias", "no-version",
+        "other-secret", "missing-version", "destroyed-version", "odd-version"])
 def test_which_references_count_as_the_url(bare_fake, open_app, ref, destroyed, counts):
-    bare_fake.secrets[(PROJECT, SECRET)] = {"versions": [URL.encode()], "labels": {}, "destroyed": {1} if destroyed else set()}
+    entry = bare_fake.store.put(SECRET, URL, aliases={"current": "1"})
+    if destroyed:
+        entry["versions"][0]["state"] = "DESTROYED"
     app_env(bare_fake).append({"name": URL_VAR, "valueSource": {"secretKeyRef": ref}})
     assert open_app(bare_fake).get_config([URL_VAR]) == {URL_VAR: URL if counts else None}
 
@@ -215,7 +233,7 @@ def test_a_change_that_has_not_rolled_out_is_not_in_place(bare_fake, open_app):
     app.set_config({URL_VAR: URL})
     serving = bare_fake.service()["latestReadyRevision"].rsplit("/", 1)[-1]
     bare_fake.op_polls = 10 ** 6
-    with pytest.raises(ProviderError, match="still in progress after"):
+    with pytest.raises(ProviderError, match="still reconciling after"):
         open_app(bare_fake, operation_timeout="20ms").set_config({FLAG: "1"})
     service = bare_fake.service()
     assert service["reconciling"] is True and service["terminalCondition"]["state"] == "CONDITION_RECONCILING"
@@ -307,7 +325,7 @@ def test_a_failed_revision_is_surfaced(bare_fake, open_app):
 
 def test_a_revision_that_cannot_read_the_secret_is_surfaced(bare_fake, open_app):
     app_env(bare_fake).append({"name": "OTHER", "valueSource": {"secretKeyRef": {"secret": "gone", "version": "latest"}}})
-    with pytest.raises(ProviderError, match="Secret projects/raxx-prod-123/secrets/gone/versions/latest was not found"):
+    with pytest.raises(ProviderError, match=f"Secret projects/{PROJECT_NUMBER}/secrets/gone/versions/latest was not found"):
         open_app(bare_fake).restart()
 
 
@@ -323,7 +341,7 @@ def test_a_concurrent_deploy_is_reread_not_overwritten(bare_fake, open_app):
 def test_an_operation_that_never_finishes_times_out(bare_fake, open_app, sleeps):
     bare_fake.op_polls = 10 ** 6
     app = open_app(bare_fake, operation_timeout="10m", poll_interval="5m")
-    with pytest.raises(ProviderError, match="still in progress after .*gcloud run services describe raxx-api"):
+    with pytest.raises(ProviderError, match="still reconciling after .*gcloud run services describe raxx-api"):
         app.restart()
     assert sleeps == [300.0, 300.0]   # the timeout's worth of polls, however little time really passed
 
@@ -389,3 +407,217 @@ def test_the_app_connects_with_the_url_it_was_given(pg, fake, open_app, canary_p
         assert conn.execute("SELECT current_user").fetchone() == (role,)
     out = capsys.readouterr()
     assert canary_password not in caplog.text + out.out + out.err
+
+
+# -- access for the runtime, replication, references, integrity, rotation ------------------------
+
+ACCESSOR = "roles/secretmanager.secretAccessor"
+
+
+def test_the_runtime_account_is_granted_access_on_the_secret(bare_fake, open_app):
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    assert bare_fake.store.accessors(SECRET) == {ACCOUNT}
+    # the revision could read it: it became ready with the URL
+    assert bare_fake.latest_env()[URL_VAR] == URL
+    bare_fake.secretmanager.clear()
+    open_app(bare_fake).set_config({URL_VAR: URL})         # granted already: the policy is only read
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:setIamPolicy") == []
+
+
+def test_an_existing_policy_is_kept_and_its_etag_sent(bare_fake, open_app):
+    entry = bare_fake.store.put(SECRET)
+    entry["policy"]["bindings"] = [{"role": "roles/secretmanager.viewer", "members": ["group:ops@example.com"]},
+                                   {"role": ACCESSOR, "members": ["serviceAccount:ci@example.iam.gserviceaccount.com"]}]
+    etag = entry["policy"]["etag"]
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    (grant,) = bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:setIamPolicy")
+    assert grant.body["policy"]["etag"] == etag
+    assert grant.body["policy"]["bindings"] == [
+        {"role": "roles/secretmanager.viewer", "members": ["group:ops@example.com"]},
+        {"role": ACCESSOR, "members": ["serviceAccount:ci@example.iam.gserviceaccount.com", f"serviceAccount:{ACCOUNT}"]}]
+
+
+def test_the_default_compute_account_is_the_runtime_when_none_is_named(bare_fake, open_app):
+    del bare_fake.service()["template"]["serviceAccount"]
+    open_app(bare_fake).set_config({URL_VAR: URL})
+    assert bare_fake.store.accessors(SECRET) == {f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"}
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+def test_a_runtime_account_the_tool_may_not_grant_is_refused_with_the_command(bare_fake, open_app):
+    from runbook.errors import Refused
+
+    bare_fake.store.deny_set_iam = True
+    with pytest.raises(Refused) as exc:
+        open_app(bare_fake).set_config({URL_VAR: URL, FLAG: "1"})
+    assert exc.value.exit_code == 2
+    assert (f"run `gcloud secrets add-iam-policy-binding {SECRET} --project={PROJECT} "
+            f"--member=serviceAccount:{ACCOUNT} --role={ACCESSOR}` and rerun") in exc.value.message
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:addVersion") == []   # no version written
+    assert bare_fake.run.calls("PATCH") == []
+
+
+def test_grant_access_false_leaves_the_policy_to_a_project_wide_grant(bare_fake, open_app):
+    bare_fake.store.project_accessors.add(ACCOUNT)
+    open_app(bare_fake, grant_access=False).set_config({URL_VAR: URL})
+    assert not [r for r in bare_fake.secretmanager.requests if "IamPolicy" in r.path]
+    assert bare_fake.latest_env()[URL_VAR] == URL
+
+
+def test_without_access_the_rollout_says_why(bare_fake, open_app):
+    with pytest.raises(ProviderError, match=f"Permission denied on secret: projects/{PROJECT_NUMBER}/secrets/{SECRET}"):
+        open_app(bare_fake, grant_access=False).set_config({URL_VAR: URL})
+
+
+def test_user_managed_replication_with_cmek(bare_fake, open_app):
+    key = f"projects/{PROJECT}/locations/europe-west4/keyRings/ring/cryptoKeys/url"
+    open_app(bare_fake, replication={"user_managed": ["europe-west1", {"location": "europe-west4", "kms_key": key}]}
+             ).set_config({URL_VAR: URL})
+    (create,) = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
+    assert create.body["replication"] == {"userManaged": {"replicas": [
+        {"location": "europe-west1"}, {"location": "europe-west4", "customerManagedEncryption": {"kmsKeyName": key}}]}}
+
+
+def test_automatic_replication_with_cmek(bare_fake, open_app):
+    key = f"projects/{PROJECT}/locations/global/keyRings/ring/cryptoKeys/url"
+    open_app(bare_fake, kms_key=key).set_config({URL_VAR: URL})
+    (create,) = bare_fake.secretmanager.calls("POST", SECRETS_PATH)
+    assert create.body["replication"] == {"automatic": {"customerManagedEncryption": {"kmsKeyName": key}}}
+
+
+@pytest.mark.parametrize("block, needle", [
+    ({"replication": {"user_managed": []}}, "at least 1"),
+    ({"replication": {"user_managed": [{"location": "europe-west1",
+                                        "kms_key": "projects/p/locations/us-east1/keyRings/r/cryptoKeys/k"}]}},
+     "needs the key in the replica's own location"),
+    ({"replication": {"user_managed": ["europe-west1"]}, "kms_key": "projects/p/locations/global/keyRings/r/cryptoKeys/k"},
+     "give each replica its own kms_key"),
+    ({"kms_key": "my-key"}, "is not a Cloud KMS key name"),
+    ({"replication": "regional"}, "replication"),
+])
+def test_replication_mistakes_are_config_errors(block, needle):
+    with pytest.raises(ValueError, match=needle):
+        app_config(**block)
+
+
+def test_an_existing_secret_with_other_replication_is_refused_when_replication_is_asked(bare_fake, open_app):
+    from runbook.errors import Refused
+
+    bare_fake.store.put(SECRET)   # automatic
+    with pytest.raises(Refused, match="replication cannot change"):
+        open_app(bare_fake, replication={"user_managed": ["europe-west1"]}).set_config({URL_VAR: URL})
+    assert bare_fake.secretmanager.calls("POST", f"{SECRET_PATH}:addVersion") == []
+
+
+def test_a_version_alias_stays_an_alias_and_moves_to_the_version_written(bare_fake, open_app):
+    bare_fake.store.put(SECRET, "postgresql://old", aliases={"current": "1"}, accessors=(ACCOUNT,))
+    app_env(bare_fake).append(url_ref("current"))
+    app = open_app(bare_fake)
+    assert app.get_config([URL_VAR]) == {URL_VAR: "postgresql://old"}     # read, not "not set"
+    app.set_config({URL_VAR: URL})
+    assert bare_fake.secrets[(PROJECT, SECRET)]["aliases"] == {"current": "2"}
+    (patch,) = bare_fake.secretmanager.calls("PATCH", SECRET_PATH)
+    assert patch.query == {"updateMask": "versionAliases"} and patch.body["versionAliases"] == {"current": "2"}
+    assert [e for e in app_env(bare_fake) if e["name"] == URL_VAR] == [url_ref("current")]
+    assert bare_fake.latest_env()[URL_VAR] == URL
+    assert bare_fake.store.states(SECRET) == ["DISABLED", "ENABLED"]
+    assert app.get_config([URL_VAR]) == {URL_VAR: URL}
+
+
+def test_a_damaged_payload_is_caught_by_its_crc32c(bare_fake, open_app):
+    bare_fake.store.put(SECRET, URL)
+    app_env(bare_fake).append(url_ref("1"))
+    bare_fake.store.corrupt_next_access = True
+    with pytest.raises(ProviderError, match="arrived damaged \\(its CRC32C does not match dataCrc32c\\)"):
+        open_app(bare_fake).get_config([URL_VAR])
+
+
+def test_older_versions_are_disabled_only_once_the_new_revision_serves(bare_fake, open_app):
+    app = open_app(bare_fake)
+    for n in range(1, 5):
+        app.set_config({URL_VAR: URL.replace("pw-1234567", f"pw-{n}234567")})
+    assert bare_fake.store.states(SECRET) == ["DISABLED", "DISABLED", "DISABLED", "ENABLED"]
+    bare_fake.store.secrets[(PROJECT, SECRET)]["versions"][0]["state"] = "ENABLED"   # re-enabled by hand
+    # the next rotation's revision fails: nothing is disabled, the serving revision still reads version 4
+    bare_fake.fail_next_revision = "Revision is not ready and cannot serve traffic."
+    with pytest.raises(ProviderError):
+        app.set_config({URL_VAR: URL})
+    assert bare_fake.store.states(SECRET) == ["ENABLED", "DISABLED", "DISABLED", "ENABLED", "ENABLED"]
+    assert app.get_config([URL_VAR]) == {URL_VAR: URL.replace("pw-1234567", "pw-4234567")}
+    # the rerun serves version 5; every older enabled one (over several pages of versions.list) goes
+    app.set_config({URL_VAR: URL})
+    assert bare_fake.store.states(SECRET) == ["DISABLED"] * 4 + ["ENABLED"]
+    assert len({r.query.get("pageToken") for r in bare_fake.secretmanager.calls("GET", f"{SECRET_PATH}/versions")}) > 1
+
+
+def test_disabling_can_be_turned_off(bare_fake, open_app):
+    app = open_app(bare_fake, disable_old_versions=False)
+    app.set_config({URL_VAR: URL})
+    app.set_config({URL_VAR: URL.replace("pw-1234567", "pw-7654321")})
+    assert bare_fake.store.states(SECRET) == ["ENABLED", "ENABLED"]
+
+
+# -- the Cloud SQL socket ----------------------------------------------------------------------
+
+CONNECTION = f"{PROJECT}:{REGION}:raxx-pg"
+SOCKET_URL = f"postgresql://raptor_app:pw-1234567@:5432/raptor?sslmode=disable&host=/cloudsql/{CONNECTION}"
+
+
+def mount_cloudsql(fake, *, path: str | None = "/cloudsql", instance: str = CONNECTION) -> None:
+    template = fake.service()["template"]
+    template["volumes"] = [{"name": "cloudsql", "cloudSqlInstance": {"instances": [instance]}}]
+    app = next(c for c in template["containers"] if c["name"] == "app")
+    app["volumeMounts"] = [{"name": "cloudsql", **({"mountPath": path} if path is not None else {})}]
+
+
+@pytest.mark.parametrize("path", ["/cloudsql", None], ids=["at-cloudsql", "empty-path"])
+def test_a_socket_url_needs_the_cloud_sql_volume_mounted(bare_fake, open_app, path):
+    mount_cloudsql(bare_fake, path=path)
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: Secret(SOCKET_URL)})
+    assert app.get_config([URL_VAR]) == {URL_VAR: SOCKET_URL}
+
+
+@pytest.mark.parametrize("mount", [
+    None, {"path": "/sockets"}, {"instance": f"{PROJECT}:{REGION}:another-pg"}], ids=["none", "elsewhere", "other-instance"])
+def test_a_socket_url_without_the_mount_is_refused_before_any_write(bare_fake, open_app, mount):
+    if mount is not None:
+        mount_cloudsql(bare_fake, **mount)
+    with pytest.raises(ConfigError) as exc:
+        open_app(bare_fake).set_config({URL_VAR: Secret(SOCKET_URL), FLAG: "1"})
+    assert exc.value.message == (
+        f"Cloud Run service {SERVICE} does not mount Cloud SQL instance {CONNECTION} at /cloudsql in its container, "
+        f"so the app cannot reach the socket its URL names; add it with `gcloud run services update {SERVICE} "
+        f"--region={REGION} --add-cloudsql-instances={CONNECTION}` and rerun")
+    assert bare_fake.secretmanager.requests == [] and bare_fake.run.calls("PATCH") == []
+
+
+def test_a_serving_revision_without_the_mount_does_not_count(bare_fake, open_app):
+    mount_cloudsql(bare_fake)
+    app = open_app(bare_fake)
+    app.set_config({URL_VAR: Secret(SOCKET_URL)})
+    assert app.url_problem(SOCKET_URL) is None
+    template = bare_fake.service()["template"]
+    template.pop("volumes")            # a deploy by someone else dropped the Cloud SQL connection
+    assert app.get_config([URL_VAR]) == {URL_VAR: SOCKET_URL}   # still there (retire can remove it)
+    assert "does not mount Cloud SQL instance" in app.url_problem(SOCKET_URL)
+    assert app.url_problem(URL) is None                         # an address needs no mount
+
+
+def test_rollout_states_reach_the_progress_sink(bare_fake, tmp_path, sleeps):
+    import dataclasses
+
+    from providers.cloudrun import CloudRunApp
+    from tests.providers.cloudsql.conftest import context
+    from tests.providers.conftest import quick_budget
+
+    events = []
+    ctx = dataclasses.replace(context(bare_fake, tmp_path), progress=events.append)
+    app = CloudRunApp(app_config(), ctx, sleep=sleeps, budget=quick_budget())
+    try:
+        app.set_config({FLAG: "1"})
+    finally:
+        app.close()
+    what = f"cloud run: setting {FLAG} on {SERVICE}"
+    assert [(e.what, e.state, e.done) for e in events] == [(what, "rolling out", False), (what, "reconciling", False),
+                                                           (what, "done", True)]

@@ -54,7 +54,10 @@ def test_describe_reads_the_instance(bare_fake, open_db):
     ({"state": "SUSPENDED"}, "is SUSPENDED, not RUNNABLE"),
     ({"state": "PENDING_CREATE"}, "wait until"),
     ({"instanceType": "READ_REPLICA_INSTANCE", "masterInstanceName": f"{PROJECT}:raxx-pg-primary"},
-     "set database.instance to raxx-pg-primary"),
+     "is a read replica; roles can only be created on the primary: set database.instance to raxx-pg-primary"),
+    ({"instanceType": "READ_POOL_INSTANCE", "masterInstanceName": "raxx-pg-primary"},
+     "is a read pool; roles can only be created on the primary: set database.instance to raxx-pg-primary"),
+    ({"instanceType": "ON_PREMISES_INSTANCE"}, "is ON_PREMISES_INSTANCE; roles can only be created on the primary"),
 ])
 def test_describe_refuses_what_is_not_a_runnable_postgres_primary(bare_fake, open_db, change, needle):
     bare_fake.instances[(PROJECT, INSTANCE)].update(change)
@@ -141,6 +144,11 @@ def test_credential_for_the_cloud_run_socket(bare_fake, open_db):
     ({"project": "Raxx Prod"}, "not a Google Cloud project id"),
     ({"admin_password_env": "hunter2 is my password"}, "must name an environment variable"),
     ({"sslmode": "required"}, "sslmode"),
+    ({"admin_password_env": None}, "admin_password_env is required \\(or admin_auth: iam"),
+    ({"admin_auth": "iam", "admin_user": "sa@raxx-prod-123.iam.gserviceaccount.com"},
+     "without .gserviceaccount.com \\(sa@raxx-prod-123.iam\\)"),
+    ({"ip": "ipv6"}, "ip"),
+    ({"app_port": 70000}, "app_port"),
 ])
 def test_config_rejects_mistakes(block, needle):
     with pytest.raises(ValueError, match=needle):
@@ -330,3 +338,163 @@ def test_passwords_never_reach_logs_or_output(pg, admin, fake, open_db, canary_p
     assert canary_password not in cred.masked_url()
     out = capsys.readouterr()
     assert canary_password not in caplog.text + out.out + out.err
+
+
+# -- SSL modes, the two endpoints, addresses and server verification ---------------------------------
+
+LEGACY = {"ipv4Enabled": True, "requireSsl": True}     # no sslMode: set before sslMode existed
+
+
+def ip_config(fake) -> dict:
+    return fake.instances[(PROJECT, INSTANCE)]["settings"]["ipConfiguration"]
+
+
+def test_legacy_require_ssl_alone_means_client_certificates(bare_fake, open_db):
+    """The document: requireSsl true "only allow[s] connections encrypted with SSL/TLS and with valid
+    client certificates", the pair TRUSTED_CLIENT_CERTIFICATE_REQUIRED + requireSsl true."""
+    bare_fake.instances[(PROJECT, INSTANCE)]["settings"]["ipConfiguration"] = dict(LEGACY)
+    with pytest.raises(Refused) as exc:
+        open_db(bare_fake).describe()
+    assert exc.value.message == (
+        f"Cloud SQL instance {PROJECT}:{INSTANCE} requires client certificates (sslMode "
+        f"TRUSTED_CLIENT_CERTIFICATE_REQUIRED); run the Cloud SQL Auth Proxy (`cloud-sql-proxy "
+        f"{PROJECT}:{REGION}:{INSTANCE} --port 15432`) and set database.connect to its address with sslmode: "
+        "disable, or use a Cloud SQL connector")
+    proxy = {"connect": {"host": "127.0.0.1", "port": 15432}, "sslmode": "disable"}
+    assert open_db(bare_fake, **proxy).describe().details["ssl_mode"] == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED"
+    # the app's URL must not go around the proxy: a direct address has no client certificate
+    with pytest.raises(Refused, match="the app's URL names 10.20.0.3 directly; use app_host: socket"):
+        open_db(bare_fake, app_host="10.20.0.3", **proxy).describe()
+    assert open_db(bare_fake, app_host="socket", **proxy).describe()
+    assert [r.method for r in bare_fake.sqladmin.requests] == ["GET"] * 4   # instances.get only: nothing changed
+
+
+@pytest.mark.parametrize("pair, mode", [
+    ({"sslMode": "ENCRYPTED_ONLY", "requireSsl": False}, "ENCRYPTED_ONLY"),
+    ({"sslMode": "TRUSTED_CLIENT_CERTIFICATE_REQUIRED", "requireSsl": True}, "TRUSTED_CLIENT_CERTIFICATE_REQUIRED"),
+    ({"sslMode": "ALLOW_UNENCRYPTED_AND_ENCRYPTED", "requireSsl": False}, "ALLOW_UNENCRYPTED_AND_ENCRYPTED"),
+    ({"requireSsl": False}, "ALLOW_UNENCRYPTED_AND_ENCRYPTED"),
+    ({}, "ALLOW_UNENCRYPTED_AND_ENCRYPTED"),
+])
+def test_ssl_mode_has_priority_over_require_ssl(bare_fake, open_db, pair, mode):
+    bare_fake.instances[(PROJECT, INSTANCE)]["settings"]["ipConfiguration"] = {"ipv4Enabled": True, **pair}
+    assert open_db(bare_fake, connect={"host": "127.0.0.1", "port": 15432}, sslmode="disable").ssl_mode() == mode
+
+
+def test_the_app_url_never_takes_the_proxys_port_or_sslmode(bare_fake, open_db):
+    proxy = {"connect": {"host": "127.0.0.1", "port": 15432}, "sslmode": "disable"}
+    pw = Secret("app-pw-123456")
+    cred = open_db(bare_fake, app_host=PRIVATE_IP, **proxy).credential_for("raptor_app", pw)
+    assert (cred.host, cred.port, cred.sslmode) == (PRIVATE_IP, 5432, "require")
+    cred = open_db(bare_fake, app_host=PRIVATE_IP, app_port=6432, app_sslmode="verify-ca",
+                   app_sslrootcert="/etc/cloudsql/server-ca.pem", **proxy).credential_for("raptor_app", pw)
+    assert conninfo_to_dict(cred.url().reveal()) | {"password": "-"} == {
+        "host": PRIVATE_IP, "port": "6432", "user": "raptor_app", "password": "-", "dbname": "postgres",
+        "sslmode": "verify-ca", "sslrootcert": "/etc/cloudsql/server-ca.pem"}
+    # an encrypted-only instance refuses the app's plaintext, before any change
+    with pytest.raises(Refused, match="the app's URL would use sslmode disable; set database.app_sslmode to require"):
+        open_db(bare_fake, app_host=PRIVATE_IP, app_sslmode="disable", **proxy).describe()
+    # without app_host the app uses the tool's endpoint (an Auth Proxy sidecar at the same address)
+    cred = open_db(bare_fake, **proxy).credential_for("raptor_app", pw)
+    assert (cred.host, cred.port, cred.sslmode) == ("127.0.0.1", 15432, "disable")
+
+
+def test_config_wants_the_apps_ca_path_for_verify_modes():
+    with pytest.raises(ValueError, match="app_sslmode verify-full needs app_sslrootcert"):
+        database_config(app_host="10.1.1.1", app_sslmode="verify-full")
+
+
+def test_login_route_proves_the_apps_login_over_the_tools_endpoint(bare_fake, open_db):
+    db = open_db(bare_fake, app_host="socket", connect={"host": "127.0.0.1", "port": 15432}, sslmode="disable")
+    app_url = db.credential_for("raptor_app", Secret("app-pw-123456")).url()
+    assert conninfo_to_dict(app_url.reveal())["host"] == f"/cloudsql/{PROJECT}:{REGION}:{INSTANCE}"
+    routed = conninfo_to_dict(db.login_route(app_url).reveal())
+    assert routed == {"host": "127.0.0.1", "port": "15432", "user": "raptor_app", "password": "app-pw-123456",
+                      "dbname": "postgres", "sslmode": "disable"}
+    # a URL naming any other server is tried as it is: the tool does not log in elsewhere on its behalf
+    other = Secret("postgresql://raptor_app:app-pw-123456@evil.example:5432/postgres")
+    assert db.login_route(other) is other
+    same = open_db(bare_fake, connect={"host": "127.0.0.1", "port": 15432}, sslmode="disable")
+    url = same.credential_for("raptor_app", Secret("app-pw-123456")).url()
+    assert same.login_route(url) is url
+
+
+@pytest.mark.parametrize("ip, addresses, extra, host", [
+    ("private", [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}, {"type": "PRIVATE", "ipAddress": PRIVATE_IP}], {},
+     PRIVATE_IP),
+    ("public", [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}, {"type": "PRIVATE", "ipAddress": PRIVATE_IP}], {},
+     PUBLIC_IP),
+    ("psc", [], {"dnsNames": [{"name": "abc123.europe-west1.sql.goog.", "connectionType": "PRIVATE_SERVICE_CONNECT",
+                               "dnsScope": "INSTANCE"}]}, "abc123.europe-west1.sql.goog"),
+    (None, [], {"dnsName": "abc123.europe-west1.sql.goog."}, "abc123.europe-west1.sql.goog"),
+], ids=["private", "public", "psc", "psc-only-default"])
+def test_ip_chooses_the_instances_address(bare_fake, open_db, ip, addresses, extra, host):
+    inst = bare_fake.instances[(PROJECT, INSTANCE)]
+    inst["ipAddresses"] = addresses
+    inst.update(extra)
+    if not addresses:
+        inst["settings"]["ipConfiguration"] = {"ipv4Enabled": False, "sslMode": "ENCRYPTED_ONLY",
+                                               "pscConfig": {"pscEnabled": True}}
+    db = open_db(bare_fake, environ={PASSWORD_ENV: "s3cret-pw"}, **({"ip": ip} if ip else {}))
+    assert conninfo_to_dict(db.admin_dsn().reveal())["host"] == host
+
+
+def test_a_missing_address_of_the_chosen_kind_is_one_line(bare_fake, open_db):
+    bare_fake.instances[(PROJECT, INSTANCE)]["ipAddresses"] = [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}]
+    with pytest.raises(ConfigError, match=r"has no private address \(database.ip\); run the Cloud SQL Auth Proxy"):
+        open_db(bare_fake, ip="private", environ={PASSWORD_ENV: "pw"}).admin_dsn()
+
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+
+def test_verify_ca_uses_the_server_ca_from_the_api(bare_fake, open_db, tmp_path):
+    bare_fake.instances[(PROJECT, INSTANCE)]["serverCaCert"] = {"kind": "sql#sslCert", "cert": CA,
+                                                                "commonName": "C=US,O=Google\\, Inc,CN=Google Cloud SQL Server CA"}
+    parts = conninfo_to_dict(open_db(bare_fake, sslmode="verify-ca", environ={PASSWORD_ENV: "pw"}).admin_dsn().reveal())
+    assert parts["sslmode"] == "verify-ca"
+    assert Path(parts["sslrootcert"]).read_text() == CA and Path(parts["sslrootcert"]).is_relative_to(tmp_path)
+
+
+def test_verify_full_falls_back_to_list_server_cas(bare_fake, open_db):
+    bare_fake.server_cas = [CA]
+    parts = conninfo_to_dict(open_db(bare_fake, sslmode="verify-full", environ={PASSWORD_ENV: "pw"}).admin_dsn().reveal())
+    assert Path(parts["sslrootcert"]).read_text() == CA
+    assert [r.path for r in bare_fake.sqladmin.requests] == [INSTANCE_PATH, f"{INSTANCE_PATH}/listServerCas"]
+
+
+def test_no_server_ca_means_no_verification_and_says_so(bare_fake, open_db):
+    with pytest.raises(ProviderError, match="reports no server CA certificate, so the server cannot be verified"):
+        open_db(bare_fake, sslmode="verify-ca", environ={PASSWORD_ENV: "pw"}).admin_dsn()
+
+
+def test_operation_states_reach_the_progress_sink(bare_fake, tmp_path, sleeps):
+    import dataclasses
+
+    from providers.cloudsql import CloudSqlDatabase
+    from tests.providers.cloudsql.conftest import context
+    from tests.providers.conftest import quick_budget
+
+    events = []
+    ctx = dataclasses.replace(context(bare_fake, tmp_path), progress=events.append)
+    db = CloudSqlDatabase(database_config(), ctx, sleep=sleeps, budget=quick_budget())
+    try:
+        op = db._call("DELETE", f"{INSTANCE_PATH}/users", params={"name": "someone"})
+        with pytest.raises(ProviderError):
+            db.wait_operation(op, "deleting user someone")
+    finally:
+        db.close()
+    assert [(e.what, e.state, e.done) for e in events] == [
+        ("cloud sql: deleting user someone", "PENDING", False), ("cloud sql: deleting user someone", "RUNNING", False),
+        ("cloud sql: deleting user someone", "DONE", True)]
+    assert events[-1].remaining is None and events[0].remaining > 0
+
+
+def test_an_iam_admin_sends_the_access_token_as_its_password(bare_fake, open_db):
+    bare_fake.instances[(PROJECT, INSTANCE)]["settings"]["databaseFlags"] = [
+        {"name": "cloudsql.iam_authentication", "value": "on"}]
+    db = open_db(bare_fake, admin_auth="iam", admin_user="ops@example.com", admin_password_env=None)
+    assert db.describe()
+    parts = conninfo_to_dict(db.admin_dsn().reveal())
+    assert (parts["user"], parts["password"]) == ("ops@example.com", TOKEN)
+    assert TOKEN not in repr(db.admin_dsn())
