@@ -117,9 +117,10 @@ def rewritten(text: str, set_values: Mapping[str, str], drop: set[str]) -> str:
             continue
         seen.add(b.key)
         out.append(f"{lead}{b.key}={set_values[b.key]}{eol.group(0) if eol else ''}")
-    new = [f"{export}{k}={v}\n" for k, v in set_values.items() if k not in seen]
+    nl = "\r\n" if "\r\n" in text and text.count("\n") == text.count("\r\n") else "\n"   # a CRLF file stays CRLF
+    new = [f"{export}{k}={v}{nl}" for k, v in set_values.items() if k not in seen]
     if new and out and not _EOL.search(out[-1]) and "".join(out):
-        out.append("\n")
+        out.append(nl)
     return "".join(out + new)
 
 

@@ -179,6 +179,14 @@ def test_export_prefixes_are_kept_and_new_keys_follow_them(tmp_path):
     assert out == "postgresql://h/db"
 
 
+def test_a_crlf_file_stays_crlf(tmp_path):
+    (tmp_path / ".runbook").mkdir()
+    path = tmp_path / ".runbook" / "staging.env"
+    path.write_bytes(f"A=1\r\n{FLAG}=0\r\nB=2".encode())
+    open_app(tmp_path).set_config({FLAG: "1", URL: "postgresql://h/db"})
+    assert path.read_bytes() == f"A=1\r\n{FLAG}=1\r\nB=2\r\n{URL}=postgresql://h/db\r\n".encode()
+
+
 def test_owner_group_and_mode_are_kept(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("giving a file to another uid needs root")
