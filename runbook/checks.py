@@ -141,12 +141,12 @@ def check_connections(ctx, application_name: str | None, min_sessions: int) -> C
     return CheckResult(label, "inconclusive", f"no session connected as {ctx.role.name} right now (no data)")
 
 
-def run_command(cmd: str, timeout: float, cwd: str) -> CheckResult:
+def run_command(cmd: str, timeout: float, cwd: str, env: dict[str, str] | None = None) -> CheckResult:
     from runbook import shell
 
     label = f"command: {cmd}"
     try:
-        res = shell.run(cmd, timeout=timeout, cwd=cwd)
+        res = shell.run(cmd, timeout=timeout, cwd=cwd, env=env)
     except shell.CommandTimeout:
         return CheckResult(label, "inconclusive", f"timed out after {timeout:.0f}s; it was stopped")
     except OSError as exc:
@@ -194,8 +194,11 @@ def soak_check(ctx, spec) -> CheckResult:
         c = spec.connections
         return _guard(spec.label(), lambda: check_connections(ctx, c.application_name if c else None, c.min_sessions if c else 1))
     if kind == "command":
+        from runbook.shell import child_env
+
         cmd = spec.command.run.replace("{env}", ctx.env.name)
-        return _guard(spec.label(), lambda: run_command(cmd, spec.command.timeout.total_seconds(), str(ctx.project.base_dir)))
+        return _guard(spec.label(), lambda: run_command(cmd, spec.command.timeout.total_seconds(), str(ctx.project.base_dir),
+                                                        child_env(ctx.environ, spec.command.pass_env)))
     if kind == "http":
         h = spec.http
 

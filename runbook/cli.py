@@ -55,9 +55,9 @@ def _global(
     output: OutOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = False,
 ) -> None:
+    # every invocation starts from the defaults: main() may run several times in one process
     OPTS.file, OPTS.state, OPTS.debug = file, state, debug
-    if output is not None:
-        OPTS.output = output
+    OPTS.output = output if output is not None else Output.text
 
 
 def _load():
@@ -369,9 +369,10 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         code = 2 if isinstance(exc, click_exc.UsageError) else (exc.exit_code or 1)
     except RunbookError as exc:
+        from runbook.render import clean
         from runbook.secret import redact
 
-        line = redact(exc.message.splitlines()[0] if exc.message else type(exc).__name__)
+        line = clean(redact(exc.message.splitlines()[0] if exc.message else type(exc).__name__))
         sys.stderr.write(f"error: {line}\n")
         if exc.hint:
             sys.stderr.write(f"fix: {redact(exc.hint)}\n")

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -54,6 +55,24 @@ def _rewrites_of(journal: Path) -> _Rewrites:
         return _rewrites.setdefault(os.path.abspath(journal), _Rewrites())
 
 
+def _open_plain(path: Path, flags: int) -> int:
+    """Open a file of the journal as a plain regular file, or refuse: whoever can write in
+    `.runbook/` may have planted a symlink there (appends would land in its target) or a FIFO
+    (rollback, which writes here first, would block on it for ever)."""
+    from runbook.errors import ConfigError
+
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symlink; refused, nothing was written") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file; refused, nothing was written")
+    return fd
+
+
 @dataclass
 class LocalJournal:
     """A JSON-lines file beside the project: where `rollback` writes when no store answers.
@@ -75,10 +94,10 @@ class LocalJournal:
         """Hold an flock on `lock_path`; with `wait`, give up after that many seconds (False).
         flock belongs to the open file, so threads of one process exclude each other too."""
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_plain(lock_path, os.O_RDWR | os.O_CREAT)
         except FileNotFoundError:          # the first use in this project
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_plain(lock_path, os.O_RDWR | os.O_CREAT)
         try:
             mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
             if wait is None:
@@ -115,7 +134,7 @@ class LocalJournal:
         stamped = {**record, "at": time.time(), "actor": actor(), "host": host(), "pid": os.getpid()}
         line = (_json(stamped) + "\n").encode()
         with self._flock(self._file_lock):
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open_plain(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 # a crash mid-append leaves a line without its newline; start ours on a fresh line
                 size = os.fstat(fd).st_size
@@ -127,9 +146,11 @@ class LocalJournal:
 
     def _lines(self) -> list[str]:
         try:
-            return self.path.read_text(errors="replace").splitlines()
+            fd = _open_plain(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return []
+        with os.fdopen(fd, "r", errors="replace") as fh:
+            return fh.read().splitlines()
 
     @staticmethod
     def _parse(line: str) -> dict[str, Any] | None:

@@ -27,8 +27,9 @@ from pydantic import (
 )
 
 import providers
-from runbook.durations import format_duration, parse_duration
+from runbook.durations import format_duration, parse_duration, parse_timeout
 from runbook.errors import ConfigError
+from runbook.shell import pass_env_names, secret_env_names
 from runbook.yamlfile import Located, load_file, load_text
 
 DEFAULT_FILE = "runbook.yaml"
@@ -39,6 +40,17 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"}),
 ]
+# A timeout: positive and at most 24d (PostgreSQL and poll(2) take milliseconds as a C int; 0 is "for ever")
+Timeout = Annotated[
+    timedelta,
+    BeforeValidator(parse_timeout),
+    PlainSerializer(format_duration, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"}),
+]
+# Variables a configured command gets beyond the minimal environment (runbook/shell.py)
+PassEnv = Annotated[list[str], BeforeValidator(pass_env_names)]
+# PostgreSQL's MAX_BACKENDS: no server can have more connections than this
+MAX_CONNECTIONS = 262143
 
 # Role and schema names: plain lower-case SQL identifiers. Quoted, mixed-case or exotic names
 # are refused on purpose: they are where copy-pasted runbooks go wrong.
@@ -136,7 +148,7 @@ class RoleSpec(Strict):
         default_factory=lambda: ["alembic_version", "schema_migrations"],
         description="Tables the role must never reach (migration bookkeeping); `table` or `schema.table`",
     )
-    connection_limit: int | None = Field(default=None, ge=-1, description="CONNECTION LIMIT; default none")
+    connection_limit: int | None = Field(default=None, ge=-1, le=MAX_CONNECTIONS, description="CONNECTION LIMIT; default none")
     adopt: bool = Field(
         default=False,
         description="Take over a role of this name that exists but pg-runbook did not create (its password and "
@@ -221,6 +233,9 @@ class FlagSpec(Strict):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return str(v)
+        if isinstance(v, str) and re.search(r"[\x00-\x1f\x7f-\x9f]", v):
+            # a newline in a config value can add a variable of its own (the URL) to a dotenv
+            raise ValueError("flag values cannot hold control characters (a newline, a tab, an escape)")
         return v
 
     @model_validator(mode="after")
@@ -238,12 +253,13 @@ class ConnectionsCheck(Strict):
 class HttpCheck(Strict):
     url: str
     status: int = 200
-    timeout: Duration = timedelta(seconds=10)
+    timeout: Timeout = timedelta(seconds=10)
 
 
 class CommandCheck(Strict):
     run: str
-    timeout: Duration = timedelta(minutes=5)
+    timeout: Timeout = timedelta(minutes=5)
+    pass_env: PassEnv = Field(default_factory=list, description="variables passed to the command beyond the minimal set")
 
 
 class CheckSpec(Strict):
@@ -309,12 +325,12 @@ class SoakSpec(Strict):
 
 
 class SettingsSpec(Strict):
-    lock_timeout: Duration = Field(default=timedelta(seconds=5), description="SET lock_timeout for grant transactions")
+    lock_timeout: Timeout = Field(default=timedelta(seconds=5), description="SET lock_timeout for grant transactions")
     lock_retries: int = Field(default=3, ge=0, le=20, description="retries of a grant transaction that met lock_timeout")
-    statement_timeout: Duration = timedelta(minutes=5)
-    connect_timeout: Duration = timedelta(seconds=10)
+    statement_timeout: Timeout = timedelta(minutes=5)
+    connect_timeout: Timeout = timedelta(seconds=10)
     http_attempts: int = Field(default=5, ge=1, le=20)
-    http_timeout: Duration = timedelta(seconds=30)
+    http_timeout: Timeout = timedelta(seconds=30)
     retry_budget: Duration = Field(default=timedelta(minutes=2), description="total time a provider call may retry")
 
 
@@ -526,7 +542,23 @@ def parse(located: Located) -> Project:
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, located, (), ProjectSpec)) from None
     envs = {name: _resolve_env(name, env, located) for name, env in spec.environments.items()}
+    _refuse_secret_pass_env(spec, located)
     return Project(spec, Path(located.path).resolve(), envs)
+
+
+def _refuse_secret_pass_env(spec: ProjectSpec, located: Located) -> None:
+    """No `pass_env` may name a variable the project has the tool read a secret from."""
+    envs = spec.environments.values()
+    secret = secret_env_names([*(e.database for e in envs), *(e.app for e in envs)], [e.state for e in envs])
+    lists: list[tuple[tuple[Any, ...], Any]] = [
+        (("environments", name, "app", "pass_env"), env.app.get("pass_env")) for name, env in spec.environments.items()]
+    lists += [(("soak", "checks", i, "command", "pass_env"), check.command.pass_env)
+              for i, check in enumerate(spec.soak.checks) if check.command]
+    for loc, names in lists:
+        for j, name in enumerate(names if isinstance(names, list) else []):
+            if name in secret:
+                raise ConfigError(f"{located.where(loc + (j,))}: pass_env {name} is where the tool reads a secret "
+                                  "from; a command never gets it")
 
 
 def load(path: str | Path | None = None) -> Project:

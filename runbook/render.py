@@ -5,6 +5,7 @@ Everything printed passes through the redactor first."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -35,10 +36,22 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+# What a terminal acts on: C0 but newline and tab, DEL, C1 (ESC starts every sequence; CSI and
+# OSC also exist as single C1 bytes), and the bidi overrides and line separators that reorder or
+# split what is shown. Text from outside (the journal, a provider, a command) can hold any of it.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """`text` with every control character shown as an escape (`\\x1b[2J`), so the terminal gets
+    none and a tampered row reads as tampered, not as nothing."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
 def _esc(text: str) -> str:
     from rich.markup import escape
 
-    return escape(redact(text))
+    return escape(clean(redact(text)))
 
 
 def step_line(report) -> None:
@@ -84,6 +97,7 @@ def _soak(out, soak: dict[str, Any]) -> None:
     title = f"soak of {soak['env']}: {soak['state']}"
     if soak.get("remaining") and soak["state"] == "running":
         title += f", {soak['remaining']} remaining"
+    title = _esc(title)
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("checkpoint")
     table.add_column("status")
@@ -93,7 +107,7 @@ def _soak(out, soak: dict[str, Any]) -> None:
         style = _STATUS_STYLE.get(point["status"], "white")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(point["evaluated_at"])) if point["evaluated_at"] else "-"
         checks = "; ".join(f"{c['check']}: {c['status']}" for c in point["checks"])
-        table.add_row(point["checkpoint"], f"[{style}]{point['status']}[/]" + (" (late)" if point["late"] else ""),
+        table.add_row(_esc(point["checkpoint"]), f"[{style}]{point['status']}[/]" + (" (late)" if point["late"] else ""),
                       when, _esc(checks))
     out.print(table)
 
@@ -116,7 +130,8 @@ def _history(out, data: dict[str, Any]) -> None:
     for col in ("id", "env", "command", "status", "actor@host", "started (UTC)"):
         table.add_column(col)
     for run in data.get("runs", []):
-        table.add_row(str(run["id"]), run["env"], run["command"], run["status"], f"{run['actor']}@{run['host']}",
+        table.add_row(str(run["id"]), _esc(run["env"]), _esc(run["command"]), _esc(run["status"]),
+                      _esc(f"{run['actor']}@{run['host']}"),
                       time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["started_at"])))
     out.print(table)
     if data.get("approvals"):
@@ -124,7 +139,7 @@ def _history(out, data: dict[str, Any]) -> None:
         for col in ("env", "from", "sign-off", "actor@host", "when (UTC)", "forced", "reason"):
             t2.add_column(col)
         for a in data["approvals"]:
-            t2.add_row(a["env"], a.get("from_env") or "-", _esc(a["sign_off"]), f"{a['actor']}@{a['host']}",
+            t2.add_row(_esc(a["env"]), _esc(a.get("from_env") or "-"), _esc(a["sign_off"]), _esc(f"{a['actor']}@{a['host']}"),
                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["at"])), "yes" if a["forced"] else "no",
                        _esc(a.get("reason") or ""))
         out.print(t2)
@@ -134,6 +149,6 @@ def _history(out, data: dict[str, Any]) -> None:
         for col in ("when (UTC)", "run", "step", "kind", "summary"):
             t3.add_column(col)
         for e in events[-40:]:
-            t3.add_row(time.strftime("%H:%M:%S", time.gmtime(e["at"])), str(e.get("run_id") or "-"), e.get("step") or "",
-                       e["kind"], _esc(e.get("summary") or ""))
+            t3.add_row(time.strftime("%H:%M:%S", time.gmtime(e["at"])), str(e.get("run_id") or "-"), _esc(e.get("step") or ""),
+                       _esc(e["kind"]), _esc(e.get("summary") or ""))
         out.print(t3)

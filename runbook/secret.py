@@ -29,10 +29,35 @@ _pattern: tuple[tuple[list[str], re.Pattern[str]], ...] | None = None
 _MIN_REDACT = 6
 
 
+def _password_of(value: str) -> list[str]:
+    """The password inside a DSN or URL, as its parts: a command may print it alone."""
+    found: list[str] = []
+    if "://" in value:
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            password = None
+        if password:
+            found.append(unquote(password))
+    if "=" in value or "://" in value:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            password = conninfo_to_dict(value).get("password")
+        except Exception:   # not a conninfo: nothing inside to register
+            password = None
+        if password:
+            found.append(str(password))
+    return [p for p in found if p != value]
+
+
 def register(value: str) -> None:
-    """Remember a secret value (and its URL-quoted forms) so that `redact` removes it."""
+    """Remember a secret value (its URL-quoted forms, and the password of a DSN or URL alone)
+    so that `redact` removes it."""
     if not value or len(value) < _MIN_REDACT:
         return
+    for part in _password_of(value):
+        register(part)
     forms = {value, quote(value, safe=""), quote_plus(value)}
     with _lock:
         new = forms - _known

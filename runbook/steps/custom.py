@@ -10,6 +10,7 @@ from psycopg import sql
 
 from runbook import shell
 from runbook.changes import Change
+from runbook.durations import parse_timeout
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, RunbookError
 from runbook.secret import redact
@@ -54,15 +55,32 @@ class CommandStep(Step):
     def name(self) -> str:
         return str(self.params.get("name") or "command")
 
+    def _checked(self, ctx) -> tuple[float, list[str]]:
+        """The step's timeout and pass_env, refused as a project's would be (runbook/shell.py)."""
+        try:
+            timeout = parse_timeout(self.params.get("timeout", 300)).total_seconds()
+            names = shell.pass_env_names(self.params.get("pass_env"))
+        except ValueError as exc:
+            raise ConfigError(f"command step {self.name}: {exc}") from None
+        spec = ctx.env.spec
+        secret = shell.secret_env_names([spec.database, spec.app], [spec.state])
+        for name in names:
+            if name in secret:
+                raise ConfigError(f"command step {self.name}: pass_env {name} is where the tool reads a secret from; "
+                                  "a command never gets it")
+        return timeout, names
+
     def plan(self, ctx, observed):
         if "run" not in self.params:
             raise ConfigError("command step needs `run:`")
+        self._checked(ctx)
         return [Change(f"run `{self.params['run']}`", reversible=False)]
 
     def apply(self, ctx, changes):
         cmd = str(self.params["run"]).replace("{env}", ctx.env.name)
+        timeout, names = self._checked(ctx)
         try:
-            res = shell.run(cmd, timeout=float(self.params.get("timeout", 300)), cwd=str(ctx.project.base_dir))
+            res = shell.run(cmd, timeout=timeout, cwd=str(ctx.project.base_dir), env=shell.child_env(ctx.environ, names))
         except shell.CommandTimeout as exc:
             raise RunbookError(f"command `{cmd}` {exc}; it was stopped") from None
         if res.returncode != 0:
