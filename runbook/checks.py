@@ -53,8 +53,8 @@ def check_role(ctx) -> CheckResult:
         return CheckResult("role", "fail", f"role {name} exists but has NOLOGIN", f"ALTER ROLE {name} LOGIN, or {fix}")
     if facts.valid_until_past:
         return CheckResult("role", "fail", f"role {name}'s password has expired (VALID UNTIL)", f"runbook rotate --env {ctx.env.name}")
-    if facts.unsafe_attributes():
-        return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes())}", fix)
+    if facts.unsafe_attributes(ctx.role):
+        return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes(ctx.role))}", fix)
     from runbook.steps.app_config import url_state
 
     state = url_state(ctx)
@@ -76,6 +76,13 @@ def check_grants(ctx) -> CheckResult:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),
                            f"runbook drift --env {ctx.env.name} --fix")
+    from runbook import rls
+
+    blocked = [f for f in rls.findings(ctx.role, rls.read(ctx.admin(), ctx.role)) if f.who == ctx.role.name]
+    if blocked:
+        return CheckResult("grants", "fail", "; ".join(f.summary() for f in blocked[:3])
+                           + (f" (+{len(blocked) - 3} more)" if len(blocked) > 3 else ""),
+                           rls.fix(ctx.role, blocked, ctx.admin()))
     return CheckResult("grants", "pass", f"{len(snap.relations)} relations and {len(snap.routines)} routines as specified; no drift")
 
 
@@ -88,6 +95,13 @@ def check_url(ctx) -> CheckResult:
         return CheckResult("url", "fail", f"{ctx.url_var} is not set ({where})", f"runbook provision --env {ctx.env.name}")
     if state.logs_in is False:
         return CheckResult("url", "fail", f"{ctx.url_var}={shown(state.value)}: {state.reason}", f"runbook rotate --env {ctx.env.name}")
+    if state.logs_in is None and isinstance(state.value, Digest):
+        # the digest says the store holds the URL pg-runbook wrote, not that it still logs in (a
+        # password changed behind the tool's back): unproven is never a pass
+        from runbook.steps.app_config import WRITE_ONLY_PROOF
+
+        return CheckResult("url", "inconclusive", f"{ctx.url_var}={shown(state.value)}: login not proved ({state.reason})",
+                           WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
     return CheckResult("url", "pass", f"{ctx.url_var}={shown(state.value)}")
 
 

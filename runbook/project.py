@@ -137,6 +137,10 @@ class RoleSpec(Strict):
         description="Tables the role must never reach (migration bookkeeping); `table` or `schema.table`",
     )
     connection_limit: int | None = Field(default=None, ge=-1, description="CONNECTION LIMIT; default none")
+    rls: Literal["enforce", "bypass"] = Field(
+        default="enforce",
+        description="row-level security: `enforce` (default; verify fails on an RLS table without a policy for "
+        "the role) or `bypass` (the role gets BYPASSRLS, where the admin may grant it)")
 
     @field_validator("name")
     @classmethod
@@ -175,7 +179,9 @@ class RoleSpec(Strict):
 
     def digest(self) -> str:
         """A stable digest of the role section: a soak is valid only for the spec it soaked."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # a key added later enters the digest only when a file sets it: an old file keeps its soak
+        body = json.dumps(self.model_dump(mode="json", exclude={"rls"} if self.rls == "enforce" else None),
+                          sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -38,9 +38,11 @@ class RoleFacts:
     connection_limit: int = -1
     member_of: tuple[str, ...] = ()
 
-    def unsafe_attributes(self) -> list[str]:
+    def unsafe_attributes(self, spec: RoleSpec | None = None) -> list[str]:
+        """Attributes the role must not have; BYPASSRLS is wanted when the spec says `rls: bypass`."""
+        bypass_ok = spec is not None and spec.rls == "bypass"
         names = [("SUPERUSER", self.superuser), ("CREATEROLE", self.createrole), ("CREATEDB", self.createdb),
-                 ("REPLICATION", self.replication), ("BYPASSRLS", self.bypassrls)]
+                 ("REPLICATION", self.replication), ("BYPASSRLS", self.bypassrls and not bypass_ok)]
         return [n for n, on in names if on]
 
 
@@ -70,6 +72,8 @@ def _attributes(spec: RoleSpec, *, no_superuser_clause: bool) -> list[sql.Compos
     if not no_superuser_clause:
         # hosted Supabase rejects an explicit NOSUPERUSER from its `postgres` user; it is the default anyway
         attrs.insert(1, "NOSUPERUSER")
+    if spec.rls == "bypass":
+        attrs.append("BYPASSRLS")     # asked for; NOBYPASSRLS is the default (and PG 15 lets only a superuser say it)
     out: list[sql.Composable] = [sql.SQL(a) for a in attrs]
     if spec.connection_limit is not None:
         out.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(spec.connection_limit)))
@@ -93,10 +97,14 @@ def set_password(conn: Connection | None, name: str, password: Secret, reason: s
 
 def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool) -> list[Change]:
     out: list[Change] = []
-    bad = current.unsafe_attributes()
-    if bad or not current.can_login or (spec.connection_limit is not None and spec.connection_limit != current.connection_limit):
-        attrs = sql.SQL(" ").join(_attributes(spec, no_superuser_clause=no_superuser_clause and not current.superuser))
-        why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"])]) or "connection limit"
+    bad = current.unsafe_attributes(spec)
+    bypass_missing = spec.rls == "bypass" and not current.bypassrls
+    if bad or bypass_missing or not current.can_login or (
+            spec.connection_limit is not None and spec.connection_limit != current.connection_limit):
+        attrs = sql.SQL(" ").join(_attributes(spec, no_superuser_clause=no_superuser_clause and not current.superuser)
+                                  + ([sql.SQL("NOBYPASSRLS")] if "BYPASSRLS" in bad else []))
+        why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"]),
+                         *(["give BYPASSRLS (rls: bypass)"] if bypass_missing else [])]) or "connection limit"
         out.append(Change(f"alter role {spec.name}: {why}",
                           sql.SQL("ALTER ROLE {} WITH {}").format(sql.Identifier(spec.name), attrs)))
     return out
