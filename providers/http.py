@@ -104,10 +104,11 @@ def _seconds_header(response: httpx.Response, name: str) -> float | None:
 class NoTimeLeft(Exception):
     """The rate budget's pause would end after the caller's deadline; nothing was sent."""
 
-    def __init__(self, pause: float | None, left: float) -> None:
+    def __init__(self, pause: float | None, left: float, *, window: bool = False) -> None:
         super().__init__("no time left for the rate budget's pause")
         self.pause = pause      # None: waiting for the first answers of requests in flight
         self.left = left
+        self.window = window    # the pause is the rest of a spent rate-limit window
 
 
 class RateBudget:
@@ -204,7 +205,7 @@ class RateBudget:
             delay = self._reset_at - now
             if deadline is not None and now + delay > deadline:
                 self._inflight -= 1
-                raise NoTimeLeft(delay, max(0.0, deadline - now))
+                raise NoTimeLeft(delay, max(0.0, deadline - now), window=True)
             self.waited += delay
             self._cond.release()
             try:
@@ -230,13 +231,15 @@ class RateBudget:
                 if self._remaining is None and self.model.kind == "bucket":
                     self._unmetered = True
             if self.model.kind == "window":
-                if response.status_code == 429:
-                    self._remaining = 0.0      # refused for the rest of the window, whatever else it says
                 reset = _seconds_header(response, self.model.reset_header) if self.model.reset_header else None
-                if reset is not None:
+                if response.status_code == 429:
+                    # refused until the server's word: the same wait the client's retry takes, so
+                    # the two never add up (Retry-After first, as the client reads it)
+                    hint = self.model.wait_hint(response)
+                    self._remaining = 0.0
+                    self._reset_at = now + hint[0] if hint else None   # None: before_request waits a window
+                elif reset is not None:
                     self._reset_at = now + reset
-                elif response.status_code == 429:
-                    self._reset_at = None      # unknown: before_request waits a whole window
             self._cond.notify_all()
 
     def cancel(self) -> None:
@@ -250,7 +253,13 @@ _BUDGETS: dict[str, RateBudget] = {}
 _BUDGETS_LOCK = threading.Lock()
 
 
-def shared_budget(account_key: str, model: RateModel) -> RateBudget:
+# for a platform that declares no model (Google's APIs announce no remaining count): paced only if
+# an answer ever says what is left, and then as a bucket refilling at one request a second
+UNDECLARED = RateModel("API", "bucket", limit=60, window_seconds=60,
+                       remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"))
+
+
+def shared_budget(account_key: str, model: RateModel = UNDECLARED) -> RateBudget:
     """The one budget of an account in this process (every client of a fleet draws on it), paced
     by the platform's model."""
     with _BUDGETS_LOCK:
@@ -392,7 +401,9 @@ class ApiClient:
             if exc.pause is None:
                 why = f"the {budget} retry budget ran out while the account's first requests went unanswered"
             else:
-                why = (f"the account's API rate budget needs a {exc.pause:.1f}s pause, more than the "
+                whose = "this endpoint's rate-limit window is spent and resets in" if exc.window else \
+                    "the account's API rate budget needs a"
+                why = (f"{whose} {exc.pause:.1f}s{'' if exc.window else ' pause'}, more than the "
                        f"{exc.left:.1f}s left of the {budget} retry budget")
             raise ProviderError(f"{where} {what}: {why}") from None
         except RetryableStatus as exc:

@@ -76,7 +76,8 @@ TRANSACTION_REFUSAL = (
     "the tool's own session cannot go through Supabase's transaction-mode pooler (port 6543): it "
     "holds a session-level advisory lock for the whole run and sets lock_timeout for its grant "
     "transactions, and a transaction pooler moves each transaction to another server connection. "
-    "Use database.admin_form: direct (db.{ref}.supabase.co:5432) or session (pooler port 5432)")
+    "Use database.admin_form: session (the default: the pooler's port 5432) or direct (db.{ref}.supabase.co:5432, "
+    "IPv6-only without Supabase's IPv4 add-on)")
 
 
 def supabase_error(response: httpx.Response) -> str:
@@ -228,6 +229,10 @@ class SupabaseDatabase(_UsesManagement):
             "url_form": self.config.url_form,
             "no_superuser_clause": "1",   # hosted Supabase rejects an explicit NOSUPERUSER
         }
+        if self.config.admin_form == "direct" and not self.config.connect:
+            details["note_direct"] = (f"admin_form: direct connects to {database.get('host') or 'the direct host'}, "
+                                      "which is IPv6-only without Supabase's IPv4 add-on; from an IPv4-only runner "
+                                      "use admin_form: session (the default)")
         return DatabaseInfo(
             engine="postgres",
             version=str(database.get("version")) if database.get("version") else None,

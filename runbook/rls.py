@@ -63,41 +63,46 @@ class RlsFinding:
                 f"({', '.join(self.commands)}): reads return no rows, writes fail")
 
 
+# One round trip: the role's facts, LEFT JOINed to one row per RLS-enabled table (none: one row of NULLs).
 _READ = sql.SQL("""
-SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), c.relforcerowsecurity,
-       ARRAY(SELECT p FROM unnest({privs}::text[]) p
-             WHERE {roid}::oid IS NOT NULL AND has_table_privilege({roid}::oid, c.oid, p)),
-       ARRAY(SELECT DISTINCT pol.polcmd::text FROM pg_policy pol
-             WHERE pol.polrelid = c.oid AND pol.polpermissive
-               AND (0::oid = ANY (pol.polroles)
-                    OR ({roid}::oid IS NOT NULL
-                        AND EXISTS (SELECT 1 FROM unnest(pol.polroles) AS r(oid)
-                                    WHERE r.oid <> 0 AND pg_has_role({roid}::oid, r.oid, 'USAGE'))))),
-       ARRAY(SELECT DISTINCT pol.polcmd::text FROM pg_policy pol
-             WHERE pol.polrelid = c.oid AND pol.polpermissive
-               AND (0::oid = ANY (pol.polroles)
-                    OR EXISTS (SELECT 1 FROM unnest(pol.polroles) AS r(oid)
-                               WHERE r.oid <> 0 AND pg_has_role(c.relowner, r.oid, 'USAGE')))),
-       o.rolsuper OR o.rolbypassrls
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_roles o ON o.oid = c.relowner
-WHERE n.nspname = ANY ({schemas}) AND c.relkind IN ('r', 'p') AND c.relrowsecurity
-ORDER BY 1, 2
+WITH r AS (SELECT oid, rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = {name})
+SELECT (SELECT oid FROM r) IS NOT NULL, coalesce((SELECT bypass FROM r), false), t.*
+FROM (SELECT (SELECT oid FROM r) AS roid) AS me
+LEFT JOIN LATERAL (
+  SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), c.relforcerowsecurity,
+         ARRAY(SELECT p FROM unnest({privs}::text[]) p
+               WHERE me.roid IS NOT NULL AND has_table_privilege(me.roid, c.oid, p)),
+         ARRAY(SELECT DISTINCT pol.polcmd::text FROM pg_policy pol
+               WHERE pol.polrelid = c.oid AND pol.polpermissive
+                 AND (0::oid = ANY (pol.polroles)
+                      OR (me.roid IS NOT NULL
+                          AND EXISTS (SELECT 1 FROM unnest(pol.polroles) AS x(oid)
+                                      WHERE x.oid <> 0 AND pg_has_role(me.roid, x.oid, 'USAGE'))))),
+         ARRAY(SELECT DISTINCT pol.polcmd::text FROM pg_policy pol
+               WHERE pol.polrelid = c.oid AND pol.polpermissive
+                 AND (0::oid = ANY (pol.polroles)
+                      OR EXISTS (SELECT 1 FROM unnest(pol.polroles) AS x(oid)
+                                 WHERE x.oid <> 0 AND pg_has_role(c.relowner, x.oid, 'USAGE')))),
+         o.rolsuper OR o.rolbypassrls
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_roles o ON o.oid = c.relowner
+  WHERE n.nspname = ANY ({schemas}) AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+) AS t ON true
+ORDER BY 3, 4
 """)
 
 
 def read(conn, spec: RoleSpec) -> RlsFacts:
     """The RLS-enabled tables of the covered schemas and the policies that apply, in one query."""
-    row = conn.execute("SELECT oid, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = %s",
-                       (spec.name,)).fetchone()
-    roid = int(row[0]) if row else None
-    rows = conn.execute(_READ.format(roid=sql.Literal(roid), schemas=sql.Literal(list(spec.schemas)),
+    rows = conn.execute(_READ.format(name=sql.Literal(spec.name), schemas=sql.Literal(list(spec.schemas)),
                                      privs=sql.Literal(list(_RLS_PRIVILEGES)))).fetchall()
+    exists, bypasses = bool(rows[0][0]), bool(rows[0][1])
     tables = [RlsTable(schema, name, owner, bool(forced), frozenset(held), _commands(role_cmds),
                        _commands(owner_cmds), bool(owner_bypasses))
-              for schema, name, owner, forced, held, role_cmds, owner_cmds, owner_bypasses in rows]
-    return RlsFacts(row is not None, bool(row and row[1]), tables)
+              for _, _, schema, name, owner, forced, held, role_cmds, owner_cmds, owner_bypasses in rows
+              if schema is not None]
+    return RlsFacts(exists, bypasses, tables)
 
 
 def _commands(polcmds: list[str]) -> frozenset[str]:

@@ -250,6 +250,7 @@ def test_a_spent_window_past_the_deadline_is_refused_without_sending():
     client.request("GET", "/v1/projects/x/secrets")
     with pytest.raises(ProviderError) as err:
         client.request("GET", "/v1/projects/x/secrets")
-    assert re.fullmatch(r"api: GET /v1/projects/x/secrets not sent: the account's API rate budget needs a 50\.0s "
-                        r"pause, more than the 20\.0s left of the 20s retry budget", err.value.message), err.value.message
+    assert re.fullmatch(r"api: GET /v1/projects/x/secrets not sent: this endpoint's rate-limit window is spent and "
+                        r"resets in 50\.0s, more than the 20\.0s left of the 20s retry budget", err.value.message), \
+        err.value.message
     assert len(seen) == 1 and clock.sleeps == []

@@ -95,6 +95,20 @@ def test_provision_diagnose_rollback_retire_through_supavisor(world, fake, supav
     url = fake.secrets[(REF, URL_VAR)]
     parts = psycopg.conninfo.conninfo_to_dict(url)
     assert (parts["user"], parts["port"]) == (f"{role}.{REF}", str(supavisor.port))
+    # diagnose: the secrets are write-only and the app has not connected yet: never a pass
+    diag = commands.diagnose(project, "staging", environ=world)
+    assert [(c.name, c.status) for c in diag.checks] == [
+        ("role", "pass"), ("grants", "pass"), ("url", "inconclusive"), ("flag", "pass")]
+    assert diag.exit_code == 4 and "runbook rotate --env staging" in diag.checks[2].fix
+    # a session the app opened as the role since the URL was written proves it (without
+    # pg_read_all_stats the admin cannot see when another role's session started)
+    pg.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(admin.name)))
+    with psycopg.connect(url, application_name="edge-function") as app:
+        app.execute("SELECT 1")
+        proved = commands.diagnose(project, "staging", environ=world)
+    assert proved.exit_code == 0, [c.detail for c in proved.checks]
+    assert "login proved by 1 session(s) the app opened as" in proved.checks[2].detail
+
     verdicts = {s.step: s.verdict for s in result.steps if s.verdict}
     assert "checked with the URL written" in verdicts["url"].detail
     assert verdicts["verify"].status == "pass" and f"logged in as {role}" in verdicts["verify"].detail
@@ -105,12 +119,6 @@ def test_provision_diagnose_rollback_retire_through_supavisor(world, fake, supav
     statements = [c.sql_text() or "" for s in result.steps for c in s.changes]
     creates = [t for t in statements if t.startswith("CREATE ROLE")]
     assert creates == [] or "NOSUPERUSER" not in creates[0]   # created by the failed first run
-
-    # diagnose: the secrets are write-only, so the login cannot be proved from here: never a pass
-    diag = commands.diagnose(project, "staging", environ=world)
-    assert [(c.name, c.status) for c in diag.checks] == [
-        ("role", "pass"), ("grants", "pass"), ("url", "inconclusive"), ("flag", "pass")]
-    assert diag.exit_code == 4 and "runbook rotate --env staging" in diag.checks[2].fix
 
     # rollback with the database unreachable: the flag secret alone
     dead = write_project(tmp_path, pg, admin, role, port=free_port())
@@ -124,7 +132,7 @@ def test_provision_diagnose_rollback_retire_through_supavisor(world, fake, supav
     assert not role_exists(pg, role)
     deletes = fake.server.calls("DELETE", SECRETS)
     assert deletes and deletes[-1].body == [URL_VAR]
-    assert_not_shown(caplog, (result, diag, rb, ret), admin.password, parts["password"])
+    assert_not_shown(caplog, (result, diag, proved, rb, ret), admin.password, parts["password"])
 
 
 def test_supavisor_refusing_the_new_role_fails_provision_before_the_flag(world, fake, supavisor, tmp_path, pg, admin):
@@ -156,6 +164,11 @@ def test_an_out_of_band_password_change_never_passes_diagnose(world, fake, tmp_p
         fake.invoke_function(URL_VAR, FLAG)                   # the functions are broken now
     diag = commands.diagnose(allow_the_role_later, "staging", environ=world)
     assert diag.exit_code == 4 and dict((c.name, c.status) for c in diag.checks)["url"] == "inconclusive"
+    # a second provision holds no URL to log in with: its verify says so rather than passing
+    again = commands.provision(allow_the_role_later, "staging", yes=True, environ=world)
+    verify = next(s.verdict for s in again.steps if s.step == "verify")
+    assert verify.status == "inconclusive" and "login not proved" in verify.detail
+    assert "runbook rotate --env staging" in verify.fix
     # what the fix says proves it: rotate writes a new URL and logs in with it before counting it done
     ran_ok(commands.rotate, allow_the_role_later, world)
     assert fake.invoke_function(URL_VAR, FLAG) == role

@@ -102,6 +102,10 @@ def test_admin_dsn_direct_uses_the_projects_database_host(bare_fake, open_db):
     dsn = open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}, admin_form="direct").admin_dsn()
     parts = conninfo_to_dict(dsn.reveal())
     assert (parts["host"], parts["port"], parts["user"]) == ("db.elsewhere.example", "5432", "postgres")
+    note = open_db(bare_fake, admin_form="direct").describe().details["note_direct"]
+    assert "db.elsewhere.example, which is IPv6-only without Supabase's IPv4 add-on" in note
+    assert "admin_form: session (the default)" in note
+    assert "note_direct" not in open_db(bare_fake).describe().details
 
 
 def test_the_pooler_host_comes_from_the_api_never_from_the_region(bare_fake, open_db):
@@ -124,7 +128,7 @@ def test_the_transaction_pooler_is_refused_for_the_tools_session(bare_fake, open
             call()
         assert "transaction-mode pooler (port 6543)" in str(exc.value)
         assert "session-level advisory lock" in str(exc.value) and "lock_timeout" in str(exc.value)
-        assert "admin_form: direct" in str(exc.value)
+        assert "admin_form: session (the default" in str(exc.value)
 
 
 def test_a_connect_override_on_port_6543_is_refused_too(bare_fake, open_db):
