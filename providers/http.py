@@ -17,7 +17,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
@@ -153,7 +153,7 @@ class RateBudget:
             child = self._scopes.get(key)
             if child is None:
                 child = self._scopes[key] = RateBudget(
-                    RateModel(**{**self.model.__dict__, "per": "account"}), low_water=self.low_water,
+                    replace(self.model, per="account"), low_water=self.low_water,
                     refill_per_second=self.refill_per_second, sleep=self.sleep, clock=self.clock)
             return child
 
