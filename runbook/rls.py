@@ -88,6 +88,7 @@ LEFT JOIN LATERAL (
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_roles o ON o.oid = c.relowner
   WHERE n.nspname = ANY ({schemas}) AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+    AND NOT c.relispartition      -- reached through its parent, whose policies apply
 ) AS t ON true
 ORDER BY 3, 4
 """)

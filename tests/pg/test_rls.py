@@ -127,3 +127,15 @@ def test_findings_are_a_pure_comparison():
         ("public.t", ("SELECT",)), ("public.held", ("SELECT", "UPDATE"))]
     assert rls.findings(spec, rls.RlsFacts(True, True, facts.tables)) == []          # BYPASSRLS
     assert rls.findings(spec, facts, bypass=True) == []                               # rls: bypass, planned
+
+
+def test_a_partition_is_judged_by_its_parents_policies(su_env):
+    su_env.as_owner("CREATE TABLE events (id int, at date) PARTITION BY RANGE (at)")
+    su_env.as_owner("CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+    provision(su_env)
+    for table in ("events", "events_2026"):
+        su_env.as_owner(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    su_env.as_owner(f"CREATE POLICY mine ON events TO {su_env.role} USING (true) WITH CHECK (true)")
+    with su_env.pg.connect() as conn:
+        found = rls.findings(su_env.project().role, rls.read(conn, su_env.project().role))
+    assert found == []          # the app reaches events_2026 through events, whose policy applies
