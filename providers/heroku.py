@@ -28,7 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
-from providers.http import ApiClient, RateBudget, shared_budget
+from providers.http import ApiClient, RateBudget, RateModel, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, redact, reveal
@@ -204,6 +204,11 @@ def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
+# Heroku's documented limit: a bucket of 4,500 requests per account, refilled at about 75 a minute,
+# with what is left in RateLimit-Remaining on every answer
+RATE = RateModel("Heroku Platform API", "bucket", limit=4500, window_seconds=3600,
+                 remaining_headers=("RateLimit-Remaining",))
+
 # writes sent to each account by this process: an answer read before the latest one is stale
 _WRITES: dict[str, int] = {}
 _WRITES_LOCK = threading.Lock()
@@ -219,7 +224,7 @@ class HerokuApi:
         self.data_url = _base_url(ctx.environ, "HEROKU_DATA_API_URL", DATA_API_URL)
         headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token.reveal()}"}
         account = ctx.budget_key or "heroku:" + hashlib.sha256(token.reveal().encode()).hexdigest()[:16]
-        budget = budget or shared_budget(account)
+        budget = budget or shared_budget(account, RATE)
         self.account = account
         common = dict(headers=headers, retry=ctx.retry, transport=ctx.http_transport, budget=budget,
                       describe_error=heroku_error, sleep=sleep)

@@ -1,11 +1,13 @@
 """One HTTP client shape for every provider API: httpx + tenacity, bounded, quiet.
 
-- Retries 429 (honouring Retry-After), 5xx, timeouts and connection resets; never 4xx otherwise.
+- Retries 429, 5xx, timeouts and connection resets; never 4xx otherwise. A 429 waits as long as
+  the platform says (Retry-After, or the header its RateModel names, e.g. X-RateLimit-Reset).
 - Bounded by attempts *and* total time (RetryPolicy), so a run never waits forever: no pause (a
-  backoff, a Retry-After, the rate budget's) ends past the call's deadline, no retry starts after
-  it, and the error says which bound ended the call.
-- Paces itself when the API says the budget is low (RateLimit-Remaining, x-ratelimit-remaining),
-  through a RateBudget that may be shared by every client of one account (fleet runs).
+  backoff, a server's wait hint, the rate budget's) ends past the call's deadline, no retry starts
+  after it, and the error says which bound ended the call.
+- Paces itself by the platform's own rate model (RateModel, declared by each provider module:
+  an account-wide refilling bucket for Heroku, a fixed window per endpoint for Supabase), through
+  a RateBudget that may be shared by every client of one account (fleet runs).
 - Never logs or raises with a response body: provider bodies hold config vars and passwords.
 """
 
@@ -15,7 +17,8 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import httpx
 from tenacity import (
@@ -55,51 +58,123 @@ def _retry_after(response: httpx.Response | None) -> float | None:
     return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+@dataclass(frozen=True)
+class RateModel:
+    """How one platform meters its API, as the platform documents it. Each provider module declares
+    its own (heroku.RATE, supabase.RATE); the budget and the retries follow it.
+
+    kind "bucket": one bucket of `limit` requests that refills continuously over `window_seconds`
+    (Heroku: 4,500 per account, ~75 a minute). kind "window": `limit` requests per fixed window of
+    `window_seconds`; a 429 lasts for the rest of the window and `reset_header` says how many
+    seconds are left (Supabase: 120 per endpoint per project per minute, X-RateLimit-Reset, no
+    Retry-After). `per` is what one budget counts: the whole account, or each endpoint (method and
+    path; a project's ref is in its paths)."""
+
+    name: str
+    kind: Literal["bucket", "window"]
+    limit: int
+    window_seconds: float
+    per: Literal["account", "endpoint"] = "account"
+    remaining_headers: tuple[str, ...] = ("RateLimit-Remaining",)
+    reset_header: str | None = None
+    low_water: int = 10      # bucket: kept in reserve for others; both: requests sent blind before the first answer
+
+    @property
+    def refill_per_second(self) -> float:
+        return self.limit / self.window_seconds
+
+    def wait_hint(self, response: httpx.Response | None) -> tuple[float, str] | None:
+        """How long a refused request was told to wait, and the header that said so."""
+        after = _retry_after(response)
+        if after is not None:
+            return after, "Retry-After"
+        if response is None or response.status_code != 429 or not self.reset_header:
+            return None
+        seconds = _seconds_header(response, self.reset_header)
+        return (seconds, self.reset_header) if seconds is not None else None
+
+
+def _seconds_header(response: httpx.Response, name: str) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get(name, "")))
+    except ValueError:
+        return None
+
+
 class NoTimeLeft(Exception):
     """The rate budget's pause would end after the caller's deadline; nothing was sent."""
 
-    def __init__(self, pause: float | None, left: float) -> None:
+    def __init__(self, pause: float | None, left: float, *, window: bool = False) -> None:
         super().__init__("no time left for the rate budget's pause")
         self.pause = pause      # None: waiting for the first answers of requests in flight
         self.left = left
+        self.window = window    # the pause is the rest of a spent rate-limit window
 
 
 class RateBudget:
-    """Per-account pacing. Clients report the remaining budget the API announced; when it runs
-    low, callers wait a little before the next request instead of meeting a 429.
+    """Pacing by one platform's RateModel. Clients report what the API announced; when the budget
+    runs out, callers wait (a bucket: until it refills to its reserve; a window: until it resets)
+    instead of meeting a 429.
 
     Shared by parallel clients (a fleet), it counts requests in flight: an answer's remaining
     count was taken when the server handled that request, so the others still in flight are
-    subtracted from it. Until the first answer, at most `low_water` requests go out blind."""
+    subtracted from it. Until the first answer, at most `low_water` requests go out blind.
+    A model metered per endpoint keeps one such counter per endpoint (`scope`)."""
 
-    def __init__(self, low_water: int = 10, refill_per_second: float = 75 / 60,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.low_water = low_water
-        self.refill_per_second = refill_per_second
+    def __init__(self, model: RateModel | None = None, *, low_water: int | None = None,
+                 refill_per_second: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if model is None:
+            if refill_per_second is None:
+                raise TypeError("RateBudget needs the platform's RateModel (or a bucket's refill_per_second)")
+            model = RateModel("API", "bucket", limit=1, window_seconds=1 / refill_per_second,
+                              remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"))
+        self.model = model
+        self.low_water = model.low_water if low_water is None else low_water
+        self.refill_per_second = model.refill_per_second if refill_per_second is None else refill_per_second
         self.sleep = sleep
+        self.clock = clock
         self._remaining: float | None = None
+        self._reset_at: float | None = None     # window: when the current window ends (our clock)
         self._unmetered = False     # the API answered without a remaining count: nothing to pace by
         self._inflight = 0          # admitted by before_request, not yet answered
-        self._stamp = time.monotonic()
+        self._stamp = clock()
         self._cond = threading.Condition()
+        self._scopes: dict[str, RateBudget] | None = {} if model.per == "endpoint" else None
         self.waited = 0.0
         self.throttled = 0      # 429s met by clients sharing this budget
+
+    def scope(self, method: str, path: str) -> "RateBudget":
+        """The counter one request draws on: this one, or its endpoint's."""
+        if self._scopes is None:
+            return self
+        key = f"{method} {path}"
+        with self._cond:
+            child = self._scopes.get(key)
+            if child is None:
+                child = self._scopes[key] = RateBudget(
+                    replace(self.model, per="account"), low_water=self.low_water,
+                    refill_per_second=self.refill_per_second, sleep=self.sleep, clock=self.clock)
+            return child
 
     def before_request(self, time_left: float | None = None) -> None:
         """Admit one request, pausing first when the budget runs low. `time_left` is what remains
         of the caller's retry budget: a pause that would outlast it is refused with NoTimeLeft,
         and nothing is reserved."""
-        deadline = None if time_left is None else time.monotonic() + time_left
+        deadline = None if time_left is None else self.clock() + time_left
         with self._cond:
             while self._remaining is None and not self._unmetered and self._inflight >= self.low_water:
-                left = None if deadline is None else deadline - time.monotonic()
+                left = None if deadline is None else deadline - self.clock()
                 if left is not None and left <= 0:
                     raise NoTimeLeft(None, 0.0)
                 self._cond.wait(0.5 if left is None else min(0.5, left))
             self._inflight += 1
-            if self._remaining is None:
+            if self._remaining is None and self._reset_at is None:
                 return
-            now = time.monotonic()
+            if self.model.kind == "window":
+                self._admit_in_window(deadline)
+                return
+            now = self.clock()
             self._remaining += (now - self._stamp) * self.refill_per_second
             self._stamp = now
             if self._remaining >= self.low_water:
@@ -115,22 +190,56 @@ class RateBudget:
             self.waited += delay
         self.sleep(delay)
 
+    def _admit_in_window(self, deadline: float | None) -> None:
+        """A fixed window (lock held): take a request from this window, or wait for the next."""
+        while True:
+            now = self.clock()
+            if self._reset_at is not None and now >= self._reset_at:
+                self._remaining, self._reset_at = float(self.model.limit), None    # a new window
+            if self._remaining is None or self._remaining >= 1:
+                if self._remaining is not None:
+                    self._remaining -= 1
+                return
+            if self._reset_at is None:      # spent, and nobody said when it resets: a whole window at most
+                self._reset_at = now + self.model.window_seconds
+            delay = self._reset_at - now
+            if deadline is not None and now + delay > deadline:
+                self._inflight -= 1
+                raise NoTimeLeft(delay, max(0.0, deadline - now), window=True)
+            self.waited += delay
+            self._cond.release()
+            try:
+                self.sleep(delay)
+            finally:
+                self._cond.acquire()
+
     def observe(self, response: httpx.Response) -> None:
         with self._cond:
             self._inflight = max(0, self._inflight - 1)
+            now = self.clock()
             if response.status_code == 429:
-                # the client's retry honours Retry-After; the budget only counts, so as not to wait twice
+                # the client's retry honours the wait hint; the budget only counts, so as not to wait twice
                 self.throttled += 1
-            value = next((response.headers[name] for name in ("RateLimit-Remaining", "X-RateLimit-Remaining")
+            value = next((response.headers[name] for name in self.model.remaining_headers
                           if name in response.headers), None)    # httpx headers are case-insensitive
             try:
                 if value is None:
                     raise ValueError
                 self._remaining = float(value) - self._inflight
-                self._stamp = time.monotonic()
+                self._stamp = now
             except ValueError:
-                if self._remaining is None:
+                if self._remaining is None and self.model.kind == "bucket":
                     self._unmetered = True
+            if self.model.kind == "window":
+                reset = _seconds_header(response, self.model.reset_header) if self.model.reset_header else None
+                if response.status_code == 429:
+                    # refused until the server's word: the same wait the client's retry takes, so
+                    # the two never add up (Retry-After first, as the client reads it)
+                    hint = self.model.wait_hint(response)
+                    self._remaining = 0.0
+                    self._reset_at = now + hint[0] if hint else None   # None: before_request waits a window
+                elif reset is not None:
+                    self._reset_at = now + reset
             self._cond.notify_all()
 
     def cancel(self) -> None:
@@ -144,9 +253,20 @@ _BUDGETS: dict[str, RateBudget] = {}
 _BUDGETS_LOCK = threading.Lock()
 
 
-def shared_budget(account_key: str) -> RateBudget:
+# for a platform that declares no model (Google's APIs announce no remaining count): paced only if
+# an answer ever says what is left, and then as a bucket refilling at one request a second
+UNDECLARED = RateModel("API", "bucket", limit=60, window_seconds=60,
+                       remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"))
+
+
+def shared_budget(account_key: str, model: RateModel = UNDECLARED) -> RateBudget:
+    """The one budget of an account in this process (every client of a fleet draws on it), paced
+    by the platform's model."""
     with _BUDGETS_LOCK:
-        return _BUDGETS.setdefault(account_key, RateBudget())
+        budget = _BUDGETS.get(account_key)
+        if budget is None:
+            budget = _BUDGETS[account_key] = RateBudget(model)
+        return budget
 
 
 _TLS: Any = None
@@ -182,6 +302,7 @@ class ApiClient:
         retry: RetryPolicy,
         transport: httpx.BaseTransport | None = None,
         budget: RateBudget | None = None,
+        rate: RateModel | None = None,
         describe_error: ErrorFormatter = default_error,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -189,6 +310,8 @@ class ApiClient:
         self.name = name
         self.retry = retry
         self.budget = budget
+        # the platform's model says which headers tell a refused request how long to wait
+        self.rate = rate or (budget.model if budget is not None else None)
         self.describe_error = describe_error
         self.sleep = sleep
         self.clock = clock
@@ -216,20 +339,22 @@ class ApiClient:
         ended: dict[str, Any] = {"by": "attempts"}    # what stopped the retries, and when
         sent = 0
 
+        counter = self.budget.scope(method, path) if self.budget else None
+
         def attempt() -> httpx.Response:
             nonlocal sent
-            if self.budget:
-                self.budget.before_request(deadline - self.clock())
+            if counter:
+                counter.before_request(deadline - self.clock())
             self.calls += 1
             sent += 1
             try:
                 response = self.client.request(method, path, json=json, params=params, headers=headers)
             except BaseException:
-                if self.budget:
-                    self.budget.cancel()
+                if counter:
+                    counter.cancel()
                 raise
-            if self.budget:
-                self.budget.observe(response)
+            if counter:
+                counter.observe(response)
             if response.status_code in RETRY_STATUS and response.status_code not in allow:
                 response.read()
                 raise RetryableStatus(response)
@@ -241,7 +366,7 @@ class ApiClient:
                 by = "attempts"
             elif left <= 0:
                 by = "budget"
-            elif (_hint(state) or 0.0) > left:
+            elif (self._hint(state) or (0.0, ""))[0] > left:
                 # the API says when it will take the request again, and that is past the deadline
                 by = "retry-after"
             else:
@@ -250,7 +375,7 @@ class ApiClient:
             return True
 
         def wait(state: RetryCallState) -> float:
-            hinted = _hint(state)
+            hinted = (self._hint(state) or (None, ""))[0]
             backoff = wait_exponential_jitter(multiplier=0.5, max=policy.max_backoff_seconds)(state)
             # never sleep past the deadline
             return max(0.0, min(hinted if hinted is not None else backoff, deadline - self.clock()))
@@ -276,13 +401,16 @@ class ApiClient:
             if exc.pause is None:
                 why = f"the {budget} retry budget ran out while the account's first requests went unanswered"
             else:
-                why = (f"the account's API rate budget needs a {exc.pause:.1f}s pause, more than the "
+                whose = "this endpoint's rate-limit window is spent and resets in" if exc.window else \
+                    "the account's API rate budget needs a"
+                why = (f"{whose} {exc.pause:.1f}s{'' if exc.window else ' pause'}, more than the "
                        f"{exc.left:.1f}s left of the {budget} retry budget")
             raise ProviderError(f"{where} {what}: {why}") from None
         except RetryableStatus as exc:
             error = redact(self.describe_error(exc.response))
             if ended["by"] == "retry-after":
-                error += (f"; it asks for {_retry_after(exc.response):.0f}s (Retry-After), more than the "
+                seconds, header = self._hint_for(exc.response) or (0.0, "Retry-After")
+                error += (f"; it asks for {seconds:.0f}s ({header}), more than the "
                           f"{ended['left']:.1f}s left of the {budget} retry budget")
             raise ProviderError(f"{where} still failing after {spent()}: {error}") from None
         except httpx.TimeoutException:
@@ -293,8 +421,13 @@ class ApiClient:
             return response
         raise ProviderError(f"{where} failed: {redact(self.describe_error(response))}")
 
+    def _hint_for(self, response: httpx.Response | None) -> tuple[float, str] | None:
+        if self.rate is not None:
+            return self.rate.wait_hint(response)
+        after = _retry_after(response)
+        return (after, "Retry-After") if after is not None else None
 
-def _hint(state: RetryCallState) -> float | None:
-    """The Retry-After of the failed attempt, if it gave one."""
-    exc = state.outcome.exception() if state.outcome else None
-    return _retry_after(exc.response) if isinstance(exc, RetryableStatus) else None
+    def _hint(self, state: RetryCallState) -> tuple[float, str] | None:
+        """How long the failed attempt was told to wait, if it was."""
+        exc = state.outcome.exception() if state.outcome else None
+        return self._hint_for(exc.response) if isinstance(exc, RetryableStatus) else None

@@ -6,14 +6,23 @@ on hosted Supabase is not a superuser, so the engine must never send NOSUPERUSER
 (Supabase rejects it): `describe()` says so with details["no_superuser_clause"] = "1".
 
 Addresses (`admin_form` for the tool's own session, `url_form` for the app's URL):
-- direct:      db.{ref}.supabase.co:5432, user = role
+- direct:      the project's database.host (db.{ref}.supabase.co), port 5432, user = role
 - session:     the Supavisor pooler host, port 5432, user = {role}.{ref}
 - transaction: the pooler host, port 6543, user = {role}.{ref}
-The tool's own session is refused over a transaction-mode pooler: a transaction pooler hands each
-transaction to any server connection, so the session-level advisory lock that serialises runs
-and `SET lock_timeout` would silently apply to someone else's connection. The pooler host is
-`pooler_host`, else aws-0-{region}.pooler.supabase.com when `region` is given, else what the
-Management API reports for the project's pooler. `connect: {host, port}` overrides the address.
+Hosts come from the Management API: the direct one from GET /v1/projects/{ref} (database.host),
+the pooler's from GET /v1/projects/{ref}/config/database/pooler (db_host of the PRIMARY), never
+built from the region (projects are on aws-0-… and aws-1-… hosts). `pooler_host` overrides it,
+`connect: {host, port}` overrides the whole address.
+Defaults: the tool connects through the session pooler (the direct host is IPv6-only without
+Supabase's IPv4 add-on, so it fails from IPv4-only CI runners); the app's URL is the session
+pooler, or the transaction pooler when the app is Edge Functions (Supabase's advice for
+serverless code). The tool's own session is refused over a transaction-mode pooler: a
+transaction pooler hands each transaction to any server connection, so the session-level
+advisory lock that serialises runs and `SET lock_timeout` would silently apply to someone
+else's connection.
+
+Rate limits: 120 requests per endpoint per project per minute; a 429 lasts for the rest of the
+window and says how long in X-RateLimit-Reset (no Retry-After): RATE declares that model.
 
 App side (`platform: supabase`): Edge Function secrets. Reads return only SHA-256 digests of the
 values, so `get_config` returns Digest and the engine verifies by digest. Edge Functions read
@@ -33,7 +42,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from providers.base import Credential, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
-from providers.http import ApiClient, RateBudget, shared_budget
+from providers.http import ApiClient, RateBudget, RateModel, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, reveal
@@ -43,7 +52,23 @@ TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"
 TRANSACTION_PORT = 6543
 UrlForm = Literal["direct", "session", "transaction"]
 
-_REF = re.compile(r"^[a-z0-9]{20}$")
+# the Management API's own pattern for a project ref (openapi.json: 20 characters, ^[a-z]+$)
+_REF = re.compile(r"^[a-z]{20}$")
+
+RATE = RateModel("Supabase Management API", "window", limit=120, window_seconds=60, per="endpoint",
+                 remaining_headers=("X-RateLimit-Remaining",), reset_header="X-RateLimit-Reset", low_water=10)
+
+# project states that waiting does not fix, and what to do instead
+_STATUS_HINTS = {
+    "INACTIVE": "it is paused: restore it from the dashboard (Project Settings → General → Restore project)",
+    "PAUSING": "it is being paused: restore it from the dashboard once it is paused",
+    "INIT_FAILED": "its set-up failed and waiting will not fix it: contact Supabase support or create a new project",
+    "REMOVED": "it was deleted: point database.project_ref at an existing project",
+    "RESTORE_FAILED": "its restore failed and waiting will not fix it: retry the restore from the dashboard, "
+                      "or contact Supabase support",
+    "PAUSE_FAILED": "pausing it failed and waiting will not fix it: restore it from the dashboard, "
+                    "or contact Supabase support",
+}
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -51,7 +76,8 @@ TRANSACTION_REFUSAL = (
     "the tool's own session cannot go through Supabase's transaction-mode pooler (port 6543): it "
     "holds a session-level advisory lock for the whole run and sets lock_timeout for its grant "
     "transactions, and a transaction pooler moves each transaction to another server connection. "
-    "Use database.admin_form: direct (db.{ref}.supabase.co:5432) or session (pooler port 5432)")
+    "Use database.admin_form: session (the default: the pooler's port 5432) or direct (db.{ref}.supabase.co:5432, "
+    "IPv6-only without Supabase's IPv4 add-on)")
 
 
 def supabase_error(response: httpx.Response) -> str:
@@ -79,7 +105,7 @@ class _Management:
             "Supabase Management API", ctx.environ.get("SUPABASE_API_URL") or DEFAULT_API,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             retry=ctx.retry, transport=ctx.http_transport,   # type: ignore[arg-type]
-            budget=budget or shared_budget(key), describe_error=supabase_error,
+            budget=budget or shared_budget(key, RATE), rate=RATE, describe_error=supabase_error,
         )
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -113,7 +139,7 @@ class _UsesManagement:
 
 def _check_ref(v: str) -> str:
     if not _REF.match(v):
-        raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters/digits)")
+        raise ValueError(f"project_ref {v!r} is not a Supabase project reference (20 lower-case letters)")
     return v
 
 
@@ -124,14 +150,28 @@ class SupabaseDatabaseConfig(BaseModel):
     password_env: EnvVarName = Field(description="environment variable holding the postgres user's password")
     admin_user: str = Field(default="postgres", description="the user that creates the role (postgres on Supabase)")
     database: str = Field(default="postgres")
-    url_form: UrlForm = Field(default="session", description="how the app connects: direct, session or transaction pooler")
-    admin_form: UrlForm = Field(default="direct", description="how the tool connects: direct or session (never transaction)")
+    url_form: UrlForm = Field(default="session", description="how the app connects: direct, session or transaction "
+                              "pooler (default: transaction for Edge Functions, else session)")
+    admin_form: UrlForm = Field(default="session", description="how the tool connects: session (default: the direct "
+                                "host is IPv6-only without the IPv4 add-on) or direct; never transaction")
     sslmode: SslMode = Field(default="require")
-    region: str | None = Field(default=None, description="project region, for the pooler host aws-0-<region>.pooler.supabase.com")
-    pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the default for the region")
+    region: str | None = Field(default=None, description="project region, shown by plan; hosts come from the "
+                               "Management API, never from the region")
+    pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the one the Management API reports")
     connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
 
     _ref = field_validator("project_ref")(_check_ref)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_form_for_the_app(cls, v: Any, info: ValidationInfo) -> Any:
+        # Edge Functions are serverless: each invocation opens a connection, so Supabase advises
+        # the transaction pooler for them
+        if isinstance(v, dict) and "url_form" not in v:
+            app = (info.context or {}).get("app") or {}
+            if app.get("platform") == "supabase":
+                v = {**v, "url_form": "transaction"}
+        return v
 
     def open(self, ctx: OpenContext) -> "SupabaseDatabase":
         return SupabaseDatabase(self, ctx)
@@ -175,8 +215,7 @@ class SupabaseDatabase(_UsesManagement):
         project = self.project()
         status = project.get("status")
         if status != "ACTIVE_HEALTHY":
-            hint = {"INACTIVE": "it is paused: restore it from the dashboard",
-                    "PAUSING": "it is being paused: restore it from the dashboard"}.get(str(status), "wait for it")
+            hint = _STATUS_HINTS.get(str(status), "wait for it")
             raise Refused(f"Supabase project {self.ref} is {status or 'in an unknown state'}, not ACTIVE_HEALTHY; "
                           f"{hint}, then rerun")
         if self.config.admin_form == "transaction":
@@ -190,6 +229,10 @@ class SupabaseDatabase(_UsesManagement):
             "url_form": self.config.url_form,
             "no_superuser_clause": "1",   # hosted Supabase rejects an explicit NOSUPERUSER
         }
+        if self.config.admin_form == "direct" and not self.config.connect:
+            details["note_direct"] = (f"admin_form: direct connects to {database.get('host') or 'the direct host'}, "
+                                      "which is IPv6-only without Supabase's IPv4 add-on; from an IPv4-only runner "
+                                      "use admin_form: session (the default)")
         return DatabaseInfo(
             engine="postgres",
             version=str(database.get("version")) if database.get("version") else None,
@@ -201,21 +244,23 @@ class SupabaseDatabase(_UsesManagement):
     def _pooler_host(self) -> str:
         if self.config.pooler_host:
             return self.config.pooler_host
-        if self.config.region:
-            return f"aws-0-{self.config.region}.pooler.supabase.com"
         if self._pooler is None:
             body = self.mgmt.json("GET", f"/v1/projects/{self.ref}/config/database/pooler")
-            entries = body if isinstance(body, list) else [body] if isinstance(body, dict) else []
-            primary = [e for e in entries if isinstance(e, dict) and e.get("database_type", "PRIMARY") == "PRIMARY"]
-            host = next((str(e["db_host"]) for e in primary if e.get("db_host")), None)
+            entries = body if isinstance(body, list) else []
+            host = next((str(e["db_host"]) for e in entries
+                         if isinstance(e, dict) and e.get("database_type") == "PRIMARY" and e.get("db_host")), None)
             if host is None:
-                region = self.project().get("region")
-                if not region:
-                    raise ConfigError(f"cannot tell the pooler host of Supabase project {self.ref}; "
-                                      "set database.region or database.pooler_host")
-                host = f"aws-0-{region}.pooler.supabase.com"
+                raise ProviderError(f"Supabase Management API: the pooler config of project {self.ref} names no "
+                                    "PRIMARY db_host; set database.pooler_host")
             self._pooler = host
         return self._pooler
+
+    def _direct_host(self) -> str:
+        host = (self.project().get("database") or {}).get("host")
+        if not host:
+            raise ProviderError(f"Supabase Management API: project {self.ref} reports no database.host; "
+                                "set database.connect")
+        return str(host)
 
     def address(self, form: UrlForm, role: str) -> tuple[str, int, str]:
         """(host, port, user) for `role` in the given form; `connect` overrides host and port."""
@@ -223,7 +268,7 @@ class SupabaseDatabase(_UsesManagement):
         if self.config.connect:
             return self.config.connect.host, self.config.connect.port, user
         if form == "direct":
-            return f"db.{self.ref}.supabase.co", 5432, user
+            return self._direct_host(), 5432, user
         return self._pooler_host(), TRANSACTION_PORT if form == "transaction" else 5432, user
 
     def admin_dsn(self) -> Secret:

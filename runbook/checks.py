@@ -53,8 +53,8 @@ def check_role(ctx) -> CheckResult:
         return CheckResult("role", "fail", f"role {name} exists but has NOLOGIN", f"ALTER ROLE {name} LOGIN, or {fix}")
     if facts.valid_until_past:
         return CheckResult("role", "fail", f"role {name}'s password has expired (VALID UNTIL)", f"runbook rotate --env {ctx.env.name}")
-    if facts.unsafe_attributes():
-        return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes())}", fix)
+    if facts.unsafe_attributes(ctx.role):
+        return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes(ctx.role))}", fix)
     extra = roles.drift_findings(ctx.role, facts, ctx.info.role_grants)
     if extra:
         return CheckResult("role", "fail", "; ".join(f.detail for f in extra), f"runbook drift --env {ctx.env.name} --fix")
@@ -83,6 +83,15 @@ def check_grants(ctx) -> CheckResult:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),
                            f"runbook drift --env {ctx.env.name} --fix")
+    from runbook import rls
+
+    # read once per check run: a soak asks for it in diagnose and in drift, at the same moment
+    facts = ctx.__dict__.get("_rls_facts") or ctx.__dict__.setdefault("_rls_facts", rls.read(ctx.admin(), ctx.role))
+    blocked = [f for f in rls.findings(ctx.role, facts) if f.who == ctx.role.name]
+    if blocked:
+        return CheckResult("grants", "fail", "; ".join(f.summary() for f in blocked[:3])
+                           + (f" (+{len(blocked) - 3} more)" if len(blocked) > 3 else ""),
+                           rls.fix(ctx.role, blocked, ctx.admin()))
     return CheckResult("grants", "pass", f"{len(snap.relations)} relations and {len(snap.routines)} routines as specified; no drift")
 
 
@@ -95,7 +104,37 @@ def check_url(ctx) -> CheckResult:
         return CheckResult("url", "fail", f"{ctx.url_var} is not set ({where})", f"runbook provision --env {ctx.env.name}")
     if state.logs_in is False:
         return CheckResult("url", "fail", f"{ctx.url_var}={shown(state.value)}: {state.reason}", f"runbook rotate --env {ctx.env.name}")
+    if state.logs_in is None and isinstance(state.value, Digest):
+        # the digest says the store holds the URL pg-runbook wrote, not that it still logs in (a
+        # password changed behind the tool's back): unproven is never a pass. The app's own
+        # sessions as the role, opened since that URL was written, are the proof it has.
+        from runbook.steps.app_config import WRITE_ONLY_PROOF
+
+        sessions = _app_sessions_since_write(ctx, state.value)
+        if sessions:
+            return CheckResult("url", "pass", f"{ctx.url_var}={shown(state.value)}: login proved by {sessions} "
+                               f"session(s) the app opened as {ctx.role.name} since pg-runbook wrote the URL")
+        return CheckResult("url", "inconclusive", f"{ctx.url_var}={shown(state.value)}: login not proved ({state.reason})",
+                           WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name)
+                           + ", or let the app connect: a session it opens as the role proves the URL (the admin "
+                           "needs pg_read_all_stats to see when sessions started)")
     return CheckResult("url", "pass", f"{ctx.url_var}={shown(state.value)}")
+
+
+def _app_sessions_since_write(ctx, digest: Digest) -> int:
+    """Sessions of the role, opened by anything but pg-runbook since the journal's last write of
+    the URL with this digest: only a working URL opens them. 0 when there is no journal to say when."""
+    if ctx.store is None:
+        return 0
+    written = next((e.get("at") for e in reversed(ctx.store.events(ctx.env.name, limit=500))
+                    if e.get("step") == "url" and (e.get("data") or {}).get("url_digest") == digest.sha256), None)
+    if written is None:
+        return 0
+    # backend_start is NULL for sessions the admin may not see in full (pg_read_all_stats lets it)
+    row = ctx.admin().execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND application_name NOT LIKE 'runbook:%%' "
+        "AND backend_start >= to_timestamp(%s)", (ctx.role.name, float(written))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def check_flag(ctx) -> CheckResult:

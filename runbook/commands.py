@@ -259,6 +259,19 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         result.checks = [CheckResult("drift", "fail", f.summary(), f"runbook drift --env {env} --fix") for f in found]
         if not snap.role_exists:
             raise ConfigError(f"role {ctx.role.name} does not exist in {env}; run `runbook provision --env {env}`")
+        from runbook import rls
+
+        every = rls.findings(ctx.role, rls.read(ctx.admin(), ctx.role))
+        result.data["rls"] = [{"table": f.table, "who": f.who, "commands": list(f.commands)} for f in every]
+        blocked = [f for f in every if f.who == ctx.role.name]
+        result.checks += [CheckResult("rls", "fail", f.summary(), rls.fix(ctx.role, [f], ctx.admin())) for f in blocked]
+        for f in every:
+            if f.who != ctx.role.name:
+                result.say(f.summary())
+        if blocked and not found:
+            # a policy is the operator's rule to write: --fix has nothing to grant
+            result.status, result.exit_code = "check-failed", CheckFailed.exit_code
+            return result
         if not found:
             result.say(f"no drift: {len(snap.relations)} relations and {len(snap.routines)} routines as specified")
             result.status = "ok"
@@ -276,9 +289,10 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
             result.steps = engine.run([RoleDrift(), Grants()], ctx, plan_only=False, journal=_journal(ctx))
         # the grants step's verify just read the catalog after the fix; no second read
         left = role_drift() + grants.findings(ctx.role, ctx.last_snapshot or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
-        result.checks = [CheckResult("drift", "fail", f.summary()) for f in left]
-        result.status = "ok" if not left else "check-failed"
-        result.exit_code = 0 if not left else CheckFailed.exit_code
+        result.checks = [CheckResult("drift", "fail", f.summary()) for f in left] + [
+            c for c in result.checks if c.name == "rls"]
+        result.status = "ok" if not left and not blocked else "check-failed"
+        result.exit_code = 0 if not left and not blocked else CheckFailed.exit_code
         result.say("drift fixed" if not left else "drift remains after --fix (see above)")
     finally:
         ctx.close()

@@ -154,6 +154,10 @@ class RoleSpec(Strict):
         description="Take over a role of this name that exists but pg-runbook did not create (its password and "
         "privileges are reset to the spec); never the owner, the admin, a superuser or a role with members",
     )
+    rls: Literal["enforce", "bypass"] = Field(
+        default="enforce",
+        description="row-level security: `enforce` (default; verify fails on an RLS table without a policy for "
+        "the role) or `bypass` (the role gets BYPASSRLS, where the admin may grant it)")
 
     @field_validator("name")
     @classmethod
@@ -199,7 +203,9 @@ class RoleSpec(Strict):
     def digest(self) -> str:
         """A stable digest of the role section: a soak is valid only for the spec it soaked.
         `adopt` says how the role came under management, not what it may do: left out."""
-        body = json.dumps(self.model_dump(mode="json", exclude={"adopt"}), sort_keys=True, separators=(",", ":"))
+        # a key added later enters the digest only when a file sets it: an old file keeps its soak
+        leave_out = {"adopt"} | ({"rls"} if self.rls == "enforce" else set())
+        body = json.dumps(self.model_dump(mode="json", exclude=leave_out), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -80,9 +80,11 @@ class RoleFacts:
     admin_option: bool = True            # the admin may ALTER/COMMENT it (PG16+: needs ADMIN OPTION)
     owns: int = 0                        # objects it owns in this database (an app role owns none)
 
-    def unsafe_attributes(self) -> list[str]:
+    def unsafe_attributes(self, spec: RoleSpec | None = None) -> list[str]:
+        """Attributes the role must not have; BYPASSRLS is wanted when the spec says `rls: bypass`."""
+        bypass_ok = spec is not None and spec.rls == "bypass"
         names = [("SUPERUSER", self.superuser), ("CREATEROLE", self.createrole), ("CREATEDB", self.createdb),
-                 ("REPLICATION", self.replication), ("BYPASSRLS", self.bypassrls)]
+                 ("REPLICATION", self.replication), ("BYPASSRLS", self.bypassrls and not bypass_ok)]
         return [n for n, on in names if on]
 
     @property
@@ -194,6 +196,8 @@ def _attributes(spec: RoleSpec, *, no_superuser_clause: bool) -> list[sql.Compos
     if not no_superuser_clause:
         # hosted Supabase rejects an explicit NOSUPERUSER from its `postgres` user; it is the default anyway
         attrs.insert(1, "NOSUPERUSER")
+    if spec.rls == "bypass":
+        attrs.append("BYPASSRLS")     # asked for; NOBYPASSRLS is the default (and PG 15 lets only a superuser say it)
     out: list[sql.Composable] = [sql.SQL(a) for a in attrs]
     if spec.connection_limit is not None:
         out.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(spec.connection_limit)))
@@ -217,9 +221,13 @@ def set_password(conn: Connection | None, name: str, password: Secret, reason: s
 
 def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool) -> list[Change]:
     """One ALTER ROLE naming only what differs: PostgreSQL 16+ refuses a CREATEROLE admin any
-    mention of SUPERUSER, REPLICATION or BYPASSRLS, even to switch them off on a role without them."""
-    bad = current.unsafe_attributes()
+    mention of SUPERUSER, REPLICATION or BYPASSRLS, even to switch them off on a role without them.
+    BYPASSRLS is given, not dropped, when the spec says `rls: bypass`."""
+    bad = current.unsafe_attributes(spec)
+    bypass_missing = spec.rls == "bypass" and not current.bypassrls
     clauses: list[sql.Composable] = [sql.SQL(f"NO{b}") for b in bad]
+    if bypass_missing:
+        clauses.append(sql.SQL("BYPASSRLS"))
     if not current.can_login:
         clauses.append(sql.SQL("LOGIN"))
     limit = spec.connection_limit is not None and spec.connection_limit != current.connection_limit
@@ -228,6 +236,7 @@ def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: b
     if not clauses:
         return []
     why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"]),
+                     *(["give BYPASSRLS (rls: bypass)"] if bypass_missing else []),
                      *(["connection limit"] if limit else [])])
     return [Change(f"alter role {spec.name}: {why}",
                    sql.SQL("ALTER ROLE {} WITH {}").format(sql.Identifier(spec.name), sql.SQL(" ").join(clauses)))]
@@ -272,7 +281,9 @@ def membership_drift(name: str, allowed: tuple[str, ...], current: RoleFacts) ->
 
 def attribute_drift(spec: RoleSpec, current: RoleFacts) -> list[str]:
     """Role attributes the spec does not give, as sentences (drift and diagnose report them)."""
-    out = [f"{spec.name} has {a}" for a in current.unsafe_attributes()]
+    out = [f"{spec.name} has {a}" for a in current.unsafe_attributes(spec)]
+    if spec.rls == "bypass" and not current.bypassrls:
+        out.append(f"{spec.name} lacks BYPASSRLS, which the spec gives it (rls: bypass)")
     if spec.connection_limit is not None and spec.connection_limit != current.connection_limit:
         out.append(f"{spec.name} has CONNECTION LIMIT {current.connection_limit}, the spec says {spec.connection_limit}")
     return out

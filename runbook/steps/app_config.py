@@ -58,6 +58,19 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
     return state
 
 
+def url_in_hand(ctx, state: UrlState) -> Secret | None:
+    """The URL this run wrote, when the app's write-only store holds exactly it: the one thing a
+    write-only store's URL can be logged in with (Edge Function secrets return only digests)."""
+    cred = ctx.pending_credential
+    if cred is None or not isinstance(state.value, Digest) or Digest.of(cred.url()) != state.value:
+        return None
+    return cred.url()
+
+
+WRITE_ONLY_PROOF = ("{var} is in a write-only store, so pg-runbook cannot log in with what the app gets; "
+                    "`runbook rotate --env {env}` writes a new URL and logs in with it before counting it done")
+
+
 def shown(value) -> str:
     if value is None:
         return "unset"
@@ -111,6 +124,16 @@ class WriteUrl(Step):
         state = url_state(ctx, refresh=True)
         if state.logs_in is False:
             return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
+        written = url_in_hand(ctx, state)
+        if written is not None:
+            # write-only: the store cannot be read back, so log in with the URL still in memory
+            # (the same address and pooler form the app gets) before counting the step done
+            ok, why = try_login(written, ctx.role.name, expected_endpoint(ctx), route=login_route(ctx.db))
+            if not ok:
+                return Verdict("fail", f"the URL just written to {ctx.url_var} does not log in: {why}",
+                               fix=f"fix the login (pooler, pg_hba, password), then runbook provision --env {ctx.env.name}")
+            return Verdict.ok(f"{ctx.url_var} logs in as {ctx.role.name} (checked with the URL written, "
+                              "before the write-only store took it)")
         return Verdict.ok(state.reason or f"{ctx.url_var} logs in as {ctx.role.name}")
 
 

@@ -99,4 +99,9 @@ class Grants(Step):
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
                            fix=f"runbook drift --env {ctx.env.name}")
+        from runbook.rls import check as rls_check
+
+        blocked = rls_check(ctx)     # before the URL and the flag: the app must not switch to empty tables
+        if blocked is not None:
+            return blocked
         return Verdict.ok(f"{len(snap.relations)} relations, {len(snap.routines)} routines as specified")

@@ -40,6 +40,8 @@ class EnsureRole(Step):
         facts: roles.RoleFacts = observed["facts"]
         ident: roles.Identity = observed["identity"]
         changes: list[Change] = []
+        if role.rls == "bypass" and not facts.bypassrls:
+            _admin_may_bypass(ctx)
         if not facts.exists:
             password = None
             if info.password_auth:
@@ -93,8 +95,8 @@ class EnsureRole(Step):
         facts = roles.facts(ctx.admin(), ctx.role.name)
         if not facts.exists or not facts.can_login:
             return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
-        if facts.unsafe_attributes():
-            return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes())}")
+        if facts.unsafe_attributes(ctx.role):
+            return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes(ctx.role))}")
         left = roles.membership_drift(ctx.role.name, ctx.info.role_grants + ("cloudsqlsuperuser",), facts)
         if left:
             return Verdict("fail", f"role {ctx.role.name}: still needed: {left[0].summary}")
@@ -167,6 +169,17 @@ class RotatePassword(Step):
             for change in changes:
                 conn.execute(change.statement)
         ctx.url_state = None
+
+
+def _admin_may_bypass(ctx) -> None:
+    """`rls: bypass` where the admin cannot give BYPASSRLS is refused before anything changes."""
+    from runbook.errors import Refused
+    from runbook.rls import admin_may_bypass
+
+    may, why = admin_may_bypass(ctx.admin())
+    if not may:
+        raise Refused(f"role.rls: bypass: {why}; write policies for {ctx.role.name} instead "
+                      f"(CREATE POLICY … TO {ctx.role.name}) and drop `rls: bypass`")
 
 
 def raise_missing(ctx) -> None:

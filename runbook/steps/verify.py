@@ -6,27 +6,45 @@ from __future__ import annotations
 from runbook import catalog, grants
 from runbook.engine import Step, Verdict
 from runbook.login import connect_as_app, login_route
+from runbook.rls import check as rls_verdict
 from runbook.secret import Secret
-from runbook.steps.app_config import expected_endpoint, url_state
+from runbook.steps.app_config import WRITE_ONLY_PROOF, expected_endpoint, url_in_hand, url_state
 
 
 class VerifyFromApp(Step):
     kind = "verify"
     mutates = False
 
+    def plan(self, ctx, observed):
+        if ctx.plan_only:
+            # nothing to change here, but what verify will refuse is worth seeing before provision runs
+            blocked = rls_verdict(ctx, planned=True)
+            if blocked is not None:
+                ctx.note(f"verify will fail: {blocked.detail}; fix: {blocked.fix}")
+        return []
+
     def verify(self, ctx):
         state = url_state(ctx, refresh=True)
         if state.logs_in is False:
             return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
-        if state.logs_in is None:
+        login = Secret(state.value) if state.logs_in else url_in_hand(ctx, state)
+        if login is None:
             # cannot log in from here (write-only store or IAM): check from the admin side instead
             snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
             left = grants.findings(ctx.role, snap)
             if left:
                 return Verdict("fail", left[0].summary())
+            blocked = rls_verdict(ctx)
+            if blocked is not None:
+                return blocked
+            from providers.base import Digest
+
+            if isinstance(state.value, Digest):
+                return Verdict("inconclusive", f"privileges as specified; login not proved ({state.reason})",
+                               fix=WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
-        # the app's URL, or the same login over the tool's endpoint where the app's is not here
-        with connect_as_app(Secret(state.value), expected_endpoint(ctx), timeout=10,
+        # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
+        with connect_as_app(login, expected_endpoint(ctx), timeout=10,
                             application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
@@ -37,4 +55,7 @@ class VerifyFromApp(Step):
             return Verdict("fail", f"{ctx.role.name} can SET ROLE to the owner {ctx.owner}")
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]), fix=f"runbook drift --env {ctx.env.name} --fix")
+        blocked = rls_verdict(ctx)
+        if blocked is not None:
+            return blocked
         return Verdict.ok(f"logged in as {ctx.role.name}; {len(snap.relations)} relations reachable exactly as specified")

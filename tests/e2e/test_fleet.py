@@ -286,9 +286,9 @@ def test_heroku_fleet_shares_one_budget_and_keeps_every_journal(heroku_fleet, mo
     handed: list[object] = []
     keys: set[str] = set()
 
-    def spy(key: str):
+    def spy(key: str, *model):
         keys.add(key)
-        handed.append(real(key))
+        handed.append(real(key, *model))
         return handed[-1]
 
     real = heroku.shared_budget

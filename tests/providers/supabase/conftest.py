@@ -1,5 +1,8 @@
 """Fixtures for the supabase providers: the Management API fake (with and without PostgreSQL
-behind it), contexts pointing at it, and a Supabase-like `postgres` admin in the test DB."""
+behind it), the Supavisor-like front door, contexts pointing at them, and the test database laid
+out like a hosted Supabase project: `supabase_admin` a superuser; `postgres` NOSUPERUSER
+CREATEDB CREATEROLE BYPASSRLS, owner of the database and member of anon, authenticated and
+service_role (each name suffixed per test: roles are cluster-wide)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from providers.supabase import SupabaseApp, SupabaseAppConfig, SupabaseDatabase,
 from tests.providers.conftest import FLAG, URL_VAR  # noqa: F401 (tests import them from here)
 from tests.providers.conftest import Login, closing_all, fake_context, new_login, quick_budget, serving
 from tests.providers.supabase.fake_supabase import REF, FakeSupabase
+from tests.providers.supabase.supavisor import FrontDoor
 
 PASSWORD_ENV = "RAPTOR_SUPABASE_DB_PASSWORD"
 
@@ -62,8 +66,29 @@ def open_app(tmp_path):
 
 
 @pytest.fixture
-def admin(pg, canary_password) -> Login:
-    """Like Supabase's postgres: LOGIN CREATEROLE CREATEDB, not a superuser, owner of the database."""
-    admin = new_login(pg, "sbpostgres", canary_password, "CREATEROLE CREATEDB")
+def supavisor(fake, pg) -> Iterator[FrontDoor]:
+    door = FrontDoor(fake, pg.port).start()
+    yield door
+    door.stop()
+    assert door.errors == [], door.errors
+
+
+@pytest.fixture
+def platform_roles(pg) -> dict[str, str]:
+    """supabase_admin (superuser) and the NOLOGIN API roles, as a hosted project has them."""
+    names = {base: pg.role(base) for base in ("supabase_admin", "anon", "authenticated", "service_role")}
+    pg.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(names["supabase_admin"])))
+    for base in ("anon", "authenticated", "service_role"):
+        pg.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(names[base])))
+    return names
+
+
+@pytest.fixture
+def admin(pg, canary_password, platform_roles) -> Login:
+    """Like Supabase's postgres: NOSUPERUSER CREATEDB CREATEROLE BYPASSRLS, owner of the database,
+    member of anon, authenticated and service_role."""
+    admin = new_login(pg, "sbpostgres", canary_password, "NOSUPERUSER CREATEROLE CREATEDB BYPASSRLS")
     pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.dbname), sql.Identifier(admin.name)))
+    for base in ("anon", "authenticated", "service_role"):
+        pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(platform_roles[base]), sql.Identifier(admin.name)))
     return admin

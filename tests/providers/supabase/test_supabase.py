@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from providers.base import Digest
-from providers.supabase import SupabaseAppConfig
+from providers.supabase import SupabaseAppConfig, SupabaseDatabaseConfig
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 from tests.logins import create_login
 from tests.providers.supabase.conftest import FLAG, PASSWORD_ENV, URL_VAR, app_config, database_config
-from tests.providers.supabase.fake_supabase import ORG, POOLER, REF, REGION, TOKEN
+from tests.providers.supabase import openapi
+from tests.providers.supabase.fake_supabase import ORG, POOLER, REF, REGION, TOKEN, FakeSupabase
 
 PROJECT_PATH = f"/v1/projects/{REF}"
 SECRETS_PATH = f"{PROJECT_PATH}/secrets"
@@ -28,7 +31,8 @@ def test_describe_reads_project_and_plan(bare_fake, open_db):
     assert (info.engine, info.version, info.plan, info.credentials) == ("postgres", "15.8.1.085", "pro", "sql")
     assert info.details["no_superuser_clause"] == "1"
     assert info.details["project_ref"] == REF and info.details["region"] == REGION
-    assert (info.details["admin_form"], info.details["url_form"]) == ("direct", "session")
+    # the session pooler for the tool (IPv4-reachable); the transaction pooler for Edge Functions
+    assert (info.details["admin_form"], info.details["url_form"]) == ("session", "transaction")
     assert [(r.method, r.path) for r in bare_fake.requests] == [("GET", PROJECT_PATH), ("GET", f"/v1/organizations/{ORG}")]
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in bare_fake.requests)
 
@@ -53,6 +57,19 @@ def test_a_paused_project_says_how_to_restore_it(bare_fake, open_db):
         open_db(bare_fake).describe()
 
 
+@pytest.mark.parametrize("status, needle", [
+    ("INIT_FAILED", "its set-up failed and waiting will not fix it: contact Supabase support or create a new project"),
+    ("REMOVED", "it was deleted: point database.project_ref at an existing project"),
+    ("RESTORE_FAILED", "its restore failed and waiting will not fix it: retry the restore from the dashboard"),
+    ("PAUSE_FAILED", "pausing it failed and waiting will not fix it: restore it from the dashboard"),
+])
+def test_states_that_waiting_does_not_fix_say_what_to_do(bare_fake, open_db, status, needle):
+    bare_fake.projects[REF]["status"] = status
+    with pytest.raises(Refused) as exc:
+        open_db(bare_fake).describe()
+    assert needle in str(exc.value) and "wait for it" not in str(exc.value)
+
+
 def test_an_unreadable_organization_leaves_the_plan_unknown(bare_fake, open_db):
     bare_fake.org_forbidden = True
     assert open_db(bare_fake).describe().plan is None
@@ -72,16 +89,36 @@ def test_a_wrong_token_quotes_the_api_message(bare_fake, open_db):
 
 # -- the tool's own session --------------------------------------------------------------------------
 
-def test_admin_dsn_is_direct_by_default(bare_fake, open_db):
+def test_admin_dsn_is_the_session_pooler_by_default(bare_fake, open_db):
+    """The direct host is IPv6-only without the IPv4 add-on: the default works from IPv4-only runners."""
     dsn = open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}).admin_dsn()
-    assert conninfo_to_dict(dsn.reveal()) == {"host": f"db.{REF}.supabase.co", "port": "5432", "user": "postgres",
+    assert conninfo_to_dict(dsn.reveal()) == {"host": POOLER, "port": "5432", "user": f"postgres.{REF}",
                                               "password": "db-pw-123456", "dbname": "postgres", "sslmode": "require"}
+    assert [r.path for r in bare_fake.requests] == [f"{PROJECT_PATH}/config/database/pooler"]
 
 
-def test_admin_dsn_through_the_session_pooler(bare_fake, open_db):
-    dsn = open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}, admin_form="session", region="us-east-1").admin_dsn()
+def test_admin_dsn_direct_uses_the_projects_database_host(bare_fake, open_db):
+    bare_fake.projects[REF]["database"]["host"] = "db.elsewhere.example"
+    dsn = open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}, admin_form="direct").admin_dsn()
     parts = conninfo_to_dict(dsn.reveal())
-    assert (parts["host"], parts["port"], parts["user"]) == ("aws-0-us-east-1.pooler.supabase.com", "5432", f"postgres.{REF}")
+    assert (parts["host"], parts["port"], parts["user"]) == ("db.elsewhere.example", "5432", "postgres")
+    note = open_db(bare_fake, admin_form="direct").describe().details["note_direct"]
+    assert "db.elsewhere.example, which is IPv6-only without Supabase's IPv4 add-on" in note
+    assert "admin_form: session (the default)" in note
+    assert "note_direct" not in open_db(bare_fake).describe().details
+
+
+def test_the_pooler_host_comes_from_the_api_never_from_the_region(bare_fake, open_db):
+    """Newer projects are on aws-1-…: a host built from the region would be wrong."""
+    bare_fake.pooler_host = "aws-1-us-east-1.pooler.supabase.com"
+    dsn = open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}, region="us-east-1").admin_dsn()
+    assert conninfo_to_dict(dsn.reveal())["host"] == "aws-1-us-east-1.pooler.supabase.com"
+
+
+def test_a_pooler_config_without_a_primary_is_one_clear_line(bare_fake, open_db):
+    bare_fake.pooler_host = ""
+    with pytest.raises(ProviderError, match="names no PRIMARY db_host; set database.pooler_host"):
+        open_db(bare_fake, environ={PASSWORD_ENV: "db-pw-123456"}).admin_dsn()
 
 
 def test_the_transaction_pooler_is_refused_for_the_tools_session(bare_fake, open_db):
@@ -91,7 +128,7 @@ def test_the_transaction_pooler_is_refused_for_the_tools_session(bare_fake, open
             call()
         assert "transaction-mode pooler (port 6543)" in str(exc.value)
         assert "session-level advisory lock" in str(exc.value) and "lock_timeout" in str(exc.value)
-        assert "admin_form: direct" in str(exc.value)
+        assert "admin_form: session (the default" in str(exc.value)
 
 
 def test_a_connect_override_on_port_6543_is_refused_too(bare_fake, open_db):
@@ -124,13 +161,21 @@ def test_direct_url(bare_fake, open_db):
     cred = open_db(bare_fake, url_form="direct").credential_for("raptor_app", PW)
     assert (cred.user, cred.host, cred.port, cred.database, cred.sslmode) == (
         "raptor_app", f"db.{REF}.supabase.co", 5432, "postgres", "require")
-    assert bare_fake.requests == []
+    assert [r.path for r in bare_fake.requests] == [PROJECT_PATH]     # database.host, from the project
 
 
-def test_session_pooler_url_from_the_region(bare_fake, open_db):
+def test_session_pooler_url_from_the_api(bare_fake, open_db):
     cred = open_db(bare_fake, url_form="session", region="eu-central-1").credential_for("raptor_app", PW)
-    assert (cred.user, cred.host, cred.port) == (f"raptor_app.{REF}", "aws-0-eu-central-1.pooler.supabase.com", 5432)
+    assert (cred.user, cred.host, cred.port) == (f"raptor_app.{REF}", POOLER, 5432)
     assert conninfo_to_dict(cred.url().reveal())["user"] == f"raptor_app.{REF}"
+
+
+def test_edge_functions_get_the_transaction_pooler_by_default_other_apps_the_session_one():
+    assert database_config().url_form == "transaction"      # app: supabase (Edge Functions)
+    other = SupabaseDatabaseConfig.model_validate({"project_ref": REF, "password_env": PASSWORD_ENV},
+                                                  context={"env": "staging", "app": {"platform": "ecs"}})
+    assert other.url_form == "session" and other.admin_form == "session"
+    assert database_config(url_form="session").url_form == "session"     # an explicit form wins
 
 
 def test_transaction_pooler_url_from_the_api(bare_fake, open_db):
@@ -142,8 +187,9 @@ def test_transaction_pooler_url_from_the_api(bare_fake, open_db):
 
 
 def test_an_explicit_pooler_host_wins(bare_fake, open_db):
-    cred = open_db(bare_fake, pooler_host="pooler.example.net", region="us-east-1").credential_for("raptor_app", PW)
+    cred = open_db(bare_fake, pooler_host="pooler.example.net", url_form="session").credential_for("raptor_app", PW)
     assert (cred.host, cred.port) == ("pooler.example.net", 5432)
+    assert bare_fake.requests == []
 
 
 def test_connect_overrides_host_and_port_in_every_form(bare_fake, open_db):
@@ -164,6 +210,7 @@ def test_the_direct_url_logs_in_for_real(pg, bare_fake, open_db, canary_password
 
 @pytest.mark.parametrize("block, needle", [
     ({"project_ref": "https://abcdefghijklmnopqrst.supabase.co"}, "not a Supabase project reference"),
+    ({"project_ref": "abcdefghij0123456789"}, "not a Supabase project reference"),   # the spec: ^[a-z]+$
     ({"password_env": "my password"}, "must name an environment variable"),
     ({"url_form": "pooled"}, "url_form"),
     ({"sslmode": "on"}, "sslmode"),
@@ -200,12 +247,10 @@ def test_get_config_accepts_upper_case_digests_and_plain_values(bare_fake, open_
     bare_fake.listing = [
         {"name": URL_VAR, "value": hashlib.sha256(URL.encode()).hexdigest().upper()},
         {"name": FLAG, "value": "1"},
-        {"name": "NO_VALUE"},
     ]
-    got = open_app(bare_fake).get_config([URL_VAR, FLAG, "NO_VALUE"])
+    got = open_app(bare_fake).get_config([URL_VAR, FLAG])
     assert got[URL_VAR] == Digest.of(URL)
     assert got[FLAG] == "1"
-    assert got["NO_VALUE"] == Digest("") and got["NO_VALUE"] != Digest.of("")
 
 
 def test_unset_sends_the_names_as_a_json_array(bare_fake, open_app):
@@ -311,3 +356,68 @@ def test_the_listing_just_read_is_reused_until_a_write(bare_fake, open_app):
         app.set_config({FLAG: "1"})
     app.get_config([FLAG])
     assert listings() == 4
+
+
+# -- the contract --------------------------------------------------------------------------------
+
+def test_the_openapi_document_is_the_recorded_one():
+    record = openapi.source()
+    assert record["repository"] == "https://github.com/supabase/cli"
+    assert record["path"] == "packages/api/src/generated/openapi.json" and len(record["commit"]) == 40
+    doc = openapi.load()                 # refuses a file whose sha256 is not the recorded one
+    assert doc["info"]["title"] == "Supabase API (v1)"
+    for path in ("/v1/projects/{ref}", "/v1/projects/{ref}/secrets", "/v1/projects/{ref}/config/database/pooler",
+                 "/v1/organizations/{slug}"):
+        assert path in doc["paths"]
+
+
+def test_requests_the_document_refuses_are_violations():
+    fake = FakeSupabase().start()
+    try:
+        with httpx.Client(base_url=fake.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            client.get("/v1/projects/abcdefghij0123456789")                        # ref pattern ^[a-z]+$
+            client.post(SECRETS_PATH, json=[{"name": "SUPABASE_URL", "value": "x"}])   # reserved prefix
+            client.post(SECRETS_PATH, json={"name": "A", "value": "x"})            # not an array
+            client.get(f"{PROJECT_PATH}/no-such-thing")
+            client.get(SECRETS_PATH, params={"page": "2"})                         # no such query parameter
+        problems = "\n".join(fake.errors)
+        assert "path parameter ref" in problems and "does not match '^[a-z]+$'" in problems
+        assert "'SUPABASE_URL' does not match" in problems
+        assert "is not of type 'array'" in problems
+        assert f"GET {PROJECT_PATH}/no-such-thing: no such operation" in problems
+        assert "unknown query parameter page" in problems
+    finally:
+        fake.stop()
+        fake.errors.clear()
+
+
+def test_answers_the_document_refuses_are_violations():
+    fake = FakeSupabase().start()
+    try:
+        fake.listing = [{"name": "NO_VALUE"}]              # SecretResponse requires value
+        fake.projects[REF]["status"] = "SLEEPING"           # not in the status enum
+        with httpx.Client(base_url=fake.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            client.get(SECRETS_PATH)
+            client.get(PROJECT_PATH)
+        problems = "\n".join(fake.errors)
+        assert "'value' is a required property" in problems
+        assert "'SLEEPING' is not one of" in problems
+    finally:
+        fake.stop()
+        fake.errors.clear()
+
+
+def test_every_answer_carries_the_documented_rate_headers_and_429s_have_no_retry_after(bare_fake):
+    limited = FakeSupabase(rate_limit=2, rate_window=30).start()
+    try:
+        with httpx.Client(base_url=limited.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            first, second, third = (client.get(SECRETS_PATH) for _ in range(3))
+            other = client.get(PROJECT_PATH)                                # another endpoint: its own window
+        assert [r.status_code for r in (first, second, third, other)] == [200, 200, 429, 200]
+        assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == ("2", "1")
+        assert third.headers["X-RateLimit-Remaining"] == "0" and 1 <= int(third.headers["X-RateLimit-Reset"]) <= 30
+        assert "Retry-After" not in third.headers
+        assert other.headers["X-RateLimit-Remaining"] == "1"
+    finally:
+        limited.stop()
+    assert limited.errors == []
