@@ -15,6 +15,7 @@ from runbook import engine, playbook as playbooks
 from runbook.checks import CheckResult
 from runbook.context import Context, connect, project_dir
 from runbook.errors import CheckFailed, ConfigError, GateClosed, RunbookError
+from runbook.pooler import PoolerRefused
 from runbook.project import Project
 from runbook.secret import redact
 
@@ -81,6 +82,7 @@ def _mutating_run(ctx: Context, command: str, state: str | None, result: Result)
                    label=label(ctx.project.spec.app, command),
                    connect=lambda dsn, name: connect(dsn, ctx, purpose=name))
     lock.acquire()
+    _say_pooler(ctx, result)
     try:
         ctx.store = _open_store(ctx, state)
         try:
@@ -110,6 +112,13 @@ def _mutating_run(ctx: Context, command: str, state: str | None, result: Result)
             ctx.store.close()
     finally:
         lock.release()
+
+
+def _say_pooler(ctx: Context, result: Result) -> None:
+    """What the tool's session goes through and what it does about it (runbook/pooler.py)."""
+    if ctx.pooler is not None and "pooler" not in result.data:
+        result.say(ctx.pooler.describe())
+        result.data["pooler"] = ctx.pooler.to_json()
 
 
 def _need_yes(yes: bool, confirm: Confirm | None, command: str) -> None:
@@ -161,6 +170,7 @@ def plan(project: Project, env: str, *, environ=None, transport=None, playbook: 
             result.say(f"{env} already matches the spec; provision would change nothing")
         result.data["sql"] = [c.sql_text(ctx.admin() if ctx._admin is not None else None)
                               for s in result.steps for c in s.changes if c.statement is not None]
+        _say_pooler(ctx, result)
     finally:
         ctx.close()
     return result
@@ -211,6 +221,12 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
             ctx.info
         except RunbookError as exc:
             result.say(exc.message)
+        try:
+            ctx.admin()          # a transaction pooler in front of the tool is refused (exit 2), not a failed check
+        except PoolerRefused:
+            raise
+        except RunbookError:
+            pass                 # an unreachable database is what the checks report
         try:
             ctx.store = _open_store(ctx, state, timeout=5)
         except RunbookError:

@@ -26,8 +26,10 @@ class VerifyFromApp(Step):
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
         import psycopg
 
+        # exactly the app's URL, pooler included; no prepared statements (a transaction pooler
+        # runs each one on whichever server connection is free)
         with psycopg.connect(Secret(state.value).reveal(), autocommit=True, connect_timeout=10,
-                             application_name="runbook:verify") as conn:
+                             prepare_threshold=None, application_name="runbook:verify") as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \
