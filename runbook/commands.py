@@ -121,6 +121,17 @@ def _say_pooler(ctx: Context, result: Result) -> None:
         result.data["pooler"] = ctx.pooler.to_json()
 
 
+def _refuse_transaction_pooler(ctx: Context) -> None:
+    """A transaction pooler in front of the tool is refused (exit 2), not reported as a failed
+    check; an unreachable database is left for the checks to report."""
+    try:
+        ctx.admin()
+    except PoolerRefused:
+        raise
+    except RunbookError:
+        pass
+
+
 def _need_yes(yes: bool, confirm: Confirm | None, command: str) -> None:
     if not yes and confirm is None:
         raise ConfigError(f"{command} changes things; pass --yes (no terminal to confirm on)")
@@ -221,12 +232,7 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
             ctx.info
         except RunbookError as exc:
             result.say(exc.message)
-        try:
-            ctx.admin()          # a transaction pooler in front of the tool is refused (exit 2), not a failed check
-        except PoolerRefused:
-            raise
-        except RunbookError:
-            pass                 # an unreachable database is what the checks report
+        _refuse_transaction_pooler(ctx)
         try:
             ctx.store = _open_store(ctx, state, timeout=5)
         except RunbookError:

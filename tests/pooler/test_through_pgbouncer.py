@@ -19,6 +19,7 @@ from psycopg import sql
 
 from runbook import commands
 from runbook.pooler import PoolerRefused
+from tests.pooler.bouncer import POOL_ADMIN, POOL_ADMIN_PASSWORD
 from tests.pooler.conftest import bouncer_for, make_pooled_env
 from tests.projects import dotenv
 
@@ -158,7 +159,6 @@ def test_a_direct_connection_is_told_apart(pg, tmp_path, bouncer_pool):
 
 def test_verify_fails_with_the_fix_when_the_pooler_refuses_the_new_role(pg, tmp_path, bouncer_pool):
     # a bouncer whose auth_file knows only the admin, and no auth_query: the new role cannot log in
-    from tests.pooler.bouncer import POOL_ADMIN, POOL_ADMIN_PASSWORD
 
     b = bouncer_for(bouncer_pool, pg.rc, "mixed", auth_file_users={POOL_ADMIN: POOL_ADMIN_PASSWORD})
     env = make_pooled_env(pg, tmp_path, b)
@@ -174,3 +174,17 @@ def test_verify_fails_with_the_fix_when_the_pooler_refuses_the_new_role(pg, tmp_
     diagnosed = commands.diagnose(env.project(), "staging", environ=env.environ)
     assert diagnosed.exit_code == 4
     assert any("does not accept" in c.detail for c in diagnosed.checks if c.status != "pass"), diagnosed.checks
+
+
+def test_a_due_soak_checkpoint_through_a_transaction_pooler_is_refused_not_failed(pg, tmp_path, bouncer_pool):
+    session = bouncer_for(bouncer_pool, pg.rc, "session")
+    env = make_pooled_env(pg, tmp_path, session)
+    env.rewrite(soak={"duration": "1h", "checkpoints": ["1s"], "checks": ["diagnose", "drift"]})
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).exit_code == 0
+    env.pg.execute("UPDATE runbook.soaks SET started_at = started_at - 60 WHERE status = 'running'")
+    transaction = bouncer_for(bouncer_pool, pg.rc, "transaction")
+    environ = {**env.environ, "RB_TEST_ADMIN_DSN": transaction.dsn(POOL_ADMIN, POOL_ADMIN_PASSWORD, pg.dbname)}
+    with pytest.raises(PoolerRefused):
+        commands.soak(env.project(), "staging", environ=environ)
+    assert env.pg.execute("SELECT count(*) FROM runbook.checkpoints")[0][0] == 0
+    assert env.pg.execute("SELECT status FROM runbook.soaks") == [("running",)]
