@@ -194,8 +194,13 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
                                                 application_name=name), dsn)
         if settings:
             session_settings(conn, settings)
-    except BaseException:
+    except BaseException as exc:
         conn.close()
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunbookError(f"cannot set up the database session: {first}") from None
         raise
     return conn
 
