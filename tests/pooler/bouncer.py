@@ -31,6 +31,10 @@ POOL_ADMIN_PASSWORD = "pool-admin-pw-0123456789"
 
 
 def binary() -> str | None:
+    """The pgbouncer executable; RUNBOOK_TEST_PGBOUNCER names another (a missing path: none)."""
+    chosen = os.environ.get("RUNBOOK_TEST_PGBOUNCER")
+    if chosen is not None:
+        return chosen if Path(chosen).is_file() else None
     return shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
 
 
