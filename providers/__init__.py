@@ -40,7 +40,9 @@ def _load(ref: str) -> Any:
 
 
 def database_config(key: str) -> Any:
-    return _load(DATABASES[key])
+    from providers.base import with_pooler
+
+    return with_pooler(_load(DATABASES[key]))
 
 
 def platform_config(key: str) -> Any:
@@ -48,7 +50,9 @@ def platform_config(key: str) -> Any:
 
 
 def all_database_configs() -> list[Any]:
-    return [_load(ref) for ref in DATABASES.values()]
+    from providers.base import with_pooler
+
+    return [with_pooler(_load(ref)) for ref in DATABASES.values()]
 
 
 def all_platform_configs() -> list[Any]:

@@ -17,6 +17,24 @@ CredentialMode = Literal["sql", "api"]
 # libpq's sslmode values, for every provider's `sslmode:` key
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
+# `database.pooler`, on every provider's database block (added by with_pooler, not by each model)
+PoolerMode = Literal["auto", "none", "session", "transaction"]
+_POOLER_HELP = ("what the tool's own connection goes through: auto (recognise known pooler endpoints and probe), "
+                "none, session, or transaction (refused for the tool's own session; the app's URL may use one)")
+_with_pooler: dict[type, type] = {}
+
+
+def with_pooler(model: type) -> type:
+    """`model` with a `pooler: auto | none | session | transaction` field (default auto): one
+    subclass per provider model, made once, so no provider has to declare it."""
+    if model not in _with_pooler:
+        from pydantic import Field, create_model
+
+        _with_pooler[model] = model if "pooler" in model.model_fields else create_model(
+            model.__name__, __base__=model, __module__=model.__module__,
+            pooler=(PoolerMode, Field(default="auto", description=_POOLER_HELP)))
+    return _with_pooler[model]
+
 
 def _env_var_name(value: str) -> str:
     import re

@@ -28,8 +28,12 @@ class CheckResult:
 
 
 def _guard(name: str, fn) -> CheckResult:
+    from runbook.pooler import PoolerRefused
+
     try:
         return fn()
+    except PoolerRefused:
+        raise                  # bad configuration (exit 2), not a check that could not look
     except RunbookError as exc:
         return CheckResult(name, "inconclusive", exc.message)
     except Exception as exc:   # a check that errors proves nothing either way

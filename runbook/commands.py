@@ -15,6 +15,7 @@ from runbook import engine, playbook as playbooks
 from runbook.checks import CheckResult
 from runbook.context import Context, connect, project_dir
 from runbook.errors import CheckFailed, ConfigError, GateClosed, RunbookError
+from runbook.pooler import PoolerRefused
 from runbook.project import Project
 from runbook.secret import redact
 from runbook.steps.app_config import ROLLBACK_MARK
@@ -84,6 +85,7 @@ def _mutating_run(ctx: Context, command: str, state: str | None, result: Result)
                    connect=lambda dsn, name: connect(dsn, ctx, purpose=name))
     lock.acquire()
     ctx.run_started_at = time.time()
+    _say_pooler(ctx, result)
     try:
         ctx.store = _open_store(ctx, state)
         try:
@@ -113,6 +115,24 @@ def _mutating_run(ctx: Context, command: str, state: str | None, result: Result)
             ctx.store.close()
     finally:
         lock.release()
+
+
+def _say_pooler(ctx: Context, result: Result) -> None:
+    """What the tool's session goes through and what it does about it (runbook/pooler.py)."""
+    if ctx.pooler is not None and "pooler" not in result.data:
+        result.say(ctx.pooler.describe())
+        result.data["pooler"] = ctx.pooler.to_json()
+
+
+def _refuse_transaction_pooler(ctx: Context) -> None:
+    """A transaction pooler in front of the tool is refused (exit 2), not reported as a failed
+    check; an unreachable database is left for the checks to report."""
+    try:
+        ctx.admin()
+    except PoolerRefused:
+        raise
+    except RunbookError:
+        pass
 
 
 def _need_yes(yes: bool, confirm: Confirm | None, command: str) -> None:
@@ -164,6 +184,7 @@ def plan(project: Project, env: str, *, environ=None, transport=None, playbook: 
             result.say(f"{env} already matches the spec; provision would change nothing")
         result.data["sql"] = [c.sql_text(ctx.admin() if ctx._admin is not None else None)
                               for s in result.steps for c in s.changes if c.statement is not None]
+        _say_pooler(ctx, result)
     finally:
         ctx.close()
     return result
@@ -214,6 +235,7 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
             ctx.info
         except RunbookError as exc:
             result.say(exc.message)
+        _refuse_transaction_pooler(ctx)
         try:
             ctx.store = _open_store(ctx, state, timeout=5)
         except RunbookError:

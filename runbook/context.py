@@ -60,6 +60,7 @@ class Context:
     _info: DatabaseInfo | None = None
     _admin: Any = None
     _owner: str | None = None
+    pooler: Any = None                    # runbook.pooler.Detection, once the tool's first session is open
 
     # --- facts about the project ---------------------------------------------------------
     @property
@@ -129,6 +130,17 @@ class Context:
             self._admin = connect(self.db.admin_dsn(), self, purpose=self.command)
         return self._admin
 
+    def check_pooler(self, conn, open_another, dsn: Secret) -> None:
+        """Find out once per run what the tool's session goes through; refuse a transaction pooler."""
+        from runbook import pooler
+
+        if self.pooler is None:
+            declared = getattr(self.env.database, "pooler", "auto")
+            details = self._info.details if self._info is not None else {}
+            self.pooler = pooler.detect(declared, dsn, conn, open_another, details)
+        if self.pooler.mode == "transaction":
+            raise pooler.refusal(self.pooler, self.env.name)
+
     @property
     def owner(self) -> str:
         if self._owner is None:
@@ -166,19 +178,49 @@ def application_name(project: Project, purpose: str) -> str:
 
 
 def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool = True, timeout: float | None = None):
-    """Open a psycopg connection with timeouts set; failures end as one clear line."""
+    """Open one of the tool's own psycopg connections; failures end as one clear line.
+
+    No startup `options` (PgBouncer at its defaults refuses the parameter): session settings
+    are SET once connected. No prepared statements (`prepare_threshold=None`): a pooler may
+    put the next statement on a server connection that never saw the PREPARE. With a context,
+    the first session also finds out what pooler it goes through, and a transaction pooler is
+    refused before anything is changed (runbook/pooler.py)."""
+    settings = ctx.settings if ctx else None
+    connect_timeout = max(1, int(timeout or (settings.connect_timeout.total_seconds() if settings else 10)))
+    name = application_name(ctx.project, purpose) if ctx else f"runbook:{purpose}"[:63]
+    conn = _open(dsn, autocommit=autocommit, connect_timeout=connect_timeout, application_name=name)
+    try:
+        if ctx is not None:
+            ctx.check_pooler(conn, lambda: _open(dsn, autocommit=True, connect_timeout=connect_timeout,
+                                                application_name=name), dsn)
+        if settings:
+            session_settings(conn, settings)
+    except BaseException as exc:
+        conn.close()
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunbookError(f"cannot set up the database session: {first}") from None
+        raise
+    return conn
+
+
+def session_settings(conn, settings) -> None:
+    """The tool's session settings, by SET after connecting (never startup options)."""
+    ms = int(settings.statement_timeout.total_seconds() * 1000)
+    conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (f"{ms}ms",))
+    if not conn.autocommit:
+        conn.commit()
+
+
+def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_name: str):
     import psycopg
 
-    settings = ctx.settings if ctx else None
-    connect_timeout = int(timeout or (settings.connect_timeout.total_seconds() if settings else 10))
-    options = {}
-    if settings:
-        options["options"] = f"-c statement_timeout={int(settings.statement_timeout.total_seconds() * 1000)}"
     try:
         conn = psycopg.connect(
-            dsn.reveal(), autocommit=autocommit, connect_timeout=max(1, connect_timeout),
-            application_name=application_name(ctx.project, purpose) if ctx else f"runbook:{purpose}"[:63],
-            **options,
+            dsn.reveal(), autocommit=autocommit, connect_timeout=connect_timeout,
+            application_name=application_name, prepare_threshold=None,
         )
         try:
             pin_session(conn)
@@ -203,15 +245,19 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
 
 
-def pin_session(conn) -> None:
+def pin_session(conn, *, local: bool = False) -> None:
     """Right after connecting, before any other statement: search_path to pg_catalog then pg_temp
     (pg_temp last, so a temporary object cannot shadow a catalog one either) and no SET ROLE a
-    database or role default slipped in. The statement itself calls only qualified names."""
+    database or role default slipped in. The statement itself calls only qualified names.
+
+    `local`: for the transaction the (non-autocommit) connection has just begun, and no longer.
+    Sessions as the app role use it: they may go through the app's transaction pooler, where a
+    session-level setting would stay on the server connection and reach the app's next client."""
     from psycopg.pq import TransactionStatus
 
-    conn.execute("SELECT pg_catalog.set_config('search_path', %s, false), "
-                 "pg_catalog.set_config('role', 'none', false)", (PINNED_SEARCH_PATH,))
-    if not conn.autocommit and conn.info.transaction_status == TransactionStatus.INTRANS:
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, %s), "
+                 "pg_catalog.set_config('role', 'none', %s)", (PINNED_SEARCH_PATH, local, local))
+    if not local and not conn.autocommit and conn.info.transaction_status == TransactionStatus.INTRANS:
         conn.commit()      # a session setting, kept: not rolled back with the first transaction
 
 

@@ -1,6 +1,8 @@
 """One mutating run per environment: a session-level advisory lock in the environment's
-database. A killed process's lock is freed by the server when its session ends; nobody has
-to clean up by hand."""
+database. A killed process's lock is freed by the server when its session ends, directly or
+through a session pooler (which resets the server connection with DISCARD ALL when its client
+leaves); nobody has to clean up by hand. A transaction pooler is refused before the lock is
+taken (runbook/pooler.py), and release unlocks explicitly before it closes."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import hashlib
 import os
 from datetime import datetime, timezone
 
-from runbook.errors import Locked
+from runbook.errors import Locked, Refused
 from runbook.secret import Secret, redact
 
 
@@ -21,15 +23,32 @@ class EnvLock:
     def __init__(self, dsn: Secret, *, app: str, env: str, label: str, connect) -> None:
         self.key = lock_key(app, env)
         self.env = env
+        self.held = False
         # the label travels as application_name so a second run can name the holder
         self.conn = connect(dsn, label)
 
     def acquire(self) -> None:
+        if self._held_here():
+            # the lock is re-entrant per server session: a pooler that handed us a server
+            # connection still holding it (no reset between clients) would let two runs share it
+            self.release()
+            raise Refused(f"the server connection the pooler gave this run already holds {self.env}'s lock (a previous "
+                          "client's): the pooler does not reset server connections between clients; restore PgBouncer's "
+                          "server_reset_query = DISCARD ALL, or give the tool a direct DSN")
         got = self.conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        self.held = bool(got)
         if not got:
             holder = self.holder()
             self.release()
             raise Locked(f"{self.env} is locked by another run: {holder}")
+
+    def _held_here(self) -> bool:
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        return self.conn.execute(
+            """
+            SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
+                           AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)
+            """, (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0]
 
     def holder(self) -> str:
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
@@ -51,9 +70,17 @@ class EnvLock:
 
     def release(self) -> None:
         try:
-            self.conn.close()
+            if self.held and not self.conn.closed:
+                # a pooler keeps the server connection when the client closes: unlock first
+                self.conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (self.key,))
+                self.held = False
         except Exception:
             pass
+        finally:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
 
 
 def label(app: str, command: str) -> str:

@@ -86,9 +86,13 @@ def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, applic
             theirs = conninfo_to_dict(routed.reveal())
             params = _hardened(theirs, sslmode=str(theirs.get("sslmode") or params["sslmode"]))
     params.update(connect_timeout=max(1, timeout), application_name=application_name)
-    conn = psycopg.connect(autocommit=True, **params)
+    # prepare_threshold=None: the URL may go through a transaction pooler, which runs each
+    # statement on whichever server connection is free
+    # one transaction for the whole session, pinned with SET LOCAL: nothing of the tool's stays on a
+    # pooled server connection the app will be handed next (the context manager ends it)
+    conn = psycopg.connect(autocommit=False, prepare_threshold=None, **params)
     try:
-        pin_session(conn)
+        pin_session(conn, local=True)
     except BaseException:
         conn.close()
         raise
@@ -107,7 +111,9 @@ def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5,
         return False, str(exc)
     except psycopg.Error as exc:
         text = redact(str(exc)).strip().splitlines()
-        return False, text[0] if text else type(exc).__name__
+        why = text[0] if text else type(exc).__name__
+        fix = _pooler_fix(url.reveal() if isinstance(url, Secret) else url, why, role)
+        return False, f"{why}; {fix}" if fix else why
     except Exception as exc:
         return False, f"{type(exc).__name__}: {redact(str(exc))[:200]}"
     if who != role:
@@ -119,3 +125,17 @@ def login_route(db: Any) -> Route | None:
     """The database provider's `login_route`, where it has one."""
     route = getattr(db, "login_route", None)
     return route if callable(route) else None
+
+
+def _pooler_fix(raw: str, why: str, role: str) -> str | None:
+    """When a pooler, not PostgreSQL, turned the login away: what to do about it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from runbook.pooler import login_refusal_fix
+
+    try:
+        parts = conninfo_to_dict(raw)
+        host, port = str(parts.get("host") or "localhost"), int(str(parts.get("port") or 5432).split(",")[0])
+    except Exception:
+        return None
+    return login_refusal_fix(why, host, port, role)

@@ -445,8 +445,9 @@ class PostgresStore(_SqlStore):
         from runbook.context import pin_session
 
         try:
+            # prepare_threshold=None: safe through any pooler (each statement its own transaction)
             conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout,
-                                   application_name="runbook:journal")
+                                   prepare_threshold=None, application_name="runbook:journal")
         except psycopg.OperationalError as exc:
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
         try:
