@@ -7,11 +7,17 @@ namespace `credential:{name}`: Heroku then keeps `{NAME}_URL` current through ro
 Grants run over the owner's URL (the add-on's default attachment, e.g. DATABASE_URL).
 
 Token: HEROKU_API_KEY, else the `api.heroku.com` entry of ~/.netrc (the Heroku CLI's convention).
-Base URLs: HEROKU_API_URL and HEROKU_DATA_API_URL, so tests and rehearsals point at loopback.
+Base URLs: the tool's HEROKU_API_URL / HEROKU_DATA_API_URL first, then the Heroku CLI's own
+HEROKU_HOST / HEROKU_DATA_HOST with the CLI's meaning (see `api_urls`), so both tools talk to the
+same hosts.
+
+What the Heroku CLI (npm `heroku` 11.10.0) does is the reference for every call here; the comments
+name the CLI file each rule comes from (dist/… in the npm package, src/… in heroku/cli).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import logging
@@ -19,24 +25,28 @@ import netrc
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
+from providers.base import Credential, DatabaseInfo, OpenContext, Progress, SslMode
 from providers.http import ApiClient, RateBudget, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
-from runbook.secret import Secret, redact, reveal
+from runbook.secret import Secret, mask_url, redact, reveal
 
 log = logging.getLogger(__name__)
 
 PLATFORM_API_URL = "https://api.heroku.com"
 DATA_API_URL = "https://api.data.heroku.com"
+# @heroku-cli/command lib/api-client.js: the domains HEROKU_HOST may name (anything else: the CLI
+# warns and uses heroku.com), and the loopback names it accepts too
+_HEROKU_DOMAINS = ("heroku.com", "herokai.com", "herokuspace.com", "herokudev.com")
+_LOCAL_HOSTS = ("localhost", "127.0.0.1")
 ACCEPT = "application/vnd.heroku+json; version=3"
 NETRC_MACHINE = "api.heroku.com"
 SERVICE = "heroku-postgresql"
@@ -45,8 +55,6 @@ UPGRADE_PLAN = "heroku-postgresql:standard-0"
 # Plan families (the part after "heroku-postgresql:"), as the Heroku CLI classifies them.
 _ESSENTIAL = re.compile(r"^(essential|dev|basic|mini|hobby)")     # no named credentials at all
 _ADVANCED = re.compile(r"^(advanced|performance)")                # credentials under /data/postgres/v1
-# Credential store states in which the active user/password is usable.
-_USABLE = ("active", "rotation_completed")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _APP_NAME = re.compile(r"^(?:[a-z][a-z0-9-]{1,29}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _ADDON_REF = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -166,14 +174,56 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _base_url(environ: Mapping[str, str], var: str, default: str) -> str:
-    url = (environ.get(var) or default).strip().rstrip("/")
+def _checked_url(var: str, url: str) -> str:
+    url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"{var}={url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise ConfigError(f"{var}={url}: plain http is allowed only on loopback (the API token would travel in clear)")
     return url
+
+
+def _cli_platform_url(host: str) -> str:
+    """HEROKU_HOST as the CLI reads it (@heroku-cli/command lib/vars.js `apiUrl`): an http(s)://
+    value is the Platform API base itself, anything else a domain under which it is api.{host}.
+    A host outside Heroku's domains and loopback is ignored with a warning, as the CLI does."""
+    bare = re.sub(r"^https?://", "", host)
+    if not (any(bare == d or bare.endswith("." + d) for d in _HEROKU_DOMAINS) or any(h in bare for h in _LOCAL_HOSTS)):
+        log.warning("heroku: HEROKU_HOST=%s is not a Heroku domain; using heroku.com, as the Heroku CLI does", host)
+        return PLATFORM_API_URL
+    return host if host.startswith("http") else f"https://api.{host}"
+
+
+def api_urls(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(Platform API base, Data API base). Precedence, each API on its own:
+
+    Platform: HEROKU_API_URL, else HEROKU_HOST (the CLI's meaning), else https://api.heroku.com.
+    Data:     HEROKU_DATA_API_URL, else HEROKU_DATA_HOST (or HEROKU_POSTGRESQL_HOST, which the CLI
+              also reads: @heroku/heroku-cli-util dist/utils/pg/host.js) as a bare host name, with
+              the scheme and port of the CLI's Platform URL (HEROKU_HOST's), as the CLI's http
+              client combines them (@heroku/http-call: `hostname` replaces only the host), else
+              https://api.data.heroku.com.
+    """
+    cli_host = (environ.get("HEROKU_HOST") or "").strip()
+    cli_platform = _cli_platform_url(cli_host) if cli_host else PLATFORM_API_URL
+    if (environ.get("HEROKU_API_URL") or "").strip():
+        platform = _checked_url("HEROKU_API_URL", environ["HEROKU_API_URL"])
+    else:
+        platform = _checked_url("HEROKU_HOST" if cli_host else "HEROKU_API_URL", cli_platform)
+    data_var = next((v for v in ("HEROKU_DATA_HOST", "HEROKU_POSTGRESQL_HOST") if (environ.get(v) or "").strip()), None)
+    if (environ.get("HEROKU_DATA_API_URL") or "").strip():
+        data = _checked_url("HEROKU_DATA_API_URL", environ["HEROKU_DATA_API_URL"])
+    elif data_var:
+        host = environ[data_var].strip()
+        if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+            raise ConfigError(f"{data_var}={host!r} is not a host name (the Heroku CLI takes the scheme and port "
+                              f"from HEROKU_HOST; set HEROKU_DATA_API_URL for a full URL)")
+        base = urlsplit(cli_platform)
+        data = _checked_url(data_var, f"{base.scheme}://{host}" + (f":{base.port}" if base.port else ""))
+    else:
+        data = DATA_API_URL
+    return platform, data
 
 
 def heroku_error(response: httpx.Response) -> str:
@@ -215,9 +265,11 @@ class HerokuApi:
     def __init__(self, ctx: OpenContext, *, budget: RateBudget | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         token = heroku_token(ctx.environ)
-        self.platform_url = _base_url(ctx.environ, "HEROKU_API_URL", PLATFORM_API_URL)
-        self.data_url = _base_url(ctx.environ, "HEROKU_DATA_API_URL", DATA_API_URL)
+        self.platform_url, self.data_url = api_urls(ctx.environ)
+        # Bearer is the CLI's default on both APIs (@heroku-cli/command lib/api-client.js); the
+        # Data API calls that the CLI sends with Basic instead pass `basic_auth()`
         headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token.reveal()}"}
+        self._basic = "Basic " + base64.b64encode(f":{token.reveal()}".encode()).decode()
         account = ctx.budget_key or "heroku:" + hashlib.sha256(token.reveal().encode()).hexdigest()[:16]
         budget = budget or shared_budget(account)
         self.account = account
@@ -229,6 +281,12 @@ class HerokuApi:
     def close(self) -> None:
         self.platform.close()
         self.data.close()
+
+    def basic_auth(self) -> dict[str, str]:
+        """The token as the password of Basic auth (`:token`), which the CLI sends to the Data API
+        for the credential list, one credential and a rotation (dist/commands/pg/credentials.js,
+        pg/credentials/url.js, pg/credentials/rotate.js); create and destroy go with Bearer."""
+        return {"Authorization": self._basic}
 
     def write(self, client: ApiClient, method: str, path: str, **kw: Any) -> httpx.Response:
         """Every change goes through here. Counted before it is sent: one whose answer is lost
@@ -451,15 +509,18 @@ class HerokuDatabase:
         if reuse:
             return self._reads.get(f"credential:{name}", lambda: self._info(name))
         path = self._credentials_path(name)
-        r = self.api.data.request("GET", path, allow=(404,))
+        r = self.api.data.request("GET", path, headers=self.api.basic_auth(), allow=(404,))
         return self._reads.put(f"credential:{name}", None if r.status_code == 404 else _json(r, path))
 
     def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.api.write(self.api.data, method, path, **kw)
 
     def _to_credential(self, info: Mapping[str, Any], name: str) -> Credential | None:
-        if info.get("state") not in _USABLE:
-            return None
+        """The login the credential offers now, or None while it has none.
+
+        Usable when one of its users is `active`, whatever the credential's own state says: the
+        CLI's rule (dist/commands/pg/credentials/url.js picks `credentials.find(c => c.state ===
+        'active')`; its fixtures show a credential in state `created` with an active user)."""
         active = [c for c in info.get("credentials") or [] if c.get("state") == "active" and c.get("password")]
         if not active:
             return None
@@ -474,39 +535,24 @@ class HerokuDatabase:
                           password=Secret(str(chosen["password"])), sslmode=self.config.sslmode)
 
     def _wait_usable(self, name: str, *, previous: str | None = None) -> Credential:
-        """Poll until the credential is active (with a new password after a rotation), within the retry budget."""
-        pauses = self._pauses()
+        """Poll until the credential has an active user (with a new password after a rotation),
+        within the retry budget; each state change goes to the operator's progress sink."""
+        wait = _Wait(self.ctx, self._sleep, f"heroku credential {name}")
         while True:
             info = self._info(name)
             if info is None:
+                wait.report("gone", done=True)
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} disappeared while waiting for it")
             credential = self._to_credential(info, name)
-            if credential is not None and (previous is None or credential.password.reveal() != previous):
+            ready = credential is not None and (previous is None or credential.password.reveal() != previous)
+            wait.report(_state_word(info), done=ready)
+            if ready:
                 return credential
-            state = info.get("state")
-            if not next(pauses):
+            if not wait.pause():
                 raise ProviderError(
-                    f"heroku data: credential {name} on {self.addon_name} is still {state!r} after "
+                    f"heroku data: credential {name} on {self.addon_name} is still {info.get('state')!r} after "
                     f"{self.ctx.retry.total_seconds:.0f}s; see `heroku pg:credentials {self.addon_name} -a {self.app}` "
                     f"and run again")
-
-    def _pauses(self) -> Iterator[bool]:
-        """Sleep before each new look, doubling up to _POLL_MAX; False once the retry budget is spent.
-        The budget counts the larger of the time we chose to wait and the wall time, so it holds
-        whatever `sleep` does."""
-        budget = self.ctx.retry.total_seconds
-        started, waited, delay = time.monotonic(), 0.0, _POLL_FIRST
-        while True:
-            remaining = budget - max(waited, time.monotonic() - started)
-            if remaining <= 0:
-                yield False
-                return
-            pause = min(delay, remaining)
-            log.debug("heroku data: looking again in %.1fs", pause)
-            self._sleep(pause)
-            waited += pause
-            delay = min(delay * 2, _POLL_MAX)
-            yield True
 
     def credential(self, name: str) -> Credential | None:
         info = self._info(name, reuse=True)
@@ -527,7 +573,7 @@ class HerokuDatabase:
         if info is None:
             raise ProviderError(f"heroku data: no credential {name} on {self.addon_name} to rotate")
         current = self._to_credential(info, name)
-        self._write("POST", self._credentials_path(name) + "/credentials_rotation", json={})
+        self._write("POST", self._credentials_path(name) + "/credentials_rotation", json={}, headers=self.api.basic_auth())
         log.info("heroku data: rotation of %s on %s started", name, self.addon_name)
         return self._wait_usable(name, previous=current.password.reveal() if current and current.password else None)
 
@@ -552,11 +598,53 @@ class HerokuDatabase:
         self._wait_gone(name)
 
     def _wait_gone(self, name: str) -> None:
-        pauses = self._pauses()
+        wait = _Wait(self.ctx, self._sleep, f"heroku credential {name} removal")
         while (info := self._info(name)) is not None:
-            if not next(pauses):
+            wait.report(_state_word(info))
+            if not wait.pause():
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} is still {info.get('state')!r} "
                                     f"{self.ctx.retry.total_seconds:.0f}s after it was destroyed")
+        wait.report("gone", done=True)
+
+
+def _state_word(info: Mapping[str, Any]) -> str:
+    """`provisioning (raptor_app: enabling)`: the store's state and each user's, never a password."""
+    users = ", ".join(f"{c.get('user')}: {c.get('state')}" for c in info.get("credentials") or [])
+    return f"{info.get('state')}" + (f" ({users})" if users else "")
+
+
+class _Wait:
+    """One bounded platform wait: pauses doubling from _POLL_FIRST up to _POLL_MAX, within the
+    retry budget, and a Progress event on each change of state.
+
+    The budget counts the larger of the time we chose to wait and the wall time, so it holds
+    whatever `sleep` does."""
+
+    def __init__(self, ctx: OpenContext, sleep: Callable[[float], None], what: str) -> None:
+        self.ctx, self.sleep, self.what = ctx, sleep, what
+        self.budget = ctx.retry.total_seconds
+        self.started, self.waited, self.delay = time.monotonic(), 0.0, _POLL_FIRST
+        self.last: str | None = None
+
+    def remaining(self) -> float:
+        return max(0.0, self.budget - max(self.waited, time.monotonic() - self.started))
+
+    def report(self, state: str, *, done: bool = False) -> None:
+        if state != self.last or done:
+            self.last = state
+            self.ctx.progress(Progress(self.what, state, remaining=None if done else self.remaining(), done=done))
+
+    def pause(self) -> bool:
+        """Sleep before the next look; False (without sleeping) once the budget is spent."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            return False
+        pause = min(self.delay, remaining)
+        log.debug("%s: looking again in %.1fs", self.what, pause)
+        self.sleep(pause)
+        self.waited += pause
+        self.delay = min(self.delay * 2, _POLL_MAX)
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
