@@ -114,6 +114,10 @@ class HerokuAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="heroku app")
     platform: Literal["heroku"] = "heroku"
     name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag")
+    connection_pooling: bool = Field(
+        default=False,
+        description="attach the role's credential through Heroku's connection pooling (PgBouncer on the database "
+                    "server, transaction mode): the URL variable then holds the pooled URL, which verify logs in through")
     # the database block's add-on, when it is on Heroku too: what attach_url attaches
     _addon: str | None = PrivateAttr(default=None)
     _addon_app: str | None = PrivateAttr(default=None)
@@ -129,6 +133,8 @@ class HerokuAppConfig(BaseModel):
         if isinstance(db, dict) and db.get("provider") == "heroku":
             self._addon = db.get("addon") or "DATABASE"
             self._addon_app = db.get("app") or self.name
+        elif self.connection_pooling:
+            raise ValueError("connection_pooling is Heroku Postgres's: it needs the database block on provider: heroku")
         return self
 
     def open(self, ctx: OpenContext) -> "HerokuApp":
@@ -328,14 +334,14 @@ class HerokuApi:
         path = f"/addons/{_q(addon_id)}"
         return _json(self.platform.request("GET", path), path), found
 
-    def addon_id(self, app: str, ref: str) -> str:
-        """Only the id of the add-on `ref` names: an attachment already carries it, so the add-on
-        itself (plan, state) is not read again."""
+    def addon_ref(self, app: str, ref: str) -> dict[str, str]:
+        """Only the id and name of the add-on `ref` names: an attachment already carries them, so
+        the add-on itself (plan, state) is not read again."""
         found, is_attachment = self._named(app, ref)
-        addon_id = (found.get("addon") or {}).get("id") if is_attachment else found.get("id")
-        if not addon_id:
+        addon = (found.get("addon") or {}) if is_attachment else found
+        if not addon.get("id"):
             raise ProviderError(f"heroku: {ref} on {app} names no add-on")
-        return str(addon_id)
+        return {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
 
 
 class _Reads:
@@ -582,8 +588,7 @@ class HerokuDatabase:
             raise ConfigError("heroku: the default credential is the owner's and cannot be destroyed")
         addon = self._supported()
         path = f"/addons/{_q(str(addon['id']))}/addon-attachments"
-        attached = [a for a in _json(self.api.platform.request("GET", path), path)
-                    if a.get("namespace") == f"credential:{name}"]
+        attached = [a for a in _json(self.api.platform.request("GET", path), path) if _ours(a, None, name)]
         if attached:
             where = ", ".join(f"{a['name']} on {(a.get('app') or {}).get('name')}" for a in attached)
             first = attached[0]
@@ -662,7 +667,7 @@ class HerokuApp:
         self.ctx = ctx
         self.name = config.name
         self.api = HerokuApi(ctx, budget=budget, sleep=sleep)
-        self._addon_id: str | None = None
+        self._addon_ref: dict[str, str] | None = None
         self._reads = _Reads(self.api)
 
     def close(self) -> None:
@@ -676,8 +681,7 @@ class HerokuApp:
         return f"/apps/{_q(self.name)}/config-vars"
 
     def get_config(self, keys: list[str]) -> dict[str, str | None]:
-        path = self._config_path()
-        values = self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+        values = self._config_values()
         return {k: values.get(k) for k in keys}
 
     def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -701,41 +705,178 @@ class HerokuApp:
         self._write("DELETE", f"/apps/{_q(self.name)}/dynos")
         log.info("heroku: dynos of %s restarted", self.name)
 
-    def _addon(self) -> str | None:
-        if self._addon_id is None and self.config._addon:
-            self._addon_id = self.api.addon_id(self.config._addon_app or self.name, self.config._addon)
-        return self._addon_id
+    def _addon(self) -> dict[str, str] | None:
+        """The database block's add-on ({id, name}), when the database is on Heroku too."""
+        if self._addon_ref is None and self.config._addon:
+            self._addon_ref = self.api.addon_ref(self.config._addon_app or self.name, self.config._addon)
+        return self._addon_ref
 
     def _attachment(self, attachment_name: str) -> dict[str, Any] | None:
         path = f"/apps/{_q(self.name)}/addon-attachments/{_q(attachment_name)}"
         r = self.api.platform.request("GET", path, allow=(404,))
         return None if r.status_code == 404 else _json(r, path)
 
+    def _attachments(self, path: str) -> list[dict[str, Any]]:
+        # the variables each attachment sets come only with Accept-Inclusion, as the CLI asks for
+        # them (@heroku/heroku-cli-util dist/utils/addons/attachment-resolver.js)
+        return _json(self.api.platform.request("GET", path, headers={"Accept-Inclusion": "addon:plan,config_vars"}), path)
+
+    def _config_values(self) -> dict[str, str]:
+        path = self._config_path()
+        return self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+
     def attach_url(self, credential: Credential, var: str) -> bool:
-        """Attach the add-on with namespace credential:{name} as `var` minus _URL: Heroku then sets
-        `var` and keeps it current through rotations. False when the database is not on Heroku."""
+        """Attach the add-on for credential {name} as `var` minus _URL: Heroku then sets `var` and
+        keeps it current through rotations (with `connection_pooling`, to the pooled URL). False
+        when the database is not on Heroku.
+
+        The Platform API answers a name whose variable is taken with 423 confirmation_required,
+        and `confirm` replaces whatever holds it (dist/commands/addons/attach.js with
+        lib/addons/util.js `trapConfirmationRequired`). So confirm is sent only when the holder
+        is provably ours: an attachment of this add-on for this credential, or a plain config var
+        whose URL names this role on this add-on's host (the hand-run runbook's step 3). Anything
+        else is refused before any change, naming the holder and the fix."""
         if not var.endswith("_URL") or len(var) <= 4 or not self.config._addon:
             return False
-        name, namespace = var[:-4], f"credential:{credential.name}"
-        addon_id = self._addon()
-        existing = self._attachment(name)
-        if existing and (existing.get("addon") or {}).get("id") == addon_id and existing.get("namespace") == namespace:
+        name, addon = var[:-4], self._addon()
+        if addon is None:
+            return False
+        wanted = f"{_POOLED if self.config.connection_pooling else _DIRECT}:{credential.name}"
+        attachments = self._attachments(f"/apps/{_q(self.name)}/addon-attachments")
+        holders = [a for a in attachments if a.get("name") == name or var in (a.get("config_vars") or [])]
+        mine = [a for a in holders if a.get("name") == name and _ours(a, addon["id"], credential.name)]
+        others = [a for a in holders if a not in mine]
+        if others:
+            raise Refused(self._held_by(others[0], var, credential, addon))
+        if any(a.get("namespace") == wanted for a in mine):
             return True
-        # confirm: replace an attachment of that name (a stale one, or the plain var a run without attachments set)
-        self._write("POST", "/addon-attachments", json={
-            "addon": addon_id, "app": self.name, "name": name, "namespace": namespace, "confirm": self.name})
-        log.info("heroku: %s attached to %s as %s", namespace, self.name, var)
+        plain = None if mine else self._config_values().get(var)
+        if plain is not None and not self._names_role(plain, credential, addon, attachments):
+            raise Refused(
+                f"heroku: {var} on {self.name} is a config var set by hand ({_describe_url(plain)}), not a URL of "
+                f"credential {credential.name} on {addon['name']}; pg-runbook will not overwrite it. Unset it "
+                f"(heroku config:unset {var} -a {self.name}) or choose another url_var")
+        if self.config.connection_pooling:
+            self._attach_pooled(credential, name, addon, mine, adopt=plain is not None)
+        else:
+            body: dict[str, Any] = {"addon": addon["id"], "app": self.name, "name": name, "namespace": wanted}
+            if mine or plain is not None:
+                body["confirm"] = self.name      # replaces only what was proven ours above
+            r = self._write("POST", "/addon-attachments", json=body, allow=(423,))
+            if r.status_code == 423:
+                # taken between our look and the POST: someone else's, by the rule above
+                raise Refused(f"heroku: {var} on {self.name} was taken while pg-runbook attached it "
+                              f"({heroku_error(r)}); nothing was changed, run again to see who holds it")
+        log.info("heroku: %s of %s attached to %s as %s%s", wanted, addon["name"], self.name, var, self._release_note())
         return True
+
+    def _attach_pooled(self, credential: Credential, name: str, addon: Mapping[str, str],
+                       mine: list[dict[str, Any]], *, adopt: bool) -> None:
+        """`heroku pg:connection-pooling:attach` for this credential: the Data API call the CLI
+        makes (dist/commands/pg/connection-pooling/attach.js: POST /client/v11/databases/{name}/
+        connection-pooling {app, credential, name}, Bearer). The CLI sends credential 'default'
+        only; the API takes a credential's name there. That call has no confirm, so what held the
+        name (ours, proven by attach_url) is removed first; a rerun after a failure in between
+        finds the name free and converges."""
+        for old in mine:
+            self._write("DELETE", f"/addon-attachments/{_q(str(old['id']))}", allow=(404,))
+        if adopt:
+            self._patch({f"{name}_URL": None})
+        path = f"/client/v11/databases/{_q(addon['name'])}/connection-pooling"
+        self.api.write(self.api.data, "POST", path, json={"app": self.name, "credential": credential.name, "name": name})
+
+    def _release_note(self) -> str:
+        """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the
+        latest release: dist/commands/addons/attach.js); empty when Heroku does not say."""
+        path = f"/apps/{_q(self.name)}/releases"
+        r = self.api.platform.request("GET", path, headers={"Range": "version ..; max=1, order=desc"}, allow=(206,))
+        releases = _json(r, path)
+        version = releases[0].get("version") if isinstance(releases, list) and releases and isinstance(releases[0], dict) else None
+        return f" (release v{version} restarts the dynos)" if version is not None else ""
+
+    def _held_by(self, holder: Mapping[str, Any], var: str, credential: Credential, addon: Mapping[str, str]) -> str:
+        holder_addon = holder.get("addon") or {}
+        if holder_addon.get("id") == addon["id"]:
+            namespace = holder.get("namespace")
+            whose = f"its {namespace}" if namespace else "its owner (default) credential"
+            what = f"attachment {holder.get('name')} of {addon['name']} for {whose}"
+        else:
+            what = f"attachment {holder.get('name')} of another add-on, {holder_addon.get('name')}"
+        return (f"heroku: {var} on {self.name} is set by {what}; pg-runbook replaces only its own attachment of "
+                f"credential {credential.name}. Choose another url_var, or detach it first: "
+                f"heroku addons:detach {holder.get('name')} -a {self.name}")
+
+    def _names_role(self, value: str, credential: Credential, addon: Mapping[str, str],
+                    attachments: list[dict[str, Any]]) -> bool:
+        """Does `value` log in as this credential on this add-on? Its user must be the
+        credential's, and its host, port and database those of a URL Heroku set for this add-on
+        (one of the add-on's attachment variables: the hand-run runbook copied the URL from there)."""
+        parts = _url_parts(value)
+        if parts is None or parts[0] not in (credential.user, credential.name):
+            return False
+        return parts[1:] in self._addon_endpoints(addon, attachments)
+
+    def _addon_endpoints(self, addon: Mapping[str, str], attachments: list[dict[str, Any]]) -> set[tuple[str, int, str]]:
+        """(host, port, database) of every URL Heroku set for this add-on on this app, else on the
+        add-on's own app."""
+        def endpoints(atts: list[dict[str, Any]], values: Mapping[str, str]) -> set[tuple[str, int, str]]:
+            found = set()
+            for a in atts:
+                if (a.get("addon") or {}).get("id") == addon["id"]:
+                    for v in a.get("config_vars") or []:
+                        parts = _url_parts(values.get(v) or "")
+                        if parts is not None:
+                            found.add(parts[1:])
+            return found
+
+        here = endpoints(attachments, self._config_values())
+        home = self.config._addon_app or self.name
+        if here or home == self.name:
+            return here
+        path = f"/apps/{_q(home)}/config-vars"
+        return endpoints(self._attachments(f"/apps/{_q(home)}/addon-attachments"),
+                         _json(self.api.platform.request("GET", path), path))
 
     def detach_url(self, credential_name: str, var: str) -> bool:
         if not var.endswith("_URL") or len(var) <= 4:
             return False
         existing = self._attachment(var[:-4])
-        if not existing or existing.get("namespace") != f"credential:{credential_name}":
-            return False
-        addon_id = self._addon()
-        if addon_id and (existing.get("addon") or {}).get("id") != addon_id:
+        addon = self._addon()
+        if not existing or not _ours(existing, addon["id"] if addon else None, credential_name):
             return False
         self._write("DELETE", f"/addon-attachments/{_q(str(existing['id']))}", allow=(404,))
-        log.info("heroku: credential:%s detached from %s (%s removed)", credential_name, self.name, var)
+        log.info("heroku: %s detached from %s (%s removed)", existing.get("namespace"), self.name, var)
         return True
+
+
+# the namespaces of a credential's attachments: direct, and through Heroku's connection pooling
+# (dist/commands/pg/promote.js re-attaches a pooler as namespace connection-pooling:default)
+_DIRECT, _POOLED = "credential", "connection-pooling"
+
+
+def _ours(attachment: Mapping[str, Any], addon_id: str | None, credential_name: str) -> bool:
+    """An attachment of this add-on (when known) for this credential, direct or pooled."""
+    namespace = attachment.get("namespace")
+    if namespace not in (f"{_DIRECT}:{credential_name}", f"{_POOLED}:{credential_name}"):
+        return False
+    return addon_id is None or (attachment.get("addon") or {}).get("id") == addon_id
+
+
+def _url_parts(value: str) -> tuple[str, str, int, str] | None:
+    """(user, host, port, database) of a postgres URL, None for anything else."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port or 5432
+    except ValueError:
+        return None
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or not parts.username:
+        return None
+    return unquote(parts.username), parts.hostname.lower(), port, unquote(parts.path.lstrip("/"))
+
+
+def _describe_url(value: str) -> str:
+    """What a hand-set value names, without its password (or anything, when it is no URL)."""
+    parts = _url_parts(value)
+    if parts is None:
+        return "not a postgres URL"
+    return mask_url(f"postgres://{quote(parts[0], safe='')}:x@{parts[1]}:{parts[2]}/{quote(parts[3], safe='')}")

@@ -671,8 +671,8 @@ class FakeHeroku:
                 cred = addon.credentials.get(name)
                 if cred is None or cred.pending == "destroy":
                     raise ApiError(404, "not_found", f"Couldn't find credential {name} on {addon.name}.")
-                apps = sorted({a.app for a in self._attachments.values()
-                               if a.addon_id == addon.id and a.namespace == f"credential:{name}"})
+                apps = sorted({a.app for a in self._attachments.values() if a.addon_id == addon.id
+                               and a.namespace in (f"credential:{name}", f"connection-pooling:{name}")})
                 if apps:
                     raise ApiError(422, "unprocessable_entity",
                                    f"Credential {name} must be detached from the app{'s' if len(apps) > 1 else ''} "
@@ -690,7 +690,7 @@ class FakeHeroku:
                 self._rotate_role(cred)
                 cred.state, cred.pending, cred.polls = "rotating", "rotate", self.rotation_polls
                 for att in self._attachments.values():
-                    if att.addon_id == addon.id and att.namespace == f"credential:{name}":
+                    if att.addon_id == addon.id and att.namespace in (f"credential:{name}", f"connection-pooling:{name}"):
                         self._config[att.app][f"{att.name}_URL"] = self._value_for(att)
                         self._release(att.app)
                 return 200, {"message": f"Rotating credential {name} on {addon.name}."}
