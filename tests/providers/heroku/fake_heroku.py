@@ -27,6 +27,10 @@ base URLs gets 404s) share one state and one request log, backed by a real Postg
   attaches a credential through the pooler: namespace `connection-pooling:{credential}`, and
   `{NAME}_URL` names the pooler's address (`pooler`: (host, port), e.g. a real PgBouncer).
 
+`shared_port=True` serves both APIs on one port, told apart by path (/postgres/…, /client/… are
+the Data API's), the way the Heroku CLI reaches them: HEROKU_DATA_HOST takes HEROKU_HOST's scheme
+and port (`cli_environ()`), so the real `heroku` client can be pointed at this fake.
+
 Every request is recorded (`requests`) so tests assert exact paths, headers and bodies. Faults are
 injected with `inject()`: 429 with Retry-After, 500/503, an arbitrary error status, a slow
 response (read timeout), a dropped connection. `latency` adds per-request delay, and `rate_limit`
@@ -56,6 +60,8 @@ from psycopg import sql
 from tests.providers.loopback import Dropped, LoopbackServer, Request
 
 ACCEPT = "application/vnd.heroku+json; version=3"
+# the API variants the CLI also sends (3.sdk: @heroku/heroku-cli-util's resolvers)
+ACCEPTED = (ACCEPT, "application/vnd.heroku+json; version=3.sdk")
 DEFAULT_TOKEN = "fake-heroku-token-0123456789"
 _NOW = "2025-01-01T00:00:00Z"
 
@@ -127,7 +133,7 @@ class FakeHeroku:
                  rate_limit: int | None = None, rate_window_seconds: float = 3600.0,
                  provision_polls: int = 1, rotation_polls: int = 1, revoke_polls: int = 1,
                  store_lag: int = 0, ready_state: str = "active",
-                 pooler: tuple[str, int] | None = None) -> None:
+                 pooler: tuple[str, int] | None = None, shared_port: bool = False) -> None:
         """admin_dsn: a superuser conninfo for `database` (None: no PostgreSQL behind, for pure HTTP
         benchmarks; credentials then exist only in the fake). host/port: where apps reach the
         server; advertised_*: what the APIs report instead (to exercise `connect:` overrides).
@@ -163,7 +169,7 @@ class FakeHeroku:
         self._faults: list[Fault] = []
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.RLock()
-        self._apis = {api: _Api(self, api) for api in ("platform", "data")}
+        self._apis = {"shared": _Api(self, "shared")} if shared_port else {api: _Api(self, api) for api in ("platform", "data")}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -189,11 +195,18 @@ class FakeHeroku:
 
     @property
     def platform_url(self) -> str:
-        return self._apis["platform"].url
+        return (self._apis.get("platform") or self._apis["shared"]).url
 
     @property
     def data_url(self) -> str:
-        return self._apis["data"].url
+        return (self._apis.get("data") or self._apis["shared"]).url
+
+    def cli_environ(self) -> dict[str, str]:
+        """The Heroku CLI's own variables for this fake (shared_port only: the CLI reaches the
+        Data API on HEROKU_HOST's port)."""
+        if "shared" not in self._apis:
+            raise ValueError("the Heroku CLI needs both APIs on one port: FakeHeroku(shared_port=True)")
+        return {"HEROKU_API_KEY": self.token, "HEROKU_HOST": self.platform_url, "HEROKU_DATA_HOST": "127.0.0.1"}
 
     def environ(self) -> dict[str, str]:
         """The environment a client needs to talk to this fake."""
@@ -482,7 +495,7 @@ class FakeHeroku:
             record.fault = "rate_limit"
             return 429, {"id": "rate_limit", "message": "Your account reached the API rate limit\nPlease wait a few minutes before making new requests"}, {
                 **extra, "Retry-After": _num(retry_after)}
-        if api == "platform" and record.header("Accept") != ACCEPT:
+        if api == "platform" and record.header("Accept") not in ACCEPTED:
             return 400, {"id": "missing_version", "message": f"Please specify a version along with Heroku's API MIME type. For example, `Accept: {ACCEPT}`."}, extra
         fault = self._take_fault(api, record.method, record.path)
         if fault is not None:
@@ -541,6 +554,16 @@ class FakeHeroku:
                 return 200, [self._attachment_json(a, include) for a in self._attachments.values() if a.addon_id == addon.id]
             case "GET", ["apps", app, "releases"]:
                 return self._releases(self._find_app(app), headers.get("range"))
+            case "POST", ["actions", "addon-attachments", "resolve"]:
+                return 200, self._resolve(body, include)
+            case "GET", ["addons", ref, "config", namespace]:
+                # the credential's config as `heroku addons:attach --credential` checks it exists
+                addon = self._find_addon(ref)
+                kind, _, cred_name = namespace.partition(":")
+                cred = addon.credentials.get(cred_name) if kind == "credential" else None
+                if cred is None or not cred.role_created:
+                    return 200, []
+                return 200, [{"name": "URL", "value": self._url(cred.name, cred.password)}]
             case "POST", ["addon-attachments"]:
                 return 201, self._create_attachment(body)
             case "DELETE", ["addon-attachments", ref]:
@@ -576,6 +599,19 @@ class FakeHeroku:
                 raise ApiError(422, "invalid_params", f"Could not find credential {cred_name} for database {addon.name}.")
         name = body.get("name") or f"HEROKU_POSTGRESQL_{secrets.token_hex(2).upper()}"
         return self._attachment_json(self._attach_named(addon, app, str(name), namespace, body.get("confirm")))
+
+    def _resolve(self, body: Any, include: str | None) -> list[dict[str, Any]]:
+        """POST /actions/addon-attachments/resolve: the app's attachments named `addon_attachment`,
+        or of the add-on of that name/id (@heroku/heroku-cli-util dist/utils/addons/attachment-resolver.js)."""
+        if not isinstance(body, dict) or not isinstance(body.get("addon_attachment"), str):
+            raise ApiError(422, "invalid_params", "Missing required params: addon_attachment.")
+        ref = body["addon_attachment"]
+        app = self._find_app(str(body["app"])) if body.get("app") else None
+        found = [a for a in self._attachments.values() if (app is None or a.app == app) and (
+            ref in (a.name, a.id) or ref in (self._addons[a.addon_id].name, a.addon_id))]
+        if not found:
+            raise ApiError(404, "not_found", "Couldn't find that add on attachment.")
+        return [self._attachment_json(a, include) for a in found]
 
     def _attach_named(self, addon: _Addon, app: str, name: str, namespace: str | None, confirm: Any) -> _Attachment:
         """Attach as `name`, after the checks the Platform API makes: a valid name, and a name
@@ -769,7 +805,11 @@ class _Api(LoopbackServer):
         self.fake = fake
 
     def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        status, payload, extra = self.fake.answer(self.name, request)
+        api = self.name
+        if api == "shared":
+            api = "data" if request.path.startswith(("/postgres/", "/client/")) else "platform"
+            request.api = api
+        status, payload, extra = self.fake.answer(api, request)
         return status, payload, {"Request-Id": str(uuid.uuid4()), **extra}
 
 
