@@ -181,17 +181,26 @@ def test_unsafe_or_malformed_hosts_are_refused(environ, message):
     assert err.value.message.startswith(message)
 
 
-def test_the_clis_variables_alone_reach_the_fake(bare_fake, tmp_path, sleeps):
-    """HEROKU_HOST for the Platform API; the Data API through the tool's own variable, since the
-    fake serves it on its own port (HEROKU_DATA_HOST would take HEROKU_HOST's)."""
-    environ = {"HEROKU_API_KEY": bare_fake.token, "HEROKU_HOST": bare_fake.platform_url,
-               "HEROKU_DATA_API_URL": bare_fake.data_url, "HOME": str(tmp_path)}
+def test_the_clis_variables_alone_reach_the_fake(tmp_path, sleeps):
+    """HEROKU_HOST and HEROKU_DATA_HOST exactly as the Heroku CLI is pointed at this fake (both APIs
+    on HEROKU_HOST's port): the tool reaches both APIs, each with its own scheme of auth."""
     from tests.providers.conftest import fake_context
-    ctx = fake_context(environ, tmp_path, app_name="raxx")
-    db = HerokuDatabase(database_config(), ctx, budget=quick_budget(), sleep=sleeps)
+    from tests.providers.heroku.fake_heroku import FakeHeroku
+
+    fake = FakeHeroku(admin_dsn=None, database="d1abc", port=5432, shared_port=True).start()
     try:
-        assert db.describe().plan == "heroku-postgresql:standard-0"
-        assert db.credential("nobody") is None
+        fake.add_addon(APP, owner="u1owner", name=ADDON)
+        fake.create_credential(ADDON, "raxx_app")
+        environ = {**fake.cli_environ(), "HOME": str(tmp_path)}
+        assert set(environ) == {"HEROKU_API_KEY", "HEROKU_HOST", "HEROKU_DATA_HOST", "HOME"}
+        db = HerokuDatabase(database_config(), fake_context(environ, tmp_path, app_name="raxx"),
+                            budget=quick_budget(), sleep=sleeps)
+        try:
+            assert db.describe().plan == "heroku-postgresql:standard-0"
+            assert db.credential("raxx_app").user == "raxx_app"
+        finally:
+            db.close()
+        assert {r.api for r in fake.requests} == {"platform", "data"}
+        assert fake.auth_rejections == [] and fake.errors == []
     finally:
-        db.close()
-    assert {r.api for r in bare_fake.requests} == {"platform", "data"}
+        fake.stop()
