@@ -550,7 +550,11 @@ class HerokuDatabase:
                 wait.report("gone", done=True)
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} disappeared while waiting for it")
             credential = self._to_credential(info, name)
-            ready = credential is not None and (previous is None or credential.password.reveal() != previous)
+            ready = credential is not None and (previous is None or (
+                credential.password.reveal() != previous
+                # mid-rotation the active user can be a temporary one (`{name}-rotating` in the CLI's
+                # fixtures, test/unit/commands/pg/credentials.unit.test.ts): wait for the credential's own
+                and (credential.user == name or info.get("state") != "rotating")))
             wait.report(_state_word(info), done=ready)
             if ready:
                 return credential

@@ -103,6 +103,7 @@ class _Credential:
     pending: str | None = None       # "create" | "rotate" | "destroy"
     role_created: bool = False
     lag: int = 0                     # looks left in `provisioning` after the user became active
+    old_password: str = ""           # the password before the rotation in progress
 
 
 @dataclass
@@ -133,14 +134,17 @@ class FakeHeroku:
                  rate_limit: int | None = None, rate_window_seconds: float = 3600.0,
                  provision_polls: int = 1, rotation_polls: int = 1, revoke_polls: int = 1,
                  store_lag: int = 0, ready_state: str = "active",
-                 pooler: tuple[str, int] | None = None, shared_port: bool = False) -> None:
+                 pooler: tuple[str, int] | None = None, shared_port: bool = False,
+                 rotation_user: bool = False) -> None:
         """admin_dsn: a superuser conninfo for `database` (None: no PostgreSQL behind, for pure HTTP
         benchmarks; credentials then exist only in the fake). host/port: where apps reach the
         server; advertised_*: what the APIs report instead (to exercise `connect:` overrides).
         latency: seconds added to every request. rate_limit: requests per token per
         rate_window_seconds (a refilling bucket); None: unlimited. store_lag: looks for which a
         new credential stays `provisioning` after its user is active; ready_state: its state after
-        that. pooler: (host, port) that connection-pooling URLs name; None: pooling unavailable."""
+        that. pooler: (host, port) that connection-pooling URLs name; None: pooling unavailable.
+        rotation_user: while a rotation runs, the active user is a temporary `{name}-rotating`
+        and the credential's own user is `revoking` (the CLI's fixtures; no database role behind it)."""
         self.admin_dsn = admin_dsn
         self.database = database
         self.pg_host, self.pg_port = host, port
@@ -153,6 +157,7 @@ class FakeHeroku:
         self.rate_window_seconds = rate_window_seconds
         self.provision_polls, self.rotation_polls, self.revoke_polls = provision_polls, rotation_polls, revoke_polls
         self.store_lag, self.ready_state = store_lag, ready_state
+        self.rotation_user = rotation_user
         self.pooler = pooler
         self.auth_rejections: list[str] = []   # "METHOD path: wanted Basic" for each call sent with the wrong scheme
         self.release_log: dict[str, list[dict[str, Any]]] = {}
@@ -364,6 +369,9 @@ class FakeHeroku:
         live = cred.role_created and cred.state not in ("revoking",) and cred.pending != "create"
         users = [{"user": cred.name, "password": cred.password, "connections": 0,
                   "state": "active" if live else "revoking" if cred.state == "revoking" else "enabling"}]
+        if self.rotation_user and cred.pending == "rotate":
+            users = [{"user": cred.name, "password": cred.old_password, "connections": 0, "state": "revoking"},
+                     {"user": f"{cred.name}-rotating", "password": cred.password, "connections": 0, "state": "active"}]
         return {"uuid": cred.uuid, "name": cred.name, "state": cred.state, "database": self.database,
                 "host": self.advertised_host, "port": self.advertised_port, "credentials": users}
 
@@ -722,7 +730,7 @@ class FakeHeroku:
                     raise ApiError(404 if cred is None else 422, "not_found" if cred is None else "unprocessable_entity",
                                    f"Couldn't find credential {name} on {addon.name}." if cred is None
                                    else f"Credential {name} is {cred.state}; try again later.")
-                cred.password = self._password()
+                cred.old_password, cred.password = cred.password, self._password()
                 self._rotate_role(cred)
                 cred.state, cred.pending, cred.polls = "rotating", "rotate", self.rotation_polls
                 for att in self._attachments.values():

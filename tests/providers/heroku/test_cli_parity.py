@@ -95,6 +95,22 @@ def test_destroy_reports_its_wait_until_gone(fake, pg, tmp_path, sleeps):
         (f"heroku credential {role} removal", "gone", True)]
 
 
+def test_a_rotation_waits_past_the_temporary_rotation_user(bare_fake, tmp_path, sleeps):
+    # the CLI's fixture: state `rotating`, {name} revoking, {name}-rotating active
+    bare_fake.rotation_user, bare_fake.rotation_polls = True, 2
+    bare_fake.create_credential(ADDON, "raxx_app", "pw-before")
+    events: list[Progress] = []
+    db = _open(bare_fake, tmp_path, sleeps, events)
+    try:
+        cred = db.rotate("raxx_app")
+    finally:
+        db.close()
+    assert cred.user == "raxx_app" and cred.password.reveal() not in ("pw-before", "")
+    assert [e.state for e in events] == [
+        "rotating (raxx_app: revoking, raxx_app-rotating: active)", "active (raxx_app: active)"]
+    assert sleeps == [0.1, 0.2]
+
+
 # -- item 3: the auth scheme per Data API call -------------------------------------------------
 
 
