@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -75,6 +76,16 @@ class HerokuDatabaseConfig(BaseModel):
     app: str = Field(default="", description="the app the add-on is attached to (default: the app block's name)")
     connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of what Heroku reports")
     sslmode: SslMode = Field(default="require", description="sslmode of the owner URL and the app URL")
+
+    # the app block's Heroku app (when it is on Heroku): where preflight looks at the URL variable
+    _app_block: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _app_side(self, info: ValidationInfo) -> "HerokuDatabaseConfig":
+        app_block = (info.context or {}).get("app") or {}
+        if isinstance(app_block, dict) and app_block.get("platform") == "heroku" and app_block.get("name"):
+            self._app_block = str(app_block["name"])
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -479,10 +490,15 @@ class HerokuDatabase:
         # asked for three times before the first step (run, state store, preflight)
         return self._reads.get("admin_dsn", self._read_admin_dsn)
 
+    def _config_vars(self) -> Mapping[str, str]:
+        """The add-on's app's config vars, read once until the next write (the owner's URL and
+        preflight's look at the URL variable share the answer)."""
+        path = f"/apps/{_q(self.app)}/config-vars"
+        return self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+
     def _read_admin_dsn(self) -> Secret:
         var = self.admin_var()
-        path = f"/apps/{_q(self.app)}/config-vars"
-        url = _json(self.api.platform.request("GET", path), path).get(var)
+        url = self._config_vars().get(var)
         if not url:
             raise ProviderError(f"heroku: config var {var} is not set on {self.app}")
         return Secret(_with_address(url, self.config.connect, self.config.sslmode))
@@ -494,7 +510,26 @@ class HerokuDatabase:
         if row and row[0] != row[1]:
             return [f"the admin connection logs in as {row[0]}, but the database belongs to {row[1]}: grants and "
                     f"default privileges need the owner; point database.addon at the add-on's default attachment"]
-        return []
+        return self._url_var_problems()
+
+    def _url_var_problems(self) -> list[str]:
+        """Before a run creates the credential, the URL variable it will be attached as must not be
+        someone else's: refused here, before any change, rather than at the url step after the
+        credential and grants. (Once the credential exists the url step refuses on its own, and a
+        retire is not held up by a variable it will not touch.)"""
+        var, role, app = self.ctx.url_var, self.ctx.role_name, self.config._app_block
+        if not (app and role and var.endswith("_URL") and len(var) > 4) or self.credential(role) is not None:
+            return []
+        addon = self._resolve()
+        ref = {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
+        if app == self.app:
+            config = self._config_vars()
+        else:
+            path = f"/apps/{_q(app)}/config-vars"
+            config = _json(self.api.platform.request("GET", path), path)
+        # a Heroku credential's user is its name (dist/commands/pg/credentials/url.js fixtures)
+        holding = UrlVar(self.api, app, ref, self.app, lambda: config).holding(var, role, role)
+        return [holding.refusal] if holding.refusal else []
 
     def credential_for(self, user: str, password: Secret | None) -> Credential:
         from psycopg.conninfo import conninfo_to_dict
@@ -678,8 +713,11 @@ class HerokuApp:
         self.api.close()
 
     def describe(self) -> dict[str, str]:
-        return {"heroku app": self.name, "config vars": f"{self.api.platform_url}/apps/{self.name}/config-vars",
-                "restart": "every config-var change restarts the dynos"}
+        described = {"heroku app": self.name, "config vars": f"{self.api.platform_url}/apps/{self.name}/config-vars",
+                     "restart": "every config-var change restarts the dynos"}
+        if self.config.connection_pooling:
+            described["url"] = "attached through Heroku's connection pooling (PgBouncer, transaction mode)"
+        return described
 
     def _config_path(self) -> str:
         return f"/apps/{_q(self.name)}/config-vars"
@@ -720,11 +758,6 @@ class HerokuApp:
         r = self.api.platform.request("GET", path, allow=(404,))
         return None if r.status_code == 404 else _json(r, path)
 
-    def _attachments(self, path: str) -> list[dict[str, Any]]:
-        # the variables each attachment sets come only with Accept-Inclusion, as the CLI asks for
-        # them (@heroku/heroku-cli-util dist/utils/addons/attachment-resolver.js)
-        return _json(self.api.platform.request("GET", path, headers={"Accept-Inclusion": "addon:plan,config_vars"}), path)
-
     def _config_values(self) -> dict[str, str]:
         path = self._config_path()
         return self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
@@ -746,20 +779,13 @@ class HerokuApp:
         if addon is None:
             return False
         wanted = f"{_POOLED if self.config.connection_pooling else _DIRECT}:{credential.name}"
-        attachments = self._attachments(f"/apps/{_q(self.name)}/addon-attachments")
-        holders = [a for a in attachments if a.get("name") == name or var in (a.get("config_vars") or [])]
-        mine = [a for a in holders if a.get("name") == name and _ours(a, addon["id"], credential.name)]
-        others = [a for a in holders if a not in mine]
-        if others:
-            raise Refused(self._held_by(others[0], var, credential, addon))
+        holding = UrlVar(self.api, self.name, addon, self.config._addon_app or self.name,
+                         self._config_values).holding(var, credential.name, credential.user)
+        if holding.refusal:
+            raise Refused(holding.refusal)
+        mine, plain = holding.mine, holding.plain
         if any(a.get("namespace") == wanted for a in mine):
             return True
-        plain = None if mine else self._config_values().get(var)
-        if plain is not None and not self._names_role(plain, credential, addon, attachments):
-            raise Refused(
-                f"heroku: {var} on {self.name} is a config var set by hand ({_describe_url(plain)}), not a URL of "
-                f"credential {credential.name} on {addon['name']}; pg-runbook will not overwrite it. Unset it "
-                f"(heroku config:unset {var} -a {self.name}) or choose another url_var")
         if self.config.connection_pooling:
             self._attach_pooled(credential, name, addon, mine, adopt=plain is not None)
         else:
@@ -767,7 +793,7 @@ class HerokuApp:
             if mine or plain is not None:
                 body["confirm"] = self.name      # replaces only what was proven ours above
             r = self._write("POST", "/addon-attachments", json=body, allow=(423,))
-            if r.status_code == 423:
+            if r.status_code == 423 and not self._landed(var, credential, addon, wanted):
                 # taken between our look and the POST: someone else's, by the rule above
                 raise Refused(f"heroku: {var} on {self.name} was taken while pg-runbook attached it "
                               f"({heroku_error(r)}); nothing was changed, run again to see who holds it")
@@ -787,59 +813,29 @@ class HerokuApp:
         if adopt:
             self._patch({f"{name}_URL": None})
         path = f"/client/v11/databases/{_q(addon['name'])}/connection-pooling"
-        self.api.write(self.api.data, "POST", path, json={"app": self.name, "credential": credential.name, "name": name})
+        r = self.api.write(self.api.data, "POST", path, json={"app": self.name, "credential": credential.name, "name": name},
+                           allow=(422, 423))
+        if r.status_code in (422, 423) and not self._landed(f"{name}_URL", credential, addon, f"{_POOLED}:{credential.name}"):
+            raise ProviderError(f"heroku data: POST {path} failed: {redact(heroku_error(r))}")
+
+    def _landed(self, var: str, credential: Credential, addon: Mapping[str, str], wanted: str) -> bool:
+        """After a refusal of a retried POST: did an earlier attempt, whose answer was lost, attach it?"""
+        holding = UrlVar(self.api, self.name, addon, self.config._addon_app or self.name,
+                         self._config_values).holding(var, credential.name, credential.user)
+        return any(a.get("namespace") == wanted for a in holding.mine)
 
     def _release_note(self) -> str:
         """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the
         latest release: dist/commands/addons/attach.js); empty when Heroku does not say."""
         path = f"/apps/{_q(self.name)}/releases"
-        r = self.api.platform.request("GET", path, headers={"Range": "version ..; max=1, order=desc"}, allow=(206,))
-        releases = _json(r, path)
+        try:
+            r = self.api.platform.request("GET", path, headers={"Range": "version ..; max=1, order=desc"}, allow=(206,))
+            releases = _json(r, path)
+        except ProviderError as exc:      # only for the log line: the attachment is made either way
+            log.debug("heroku: the latest release of %s is unknown (%s)", self.name, exc.message)
+            return ""
         version = releases[0].get("version") if isinstance(releases, list) and releases and isinstance(releases[0], dict) else None
         return f" (release v{version} restarts the dynos)" if version is not None else ""
-
-    def _held_by(self, holder: Mapping[str, Any], var: str, credential: Credential, addon: Mapping[str, str]) -> str:
-        holder_addon = holder.get("addon") or {}
-        if holder_addon.get("id") == addon["id"]:
-            namespace = holder.get("namespace")
-            whose = f"its {namespace}" if namespace else "its owner (default) credential"
-            what = f"attachment {holder.get('name')} of {addon['name']} for {whose}"
-        else:
-            what = f"attachment {holder.get('name')} of another add-on, {holder_addon.get('name')}"
-        return (f"heroku: {var} on {self.name} is set by {what}; pg-runbook replaces only its own attachment of "
-                f"credential {credential.name}. Choose another url_var, or detach it first: "
-                f"heroku addons:detach {holder.get('name')} -a {self.name}")
-
-    def _names_role(self, value: str, credential: Credential, addon: Mapping[str, str],
-                    attachments: list[dict[str, Any]]) -> bool:
-        """Does `value` log in as this credential on this add-on? Its user must be the
-        credential's, and its host, port and database those of a URL Heroku set for this add-on
-        (one of the add-on's attachment variables: the hand-run runbook copied the URL from there)."""
-        parts = _url_parts(value)
-        if parts is None or parts[0] not in (credential.user, credential.name):
-            return False
-        return parts[1:] in self._addon_endpoints(addon, attachments)
-
-    def _addon_endpoints(self, addon: Mapping[str, str], attachments: list[dict[str, Any]]) -> set[tuple[str, int, str]]:
-        """(host, port, database) of every URL Heroku set for this add-on on this app, else on the
-        add-on's own app."""
-        def endpoints(atts: list[dict[str, Any]], values: Mapping[str, str]) -> set[tuple[str, int, str]]:
-            found = set()
-            for a in atts:
-                if (a.get("addon") or {}).get("id") == addon["id"]:
-                    for v in a.get("config_vars") or []:
-                        parts = _url_parts(values.get(v) or "")
-                        if parts is not None:
-                            found.add(parts[1:])
-            return found
-
-        here = endpoints(attachments, self._config_values())
-        home = self.config._addon_app or self.name
-        if here or home == self.name:
-            return here
-        path = f"/apps/{_q(home)}/config-vars"
-        return endpoints(self._attachments(f"/apps/{_q(home)}/addon-attachments"),
-                         _json(self.api.platform.request("GET", path), path))
 
     def detach_url(self, credential_name: str, var: str) -> bool:
         if not var.endswith("_URL") or len(var) <= 4:
@@ -851,6 +847,87 @@ class HerokuApp:
         self._write("DELETE", f"/addon-attachments/{_q(str(existing['id']))}", allow=(404,))
         log.info("heroku: %s detached from %s (%s removed)", existing.get("namespace"), self.name, var)
         return True
+
+
+def _attachments(api: HerokuApi, path: str) -> list[dict[str, Any]]:
+    # the variables each attachment sets come only with Accept-Inclusion, as the CLI asks for
+    # them (@heroku/heroku-cli-util dist/utils/addons/attachment-resolver.js)
+    return _json(api.platform.request("GET", path, headers={"Accept-Inclusion": "addon:plan,config_vars"}), path)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Who holds an app's URL variable, as far as attaching a credential there goes."""
+
+    mine: list[dict[str, Any]]      # the credential's own attachments of this add-on under that name
+    plain: str | None               # a hand-set value proven to be the credential's URL (to adopt)
+    refusal: str | None             # held by someone else: why, and the fix
+
+
+class UrlVar:
+    """The holders of a URL variable on `app`, judged for credential `role` of `addon`
+    ({id, name}; its own app `home`). `config` reads the app's config vars."""
+
+    def __init__(self, api: HerokuApi, app: str, addon: Mapping[str, str], home: str,
+                 config: Callable[[], Mapping[str, str]]) -> None:
+        self.api, self.app, self.addon, self.home, self.config = api, app, addon, home, config
+
+    def holding(self, var: str, role: str, user: str) -> Holding:
+        name = var[:-4]
+        attachments = _attachments(self.api, f"/apps/{_q(self.app)}/addon-attachments")
+        holders = [a for a in attachments if a.get("name") == name or var in (a.get("config_vars") or [])]
+        mine = [a for a in holders if a.get("name") == name and _ours(a, self.addon["id"], role)]
+        others = [a for a in holders if a not in mine]
+        if others:
+            return Holding(mine, None, self._held_by(others[0], var, role))
+        plain = None if mine else self.config().get(var)
+        if plain is not None and not self._names_role(plain, role, user, attachments):
+            return Holding(mine, None, (
+                f"heroku: {var} on {self.app} is a config var set by hand ({_describe_url(plain)}), not a URL of "
+                f"credential {role} on {self.addon['name']}; pg-runbook will not overwrite it. Unset it "
+                f"(heroku config:unset {var} -a {self.app}) or choose another url_var"))
+        return Holding(mine, plain, None)
+
+    def _held_by(self, holder: Mapping[str, Any], var: str, role: str) -> str:
+        holder_addon = holder.get("addon") or {}
+        if holder_addon.get("id") == self.addon["id"]:
+            namespace = holder.get("namespace")
+            whose = f"its {namespace}" if namespace else "its owner (default) credential"
+            what = f"attachment {holder.get('name')} of {self.addon['name']} for {whose}"
+        else:
+            what = f"attachment {holder.get('name')} of another add-on, {holder_addon.get('name')}"
+        return (f"heroku: {var} on {self.app} is set by {what}; pg-runbook replaces only its own attachment of "
+                f"credential {role}. Choose another url_var, or detach it first: "
+                f"heroku addons:detach {holder.get('name')} -a {self.app}")
+
+    def _names_role(self, value: str, role: str, user: str, attachments: list[dict[str, Any]]) -> bool:
+        """Does `value` log in as this credential on this add-on? Its user must be the
+        credential's, and its host, port and database those of a URL Heroku set for this add-on
+        (one of the add-on's attachment variables: the hand-run runbook copied the URL from there)."""
+        parts = _url_parts(value)
+        if parts is None or parts[0] not in (user, role):
+            return False
+        return parts[1:] in self._addon_endpoints(attachments)
+
+    def _addon_endpoints(self, attachments: list[dict[str, Any]]) -> set[tuple[str, int, str]]:
+        """(host, port, database) of every URL Heroku set for this add-on on this app, else on the
+        add-on's own app."""
+        def endpoints(atts: list[dict[str, Any]], values: Mapping[str, str]) -> set[tuple[str, int, str]]:
+            found = set()
+            for a in atts:
+                if (a.get("addon") or {}).get("id") == self.addon["id"]:
+                    for v in a.get("config_vars") or []:
+                        parts = _url_parts(values.get(v) or "")
+                        if parts is not None:
+                            found.add(parts[1:])
+            return found
+
+        here = endpoints(attachments, self.config())
+        if here or self.home == self.app:
+            return here
+        path = f"/apps/{_q(self.home)}/config-vars"
+        return endpoints(_attachments(self.api, f"/apps/{_q(self.home)}/addon-attachments"),
+                         _json(self.api.platform.request("GET", path), path))
 
 
 # the namespaces of a credential's attachments: direct, and through Heroku's connection pooling

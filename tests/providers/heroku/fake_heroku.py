@@ -230,13 +230,15 @@ class FakeHeroku:
             return self._apps[name]["id"]
 
     def add_addon(self, app: str, *, owner: str, plan: str = "heroku-postgresql:standard-0",
-                  name: str | None = None, attachment: str = "DATABASE", state: str = "provisioned") -> str:
-        """Provision a Heroku Postgres add-on on `app` whose owner is the real role `owner`."""
+                  name: str | None = None, attachment: str = "DATABASE", state: str = "provisioned",
+                  elsewhere: bool = False) -> str:
+        """Provision a Heroku Postgres add-on on `app` whose owner is the real role `owner`.
+        elsewhere: its database is not the one behind this fake (another app's): no PostgreSQL change."""
         self.add_app(app)
         password = self._password()
         addon = _Addon(id=str(uuid.uuid4()), name=name or f"postgresql-{secrets.token_hex(3)}-{len(self._addons) + 10000}",
                        app=app, plan=plan, owner=owner, owner_password=password, state=state)
-        if self.admin_dsn:
+        if self.admin_dsn and not elsewhere:
             with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                     sql.Identifier(owner), sql.Literal(_verifier(conn, owner, password))))

@@ -165,3 +165,32 @@ def test_a_name_taken_between_the_look_and_the_post_is_refused_not_confirmed(bar
     posts = [r for r in bare_fake.requests if r.method == "POST"]
     assert len(posts) == 1 and "confirm" not in posts[0].body
     assert URL_VAR not in bare_fake.config_vars(APP)
+
+
+# -- through the whole run: refused in preflight, before the credential is made ------------------
+
+
+def test_provision_refuses_a_foreign_held_var_before_making_anything(fake, pg, tmp_path):
+    from runbook import commands
+    from runbook import project as projects
+    from tests.providers.conftest import write_project
+    from tests.providers.heroku.conftest import FLAG
+
+    other = fake.add_addon("other-app", owner="u9other", name="postgresql-other-999", attachment="DATABASE",
+                           elsewhere=True)
+    fake.attach(APP, other, NAME)
+    role = pg.role("raxx_app")
+    path = write_project(tmp_path, role, {"provider": "heroku", "database": {"addon": "DATABASE", "sslmode": "disable"},
+                                          "app": {"name": APP}}, url_var=URL_VAR, flag=FLAG, app="raxx")
+    before_vars, before_attachments = fake.config_vars(APP), fake.attachments(APP)
+    fake.clear()
+
+    with pytest.raises(Refused) as err:
+        commands.provision(projects.load(path), "staging", yes=True, environ={**fake.environ(), "HOME": str(tmp_path)})
+
+    assert err.value.exit_code == 2
+    assert err.value.message.startswith(
+        f"heroku: {URL_VAR} on {APP} is set by attachment {NAME} of another add-on, postgresql-other-999;")
+    _unchanged(fake, before_vars, before_attachments)
+    assert not any(r.api == "data" and r.method != "GET" for r in fake.requests)
+    assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(0,)]

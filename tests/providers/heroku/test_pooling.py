@@ -112,6 +112,12 @@ def test_detach_and_destroy_know_the_pooled_attachment(pool_fake, open_app, open
     open_db(pool_fake).destroy("raxx_app")
 
 
+def test_describe_says_the_url_goes_through_the_pooler(pool_fake, open_app):
+    assert open_app(pool_fake, _pooled()[1]).describe()["url"] == (
+        "attached through Heroku's connection pooling (PgBouncer, transaction mode)")
+    assert "url" not in open_app(pool_fake, _pooled()[0]).describe()
+
+
 def test_pooling_needs_a_heroku_database():
     with pytest.raises(ValueError, match="connection_pooling is Heroku Postgres's"):
         HerokuAppConfig.model_validate({"name": APP, "connection_pooling": True},
