@@ -205,8 +205,10 @@ def _cli_platform_url(host: str) -> str:
     """HEROKU_HOST as the CLI reads it (@heroku-cli/command lib/vars.js `apiUrl`): an http(s)://
     value is the Platform API base itself, anything else a domain under which it is api.{host}.
     A host outside Heroku's domains and loopback is ignored with a warning, as the CLI does."""
-    bare = re.sub(r"^https?://", "", host)
-    if not (any(bare == d or bare.endswith("." + d) for d in _HEROKU_DOMAINS) or any(h in bare for h in _LOCAL_HOSTS)):
+    # the CLI's loopback test is a substring match (`localhost.example.net` passes it); here the
+    # host name itself must be loopback
+    bare = (urlsplit(host if "://" in host else f"https://{host}").hostname or "").lower()
+    if not (any(bare == d or bare.endswith("." + d) for d in _HEROKU_DOMAINS) or bare in _LOCAL_HOSTS):
         log.warning("heroku: HEROKU_HOST=%s is not a Heroku domain; using heroku.com, as the Heroku CLI does", host)
         return PLATFORM_API_URL
     return host if host.startswith("http") else f"https://api.{host}"
@@ -779,8 +781,7 @@ class HerokuApp:
         if addon is None:
             return False
         wanted = f"{_POOLED if self.config.connection_pooling else _DIRECT}:{credential.name}"
-        holding = UrlVar(self.api, self.name, addon, self.config._addon_app or self.name,
-                         self._config_values).holding(var, credential.name, credential.user)
+        holding = self._url_var(addon).holding(var, credential.name, credential.user)
         if holding.refusal:
             raise Refused(holding.refusal)
         mine, plain = holding.mine, holding.plain
@@ -816,13 +817,17 @@ class HerokuApp:
         r = self.api.write(self.api.data, "POST", path, json={"app": self.name, "credential": credential.name, "name": name},
                            allow=(422, 423))
         if r.status_code in (422, 423) and not self._landed(f"{name}_URL", credential, addon, f"{_POOLED}:{credential.name}"):
-            raise ProviderError(f"heroku data: POST {path} failed: {redact(heroku_error(r))}")
+            raise ProviderError(
+                f"heroku data: POST {path} failed: {redact(heroku_error(r))}; check `heroku pg:info {addon['name']} "
+                f"-a {self.name}` (Connection Pooling: Available), or set connection_pooling: false in the app block")
 
     def _landed(self, var: str, credential: Credential, addon: Mapping[str, str], wanted: str) -> bool:
         """After a refusal of a retried POST: did an earlier attempt, whose answer was lost, attach it?"""
-        holding = UrlVar(self.api, self.name, addon, self.config._addon_app or self.name,
-                         self._config_values).holding(var, credential.name, credential.user)
+        holding = self._url_var(addon).holding(var, credential.name, credential.user)
         return any(a.get("namespace") == wanted for a in holding.mine)
+
+    def _url_var(self, addon: Mapping[str, str]) -> "UrlVar":
+        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values)
 
     def _release_note(self) -> str:
         """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the

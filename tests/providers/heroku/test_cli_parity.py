@@ -177,15 +177,15 @@ def test_base_urls_follow_the_documented_precedence(environ, platform, data):
     assert api_urls(environ) == (platform, data)
 
 
-def test_a_heroku_host_outside_herokus_domains_is_ignored_as_the_cli_does(caplog):
+@pytest.mark.parametrize("host", ["evil.example.net", "http://localhost.evil.example.net:80", "heroku.com.evil.net"])
+def test_a_heroku_host_outside_herokus_domains_is_ignored_as_the_cli_does(caplog, host):
     caplog.set_level(logging.WARNING, logger="providers.heroku")
-    assert api_urls({"HEROKU_HOST": "evil.example.net"}) == (PLATFORM_API_URL, DATA_API_URL)
-    assert "HEROKU_HOST=evil.example.net is not a Heroku domain; using heroku.com" in caplog.text
+    assert api_urls({"HEROKU_HOST": host}) == (PLATFORM_API_URL, DATA_API_URL)
+    assert f"HEROKU_HOST={host} is not a Heroku domain; using heroku.com" in caplog.text
 
 
 @pytest.mark.parametrize("environ, message", [
-    ({"HEROKU_HOST": "http://localhost.evil.example.net:80"},
-     "HEROKU_HOST=http://localhost.evil.example.net:80: plain http is allowed only on loopback"),
+    ({"HEROKU_HOST": "http://api.herokudev.com"}, "HEROKU_HOST=http://api.herokudev.com: plain http is allowed only on loopback"),
     ({"HEROKU_DATA_HOST": "127.0.0.1:5001"}, "HEROKU_DATA_HOST='127.0.0.1:5001' is not a host name"),
     ({"HEROKU_HOST": "http://127.0.0.1:5000", "HEROKU_DATA_HOST": "data.example.net"},
      "HEROKU_DATA_HOST=http://data.example.net:5000: plain http is allowed only on loopback"),

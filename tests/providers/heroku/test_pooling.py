@@ -196,3 +196,26 @@ def test_a_pooler_that_refuses_the_new_role_fails_verify(pg, tmp_path):
     finally:
         fake.stop()
         strict.stop()
+
+
+def test_a_pooling_call_whose_answer_was_lost_is_not_repeated_into_a_failure(pool_fake, open_app):
+    # the attachment is made, then the connection drops: the retry meets the name taken by our own
+    pool_fake.create_credential(ADDON, "raxx_app")
+    pool_fake.inject("reset", api="data", method="POST", path="/connection-pooling$", when="after")
+    assert open_app(pool_fake, _pooled()[1]).attach_url(_cred(), URL_VAR) is True
+    posts = [r for r in pool_fake.requests if r.api == "data" and r.method == "POST"]
+    assert [(r.fault, r.status) for r in posts] == [("reset", None), (None, 423)]
+    assert [a["namespace"] for a in pool_fake.attachments(APP) if a["name"] == NAME] == ["connection-pooling:raxx_app"]
+
+
+def test_a_database_without_pooling_fails_with_the_fix(bare_fake, open_app):
+    from runbook.errors import ProviderError
+
+    bare_fake.create_credential(ADDON, "raxx_app")         # bare_fake has no pooler
+    with pytest.raises(ProviderError) as err:
+        open_app(bare_fake, _pooled()[1]).attach_url(_cred(), URL_VAR)
+    assert err.value.message == (
+        f"heroku data: POST /client/v11/databases/{ADDON}/connection-pooling failed: HTTP 422 unprocessable_entity: "
+        f"Connection pooling is not available for {ADDON}.; check `heroku pg:info {ADDON} -a {APP}` (Connection "
+        f"Pooling: Available), or set connection_pooling: false in the app block")
+    assert URL_VAR not in bare_fake.config_vars(APP)
