@@ -7,11 +7,17 @@ namespace `credential:{name}`: Heroku then keeps `{NAME}_URL` current through ro
 Grants run over the owner's URL (the add-on's default attachment, e.g. DATABASE_URL).
 
 Token: HEROKU_API_KEY, else the `api.heroku.com` entry of ~/.netrc (the Heroku CLI's convention).
-Base URLs: HEROKU_API_URL and HEROKU_DATA_API_URL, so tests and rehearsals point at loopback.
+Base URLs: the tool's HEROKU_API_URL / HEROKU_DATA_API_URL first, then the Heroku CLI's own
+HEROKU_HOST / HEROKU_DATA_HOST with the CLI's meaning (see `api_urls`), so both tools talk to the
+same hosts.
+
+What the Heroku CLI (npm `heroku` 11.10.0) does is the reference for every call here; the comments
+name the CLI file each rule comes from (dist/… in the npm package, src/… in heroku/cli).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import logging
@@ -19,24 +25,29 @@ import netrc
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
+from providers.base import Credential, DatabaseInfo, OpenContext, Progress, SslMode
 from providers.http import ApiClient, RateBudget, RateModel, shared_budget
 from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
-from runbook.secret import Secret, redact, reveal
+from runbook.secret import Secret, mask_url, redact, reveal
 
 log = logging.getLogger(__name__)
 
 PLATFORM_API_URL = "https://api.heroku.com"
 DATA_API_URL = "https://api.data.heroku.com"
+# @heroku-cli/command lib/api-client.js: the domains HEROKU_HOST may name (anything else: the CLI
+# warns and uses heroku.com), and the loopback names it accepts too
+_HEROKU_DOMAINS = ("heroku.com", "herokai.com", "herokuspace.com", "herokudev.com")
+_LOCAL_HOSTS = ("localhost", "127.0.0.1")
 ACCEPT = "application/vnd.heroku+json; version=3"
 NETRC_MACHINE = "api.heroku.com"
 SERVICE = "heroku-postgresql"
@@ -45,8 +56,6 @@ UPGRADE_PLAN = "heroku-postgresql:standard-0"
 # Plan families (the part after "heroku-postgresql:"), as the Heroku CLI classifies them.
 _ESSENTIAL = re.compile(r"^(essential|dev|basic|mini|hobby)")     # no named credentials at all
 _ADVANCED = re.compile(r"^(advanced|performance)")                # credentials under /data/postgres/v1
-# Credential store states in which the active user/password is usable.
-_USABLE = ("active", "rotation_completed")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _APP_NAME = re.compile(r"^(?:[a-z][a-z0-9-]{1,29}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _ADDON_REF = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -67,6 +76,16 @@ class HerokuDatabaseConfig(BaseModel):
     app: str = Field(default="", description="the app the add-on is attached to (default: the app block's name)")
     connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of what Heroku reports")
     sslmode: SslMode = Field(default="require", description="sslmode of the owner URL and the app URL")
+
+    # the app block's Heroku app (when it is on Heroku): where preflight looks at the URL variable
+    _app_block: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _app_side(self, info: ValidationInfo) -> "HerokuDatabaseConfig":
+        app_block = (info.context or {}).get("app") or {}
+        if isinstance(app_block, dict) and app_block.get("platform") == "heroku" and app_block.get("name"):
+            self._app_block = str(app_block["name"])
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +125,10 @@ class HerokuAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="heroku app")
     platform: Literal["heroku"] = "heroku"
     name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag")
+    connection_pooling: bool = Field(
+        default=False,
+        description="attach the role's credential through Heroku's connection pooling (PgBouncer on the database "
+                    "server, transaction mode): the URL variable then holds the pooled URL, which verify logs in through")
     # the database block's add-on, when it is on Heroku too: what attach_url attaches
     _addon: str | None = PrivateAttr(default=None)
     _addon_app: str | None = PrivateAttr(default=None)
@@ -121,6 +144,8 @@ class HerokuAppConfig(BaseModel):
         if isinstance(db, dict) and db.get("provider") == "heroku":
             self._addon = db.get("addon") or "DATABASE"
             self._addon_app = db.get("app") or self.name
+        elif self.connection_pooling:
+            raise ValueError("connection_pooling is Heroku Postgres's: it needs the database block on provider: heroku")
         return self
 
     def open(self, ctx: OpenContext) -> "HerokuApp":
@@ -166,14 +191,58 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _base_url(environ: Mapping[str, str], var: str, default: str) -> str:
-    url = (environ.get(var) or default).strip().rstrip("/")
+def _checked_url(var: str, url: str) -> str:
+    url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"{var}={url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise ConfigError(f"{var}={url}: plain http is allowed only on loopback (the API token would travel in clear)")
     return url
+
+
+def _cli_platform_url(host: str) -> str:
+    """HEROKU_HOST as the CLI reads it (@heroku-cli/command lib/vars.js `apiUrl`): an http(s)://
+    value is the Platform API base itself, anything else a domain under which it is api.{host}.
+    A host outside Heroku's domains and loopback is ignored with a warning, as the CLI does."""
+    # the CLI's loopback test is a substring match (`localhost.example.net` passes it); here the
+    # host name itself must be loopback
+    bare = (urlsplit(host if "://" in host else f"https://{host}").hostname or "").lower()
+    if not (any(bare == d or bare.endswith("." + d) for d in _HEROKU_DOMAINS) or bare in _LOCAL_HOSTS):
+        log.warning("heroku: HEROKU_HOST=%s is not a Heroku domain; using heroku.com, as the Heroku CLI does", host)
+        return PLATFORM_API_URL
+    return host if host.startswith("http") else f"https://api.{host}"
+
+
+def api_urls(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(Platform API base, Data API base). Precedence, each API on its own:
+
+    Platform: HEROKU_API_URL, else HEROKU_HOST (the CLI's meaning), else https://api.heroku.com.
+    Data:     HEROKU_DATA_API_URL, else HEROKU_DATA_HOST (or HEROKU_POSTGRESQL_HOST, which the CLI
+              also reads: @heroku/heroku-cli-util dist/utils/pg/host.js) as a bare host name, with
+              the scheme and port of the CLI's Platform URL (HEROKU_HOST's), as the CLI's http
+              client combines them (@heroku/http-call: `hostname` replaces only the host), else
+              https://api.data.heroku.com.
+    """
+    cli_host = (environ.get("HEROKU_HOST") or "").strip()
+    cli_platform = _cli_platform_url(cli_host) if cli_host else PLATFORM_API_URL
+    if (environ.get("HEROKU_API_URL") or "").strip():
+        platform = _checked_url("HEROKU_API_URL", environ["HEROKU_API_URL"])
+    else:
+        platform = _checked_url("HEROKU_HOST" if cli_host else "HEROKU_API_URL", cli_platform)
+    data_var = next((v for v in ("HEROKU_DATA_HOST", "HEROKU_POSTGRESQL_HOST") if (environ.get(v) or "").strip()), None)
+    if (environ.get("HEROKU_DATA_API_URL") or "").strip():
+        data = _checked_url("HEROKU_DATA_API_URL", environ["HEROKU_DATA_API_URL"])
+    elif data_var:
+        host = environ[data_var].strip()
+        if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+            raise ConfigError(f"{data_var}={host!r} is not a host name (the Heroku CLI takes the scheme and port "
+                              f"from HEROKU_HOST; set HEROKU_DATA_API_URL for a full URL)")
+        base = urlsplit(cli_platform)
+        data = _checked_url(data_var, f"{base.scheme}://{host}" + (f":{base.port}" if base.port else ""))
+    else:
+        data = DATA_API_URL
+    return platform, data
 
 
 def heroku_error(response: httpx.Response) -> str:
@@ -220,9 +289,11 @@ class HerokuApi:
     def __init__(self, ctx: OpenContext, *, budget: RateBudget | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         token = heroku_token(ctx.environ)
-        self.platform_url = _base_url(ctx.environ, "HEROKU_API_URL", PLATFORM_API_URL)
-        self.data_url = _base_url(ctx.environ, "HEROKU_DATA_API_URL", DATA_API_URL)
+        self.platform_url, self.data_url = api_urls(ctx.environ)
+        # Bearer is the CLI's default on both APIs (@heroku-cli/command lib/api-client.js); the
+        # Data API calls that the CLI sends with Basic instead pass `basic_auth()`
         headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token.reveal()}"}
+        self._basic = "Basic " + base64.b64encode(f":{token.reveal()}".encode()).decode()
         account = ctx.budget_key or "heroku:" + hashlib.sha256(token.reveal().encode()).hexdigest()[:16]
         budget = budget or shared_budget(account, RATE)
         self.account = account
@@ -234,6 +305,12 @@ class HerokuApi:
     def close(self) -> None:
         self.platform.close()
         self.data.close()
+
+    def basic_auth(self) -> dict[str, str]:
+        """The token as the password of Basic auth (`:token`), which the CLI sends to the Data API
+        for the credential list, one credential and a rotation (dist/commands/pg/credentials.js,
+        pg/credentials/url.js, pg/credentials/rotate.js); create and destroy go with Bearer."""
+        return {"Authorization": self._basic}
 
     def write(self, client: ApiClient, method: str, path: str, **kw: Any) -> httpx.Response:
         """Every change goes through here. Counted before it is sent: one whose answer is lost
@@ -275,14 +352,14 @@ class HerokuApi:
         path = f"/addons/{_q(addon_id)}"
         return _json(self.platform.request("GET", path), path), found
 
-    def addon_id(self, app: str, ref: str) -> str:
-        """Only the id of the add-on `ref` names: an attachment already carries it, so the add-on
-        itself (plan, state) is not read again."""
+    def addon_ref(self, app: str, ref: str) -> dict[str, str]:
+        """Only the id and name of the add-on `ref` names: an attachment already carries them, so
+        the add-on itself (plan, state) is not read again."""
         found, is_attachment = self._named(app, ref)
-        addon_id = (found.get("addon") or {}).get("id") if is_attachment else found.get("id")
-        if not addon_id:
+        addon = (found.get("addon") or {}) if is_attachment else found
+        if not addon.get("id"):
             raise ProviderError(f"heroku: {ref} on {app} names no add-on")
-        return str(addon_id)
+        return {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
 
 
 class _Reads:
@@ -420,10 +497,15 @@ class HerokuDatabase:
         # asked for three times before the first step (run, state store, preflight)
         return self._reads.get("admin_dsn", self._read_admin_dsn)
 
+    def _config_vars(self) -> Mapping[str, str]:
+        """The add-on's app's config vars, read once until the next write (the owner's URL and
+        preflight's look at the URL variable share the answer)."""
+        path = f"/apps/{_q(self.app)}/config-vars"
+        return self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+
     def _read_admin_dsn(self) -> Secret:
         var = self.admin_var()
-        path = f"/apps/{_q(self.app)}/config-vars"
-        url = _json(self.api.platform.request("GET", path), path).get(var)
+        url = self._config_vars().get(var)
         if not url:
             raise ProviderError(f"heroku: config var {var} is not set on {self.app}")
         return Secret(_with_address(url, self.config.connect, self.config.sslmode))
@@ -435,7 +517,26 @@ class HerokuDatabase:
         if row and row[0] != row[1]:
             return [f"the admin connection logs in as {row[0]}, but the database belongs to {row[1]}: grants and "
                     f"default privileges need the owner; point database.addon at the add-on's default attachment"]
-        return []
+        return self._url_var_problems()
+
+    def _url_var_problems(self) -> list[str]:
+        """Before a run creates the credential, the URL variable it will be attached as must not be
+        someone else's: refused here, before any change, rather than at the url step after the
+        credential and grants. (Once the credential exists the url step refuses on its own, and a
+        retire is not held up by a variable it will not touch.)"""
+        var, role, app = self.ctx.url_var, self.ctx.role_name, self.config._app_block
+        if not (app and role and var.endswith("_URL") and len(var) > 4) or self.credential(role) is not None:
+            return []
+        addon = self._resolve()
+        ref = {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
+        if app == self.app:
+            config = self._config_vars()
+        else:
+            path = f"/apps/{_q(app)}/config-vars"
+            config = _json(self.api.platform.request("GET", path), path)
+        # a Heroku credential's user is its name (dist/commands/pg/credentials/url.js fixtures)
+        holding = UrlVar(self.api, app, ref, self.app, lambda: config).holding(var, role, role)
+        return [holding.refusal] if holding.refusal else []
 
     def credential_for(self, user: str, password: Secret | None) -> Credential:
         from psycopg.conninfo import conninfo_to_dict
@@ -456,15 +557,18 @@ class HerokuDatabase:
         if reuse:
             return self._reads.get(f"credential:{name}", lambda: self._info(name))
         path = self._credentials_path(name)
-        r = self.api.data.request("GET", path, allow=(404,))
+        r = self.api.data.request("GET", path, headers=self.api.basic_auth(), allow=(404,))
         return self._reads.put(f"credential:{name}", None if r.status_code == 404 else _json(r, path))
 
     def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.api.write(self.api.data, method, path, **kw)
 
     def _to_credential(self, info: Mapping[str, Any], name: str) -> Credential | None:
-        if info.get("state") not in _USABLE:
-            return None
+        """The login the credential offers now, or None while it has none.
+
+        Usable when one of its users is `active`, whatever the credential's own state says: the
+        CLI's rule (dist/commands/pg/credentials/url.js picks `credentials.find(c => c.state ===
+        'active')`; its fixtures show a credential in state `created` with an active user)."""
         active = [c for c in info.get("credentials") or [] if c.get("state") == "active" and c.get("password")]
         if not active:
             return None
@@ -479,39 +583,28 @@ class HerokuDatabase:
                           password=Secret(str(chosen["password"])), sslmode=self.config.sslmode)
 
     def _wait_usable(self, name: str, *, previous: str | None = None) -> Credential:
-        """Poll until the credential is active (with a new password after a rotation), within the retry budget."""
-        pauses = self._pauses()
+        """Poll until the credential has an active user (with a new password after a rotation),
+        within the retry budget; each state change goes to the operator's progress sink."""
+        wait = _Wait(self.ctx, self._sleep, f"heroku credential {name}")
         while True:
             info = self._info(name)
             if info is None:
+                wait.report("gone", done=True)
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} disappeared while waiting for it")
             credential = self._to_credential(info, name)
-            if credential is not None and (previous is None or credential.password.reveal() != previous):
+            ready = credential is not None and (previous is None or (
+                credential.password.reveal() != previous
+                # mid-rotation the active user can be a temporary one (`{name}-rotating` in the CLI's
+                # fixtures, test/unit/commands/pg/credentials.unit.test.ts): wait for the credential's own
+                and (credential.user == name or info.get("state") != "rotating")))
+            wait.report(_state_word(info), done=ready)
+            if ready:
                 return credential
-            state = info.get("state")
-            if not next(pauses):
+            if not wait.pause():
                 raise ProviderError(
-                    f"heroku data: credential {name} on {self.addon_name} is still {state!r} after "
+                    f"heroku data: credential {name} on {self.addon_name} is still {info.get('state')!r} after "
                     f"{self.ctx.retry.total_seconds:.0f}s; see `heroku pg:credentials {self.addon_name} -a {self.app}` "
                     f"and run again")
-
-    def _pauses(self) -> Iterator[bool]:
-        """Sleep before each new look, doubling up to _POLL_MAX; False once the retry budget is spent.
-        The budget counts the larger of the time we chose to wait and the wall time, so it holds
-        whatever `sleep` does."""
-        budget = self.ctx.retry.total_seconds
-        started, waited, delay = time.monotonic(), 0.0, _POLL_FIRST
-        while True:
-            remaining = budget - max(waited, time.monotonic() - started)
-            if remaining <= 0:
-                yield False
-                return
-            pause = min(delay, remaining)
-            log.debug("heroku data: looking again in %.1fs", pause)
-            self._sleep(pause)
-            waited += pause
-            delay = min(delay * 2, _POLL_MAX)
-            yield True
 
     def credential(self, name: str) -> Credential | None:
         info = self._info(name, reuse=True)
@@ -532,7 +625,7 @@ class HerokuDatabase:
         if info is None:
             raise ProviderError(f"heroku data: no credential {name} on {self.addon_name} to rotate")
         current = self._to_credential(info, name)
-        self._write("POST", self._credentials_path(name) + "/credentials_rotation", json={})
+        self._write("POST", self._credentials_path(name) + "/credentials_rotation", json={}, headers=self.api.basic_auth())
         log.info("heroku data: rotation of %s on %s started", name, self.addon_name)
         return self._wait_usable(name, previous=current.password.reveal() if current and current.password else None)
 
@@ -541,8 +634,7 @@ class HerokuDatabase:
             raise ConfigError("heroku: the default credential is the owner's and cannot be destroyed")
         addon = self._supported()
         path = f"/addons/{_q(str(addon['id']))}/addon-attachments"
-        attached = [a for a in _json(self.api.platform.request("GET", path), path)
-                    if a.get("namespace") == f"credential:{name}"]
+        attached = [a for a in _json(self.api.platform.request("GET", path), path) if _ours(a, None, name)]
         if attached:
             where = ", ".join(f"{a['name']} on {(a.get('app') or {}).get('name')}" for a in attached)
             first = attached[0]
@@ -557,11 +649,53 @@ class HerokuDatabase:
         self._wait_gone(name)
 
     def _wait_gone(self, name: str) -> None:
-        pauses = self._pauses()
+        wait = _Wait(self.ctx, self._sleep, f"heroku credential {name} removal")
         while (info := self._info(name)) is not None:
-            if not next(pauses):
+            wait.report(_state_word(info))
+            if not wait.pause():
                 raise ProviderError(f"heroku data: credential {name} on {self.addon_name} is still {info.get('state')!r} "
                                     f"{self.ctx.retry.total_seconds:.0f}s after it was destroyed")
+        wait.report("gone", done=True)
+
+
+def _state_word(info: Mapping[str, Any]) -> str:
+    """`provisioning (raptor_app: enabling)`: the store's state and each user's, never a password."""
+    users = ", ".join(f"{c.get('user')}: {c.get('state')}" for c in info.get("credentials") or [])
+    return f"{info.get('state')}" + (f" ({users})" if users else "")
+
+
+class _Wait:
+    """One bounded platform wait: pauses doubling from _POLL_FIRST up to _POLL_MAX, within the
+    retry budget, and a Progress event on each change of state.
+
+    The budget counts the larger of the time we chose to wait and the wall time, so it holds
+    whatever `sleep` does."""
+
+    def __init__(self, ctx: OpenContext, sleep: Callable[[float], None], what: str) -> None:
+        self.ctx, self.sleep, self.what = ctx, sleep, what
+        self.budget = ctx.retry.total_seconds
+        self.started, self.waited, self.delay = time.monotonic(), 0.0, _POLL_FIRST
+        self.last: str | None = None
+
+    def remaining(self) -> float:
+        return max(0.0, self.budget - max(self.waited, time.monotonic() - self.started))
+
+    def report(self, state: str, *, done: bool = False) -> None:
+        if state != self.last or done:
+            self.last = state
+            self.ctx.progress(Progress(self.what, state, remaining=None if done else self.remaining(), done=done))
+
+    def pause(self) -> bool:
+        """Sleep before the next look; False (without sleeping) once the budget is spent."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            return False
+        pause = min(self.delay, remaining)
+        log.debug("%s: looking again in %.1fs", self.what, pause)
+        self.sleep(pause)
+        self.waited += pause
+        self.delay = min(self.delay * 2, _POLL_MAX)
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,22 +713,29 @@ class HerokuApp:
         self.ctx = ctx
         self.name = config.name
         self.api = HerokuApi(ctx, budget=budget, sleep=sleep)
-        self._addon_id: str | None = None
+        self._addon_ref: dict[str, str] | None = None
         self._reads = _Reads(self.api)
 
     def close(self) -> None:
         self.api.close()
 
+    @property
+    def url_is_pooled(self) -> bool:
+        """True when the attachment puts the pooler's endpoint, not the credential's, in the URL."""
+        return self.config.connection_pooling
+
     def describe(self) -> dict[str, str]:
-        return {"heroku app": self.name, "config vars": f"{self.api.platform_url}/apps/{self.name}/config-vars",
-                "restart": "every config-var change restarts the dynos"}
+        described = {"heroku app": self.name, "config vars": f"{self.api.platform_url}/apps/{self.name}/config-vars",
+                     "restart": "every config-var change restarts the dynos"}
+        if self.config.connection_pooling:
+            described["url"] = "attached through Heroku's connection pooling (PgBouncer, transaction mode)"
+        return described
 
     def _config_path(self) -> str:
         return f"/apps/{_q(self.name)}/config-vars"
 
     def get_config(self, keys: list[str]) -> dict[str, str | None]:
-        path = self._config_path()
-        values = self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+        values = self._config_values()
         return {k: values.get(k) for k in keys}
 
     def _write(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -618,41 +759,220 @@ class HerokuApp:
         self._write("DELETE", f"/apps/{_q(self.name)}/dynos")
         log.info("heroku: dynos of %s restarted", self.name)
 
-    def _addon(self) -> str | None:
-        if self._addon_id is None and self.config._addon:
-            self._addon_id = self.api.addon_id(self.config._addon_app or self.name, self.config._addon)
-        return self._addon_id
+    def _addon(self) -> dict[str, str] | None:
+        """The database block's add-on ({id, name}), when the database is on Heroku too."""
+        if self._addon_ref is None and self.config._addon:
+            self._addon_ref = self.api.addon_ref(self.config._addon_app or self.name, self.config._addon)
+        return self._addon_ref
 
     def _attachment(self, attachment_name: str) -> dict[str, Any] | None:
         path = f"/apps/{_q(self.name)}/addon-attachments/{_q(attachment_name)}"
         r = self.api.platform.request("GET", path, allow=(404,))
         return None if r.status_code == 404 else _json(r, path)
 
+    def _config_values(self) -> dict[str, str]:
+        path = self._config_path()
+        return self._reads.get("config-vars", lambda: _json(self.api.platform.request("GET", path), path))
+
     def attach_url(self, credential: Credential, var: str) -> bool:
-        """Attach the add-on with namespace credential:{name} as `var` minus _URL: Heroku then sets
-        `var` and keeps it current through rotations. False when the database is not on Heroku."""
+        """Attach the add-on for credential {name} as `var` minus _URL: Heroku then sets `var` and
+        keeps it current through rotations (with `connection_pooling`, to the pooled URL). False
+        when the database is not on Heroku.
+
+        The Platform API answers a name whose variable is taken with 423 confirmation_required,
+        and `confirm` replaces whatever holds it (dist/commands/addons/attach.js with
+        lib/addons/util.js `trapConfirmationRequired`). So confirm is sent only when the holder
+        is provably ours: an attachment of this add-on for this credential, or a plain config var
+        whose URL names this role on this add-on's host (the hand-run runbook's step 3). Anything
+        else is refused before any change, naming the holder and the fix."""
         if not var.endswith("_URL") or len(var) <= 4 or not self.config._addon:
             return False
-        name, namespace = var[:-4], f"credential:{credential.name}"
-        addon_id = self._addon()
-        existing = self._attachment(name)
-        if existing and (existing.get("addon") or {}).get("id") == addon_id and existing.get("namespace") == namespace:
+        name, addon = var[:-4], self._addon()
+        if addon is None:
+            return False
+        wanted = f"{_POOLED if self.config.connection_pooling else _DIRECT}:{credential.name}"
+        holding = self._url_var(addon).holding(var, credential.name, credential.user)
+        if holding.refusal:
+            raise Refused(holding.refusal)
+        mine, plain = holding.mine, holding.plain
+        if any(a.get("namespace") == wanted for a in mine):
             return True
-        # confirm: replace an attachment of that name (a stale one, or the plain var a run without attachments set)
-        self._write("POST", "/addon-attachments", json={
-            "addon": addon_id, "app": self.name, "name": name, "namespace": namespace, "confirm": self.name})
-        log.info("heroku: %s attached to %s as %s", namespace, self.name, var)
+        if self.config.connection_pooling:
+            self._attach_pooled(credential, name, addon, mine, adopt=plain is not None)
+        else:
+            body: dict[str, Any] = {"addon": addon["id"], "app": self.name, "name": name, "namespace": wanted}
+            if mine or plain is not None:
+                body["confirm"] = self.name      # replaces only what was proven ours above
+            r = self._write("POST", "/addon-attachments", json=body, allow=(423,))
+            if r.status_code == 423 and not self._landed(var, credential, addon, wanted):
+                # taken between our look and the POST: someone else's, by the rule above
+                raise Refused(f"heroku: {var} on {self.name} was taken while pg-runbook attached it "
+                              f"({heroku_error(r)}); nothing was changed, run again to see who holds it")
+        log.info("heroku: %s of %s attached to %s as %s%s", wanted, addon["name"], self.name, var, self._release_note())
         return True
+
+    def _attach_pooled(self, credential: Credential, name: str, addon: Mapping[str, str],
+                       mine: list[dict[str, Any]], *, adopt: bool) -> None:
+        """`heroku pg:connection-pooling:attach` for this credential: the Data API call the CLI
+        makes (dist/commands/pg/connection-pooling/attach.js: POST /client/v11/databases/{name}/
+        connection-pooling {app, credential, name}, Bearer). The CLI sends credential 'default'
+        only; the API takes a credential's name there. That call has no confirm, so what held the
+        name (ours, proven by attach_url) is removed first; a rerun after a failure in between
+        finds the name free and converges."""
+        for old in mine:
+            self._write("DELETE", f"/addon-attachments/{_q(str(old['id']))}", allow=(404,))
+        if adopt:
+            self._patch({f"{name}_URL": None})
+        path = f"/client/v11/databases/{_q(addon['name'])}/connection-pooling"
+        r = self.api.write(self.api.data, "POST", path, json={"app": self.name, "credential": credential.name, "name": name},
+                           allow=(422, 423))
+        if r.status_code in (422, 423) and not self._landed(f"{name}_URL", credential, addon, f"{_POOLED}:{credential.name}"):
+            raise ProviderError(
+                f"heroku data: POST {path} failed: {redact(heroku_error(r))}; check `heroku pg:info {addon['name']} "
+                f"-a {self.name}` (Connection Pooling: Available), or set connection_pooling: false in the app block")
+
+    def _landed(self, var: str, credential: Credential, addon: Mapping[str, str], wanted: str) -> bool:
+        """After a refusal of a retried POST: did an earlier attempt, whose answer was lost, attach it?"""
+        holding = self._url_var(addon).holding(var, credential.name, credential.user)
+        return any(a.get("namespace") == wanted for a in holding.mine)
+
+    def _url_var(self, addon: Mapping[str, str]) -> "UrlVar":
+        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values)
+
+    def _release_note(self) -> str:
+        """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the
+        latest release: dist/commands/addons/attach.js); empty when Heroku does not say."""
+        path = f"/apps/{_q(self.name)}/releases"
+        try:
+            r = self.api.platform.request("GET", path, headers={"Range": "version ..; max=1, order=desc"}, allow=(206,))
+            releases = _json(r, path)
+        except ProviderError as exc:      # only for the log line: the attachment is made either way
+            log.debug("heroku: the latest release of %s is unknown (%s)", self.name, exc.message)
+            return ""
+        version = releases[0].get("version") if isinstance(releases, list) and releases and isinstance(releases[0], dict) else None
+        return f" (release v{version} restarts the dynos)" if version is not None else ""
 
     def detach_url(self, credential_name: str, var: str) -> bool:
         if not var.endswith("_URL") or len(var) <= 4:
             return False
         existing = self._attachment(var[:-4])
-        if not existing or existing.get("namespace") != f"credential:{credential_name}":
-            return False
-        addon_id = self._addon()
-        if addon_id and (existing.get("addon") or {}).get("id") != addon_id:
+        addon = self._addon()
+        if not existing or not _ours(existing, addon["id"] if addon else None, credential_name):
             return False
         self._write("DELETE", f"/addon-attachments/{_q(str(existing['id']))}", allow=(404,))
-        log.info("heroku: credential:%s detached from %s (%s removed)", credential_name, self.name, var)
+        log.info("heroku: %s detached from %s (%s removed)", existing.get("namespace"), self.name, var)
         return True
+
+
+def _attachments(api: HerokuApi, path: str) -> list[dict[str, Any]]:
+    # the variables each attachment sets come only with Accept-Inclusion, as the CLI asks for
+    # them (@heroku/heroku-cli-util dist/utils/addons/attachment-resolver.js)
+    return _json(api.platform.request("GET", path, headers={"Accept-Inclusion": "addon:plan,config_vars"}), path)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Who holds an app's URL variable, as far as attaching a credential there goes."""
+
+    mine: list[dict[str, Any]]      # the credential's own attachments of this add-on under that name
+    plain: str | None               # a hand-set value proven to be the credential's URL (to adopt)
+    refusal: str | None             # held by someone else: why, and the fix
+
+
+class UrlVar:
+    """The holders of a URL variable on `app`, judged for credential `role` of `addon`
+    ({id, name}; its own app `home`). `config` reads the app's config vars."""
+
+    def __init__(self, api: HerokuApi, app: str, addon: Mapping[str, str], home: str,
+                 config: Callable[[], Mapping[str, str]]) -> None:
+        self.api, self.app, self.addon, self.home, self.config = api, app, addon, home, config
+
+    def holding(self, var: str, role: str, user: str) -> Holding:
+        name = var[:-4]
+        attachments = _attachments(self.api, f"/apps/{_q(self.app)}/addon-attachments")
+        holders = [a for a in attachments if a.get("name") == name or var in (a.get("config_vars") or [])]
+        mine = [a for a in holders if a.get("name") == name and _ours(a, self.addon["id"], role)]
+        others = [a for a in holders if a not in mine]
+        if others:
+            return Holding(mine, None, self._held_by(others[0], var, role))
+        plain = None if mine else self.config().get(var)
+        if plain is not None and not self._names_role(plain, role, user, attachments):
+            return Holding(mine, None, (
+                f"heroku: {var} on {self.app} is a config var set by hand ({_describe_url(plain)}), not a URL of "
+                f"credential {role} on {self.addon['name']}; pg-runbook will not overwrite it. Unset it "
+                f"(heroku config:unset {var} -a {self.app}) or choose another url_var"))
+        return Holding(mine, plain, None)
+
+    def _held_by(self, holder: Mapping[str, Any], var: str, role: str) -> str:
+        holder_addon = holder.get("addon") or {}
+        if holder_addon.get("id") == self.addon["id"]:
+            namespace = holder.get("namespace")
+            whose = f"its {namespace}" if namespace else "its owner (default) credential"
+            what = f"attachment {holder.get('name')} of {self.addon['name']} for {whose}"
+        else:
+            what = f"attachment {holder.get('name')} of another add-on, {holder_addon.get('name')}"
+        return (f"heroku: {var} on {self.app} is set by {what}; pg-runbook replaces only its own attachment of "
+                f"credential {role}. Choose another url_var, or detach it first: "
+                f"heroku addons:detach {holder.get('name')} -a {self.app}")
+
+    def _names_role(self, value: str, role: str, user: str, attachments: list[dict[str, Any]]) -> bool:
+        """Does `value` log in as this credential on this add-on? Its user must be the
+        credential's, and its host, port and database those of a URL Heroku set for this add-on
+        (one of the add-on's attachment variables: the hand-run runbook copied the URL from there)."""
+        parts = _url_parts(value)
+        if parts is None or parts[0] not in (user, role):
+            return False
+        return parts[1:] in self._addon_endpoints(attachments)
+
+    def _addon_endpoints(self, attachments: list[dict[str, Any]]) -> set[tuple[str, int, str]]:
+        """(host, port, database) of every URL Heroku set for this add-on on this app, else on the
+        add-on's own app."""
+        def endpoints(atts: list[dict[str, Any]], values: Mapping[str, str]) -> set[tuple[str, int, str]]:
+            found = set()
+            for a in atts:
+                if (a.get("addon") or {}).get("id") == self.addon["id"]:
+                    for v in a.get("config_vars") or []:
+                        parts = _url_parts(values.get(v) or "")
+                        if parts is not None:
+                            found.add(parts[1:])
+            return found
+
+        here = endpoints(attachments, self.config())
+        if here or self.home == self.app:
+            return here
+        path = f"/apps/{_q(self.home)}/config-vars"
+        return endpoints(_attachments(self.api, f"/apps/{_q(self.home)}/addon-attachments"),
+                         _json(self.api.platform.request("GET", path), path))
+
+
+# the namespaces of a credential's attachments: direct, and through Heroku's connection pooling
+# (dist/commands/pg/promote.js re-attaches a pooler as namespace connection-pooling:default)
+_DIRECT, _POOLED = "credential", "connection-pooling"
+
+
+def _ours(attachment: Mapping[str, Any], addon_id: str | None, credential_name: str) -> bool:
+    """An attachment of this add-on (when known) for this credential, direct or pooled."""
+    namespace = attachment.get("namespace")
+    if namespace not in (f"{_DIRECT}:{credential_name}", f"{_POOLED}:{credential_name}"):
+        return False
+    return addon_id is None or (attachment.get("addon") or {}).get("id") == addon_id
+
+
+def _url_parts(value: str) -> tuple[str, str, int, str] | None:
+    """(user, host, port, database) of a postgres URL, None for anything else."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port or 5432
+    except ValueError:
+        return None
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or not parts.username:
+        return None
+    return unquote(parts.username), parts.hostname.lower(), port, unquote(parts.path.lstrip("/"))
+
+
+def _describe_url(value: str) -> str:
+    """What a hand-set value names, without its password (or anything, when it is no URL)."""
+    parts = _url_parts(value)
+    if parts is None:
+        return "not a postgres URL"
+    return mask_url(f"postgres://{quote(parts[0], safe='')}:x@{parts[1]}:{parts[2]}/{quote(parts[3], safe='')}")

@@ -30,7 +30,8 @@ def expected_endpoint(ctx):
     gave this run, if any; otherwise None (the platform's attachment writes the URL; the other
     rules of login.py still hold)."""
     if ctx.api_credentials:
-        return ctx.credential
+        # with the platform's connection pooling its attachment names the pooler, not the credential's host
+        return None if getattr(ctx.app, "url_is_pooled", False) else ctx.credential
     return ctx.db.credential_for(ctx.role.name, None)
 
 

@@ -66,10 +66,12 @@ SUPABASE = "/v1/projects/abcdefghijklmnopqrst"
 CALLS: dict[tuple[str, str], list[str]] = {
     ("heroku", "provision"): [
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE", "GET /addons/{id}",
-        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_CRED}/{{role}}", f"POST {HEROKU_CRED}",
+        f"GET {HEROKU_APP}/config-vars", f"GET {HEROKU_CRED}/{{role}}",
+        f"GET {HEROKU_APP}/addon-attachments",       # preflight: who holds the URL variable
+        f"POST {HEROKU_CRED}",
         f"GET {HEROKU_CRED}/{{role}}", f"GET {HEROKU_APP}/config-vars",
         f"GET {HEROKU_APP}/addons/DATABASE", f"GET {HEROKU_APP}/addon-attachments/DATABASE",
-        f"GET {HEROKU_APP}/addon-attachments/RAPTOR_APP_DATABASE", "POST /addon-attachments",
+        f"GET {HEROKU_APP}/addon-attachments", "POST /addon-attachments", f"GET {HEROKU_APP}/releases",
         f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars"],
     ("heroku", "rollback"): [
         f"GET {HEROKU_APP}/config-vars", f"PATCH {HEROKU_APP}/config-vars", f"GET {HEROKU_APP}/config-vars",

@@ -74,22 +74,21 @@ def test_attach_url_posts_the_attachment_and_heroku_sets_the_var(bare_fake, open
     assert app.attach_url(_cred(), URL_VAR) is True
 
     post = [r for r in bare_fake.requests if r.method == "POST"]
+    # the name is free: no confirm, so Heroku itself would refuse to replace anything
     assert [(r.path, r.body) for r in post] == [("/addon-attachments", {
-        "addon": addon_id, "app": APP, "name": "RAPTOR_APP_DATABASE", "namespace": "credential:raxx_app", "confirm": APP})]
+        "addon": addon_id, "app": APP, "name": "RAPTOR_APP_DATABASE", "namespace": "credential:raxx_app"})]
     assert bare_fake.config_vars(APP)[URL_VAR] == (
         "postgres://raxx_app:pw-of-raxx-app@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1abc")
+    # the attachments were read with the variables they set, and the release read as the CLI does
+    listing = next(r for r in bare_fake.requests if r.path == f"/apps/{APP}/addon-attachments")
+    assert listing.header("Accept-Inclusion") == "addon:plan,config_vars"
+    release = next(r for r in bare_fake.requests if r.path == f"/apps/{APP}/releases")
+    assert release.header("Range") == "version ..; max=1, order=desc" and release.status == 206
     # a second attach adopts the attachment: nothing is posted
     bare_fake.clear()
     assert app.attach_url(_cred(), URL_VAR) is True
     assert bare_fake.mutating() == []
-    assert _calls(bare_fake) == [("GET", f"/apps/{APP}/addon-attachments/RAPTOR_APP_DATABASE", None)]
-
-
-def test_attach_replaces_a_plain_var_of_the_same_name(bare_fake, open_app):
-    bare_fake.create_credential(ADDON, "raxx_app", "pw-of-raxx-app")
-    bare_fake.set_config_var(APP, URL_VAR, "postgres://copied:by-hand@host/db")
-    assert open_app(bare_fake).attach_url(_cred(), URL_VAR) is True
-    assert bare_fake.config_vars(APP)[URL_VAR].startswith("postgres://raxx_app:pw-of-raxx-app@")
+    assert _calls(bare_fake) == [("GET", f"/apps/{APP}/addon-attachments", None)]
 
 
 def test_detach_url_deletes_that_attachment_only(bare_fake, open_app):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import psycopg
 import pytest
@@ -58,9 +60,13 @@ def test_create_polls_until_active_and_the_login_is_real(fake, open_db, pg, cana
     # credential(), then 3 polls: the look before the POST takes credential()'s answer (nothing written since)
     assert gets == [f"{base}/{role}"] * 4
     assert sleeps == [0.1, 0.2]
+    # the CLI's scheme per call: Bearer on the Platform API and for the create, Basic :token for reads
+    basic = "Basic " + base64.b64encode(f":{fake.token}".encode()).decode()
     for r in fake.requests:
-        assert r.header("Authorization") == f"Bearer {fake.token}"
+        wanted = basic if (r.api, r.method) == ("data", "GET") else f"Bearer {fake.token}"
+        assert r.header("Authorization") == wanted, (r.method, r.path)
         assert r.header("Accept") == "application/vnd.heroku+json; version=3"
+    assert fake.auth_rejections == []
     assert (cred.name, cred.user, cred.host, cred.port, cred.database) == (role, role, "127.0.0.1", pg.port, pg.dbname)
     assert cred.password.reveal() == canary_password and str(cred.password) == "****"
     assert cred.sslmode == "disable"

@@ -56,7 +56,7 @@ def test_full_lifecycle(fake, pg, tmp_path, project, canary_password, caplog):
     posts = [(r.method, r.path, r.body) for r in fake.mutating()]
     assert posts[0] == ("POST", credentials, {"name": role})
     assert ("POST", "/addon-attachments", {"addon": addon_id, "app": APP, "name": "RAPTOR_APP_DATABASE",
-                                           "namespace": f"credential:{role}", "confirm": APP}) in posts
+                                           "namespace": f"credential:{role}"}) in posts
     assert ("PATCH", f"/apps/{APP}/config-vars", {FLAG: "1"}) in posts
     # the config-var PATCH restarted the dynos: no second restart, and the URL was never PATCHed
     assert not any(m == "DELETE" and p.endswith("/dynos") for m, p, _ in posts)
