@@ -5,6 +5,8 @@ Imports are lazy: `runbook --help` loads typer and nothing of psycopg, pydantic 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from enum import Enum
@@ -17,7 +19,7 @@ app = typer.Typer(
     name="runbook",
     help="The restricted application-role runbook for managed PostgreSQL, as code.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,18 +36,52 @@ class _Opts:
     state: Optional[str] = None
     output: Output = Output.text
     debug: bool = False
+    quiet: bool = False
 
 
 OPTS = _Opts()
 
+
+def _complete_envs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Environment names from the project file, for shell completion. Reads the YAML and nothing
+    else (no validation, no provider), so a tab press stays instant; a comma list completes its
+    last part."""
+    from runbook.completion import environment_names
+
+    head, _, part = incomplete.rpartition(",")
+    prefix = head + "," if head else ""
+    return [prefix + n for n in environment_names(_file_for_completion(ctx)) if n.startswith(part)]
+
+
+def _file_for_completion(ctx: typer.Context) -> Path:
+    while ctx is not None:              # `-f` after the verb wins over `-f` before it
+        if ctx.params.get("file"):
+            return Path(ctx.params["file"])
+        ctx = ctx.parent
+    return Path(os.environ.get("RUNBOOK_FILE") or "runbook.yaml")
+
+
 EnvOpt = Annotated[list[str], typer.Option(
-    "--env", "-e", metavar="<str>",
+    "--env", "-e", metavar="<str>", autocompletion=_complete_envs,
     help="environment name from runbook.yaml; for a fleet repeat it, comma-separate or glob ('staging-*')")]
-OneEnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment name from runbook.yaml")]
+OneEnvOpt = Annotated[str, typer.Option("--env", "-e", autocompletion=_complete_envs,
+                                        help="environment name from runbook.yaml")]
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=32, help="fleets: environments run at once")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask; required without a terminal")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", envvar="RUNBOOK_YES",
+                                      help="do not ask; required without a terminal (also RUNBOOK_YES=1)")]
 OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr) or json (stdout)")]
 StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or report on stderr; errors, the exit "
+                                                              "code and --output json still come")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from runbook import __version__
+
+        sys.stdout.write(f"runbook {__version__}\n")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -53,11 +89,63 @@ def _global(
     file: Annotated[Path, typer.Option("--file", "-f", help="project file", envvar="RUNBOOK_FILE")] = Path("runbook.yaml"),
     state: StateOpt = None,
     output: OutOpt = None,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="print the version and exit")] = False,
 ) -> None:
     OPTS.file, OPTS.state, OPTS.debug = file, state, debug
     if output is not None:
         OPTS.output = output
+    _set_quiet(quiet)
+
+
+def _set_quiet(quiet: bool) -> None:
+    if quiet:
+        from runbook import render
+
+        OPTS.quiet = render.QUIET = True
+
+
+# The global options, accepted after the verb too (`runbook plan --env staging -f x.yaml`): each
+# command gets the ones it does not declare itself, applied over what came before the verb.
+_AFTER_VERB = {
+    "file": (Annotated[Optional[Path], typer.Option("--file", "-f", help="project file (as before the verb)")], None),
+    "state": (StateOpt, None),
+    "output": (OutOpt, None),
+    "quiet": (QuietOpt, False),
+    "debug": (DebugOpt, False),
+}
+
+
+def _with_global_options(fn):
+    own = inspect.signature(fn, eval_str=True)
+    added = [name for name in _AFTER_VERB if name not in own.parameters]
+
+    @functools.wraps(fn)
+    def command(**kw):
+        given = {name: kw.pop(name) for name in added}
+        if given.get("file") is not None:
+            OPTS.file = given["file"]
+        if given.get("state") is not None:
+            OPTS.state = given["state"]
+        if given.get("output") is not None:
+            OPTS.output = given["output"]
+        if given.get("debug"):
+            OPTS.debug = True
+        _set_quiet(bool(given.get("quiet")) or bool(kw.get("quiet")))
+        return fn(**kw)
+
+    params = list(own.parameters.values()) + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_AFTER_VERB[name][0],
+                          default=_AFTER_VERB[name][1]) for name in added]
+    command.__signature__ = own.replace(parameters=params)
+    command.__annotations__ = {**{p.name: p.annotation for p in params}, "return": own.return_annotation}
+    return command
+
+
+def _command(fn):
+    return app.command()(_with_global_options(fn))
 
 
 def _load():
@@ -154,7 +242,7 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
     return _finish(res, output, streamed=streamed and not is_json, show_sql=show_sql)
 
 
-@app.command()
+@_command
 def plan(env: EnvOpt, output: OutOpt = None,
          playbook: Annotated[str, typer.Option(help="playbook to plan")] = "provision",
          sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False,
@@ -163,7 +251,7 @@ def plan(env: EnvOpt, output: OutOpt = None,
     return _verb("plan", env, output, parallel=parallel, show_sql=sql, playbook=playbook)
 
 
-@app.command()
+@_command
 def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
               parallel: ParallelOpt = 1) -> int:
     """Tier check → role → grants → URL → flag on (soak starts) → restart → verify."""
@@ -171,27 +259,27 @@ def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: St
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """The four checks, in order, with the fix for each failure. Exit 4 if any fails."""
     return _verb("diagnose", env, output, parallel=parallel, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def drift(env: EnvOpt, fix: Annotated[bool, typer.Option("--fix", help="converge what drifted")] = False,
           yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Objects the role should reach but cannot, and denied ones it can. Exit 4 on drift."""
     return _verb("drift", env, output, parallel=parallel, mutating=fix, yes=yes, fix=fix, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
              parallel: ParallelOpt = 1) -> int:
     """Emergency: flag off (+ restart). Role and grants stay. Needs no lock and no database."""
     return _verb("rollback", env, output, parallel=parallel, mutating=True, yes=yes, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """Remove the URL, end sessions, reassign what the role owns, drop it."""
@@ -199,7 +287,7 @@ def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """A new password (or platform rotation), written where the app reads it, then a restart."""
@@ -207,7 +295,7 @@ def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
          wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False,
          parallel: ParallelOpt = 1) -> int:
@@ -241,7 +329,7 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
         time.sleep(max(0.5, min(due - time.time() + 0.2, 300)))
 
 
-@app.command()
+@_command
 def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign-off", help="who approved")] = None,
             force: Annotated[bool, typer.Option("--force", help="override a closed gate (needs --reason)")] = False,
             reason: Annotated[Optional[str], typer.Option("--reason")] = None,
@@ -251,7 +339,7 @@ def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign
                  state=state or OPTS.state, sign_off=sign_off, force=force, reason=reason)
 
 
-@app.command()
+@_command
 def status(output: OutOpt = None, state: StateOpt = None) -> int:
     """Every environment: role present, flag value, soak state, last run."""
     from runbook import commands
@@ -259,7 +347,7 @@ def status(output: OutOpt = None, state: StateOpt = None) -> int:
     return _finish(commands.status(_load(), state=state or OPTS.state), output)
 
 
-@app.command()
+@_command
 def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, output: OutOpt = None,
             state: StateOpt = None, limit: int = 50) -> int:
     """The audit journal: runs, events, approvals."""
@@ -268,7 +356,7 @@ def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, o
     return _finish(commands.history(_load(), env, state=state or OPTS.state, limit=limit), output)
 
 
-@app.command()
+@_command
 def validate(output: OutOpt = None) -> int:
     """Check the project file; exit 2 naming file:line on the first problem."""
     project = _load()
@@ -284,7 +372,7 @@ def validate(output: OutOpt = None) -> int:
     return 0
 
 
-@app.command()
+@_command
 def schema() -> int:
     """Print the JSON Schema of runbook.yaml (for editors)."""
     import json
@@ -295,7 +383,7 @@ def schema() -> int:
     return 0
 
 
-@app.command()
+@_command
 def init(force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
          quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False) -> int:
     """Write a commented starter runbook.yaml."""
@@ -308,7 +396,7 @@ def init(force: Annotated[bool, typer.Option("--force", help="overwrite an exist
     return 0
 
 
-@app.command()
+@_command
 def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where to put the demo project")] = None,
          output: OutOpt = None) -> int:
     """The whole lifecycle on an embedded PostgreSQL: provision → diagnose → soak → rollback."""
@@ -317,7 +405,7 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where 
     return run_demo(directory, as_json=_json(output))
 
 
-@app.command()
+@_command
 def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")], env: OneEnvOpt) -> int:
     """Manage the embedded PostgreSQL of a `local` environment without a DSN."""
     from runbook import render

@@ -11,6 +11,8 @@ from typing import Any
 
 from runbook.secret import MASK, Secret, redact
 
+QUIET = False          # --quiet: nothing on stderr but the error line main() writes itself
+
 _STATUS_STYLE = {"pass": "green", "fail": "red", "inconclusive": "yellow", "pending": "dim",
                  "applied": "green", "unchanged": "dim", "planned": "cyan", "failed": "red"}
 
@@ -22,7 +24,8 @@ def console():
 
     # a pipe or a log file gets long lines, not rich's 80-column default
     width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160"))
-    return Console(stderr=True, highlight=False, soft_wrap=False, width=width)
+    # colour follows rich's own reading of NO_COLOR, FORCE_COLOR and whether stderr is a terminal
+    return Console(stderr=True, highlight=False, soft_wrap=False, width=width, quiet=QUIET)
 
 
 def emit_json(payload: Any) -> None:
