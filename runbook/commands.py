@@ -207,6 +207,7 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
     ctx = _context(project, env, "diagnose", environ, transport)
     result = Result("diagnose", env)
     try:
+        ctx.require_extras()      # a missing library is bad configuration (exit 2), not four inconclusive checks
         try:
             ctx.info
         except RunbookError as exc:

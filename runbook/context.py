@@ -16,6 +16,7 @@ from typing import Any
 
 from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, RetryPolicy
 from runbook.errors import ConfigError, RunbookError
+from runbook.extras import require as require_extras
 from runbook.project import Environment, Project
 from runbook.secret import Secret, redact
 
@@ -99,15 +100,26 @@ class Context:
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
         )
 
+    def require_extras(self, *, app_only: bool = False) -> None:
+        """The optional libraries this environment's providers need (ConfigError naming the extra).
+        Both sides before either is used, so the database side never changes and then finds the
+        app side unreachable; the app side alone for rollback, whatever the database side needs."""
+        sides = {"app": self.env.app.platform}
+        if not app_only:
+            sides = {"database": self.env.database.provider, **sides}
+        require_extras(self.env.name, sides, self.environ)
+
     @property
     def db(self) -> DatabaseProvider:
         if self._db is None:
+            self.require_extras()
             self._db = self.env.database.open(self.open_context())
         return self._db
 
     @property
     def app(self) -> AppPlatform:
         if self._app is None:
+            self.require_extras(app_only=True)
             self._app = self.env.app.open(self.open_context())
         return self._app
 
