@@ -158,6 +158,20 @@ def _json(output: Optional[Output]) -> bool:
     return (output or OPTS.output) == Output.json
 
 
+_DISPLAY = None
+
+
+def _display(output: Optional[Output]):
+    """The live progress display for this run (installed as the sink of providers' long waits)."""
+    global _DISPLAY
+    if _DISPLAY is None:
+        from runbook import context, render
+
+        _DISPLAY = render.progress_display(as_json=_json(output))
+        context.PROGRESS_SINK = _DISPLAY
+    return _DISPLAY
+
+
 def _confirm(is_json: bool):
     """A confirmation callback when a person is there to answer; None otherwise (then --yes is required)."""
     if not sys.stdin.isatty() or os.environ.get("CI"):
@@ -216,7 +230,27 @@ def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *
             return 0
     if mutating:
         kw.update(yes=True, confirm=None)
-    res = fleet.run(project, verb, envs, parallel=parallel, on_done=None if is_json else fleet.progress, **kw)
+    display = _display(output)
+    from providers.base import Progress
+
+    failed = 0
+    what = f"{verb} on {len(envs)} environment(s)"
+
+    def on_done(outcome, count: int, total: int) -> None:
+        nonlocal failed
+        failed += outcome.exit_code not in (0, 3)
+        state = f"{count}/{total} done, {failed} failed so far"
+        if is_json:                 # stdout is the JSON's alone; one plain line per environment on stderr
+            display(None, Progress(what, f"{state}; {outcome.env}: {outcome.status}", done=count == total))
+            return
+        fleet.progress(outcome, count, total, failed=failed)
+        if display.live:
+            display(None, Progress(what, state, done=count == total))
+
+    if display.live:
+        display(None, Progress(what, f"0/{len(envs)} done"))
+    res = fleet.run(project, verb, envs, parallel=parallel, on_done=on_done, **kw)
+    display.close()
     if is_json:
         render.emit_json(res.to_json())
     else:
@@ -234,6 +268,7 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
     from runbook import commands
 
     is_json = _json(output)
+    _display(output)
     if mutating:
         kw.update(yes=yes, confirm=None if yes else _confirm(is_json))
     if streamed:
@@ -312,21 +347,29 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
     if code is not None:
         return code
     project = _load()
+    display = _display(output)
+    waited = False
+    from providers.base import Progress
+
     while True:
         res = commands.soak(project, env[0], state=state or OPTS.state)
-        if not wait or res.exit_code != 3 or not res.data.get("soak", {}).get("started_at"):
-            return _finish(res, output)
-        pending = [p for p in res.data["soak"]["checkpoints"] if p["status"] == "pending"]
-        if not pending:
+        view = res.data.get("soak", {})
+        pending = [p for p in view.get("checkpoints", []) if p["status"] == "pending"]
+        if not wait or res.exit_code != 3 or not view.get("started_at") or not pending:
+            if waited:
+                display(env[0], Progress("soak", view.get("state", res.status), done=True))
             return _finish(res, output)
         from runbook.durations import parse_duration
 
-        due = res.data["soak"]["started_at"] + parse_duration(pending[0]["checkpoint"]).total_seconds()
-        if not _json(output):
-            from runbook import render
-
-            render.console().print(f"waiting for checkpoint {pending[0]['checkpoint']}…")
-        time.sleep(max(0.5, min(due - time.time() + 0.2, 300)))
+        started = view["started_at"]
+        due = started + parse_duration(pending[0]["checkpoint"]).total_seconds()
+        end = started + project.spec.soak.duration.total_seconds()
+        now = time.time()
+        # the countdown: to the next checkpoint, and to the end of the soak
+        display(env[0], Progress("soak", f"waiting for checkpoint {pending[0]['checkpoint']}",
+                                 remaining=max(0.0, due - now), fields={"soak_ends_in": max(0.0, end - now)}))
+        waited = True
+        time.sleep(max(0.5, min(due - now + 0.2, 300)))
 
 
 @_command
@@ -477,6 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"internal error: {type(exc).__name__}: {redact(str(exc)).splitlines()[0] if str(exc) else ''}"
                          " (run with --debug for the traceback)\n")
         code = 1
+    if _DISPLAY is not None:
+        _DISPLAY.close()
     sys.stdout.flush()
     sys.exit(code)
 

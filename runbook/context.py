@@ -8,17 +8,22 @@ never takes a lock.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, RetryPolicy
+from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, Progress, RetryPolicy
 from runbook.errors import ConfigError, RunbookError
 from runbook.extras import require as require_extras
 from runbook.project import Environment, Project
 from runbook.secret import Secret, redact
+
+
+# Where long platform waits are shown: (env name, providers.base.Progress) → None. The CLI installs
+# its display (runbook.render.ProgressDisplay); None (scripts, tests) shows nothing.
+PROGRESS_SINK: Callable[[str, Progress], None] | None = None
 
 
 def _seconds(value: timedelta) -> float:
@@ -98,7 +103,14 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
+            progress=self.report_progress,
         )
+
+    def report_progress(self, event: Progress) -> None:
+        """A provider's long wait changed state: to the CLI's display, named by environment."""
+        sink = PROGRESS_SINK
+        if sink is not None:
+            sink(self.env.name, event)
 
     def require_extras(self, *, app_only: bool = False) -> None:
         """The optional libraries this environment's providers need (ConfigError naming the extra).

@@ -264,15 +264,17 @@ def _run_all(fleet: FleetResult, fn: Callable[..., Any], project: Any,
 _STYLE = {0: "green", 3: "yellow", 5: "magenta", 2: "red", 4: "red", 1: "bold red", INTERRUPTED: "yellow"}
 
 
-def progress(outcome: Outcome, count: int, total: int) -> None:
-    """One line on stderr as each environment finishes (text output only)."""
+def progress(outcome: Outcome, count: int, total: int, *, failed: int | None = None) -> None:
+    """One line on stderr as each environment finishes (text output only), with the failures so
+    far when there are any."""
     from rich.markup import escape
 
     from runbook import render
 
     style = _STYLE.get(outcome.exit_code, "red")
+    so_far = f" [red]({failed} failed so far)[/]" if failed else ""
     render.console().print(f"[dim]{count:>{len(str(total))}}/{total}[/] [{style}]{outcome.status:>12}[/] "
-                           f"[bold]{escape(outcome.env)}[/] [dim]{outcome.seconds:.1f}s[/]")
+                           f"[bold]{escape(outcome.env)}[/] [dim]{outcome.seconds:.1f}s[/]{so_far}")
 
 
 def render_text(fleet: FleetResult, *, debug: bool = False, show_sql: bool = False) -> None:

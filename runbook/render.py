@@ -140,3 +140,129 @@ def _history(out, data: dict[str, Any]) -> None:
             t3.add_row(time.strftime("%H:%M:%S", time.gmtime(e["at"])), str(e.get("run_id") or "-"), e.get("step") or "",
                        e["kind"], _esc(e.get("summary") or ""))
         out.print(t3)
+
+
+# --- long waits, as they happen ----------------------------------------------------------------
+
+def _clock(seconds: float) -> str:
+    """A countdown as a person reads it: 4:58, 1:02:03, 2d 03:04:05."""
+    s = max(0, int(seconds + 0.999))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    text = f"{hours}:{minutes:02d}:{s:02d}" if hours else f"{minutes}:{s:02d}"
+    return f"{days}d {hours:02d}:{minutes:02d}:{s:02d}" if days else text
+
+
+def _countdowns(event, since: float, now: float) -> list[str]:
+    """`remaining` as "… left", and every field named *_in (seconds at the event) as "… in …",
+    both counted down from when the event arrived."""
+    parts = []
+    if event.remaining is not None:
+        parts.append(f"{_clock(event.remaining - (now - since))} left")
+    for key, value in (event.fields or {}).items():
+        if key.endswith("_in") and isinstance(value, (int, float)):
+            parts.append(f"{key[:-3].replace('_', ' ')} in {_clock(value - (now - since))}")
+    return parts
+
+
+class ProgressDisplay:
+    """Long platform waits (providers.base.Progress events), soak countdowns and fleets on stderr.
+
+    `live`: a rich display redrawn in place, each wait with its countdown; a finished wait leaves
+    one line behind. Otherwise (a pipe, a log, --output json) one plain line per state change and
+    nothing else: no spinner, no carriage return, nothing on stdout. Thread-safe: fleet workers
+    report from their own threads. A display fault never reaches the wait that reported."""
+
+    def __init__(self, *, live: bool) -> None:
+        import threading
+
+        self.live = live
+        self._lock = threading.RLock()
+        self._waits: dict[tuple[str, str], tuple[Any, float]] = {}   # (env, what) → (event, when it came)
+        self._said: dict[tuple[str, str], str] = {}                   # plain: the last state printed
+        self._live: Any = None
+
+    def __call__(self, env: str | None, event: Any) -> None:
+        if QUIET:
+            return
+        try:
+            with self._lock:
+                (self._show if self.live else self._plain)((env or "", event.what), event)
+        except Exception:   # pragma: no cover - a broken terminal must not fail a deployment wait
+            pass
+
+    # plain ----------------------------------------------------------------------------------
+    def _plain(self, key: tuple[str, str], event: Any) -> None:
+        if not event.done and self._said.get(key) == event.state:
+            return
+        self._said[key] = event.state
+        if event.done:
+            self._said.pop(key, None)
+        extra = _countdowns(event, 0.0, 0.0)
+        line = f"{key[0] + ': ' if key[0] else ''}{event.what}: {event.state}"
+        if event.done:
+            line += " (done)"
+        elif extra:
+            line += f" ({', '.join(extra)})"
+        sys.stderr.write(redact(line).replace("\r", " ").replace("\n", " ") + "\n")
+        sys.stderr.flush()
+
+    # live -----------------------------------------------------------------------------------
+    def _show(self, key: tuple[str, str], event: Any) -> None:
+        if event.done:
+            self._waits.pop(key, None)
+            out = self._live.console if self._live is not None else console()
+            where = f"{key[0]} · " if key[0] else ""
+            out.print(f"[green]✓[/] {_esc(where + event.what)}: {_esc(event.state)}")
+            if not self._waits:
+                self.close()
+            return
+        self._waits[key] = (event, time.monotonic())
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(_Board(self), console=console(), transient=True, refresh_per_second=4,
+                              redirect_stdout=False, redirect_stderr=True)
+            self._live.start()
+        self._live.refresh()
+
+    def rows(self) -> list[tuple[str, str]]:
+        now = time.monotonic()
+        with self._lock:
+            waits = list(self._waits.items())
+        return [(f"{env} · {what}" if env else what, " · ".join([event.state, *_countdowns(event, since, now)]))
+                for (env, what), (event, since) in waits]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._live is not None:
+                live, self._live = self._live, None
+                live.stop()
+            self._waits.clear()
+
+
+class _Board:
+    """What the live display draws on each refresh: one spinner line per wait in progress."""
+
+    def __init__(self, display: ProgressDisplay) -> None:
+        self.display = display
+        from rich.spinner import Spinner
+
+        self._spinner = Spinner("dots", style="cyan")
+
+    def __rich_console__(self, console, options):
+        from rich.table import Table
+
+        grid = Table.grid(padding=(0, 1))
+        for where, text in self.display.rows():
+            grid.add_row(self._spinner, f"[bold]{_esc(where)}[/]:", _esc(text))
+        yield grid
+
+
+def progress_display(*, as_json: bool) -> ProgressDisplay:
+    """Live on a terminal with text output; plain lines otherwise (TERM=dumb counts as no terminal)."""
+    import os
+
+    live = not as_json and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    return ProgressDisplay(live=live)
