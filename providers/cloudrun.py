@@ -67,12 +67,12 @@ def _one_line(text: object) -> str:
 class CloudRunAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="cloudrun app")
     platform: Literal["cloudrun"] = "cloudrun"
-    project: ProjectId = Field(description="Google Cloud project id (default: the cloudsql database's project)")
-    region: str = Field(description="region of the Cloud Run service, e.g. europe-west1")
-    service: str = Field(description="Cloud Run service name")
-    url_secret: str = Field(description="Secret Manager secret that holds the role's URL")
+    project: ProjectId = Field(description="Google Cloud project id (default: the cloudsql database's project)", examples=['raptor-prod-123'])
+    region: str = Field(description="region of the Cloud Run service, e.g. europe-west1", examples=['europe-west1'])
+    service: str = Field(description="Cloud Run service name", examples=['web'])
+    url_secret: str = Field(description="Secret Manager secret that holds the role's URL", examples=['raptor-database-url'])
     container: str | None = Field(default=None, description="container that gets the env vars "
-                                  "(default: the one serving traffic)")
+                                  "(default: the one serving traffic)", examples=["app"])
     poll_interval: Duration = Field(default=timedelta(seconds=2), description="between operation polls")
     operation_timeout: Duration = Field(default=timedelta(minutes=10), description="longest wait for a revision")
 

@@ -43,16 +43,16 @@ _INSTANCE = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
 class CloudSqlDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="cloudsql database")
     provider: Literal["cloudsql"] = "cloudsql"
-    project: ProjectId = Field(description="Google Cloud project id")
-    instance: str = Field(description="Cloud SQL instance id")
+    project: ProjectId = Field(description="Google Cloud project id", examples=['raptor-prod-123'])
+    instance: str = Field(description="Cloud SQL instance id", examples=['main'])
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
-    admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password")
+    admin_password_env: EnvVarName = Field(description="environment variable holding the admin user's password", examples=['CLOUDSQL_ADMIN_PASSWORD'])
     database: str = Field(default="postgres", description="database the role is granted in")
     sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL "
                          "(disable behind the Cloud SQL Auth Proxy, which encrypts by itself)")
     connect: Connect | None = Field(default=None, description="address of a Cloud SQL Auth Proxy or tunnel")
     app_host: str | None = Field(default=None, description="host in the app's URL: an address, a socket "
-                                 "folder, or `socket` for /cloudsql/<connection name> (Cloud Run)")
+                                 "folder, or `socket` for /cloudsql/<connection name> (Cloud Run)", examples=["socket", "10.0.0.5"])
     replace_api_users: bool = Field(default=False, description="delete an API-created role that owns nothing "
                                     "(so it is created again in SQL) when its cloudsqlsuperuser membership "
                                     "cannot be revoked in SQL")

@@ -28,9 +28,9 @@ from runbook.secret import Secret, redact, reveal
 class DotenvAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="dotenv app")
     platform: Literal["dotenv"] = "dotenv"
-    dotenv: str | None = Field(default=None, description="path of the app's dotenv file (default .runbook/<env>.env)")
-    restart: str | None = Field(default=None, description="shell command that restarts the app (optional)")
-    restart_timeout: timedelta = Field(default=timedelta(minutes=2))
+    dotenv: str | None = Field(default=None, description="path of the app's dotenv file (default .runbook/<env>.env)", examples=['.runbook/staging.env'])
+    restart: str | None = Field(default=None, description="shell command that restarts the app (optional)", examples=['systemctl restart raptor'])
+    restart_timeout: timedelta = Field(default=timedelta(minutes=2), description="how long the restart command may run")
 
     @field_validator("restart_timeout", mode="before")
     @classmethod

@@ -105,7 +105,7 @@ class HerokuDatabaseConfig(BaseModel):
 class HerokuAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="heroku app")
     platform: Literal["heroku"] = "heroku"
-    name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag")
+    name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag", examples=['raptor-staging'])
     # the database block's add-on, when it is on Heroku too: what attach_url attaches
     _addon: str | None = PrivateAttr(default=None)
     _addon_app: str | None = PrivateAttr(default=None)

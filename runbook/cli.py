@@ -432,10 +432,16 @@ def init(force: Annotated[bool, typer.Option("--force", help="overwrite an exist
     """Write a commented starter runbook.yaml."""
     from runbook.starter import write_starter
 
+    from runbook.starter import schema_path
+
     path = write_starter(OPTS.file, force=force, quickstart=quickstart)
     from runbook import render
 
-    render.console().print(f"wrote {path}; next: runbook validate, then runbook plan --env staging")
+    if _json(None):
+        render.emit_json({"file": str(path), "schema": str(schema_path(path))})
+    else:
+        render.console().print(f"wrote {path} and its editor schema {schema_path(path)}; "
+                               "next: runbook validate, then runbook plan --env staging")
     return 0
 
 

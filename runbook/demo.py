@@ -8,6 +8,7 @@ rollback, printing each. Everything it does can be repeated by hand from that fo
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def run_demo(directory: Path | None, *, as_json: bool = False) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runbook.yaml"
     path.write_text(_project_text())
+    from runbook.starter import schema_path
+
+    schema_path(path).write_text(json.dumps(projects.json_schema(), indent=2) + "\n")   # what its first line names
     out = render.console()
     out.print(f"[bold]demo project:[/] {path}")
     project = projects.load(path)
