@@ -399,20 +399,21 @@ class PostgresStore(_SqlStore):
     by a ConnectionPool, which gets it back on close)."""
 
     def __init__(self, conninfo: str | Secret, *, location: str, connect_timeout: int = 10,
-                 pool: ConnectionPool | None = None) -> None:
+                 pool: ConnectionPool | None = None, create: bool = True) -> None:
         self.location = location
         self._pool = pool
         self._key = conninfo.reveal() if isinstance(conninfo, Secret) else conninfo
         self._closed = False
         self.conn = pool.take(self._key) if pool is not None else None
         if self.conn is None:
-            self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout)
+            self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, create=create)
             if pool is not None:
                 pool.count_opened()
 
     @staticmethod
-    def connect(conninfo: str, *, location: str, connect_timeout: int = 10) -> Any:
-        """A new autocommit connection to the store, its schema created if it is not there yet."""
+    def connect(conninfo: str, *, location: str, connect_timeout: int = 10, create: bool = True) -> Any:
+        """A new autocommit connection to the store, its schema created if it is not there yet
+        (with create=False: JournalMissing instead, and no DDL at all)."""
         import psycopg
 
         try:
@@ -421,11 +422,19 @@ class PostgresStore(_SqlStore):
         except psycopg.OperationalError as exc:
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
         try:
-            PostgresStore._ensure(conn)
+            if create:
+                PostgresStore._ensure(conn)
+            elif not PostgresStore._present(conn):
+                raise JournalMissing(location)
         except BaseException:
             _close_quietly(conn)
             raise
         return conn
+
+    @staticmethod
+    def _present(conn: Any) -> bool:
+        return conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+                            (SCHEMA, list(TABLES))).fetchone()[0] == len(TABLES)
 
     @staticmethod
     def _ensure(conn: Any) -> None:
@@ -463,9 +472,12 @@ class PostgresStore(_SqlStore):
 
 
 class SqliteStore(_SqlStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.location = f"sqlite:///{path}"
         try:
+            if not create:       # read-only runs: the file as it is, no DDL, no WAL switch
+                self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -498,27 +510,42 @@ def pooled_conninfo(url: str | None) -> str | None:
     return None
 
 
-def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10) -> StateStore:
-    """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise."""
+class JournalMissing(RunbookError):
+    """A read-only run found no journal (open_store(create=False)): nothing was ever recorded there."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"no journal at {location} yet")
+        self.location = location
+
+
+def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
+               create: bool = True) -> StateStore:
+    """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
+    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
-        return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout)
+        return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout,
+                             create=create)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():
             path = base_dir / path
-        return SqliteStore(path)
+        if not create and not path.exists():
+            raise JournalMissing(f"sqlite:///{path}")
+        return SqliteStore(path, create=create)
     if url.startswith("sqlite://"):
         # sqlite:////abs/path is the absolute form; sqlite://rel is a common typo
         raise ConfigError(f"state URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     if url.startswith(("postgresql://", "postgres://")):
         from runbook.secret import mask_url
 
-        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool)
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool,
+                             create=create)
     if url.startswith("env:"):
         value = os.environ.get(url[4:])
         if not value:
             raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
-        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout)
+        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout,
+                          create=create)
     raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")
