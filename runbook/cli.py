@@ -29,6 +29,7 @@ app = typer.Typer(
 class Output(str, Enum):
     text = "text"
     json = "json"
+    markdown = "markdown"      # plan, drift, diagnose, soak: for PR comments and job summaries
 
 
 class _Opts:
@@ -69,7 +70,7 @@ OneEnvOpt = Annotated[str, typer.Option("--env", "-e", autocompletion=_complete_
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=32, help="fleets: environments run at once")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", envvar="RUNBOOK_YES",
                                       help="do not ask; required without a terminal (also RUNBOOK_YES=1)")]
-OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr) or json (stdout)")]
+OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr), json or markdown (stdout)")]
 StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or report on stderr; errors, the exit "
                                                               "code and --output json still come")]
@@ -155,7 +156,12 @@ def _load():
 
 
 def _json(output: Optional[Output]) -> bool:
-    return (output or OPTS.output) == Output.json
+    """Machine output on stdout (json, or markdown): nothing else may go there."""
+    return (output or OPTS.output) in (Output.json, Output.markdown)
+
+
+def _markdown(output: Optional[Output]) -> bool:
+    return (output or OPTS.output) == Output.markdown
 
 
 _DISPLAY = None
@@ -191,7 +197,9 @@ def _confirm(is_json: bool):
 def _finish(res, output: Optional[Output], *, streamed: bool = False, show_sql: bool = False) -> int:
     from runbook import render
 
-    if _json(output):
+    if _markdown(output):
+        render.emit_markdown([res])
+    elif _json(output):
         render.emit_json(res.to_json())
     else:
         render.result(res, streamed=streamed, show_sql=show_sql)
@@ -251,7 +259,12 @@ def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *
         display(None, Progress(what, f"0/{len(envs)} done"))
     res = fleet.run(project, verb, envs, parallel=parallel, on_done=on_done, **kw)
     display.close()
-    if is_json:
+    if _markdown(output):
+        render.emit_markdown([o.result for o in res.outcomes if o.result is not None])
+        for o in res.outcomes:
+            if o.result is None:
+                sys.stdout.write(f"### runbook {verb}: {o.env} — {o.status} (exit {o.exit_code})\n\n> {o.message}\n")
+    elif is_json:
         render.emit_json(res.to_json())
     else:
         fleet.render_text(res, debug=OPTS.debug, show_sql=show_sql)
@@ -415,23 +428,51 @@ def validate(output: OutOpt = None) -> int:
     return 0
 
 
+class SchemaKind(str, Enum):
+    project = "project"
+    output = "output"
+
+
 @_command
-def schema() -> int:
-    """Print the JSON Schema of runbook.yaml (for editors)."""
+def schema(what: Annotated[SchemaKind, typer.Argument(help="project: runbook.yaml (for editors); output: what "
+                                                           "--output json prints (versioned)")] = SchemaKind.project) -> int:
+    """Print a JSON Schema: of runbook.yaml (default, for editors), or of --output json."""
     import json
 
+    if what == SchemaKind.output:
+        from runbook.output_schema import schema as output_schema
+
+        sys.stdout.write(json.dumps(output_schema(), indent=2) + "\n")
+        return 0
     from runbook import project
 
     sys.stdout.write(json.dumps(project.json_schema(), indent=2) + "\n")
     return 0
 
 
+class CiKind(str, Enum):
+    github = "github"
+    gitlab = "gitlab"
+
+
 @_command
 def init(force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
-         quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False) -> int:
-    """Write a commented starter runbook.yaml."""
+         quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False,
+         ci: Annotated[Optional[CiKind], typer.Option("--ci", help="write CI workflows (plan, drift, soak, promote) "
+                                                                   "for the project file instead")] = None) -> int:
+    """Write a commented starter runbook.yaml and its editor schema (or, with --ci, CI workflows)."""
     from runbook.starter import write_starter
 
+    if ci is not None:
+        from runbook import ci as templates
+        from runbook import render
+
+        paths = templates.write(ci.value, OPTS.file, force=force)
+        if _json(None):
+            render.emit_json({"written": [str(p) for p in paths]})
+        else:
+            render.console().print("wrote " + ", ".join(str(p) for p in paths) + "; add the secrets they name")
+        return 0
     from runbook.starter import schema_path
 
     path = write_starter(OPTS.file, force=force, quickstart=quickstart)

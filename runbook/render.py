@@ -29,6 +29,12 @@ def console():
 
 
 def emit_json(payload: Any) -> None:
+    """JSON on stdout, versioned (`runbook schema output`; runbook.output_schema)."""
+    from runbook.output_schema import OUTPUT_VERSION
+
+    if isinstance(payload, dict):
+        payload = {"output_version": OUTPUT_VERSION, **payload}
+
     def default(o: Any) -> Any:
         if isinstance(o, Secret):
             return MASK
@@ -266,3 +272,65 @@ def progress_display(*, as_json: bool) -> ProgressDisplay:
 
     live = not as_json and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     return ProgressDisplay(live=live)
+
+
+# --- markdown (PR comments, job summaries) -----------------------------------------------------
+
+_MD_ICON = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "pending": "⏳", "planned": "📝", "unchanged": "·",
+            "applied": "✅", "failed": "❌"}
+
+
+def _cell(text: Any) -> str:
+    """One table cell: redacted, on one line, pipes escaped."""
+    return redact(str(text if text is not None else "")).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def markdown(res) -> str:
+    """A command's result as GitHub/GitLab-flavoured markdown: plan, drift, diagnose and soak in
+    full; any other command as its status and messages."""
+    lines = [f"### runbook {res.command}: {_cell(res.env or 'every environment')} — {res.status} (exit {res.exit_code})", ""]
+    if res.command == "plan":
+        changed = [s for s in res.steps if s.changes]
+        if not changed:
+            lines.append("No changes: provision would change nothing.")
+        for step in changed:
+            lines.append(f"- **{_cell(step.step)}**")
+            lines.extend(f"  - {_cell(c.summary)}" for c in step.changes)
+        notes = [n for s in res.steps for n in s.notes]
+        if notes:
+            lines += ["", "<details><summary>notes</summary>", ""] + [f"- {_cell(n)}" for n in notes] + ["", "</details>"]
+        if res.data.get("sql"):
+            lines += ["", "<details><summary>SQL (secrets masked)</summary>", "", "```sql"]
+            lines += [redact(text) + ";" for text in res.data["sql"]] + ["```", "", "</details>"]
+    if res.command == "drift" and "findings" in res.data:
+        found = res.data["findings"]
+        lines.append(f"{len(found)} finding(s) over {res.data.get('relations', 0)} relations and "
+                     f"{res.data.get('routines', 0)} routines.")
+        if found:
+            lines += ["", "| kind | schema | detail | objects |", "|---|---|---|---|"]
+            lines += [f"| {_cell(f['kind'])} | {_cell(f['schema'])} | {_cell(f['detail'])} | "
+                      f"{_cell(', '.join(f['objects'][:20]) + (' …' if len(f['objects']) > 20 else ''))} |" for f in found]
+    if res.checks and res.command != "drift":
+        lines += ["| | check | detail | fix |", "|---|---|---|---|"]
+        lines += [f"| {_MD_ICON.get(c.status, c.status)} | {_cell(c.name)} | {_cell(c.detail)} | "
+                  f"{_cell(c.fix if c.status != 'pass' else '')} |" for c in res.checks]
+    soak = res.data.get("soak")
+    if soak:
+        title = f"Soak **{_cell(soak['state'])}**"
+        if soak.get("remaining") and soak["state"] == "running":
+            title += f", {_cell(soak['remaining'])} remaining"
+        lines += [title, "", "| checkpoint | status | evaluated (UTC) | checks |", "|---|---|---|---|"]
+        for point in soak["checkpoints"]:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(point["evaluated_at"])) if point["evaluated_at"] else ""
+            checks = "; ".join(f"{c['check']}: {c['status']}" for c in point["checks"])
+            status = _MD_ICON.get(point["status"], "") + " " + point["status"] + (" (late)" if point["late"] else "")
+            lines.append(f"| {_cell(point['checkpoint'])} | {_cell(status.strip())} | {when} | {_cell(checks)} |")
+    if res.messages:
+        lines.append("")
+        lines.extend(f"> {_cell(m)}" for m in res.messages)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def emit_markdown(results: list) -> None:
+    sys.stdout.write("\n".join(markdown(r) for r in results))
+    sys.stdout.flush()
