@@ -153,3 +153,18 @@ def test_the_drift_jobs_run_with_a_catalog_only_role_and_write_nothing(pg, tmp_p
     assert "invoices" in summary.read_text()
     assert _bash(gl_script, e.dir, gl_env).returncode == 4
     assert _journal_rows(e) == before
+
+
+def test_readme_s_kubernetes_cronjob_parses_and_runs_an_existing_command(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kind: CronJob" in b]
+    job = yaml.safe_load(block)
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    [container] = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    lines = _runbook_lines(container["args"])
+    assert [argv[:1] + [a for a in argv if a == "soak"] for argv in lines] == [["runbook", "soak"]]
+    for argv in lines:
+        args = argv[1:]
+        args[args.index("-f") + 1] = str(tmp_path / "runbook.yaml")
+        res = run_cli([*args, "--help"], tmp_path, {})
+        assert res.returncode == 0, (argv, res.stderr)
