@@ -104,8 +104,9 @@ def _kms_key(value: str | None) -> str | None:
 
 class Replica(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    location: str = Field(description="a Secret Manager location, e.g. europe-west1")
-    kms_key: str | None = Field(default=None, description="Cloud KMS key in the same location (CMEK)")
+    location: str = Field(description="a Secret Manager location, e.g. europe-west1", examples=["europe-west1"])
+    kms_key: str | None = Field(default=None, description="Cloud KMS key in the same location (CMEK)",
+                                examples=["projects/p/locations/europe-west1/keyRings/r/cryptoKeys/k"])
 
     @model_validator(mode="before")
     @classmethod
@@ -126,23 +127,25 @@ class Replica(BaseModel):
 
 class UserManaged(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    user_managed: list[Replica] = Field(min_length=1, description="the locations the secret may live in")
+    user_managed: list[Replica] = Field(min_length=1, description="the locations the secret may live in",
+                                        examples=[["europe-west1", {"location": "europe-west4"}]])
 
 
 class CloudRunAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="cloudrun app")
     platform: Literal["cloudrun"] = "cloudrun"
-    project: ProjectId = Field(description="Google Cloud project id (default: the cloudsql database's project)")
-    region: str = Field(description="region of the Cloud Run service, e.g. europe-west1")
-    service: str = Field(description="Cloud Run service name")
-    url_secret: str = Field(description="Secret Manager secret that holds the role's URL")
+    project: ProjectId = Field(description="Google Cloud project id (default: the cloudsql database's project)", examples=['raptor-prod-123'])
+    region: str = Field(description="region of the Cloud Run service, e.g. europe-west1", examples=['europe-west1'])
+    service: str = Field(description="Cloud Run service name", examples=['web'])
+    url_secret: str = Field(description="Secret Manager secret that holds the role's URL", examples=['raptor-database-url'])
     container: str | None = Field(default=None, description="container that gets the env vars "
-                                  "(default: the one serving traffic)")
+                                  "(default: the one serving traffic)", examples=["app"])
     replication: Literal["automatic"] | UserManaged = Field(
         default="automatic", description="replication of a secret the tool creates: automatic, or "
         "{user_managed: [location, or {location, kms_key}]} where an organisation policy restricts locations")
     kms_key: str | None = Field(default=None, description="Cloud KMS key (CMEK) of an automatically replicated "
-                                "secret the tool creates")
+                                "secret the tool creates",
+                                examples=["projects/p/locations/global/keyRings/r/cryptoKeys/k"])
     grant_access: bool = Field(default=True, description="check that the service's runtime account holds "
                                "roles/secretmanager.secretAccessor on the secret and grant it there when it does "
                                "not (false: it is granted project-wide; the tool leaves the secret's policy alone)")

@@ -60,11 +60,12 @@ _INSTANCE = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
 class CloudSqlDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="cloudsql database")
     provider: Literal["cloudsql"] = "cloudsql"
-    project: ProjectId = Field(description="Google Cloud project id")
-    instance: str = Field(description="Cloud SQL instance id")
+    project: ProjectId = Field(description="Google Cloud project id", examples=['raptor-prod-123'])
+    instance: str = Field(description="Cloud SQL instance id", examples=['main'])
     admin_user: str = Field(default="postgres", description="the user that creates the role and runs the grants")
     admin_password_env: EnvVarName | None = Field(default=None, description="environment variable holding the "
-                                                  "admin user's password (admin_auth: password)")
+                                                  "admin user's password (admin_auth: password)",
+                                                  examples=["CLOUDSQL_ADMIN_PASSWORD"])
     admin_auth: Literal["password", "iam"] = Field(
         default="password", description="how the admin logs in: its password, or IAM database authentication "
         "(admin_user is an IAM principal, e.g. ops@example.com or sa@project.iam, and the OAuth access token "
@@ -77,15 +78,18 @@ class CloudSqlDatabaseConfig(BaseModel):
                                     "or tunnel (the app's URL never takes its port or sslmode)")
     ip: Literal["public", "private", "psc"] | None = Field(
         default=None, description="which address of the instance the tool uses without connect (default: "
-        "public, else private, else psc)")
+        "public, else private, else psc)", examples=["private"])
     app_host: str | None = Field(default=None, description="host in the app's URL: an address, a socket "
-                                 "folder, or `socket` for /cloudsql/<connection name> (Cloud Run)")
+                                 "folder, or `socket` for /cloudsql/<connection name> (Cloud Run)",
+                                 examples=["socket", "10.0.0.5"])
     app_port: int | None = Field(default=None, ge=1, le=65535, description="port in the app's URL when app_host "
-                                 "is an address (default 5432)")
+                                 "is an address (default 5432)", examples=[5432])
     app_sslmode: SslMode | None = Field(default=None, description="sslmode in the app's URL when app_host is an "
-                                        "address (default require; with verify-*, also set app_sslrootcert)")
+                                        "address (default require; with verify-*, also set app_sslrootcert)",
+                                        examples=["require"])
     app_sslrootcert: str | None = Field(default=None, description="path of the server CA inside the app's "
-                                        "container, for app_sslmode verify-ca / verify-full")
+                                        "container, for app_sslmode verify-ca / verify-full",
+                                        examples=["/etc/ssl/cloudsql/server-ca.pem"])
     replace_api_users: bool = Field(default=False, description="delete an API-created role that owns nothing "
                                     "(so it is created again in SQL) when its cloudsqlsuperuser membership "
                                     "cannot be revoked in SQL")

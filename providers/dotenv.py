@@ -39,11 +39,12 @@ MAX_BYTES = 4 << 20     # a dotenv larger than this is not an app's config
 class DotenvAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="dotenv app")
     platform: Literal["dotenv"] = "dotenv"
-    dotenv: str | None = Field(default=None, description="path of the app's dotenv file (default .runbook/<env>.env)")
-    restart: str | None = Field(default=None, description="shell command that restarts the app (optional)")
-    restart_timeout: timedelta = Field(default=timedelta(minutes=2))
+    dotenv: str | None = Field(default=None, description="path of the app's dotenv file (default .runbook/<env>.env)", examples=['.runbook/staging.env'])
+    restart: str | None = Field(default=None, description="shell command that restarts the app (optional)", examples=['systemctl restart raptor'])
+    restart_timeout: timedelta = Field(default=timedelta(minutes=2), description="how long the restart command may run")
     pass_env: Annotated[list[str], BeforeValidator(shell.pass_env_names)] = Field(
-        default_factory=list, description="variables the restart command gets beyond the minimal set")
+        default_factory=list, description="variables the restart command gets beyond the minimal set",
+        examples=[["KUBECONFIG", "AWS_PROFILE"]])
 
     @field_validator("restart_timeout", mode="before")
     @classmethod

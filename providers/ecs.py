@@ -57,16 +57,16 @@ class WaitSpec(BaseModel):
 class EcsAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="ecs app")
     platform: Literal["ecs"] = "ecs"
-    cluster: str = Field(description="ECS cluster name or ARN")
-    service: str = Field(description="ECS service name or ARN")
-    region: str | None = Field(default=None, description="AWS region (default: the rds database's, else AWS_REGION)")
-    profile: str | None = Field(default=None, description="AWS profile (default: the rds database's, else boto3's chain)")
+    cluster: str = Field(description="ECS cluster name or ARN", examples=['raptor'])
+    service: str = Field(description="ECS service name or ARN", examples=['web'])
+    region: str | None = Field(default=None, description="AWS region (default: the rds database's, else AWS_REGION)", examples=['eu-west-1'])
+    profile: str | None = Field(default=None, description="AWS profile (default: the rds database's, else boto3's chain)", examples=['prod-admin'])
     url_store: Literal["secretsmanager", "ssm"] = Field(default="secretsmanager", description="where the role's URL lives")
-    url_name: str = Field(description="Secrets Manager secret name/ARN, or SSM parameter name, for the URL")
-    flag_parameter: str = Field(description="SSM String parameter holding the feature flag")
-    kms_key: str | None = Field(default=None, description="KMS key for the secret / SecureString (default: the AWS-managed key)")
+    url_name: str = Field(description="Secrets Manager secret name/ARN, or SSM parameter name, for the URL", examples=['raptor/prod/database-url'])
+    flag_parameter: str = Field(description="SSM String parameter holding the feature flag", examples=['/raptor/prod/role-separation'])
+    kms_key: str | None = Field(default=None, description="KMS key for the secret / SecureString (default: the AWS-managed key)", examples=['alias/raptor'])
     recovery_window_days: int = Field(default=7, ge=7, le=30, description="Secrets Manager recovery window on retire")
-    wait: WaitSpec = Field(default_factory=WaitSpec)
+    wait: WaitSpec = Field(default_factory=WaitSpec, description="how long and how often to follow a deployment")
 
     @model_validator(mode="before")
     @classmethod

@@ -124,7 +124,8 @@ class HerokuDatabaseConfig(BaseModel):
 class HerokuAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="heroku app")
     platform: Literal["heroku"] = "heroku"
-    name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag")
+    name: str = Field(description="the Heroku app whose config vars hold the role's URL and the flag",
+                      examples=["raptor-staging"])
     connection_pooling: bool = Field(
         default=False,
         description="attach the role's credential through Heroku's connection pooling (PgBouncer on the database "

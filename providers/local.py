@@ -28,12 +28,12 @@ class Connect(BaseModel):
 class LocalDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="local database")
     provider: Literal["local"] = "local"
-    dsn_env: str | None = Field(default=None, description="environment variable holding the admin DSN")
-    dsn: str | None = Field(default=None, description="admin DSN without a password (e.g. a Unix socket)")
+    dsn_env: str | None = Field(default=None, description="environment variable holding the admin DSN", examples=['STAGING_ADMIN_DSN'])
+    dsn: str | None = Field(default=None, description="admin DSN without a password (e.g. a Unix socket)", examples=['postgresql:///app?host=/var/run/postgresql'])
     embedded: str = Field(default=".runbook/pg", description="data folder of the embedded PostgreSQL")
-    connect: Connect | None = None
-    sslmode: SslMode | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)")
-    database: str | None = Field(default=None, description="database name for the embedded server (default: the app name)")
+    connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of the DSN's")
+    sslmode: SslMode | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)", examples=['require'])
+    database: str | None = Field(default=None, description="database name for the embedded server (default: the app name)", examples=['raptor'])
 
     @field_validator("dsn")
     @classmethod

@@ -38,19 +38,19 @@ _SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 class RdsDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="rds database")
     provider: Literal["rds"] = "rds"
-    instance: str | None = Field(default=None, description="DB instance identifier (RDS for PostgreSQL)")
-    cluster: str | None = Field(default=None, description="DB cluster identifier (Aurora PostgreSQL)")
-    region: str | None = Field(default=None, description="AWS region (default: AWS_REGION)")
-    profile: str | None = Field(default=None, description="AWS profile (default: boto3's credential chain)")
+    instance: str | None = Field(default=None, description="DB instance identifier (RDS for PostgreSQL)", examples=['raptor-prod'])
+    cluster: str | None = Field(default=None, description="DB cluster identifier (Aurora PostgreSQL)", examples=['raptor-aurora'])
+    region: str | None = Field(default=None, description="AWS region (default: AWS_REGION)", examples=['eu-west-1'])
+    profile: str | None = Field(default=None, description="AWS profile (default: boto3's credential chain)", examples=['prod-admin'])
     master_secret: str | None = Field(
         default=None,
         description="Secrets Manager ARN or name of the master credentials (JSON with username, password); "
-        "default: the instance's RDS-managed MasterUserSecret")
-    master_user: str | None = Field(default=None, description="master user name, overriding the secret's")
+        "default: the instance's RDS-managed MasterUserSecret", examples=["raptor/prod/master"])
+    master_user: str | None = Field(default=None, description="master user name, overriding the secret's", examples=['postgres'])
     auth: Literal["password", "iam"] = Field(default="password", description="how the app role logs in")
-    sslmode: SslMode = "require"
+    sslmode: SslMode = Field(default="require", description="sslmode of the master session and the app URL")
     connect: Connect | None = Field(default=None, description="reach the server here instead of the RDS endpoint")
-    database: str | None = Field(default=None, description="database name (default: the instance's DBName, else postgres)")
+    database: str | None = Field(default=None, description="database name (default: the instance's DBName, else postgres)", examples=['raptor'])
 
     @model_validator(mode="after")
     def _target(self) -> "RdsDatabaseConfig":

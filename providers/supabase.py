@@ -146,18 +146,19 @@ def _check_ref(v: str) -> str:
 class SupabaseDatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="supabase database")
     provider: Literal["supabase"] = "supabase"
-    project_ref: str = Field(description="project reference (the 20 letters in db.<ref>.supabase.co)")
-    password_env: EnvVarName = Field(description="environment variable holding the postgres user's password")
+    project_ref: str = Field(description="project reference (the 20 letters in db.<ref>.supabase.co)", examples=["abcdefghijklmnopqrst"])
+    password_env: EnvVarName = Field(description="environment variable holding the postgres user's password", examples=['SUPABASE_DB_PASSWORD'])
     admin_user: str = Field(default="postgres", description="the user that creates the role (postgres on Supabase)")
-    database: str = Field(default="postgres")
+    database: str = Field(default="postgres", description="database the role is granted in")
     url_form: UrlForm = Field(default="session", description="how the app connects: direct, session or transaction "
                               "pooler (default: transaction for Edge Functions, else session)")
     admin_form: UrlForm = Field(default="session", description="how the tool connects: session (default: the direct "
                                 "host is IPv6-only without the IPv4 add-on) or direct; never transaction")
-    sslmode: SslMode = Field(default="require")
+    sslmode: SslMode = Field(default="require", description="sslmode of the admin session and the app URL")
     region: str | None = Field(default=None, description="project region, shown by plan; hosts come from the "
-                               "Management API, never from the region")
-    pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the one the Management API reports")
+                               "Management API, never from the region", examples=["eu-central-1"])
+    pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the one the Management API reports",
+                                       examples=["aws-1-eu-central-1.pooler.supabase.com"])
     connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
 
     _ref = field_validator("project_ref")(_check_ref)
@@ -309,7 +310,7 @@ class SupabaseAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="supabase app")
     platform: Literal["supabase"] = "supabase"
     project_ref: str = Field(description="project whose Edge Function secrets hold the URL and flag "
-                             "(default: the supabase database's project)")
+                             "(default: the supabase database's project)", examples=["abcdefghijklmnopqrst"])
 
     @model_validator(mode="before")
     @classmethod

@@ -5,6 +5,8 @@ Imports are lazy: `runbook --help` loads typer and nothing of psycopg, pydantic 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from enum import Enum
@@ -17,7 +19,7 @@ app = typer.Typer(
     name="runbook",
     help="The restricted application-role runbook for managed PostgreSQL, as code.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -27,6 +29,7 @@ app = typer.Typer(
 class Output(str, Enum):
     text = "text"
     json = "json"
+    markdown = "markdown"      # plan, drift, diagnose, soak: for PR comments and job summaries
 
 
 class _Opts:
@@ -34,18 +37,52 @@ class _Opts:
     state: Optional[str] = None
     output: Output = Output.text
     debug: bool = False
+    quiet: bool = False
 
 
 OPTS = _Opts()
 
+
+def _complete_envs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Environment names from the project file, for shell completion. Reads the YAML and nothing
+    else (no validation, no provider), so a tab press stays instant; a comma list completes its
+    last part."""
+    from runbook.completion import environment_names
+
+    head, _, part = incomplete.rpartition(",")
+    prefix = head + "," if head else ""
+    return [prefix + n for n in environment_names(_file_for_completion(ctx)) if n.startswith(part)]
+
+
+def _file_for_completion(ctx: typer.Context) -> Path:
+    while ctx is not None:              # `-f` after the verb wins over `-f` before it
+        if ctx.params.get("file"):
+            return Path(ctx.params["file"])
+        ctx = ctx.parent
+    return Path(os.environ.get("RUNBOOK_FILE") or "runbook.yaml")
+
+
 EnvOpt = Annotated[list[str], typer.Option(
-    "--env", "-e", metavar="<str>",
+    "--env", "-e", metavar="<str>", autocompletion=_complete_envs,
     help="environment name from runbook.yaml; for a fleet repeat it, comma-separate or glob ('staging-*')")]
-OneEnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment name from runbook.yaml")]
+OneEnvOpt = Annotated[str, typer.Option("--env", "-e", autocompletion=_complete_envs,
+                                        help="environment name from runbook.yaml")]
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=32, help="fleets: environments run at once")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask; required without a terminal")]
-OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr) or json (stdout)")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", envvar="RUNBOOK_YES",
+                                      help="do not ask; required without a terminal (also RUNBOOK_YES=1)")]
+OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr), json or markdown (stdout)")]
 StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or report on stderr; errors, the exit "
+                                                              "code and --output json still come")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from runbook import __version__
+
+        sys.stdout.write(f"runbook {__version__}\n")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -53,11 +90,67 @@ def _global(
     file: Annotated[Path, typer.Option("--file", "-f", help="project file", envvar="RUNBOOK_FILE")] = Path("runbook.yaml"),
     state: StateOpt = None,
     output: OutOpt = None,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="print the version and exit")] = False,
 ) -> None:
     # every invocation starts from the defaults: main() may run several times in one process
     OPTS.file, OPTS.state, OPTS.debug = file, state, debug
     OPTS.output = output if output is not None else Output.text
+    if OPTS.quiet and not quiet:     # an earlier in-process invocation's --quiet
+        from runbook import render
+
+        OPTS.quiet = render.QUIET = False
+    _set_quiet(quiet)
+
+
+def _set_quiet(quiet: bool) -> None:
+    if quiet:
+        from runbook import render
+
+        OPTS.quiet = render.QUIET = True
+
+
+# The global options, accepted after the verb too (`runbook plan --env staging -f x.yaml`): each
+# command gets the ones it does not declare itself, applied over what came before the verb.
+_AFTER_VERB = {
+    "file": (Annotated[Optional[Path], typer.Option("--file", "-f", help="project file (as before the verb)")], None),
+    "state": (StateOpt, None),
+    "output": (OutOpt, None),
+    "quiet": (QuietOpt, False),
+    "debug": (DebugOpt, False),
+}
+
+
+def _with_global_options(fn):
+    own = inspect.signature(fn, eval_str=True)
+    added = [name for name in _AFTER_VERB if name not in own.parameters]
+
+    @functools.wraps(fn)
+    def command(**kw):
+        given = {name: kw.pop(name) for name in added}
+        if given.get("file") is not None:
+            OPTS.file = given["file"]
+        if given.get("state") is not None:
+            OPTS.state = given["state"]
+        if given.get("output") is not None:
+            OPTS.output = given["output"]
+        if given.get("debug"):
+            OPTS.debug = True
+        _set_quiet(bool(given.get("quiet")) or bool(kw.get("quiet")))
+        return fn(**kw)
+
+    params = list(own.parameters.values()) + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_AFTER_VERB[name][0],
+                          default=_AFTER_VERB[name][1]) for name in added]
+    command.__signature__ = own.replace(parameters=params)
+    command.__annotations__ = {**{p.name: p.annotation for p in params}, "return": own.return_annotation}
+    return command
+
+
+def _command(fn):
+    return app.command()(_with_global_options(fn))
 
 
 def _load():
@@ -67,7 +160,26 @@ def _load():
 
 
 def _json(output: Optional[Output]) -> bool:
-    return (output or OPTS.output) == Output.json
+    """Machine output on stdout (json, or markdown): nothing else may go there."""
+    return (output or OPTS.output) in (Output.json, Output.markdown)
+
+
+def _markdown(output: Optional[Output]) -> bool:
+    return (output or OPTS.output) == Output.markdown
+
+
+_DISPLAY = None
+
+
+def _display(output: Optional[Output]):
+    """The live progress display for this run (installed as the sink of providers' long waits)."""
+    global _DISPLAY
+    if _DISPLAY is None:
+        from runbook import context, render
+
+        _DISPLAY = render.progress_display(as_json=_json(output))
+        context.PROGRESS_SINK = _DISPLAY
+    return _DISPLAY
 
 
 def _confirm(is_json: bool):
@@ -89,7 +201,9 @@ def _confirm(is_json: bool):
 def _finish(res, output: Optional[Output], *, streamed: bool = False, show_sql: bool = False) -> int:
     from runbook import render
 
-    if _json(output):
+    if _markdown(output):
+        render.emit_markdown([res])
+    elif _json(output):
         render.emit_json(res.to_json())
     else:
         render.result(res, streamed=streamed, show_sql=show_sql)
@@ -128,8 +242,33 @@ def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *
             return 0
     if mutating:
         kw.update(yes=True, confirm=None)
-    res = fleet.run(project, verb, envs, parallel=parallel, on_done=None if is_json else fleet.progress, **kw)
-    if is_json:
+    display = _display(output)
+    from providers.base import Progress
+
+    failed = 0
+    what = f"{verb} on {len(envs)} environment(s)"
+
+    def on_done(outcome, count: int, total: int) -> None:
+        nonlocal failed
+        failed += outcome.exit_code not in (0, 3)
+        state = f"{count}/{total} done, {failed} failed so far"
+        if is_json:                 # stdout is the JSON's alone; one plain line per environment on stderr
+            display(None, Progress(what, f"{state}; {outcome.env}: {outcome.status}", done=count == total))
+            return
+        fleet.progress(outcome, count, total, failed=failed)
+        if display.live:
+            display(None, Progress(what, state, done=count == total))
+
+    if display.live:
+        display(None, Progress(what, f"0/{len(envs)} done"))
+    res = fleet.run(project, verb, envs, parallel=parallel, on_done=on_done, **kw)
+    display.close()
+    if _markdown(output):
+        render.emit_markdown([o.result for o in res.outcomes if o.result is not None])
+        for o in res.outcomes:
+            if o.result is None:
+                sys.stdout.write(f"### runbook {verb}: {o.env} — {o.status} (exit {o.exit_code})\n\n> {o.message}\n")
+    elif is_json:
         render.emit_json(res.to_json())
     else:
         fleet.render_text(res, debug=OPTS.debug, show_sql=show_sql)
@@ -146,6 +285,7 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
     from runbook import commands
 
     is_json = _json(output)
+    _display(output)
     if mutating:
         kw.update(yes=yes, confirm=None if yes else _confirm(is_json))
     if streamed:
@@ -154,7 +294,7 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
     return _finish(res, output, streamed=streamed and not is_json, show_sql=show_sql)
 
 
-@app.command()
+@_command
 def plan(env: EnvOpt, output: OutOpt = None,
          playbook: Annotated[str, typer.Option(help="playbook to plan")] = "provision",
          sql: Annotated[bool, typer.Option("--sql", help="also print the SQL (secrets masked)")] = False,
@@ -163,7 +303,7 @@ def plan(env: EnvOpt, output: OutOpt = None,
     return _verb("plan", env, output, parallel=parallel, show_sql=sql, playbook=playbook)
 
 
-@app.command()
+@_command
 def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
               parallel: ParallelOpt = 1) -> int:
     """Tier check → role → grants → URL → flag on (soak starts) → restart → verify."""
@@ -171,27 +311,27 @@ def provision(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: St
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def diagnose(env: EnvOpt, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """The four checks, in order, with the fix for each failure. Exit 4 if any fails."""
     return _verb("diagnose", env, output, parallel=parallel, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def drift(env: EnvOpt, fix: Annotated[bool, typer.Option("--fix", help="converge what drifted")] = False,
           yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None, parallel: ParallelOpt = 1) -> int:
     """Objects the role should reach but cannot, and denied ones it can. Exit 4 on drift."""
     return _verb("drift", env, output, parallel=parallel, mutating=fix, yes=yes, fix=fix, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def rollback(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
              parallel: ParallelOpt = 1) -> int:
     """Emergency: flag off (+ restart). Role and grants stay. Needs no lock and no database."""
     return _verb("rollback", env, output, parallel=parallel, mutating=True, yes=yes, state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """Remove the URL, end sessions, reassign what the role owns, drop it."""
@@ -199,7 +339,7 @@ def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
            parallel: ParallelOpt = 1) -> int:
     """A new password (or platform rotation), written where the app reads it, then a restart."""
@@ -207,7 +347,7 @@ def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
                  state=state or OPTS.state)
 
 
-@app.command()
+@_command
 def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
          wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False,
          parallel: ParallelOpt = 1) -> int:
@@ -224,24 +364,32 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
     if code is not None:
         return code
     project = _load()
+    display = _display(output)
+    waited = False
+    from providers.base import Progress
+
     while True:
         res = commands.soak(project, env[0], state=state or OPTS.state)
-        if not wait or res.exit_code != 3 or not res.data.get("soak", {}).get("started_at"):
-            return _finish(res, output)
-        pending = [p for p in res.data["soak"]["checkpoints"] if p["status"] == "pending"]
-        if not pending:
+        view = res.data.get("soak", {})
+        pending = [p for p in view.get("checkpoints", []) if p["status"] == "pending"]
+        if not wait or res.exit_code != 3 or not view.get("started_at") or not pending:
+            if waited:
+                display(env[0], Progress("soak", view.get("state", res.status), done=True))
             return _finish(res, output)
         from runbook.durations import parse_duration
 
-        due = res.data["soak"]["started_at"] + parse_duration(pending[0]["checkpoint"]).total_seconds()
-        if not _json(output):
-            from runbook import render
+        started = view["started_at"]
+        due = started + parse_duration(pending[0]["checkpoint"]).total_seconds()
+        end = started + project.spec.soak.duration.total_seconds()
+        now = time.time()
+        # the countdown: to the next checkpoint, and to the end of the soak
+        display(env[0], Progress("soak", f"waiting for checkpoint {pending[0]['checkpoint']}",
+                                 remaining=max(0.0, due - now), fields={"soak_ends_in": max(0.0, end - now)}))
+        waited = True
+        time.sleep(max(0.5, min(due - now + 0.2, 300)))
 
-            render.console().print(f"waiting for checkpoint {pending[0]['checkpoint']}…")
-        time.sleep(max(0.5, min(due - time.time() + 0.2, 300)))
 
-
-@app.command()
+@_command
 def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign-off", help="who approved")] = None,
             force: Annotated[bool, typer.Option("--force", help="override a closed gate (needs --reason)")] = False,
             reason: Annotated[Optional[str], typer.Option("--reason")] = None,
@@ -251,7 +399,7 @@ def promote(env: EnvOpt, sign_off: Annotated[Optional[str], typer.Option("--sign
                  state=state or OPTS.state, sign_off=sign_off, force=force, reason=reason)
 
 
-@app.command()
+@_command
 def status(output: OutOpt = None, state: StateOpt = None) -> int:
     """Every environment: role present, flag value, soak state, last run."""
     from runbook import commands
@@ -259,7 +407,7 @@ def status(output: OutOpt = None, state: StateOpt = None) -> int:
     return _finish(commands.status(_load(), state=state or OPTS.state), output)
 
 
-@app.command()
+@_command
 def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, output: OutOpt = None,
             state: StateOpt = None, limit: int = 50) -> int:
     """The audit journal: runs, events, approvals."""
@@ -268,7 +416,7 @@ def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, o
     return _finish(commands.history(_load(), env, state=state or OPTS.state, limit=limit), output)
 
 
-@app.command()
+@_command
 def validate(output: OutOpt = None) -> int:
     """Check the project file; exit 2 naming file:line on the first problem."""
     project = _load()
@@ -284,31 +432,65 @@ def validate(output: OutOpt = None) -> int:
     return 0
 
 
-@app.command()
-def schema() -> int:
-    """Print the JSON Schema of runbook.yaml (for editors)."""
+class SchemaKind(str, Enum):
+    project = "project"
+    output = "output"
+
+
+@_command
+def schema(what: Annotated[SchemaKind, typer.Argument(help="project: runbook.yaml (for editors); output: what "
+                                                           "--output json prints (versioned)")] = SchemaKind.project) -> int:
+    """Print a JSON Schema: of runbook.yaml (default, for editors), or of --output json."""
     import json
 
+    if what == SchemaKind.output:
+        from runbook.output_schema import schema as output_schema
+
+        sys.stdout.write(json.dumps(output_schema(), indent=2) + "\n")
+        return 0
     from runbook import project
 
     sys.stdout.write(json.dumps(project.json_schema(), indent=2) + "\n")
     return 0
 
 
-@app.command()
+class CiKind(str, Enum):
+    github = "github"
+    gitlab = "gitlab"
+
+
+@_command
 def init(force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
-         quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False) -> int:
-    """Write a commented starter runbook.yaml."""
+         quickstart: Annotated[bool, typer.Option("--quickstart", help="seconds-long soak, for trying it out")] = False,
+         ci: Annotated[Optional[CiKind], typer.Option("--ci", help="write CI workflows (plan, drift, soak, promote) "
+                                                                   "for the project file instead")] = None) -> int:
+    """Write a commented starter runbook.yaml and its editor schema (or, with --ci, CI workflows)."""
     from runbook.starter import write_starter
+
+    if ci is not None:
+        from runbook import ci as templates
+        from runbook import render
+
+        paths = templates.write(ci.value, OPTS.file, force=force)
+        if _json(None):
+            render.emit_json({"written": [str(p) for p in paths]})
+        else:
+            render.console().print("wrote " + ", ".join(str(p) for p in paths) + "; add the secrets they name")
+        return 0
+    from runbook.starter import schema_path
 
     path = write_starter(OPTS.file, force=force, quickstart=quickstart)
     from runbook import render
 
-    render.console().print(f"wrote {path}; next: runbook validate, then runbook plan --env staging")
+    if _json(None):
+        render.emit_json({"file": str(path), "schema": str(schema_path(path))})
+    else:
+        render.console().print(f"wrote {path} and its editor schema {schema_path(path)}; "
+                               "next: runbook validate, then runbook plan --env staging")
     return 0
 
 
-@app.command()
+@_command
 def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where to put the demo project")] = None,
          output: OutOpt = None) -> int:
     """The whole lifecycle on an embedded PostgreSQL: provision → diagnose → soak → rollback."""
@@ -317,7 +499,7 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="where 
     return run_demo(directory, as_json=_json(output))
 
 
-@app.command()
+@_command
 def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")], env: OneEnvOpt) -> int:
     """Manage the embedded PostgreSQL of a `local` environment without a DSN."""
     from runbook import render
@@ -390,6 +572,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"internal error: {type(exc).__name__}: {redact(str(exc)).splitlines()[0] if str(exc) else ''}"
                          " (run with --debug for the traceback)\n")
         code = 1
+    if _DISPLAY is not None:
+        _DISPLAY.close()
     sys.stdout.flush()
     sys.exit(code)
 

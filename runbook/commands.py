@@ -14,7 +14,7 @@ from typing import Any
 from runbook import engine, playbook as playbooks
 from runbook.checks import CheckResult
 from runbook.context import Context, connect, project_dir
-from runbook.errors import CheckFailed, ConfigError, GateClosed, RunbookError
+from runbook.errors import CheckFailed, ConfigError, GateClosed, NotRecorded, RunbookError
 from runbook.pooler import PoolerRefused
 from runbook.project import Project
 from runbook.secret import redact
@@ -57,13 +57,21 @@ def _state_url(ctx: Context, state: str | None) -> str | None:
     return state or ctx.env.spec.state
 
 
-def _open_store(ctx: Context, state: str | None, *, timeout: int = 10):
+def _open_store(ctx: Context, state: str | None, *, timeout: int = 10, read_only: bool = False):
+    """The journal; `read_only` runs never create it (runbook.readonly: an absent one reads empty)."""
+    from functools import partial
+
     from runbook.state import open_store
 
     url = _state_url(ctx, state)
     dsn = ctx.db.admin_dsn() if url in (None, "", "database") else None
-    return open_store(url, admin_dsn=dsn, base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=timeout,
-                      app=ctx.project.spec.app)
+    opener = partial(open_store, url, admin_dsn=dsn, base_dir=ctx.project.base_dir, env=ctx.env.name,
+                     connect_timeout=timeout, app=ctx.project.spec.app)
+    if read_only:
+        from runbook.readonly import open_journal
+
+        return open_journal(opener)
+    return opener()
 
 
 def _journal(ctx: Context) -> engine.Journal:
@@ -231,13 +239,14 @@ def diagnose(project: Project, env: str, *, environ=None, transport=None, state:
     ctx = _context(project, env, "diagnose", environ, transport)
     result = Result("diagnose", env)
     try:
+        ctx.require_extras()      # a missing library is bad configuration (exit 2), not four inconclusive checks
         try:
             ctx.info
         except RunbookError as exc:
             result.say(exc.message)
         _refuse_transaction_pooler(ctx)
         try:
-            ctx.store = _open_store(ctx, state, timeout=5)
+            ctx.store = _open_store(ctx, state, timeout=5, read_only=True)
         except RunbookError:
             ctx.store = None     # diagnose works without a journal (write-only URL stores read as unknown)
         result.checks = run_checks(ctx)
@@ -407,7 +416,7 @@ def history(project: Project, env: str | None, *, environ=None, state: str | Non
     for name in names:
         ctx = _context(project, name, "history", environ, transport)
         try:
-            store = _open_store(ctx, state, timeout=5)
+            store = _open_store(ctx, state, timeout=5, read_only=True)
         except RunbookError as exc:
             result.say(f"{name}: {exc.message}")
             continue
@@ -439,13 +448,24 @@ def soak(project: Project, env: str, *, environ=None, state: str | None = None, 
     ctx = _context(project, env, "soak", environ, transport)
     result = Result("soak", env)
     try:
-        ctx.store = _open_store(ctx, state)
+        # a soak never creates the journal: without one, no soak was ever started here
+        ctx.store = _open_store(ctx, state, read_only=True)
         ctx.run_id = None
         view = soaks.evaluate(ctx, ctx.store)
         result.data["soak"] = view.to_json()
         if view.message:
             result.say(view.message)
-        if view.state in ("none", "superseded", "rolled-back", "retired", "ended") or not view.digest_matches:
+        unrecorded = [p for p in view.checkpoints if p.unrecorded]
+        if unrecorded:
+            # evaluated, shown, and not kept: the next run that can write evaluates it again
+            from runbook.durations import format_duration
+
+            point = unrecorded[0]
+            result.status, result.exit_code = "not-recorded", NotRecorded.exit_code
+            result.say(f"checkpoint {format_duration(point.offset)} was due and evaluated ({point.status}) but could "
+                       f"not be recorded at {ctx.store.location}: {point.unrecorded}; it is not kept — run "
+                       f"`runbook soak --env {env}` with a DSN (or --state) that can write the journal")
+        elif view.state in ("none", "superseded", "rolled-back", "retired", "ended") or not view.digest_matches:
             result.status, result.exit_code = "waiting", GateClosed.exit_code
             if view.state in ("rolled-back", "retired", "ended"):
                 result.say(f"the last soak of {env} {view.state}; provision again to start a new one")
@@ -544,7 +564,7 @@ def status(project: Project, *, environ=None, state: str | None = None, transpor
                     row["role"] = "present" if ctx.db.credential(project.role.name) else "absent"
                 else:
                     row["role"] = "present" if roles.facts(ctx.admin(), project.role.name).exists else "absent"
-                store = _open_store(ctx, state, timeout=5)
+                store = _open_store(ctx, state, timeout=5, read_only=True)
                 try:
                     view = soaks.view(store, name, project.spec.soak, ctx.digest)
                     row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")

@@ -8,16 +8,22 @@ never takes a lock.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, RetryPolicy
+from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, Progress, RetryPolicy
 from runbook.errors import ConfigError, RunbookError
+from runbook.extras import require as require_extras
 from runbook.project import Environment, Project
 from runbook.secret import Secret, redact
+
+
+# Where long platform waits are shown: (env name, providers.base.Progress) → None. The CLI installs
+# its display (runbook.render.ProgressDisplay); None (scripts, tests) shows nothing.
+PROGRESS_SINK: Callable[[str, Progress], None] | None = None
 
 
 def _seconds(value: timedelta) -> float:
@@ -99,17 +105,35 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
+            progress=self.report_progress,
         )
+
+    def report_progress(self, event: Progress) -> None:
+        """A provider's long wait changed state: to the CLI's display, named by environment."""
+        sink = PROGRESS_SINK
+        if sink is not None:
+            sink(self.env.name, event)
+
+    def require_extras(self, *, app_only: bool = False) -> None:
+        """The optional libraries this environment's providers need (ConfigError naming the extra).
+        Both sides before either is used, so the database side never changes and then finds the
+        app side unreachable; the app side alone for rollback, whatever the database side needs."""
+        sides = {"app": self.env.app.platform}
+        if not app_only:
+            sides = {"database": self.env.database.provider, **sides}
+        require_extras(self.env.name, sides, self.environ)
 
     @property
     def db(self) -> DatabaseProvider:
         if self._db is None:
+            self.require_extras()
             self._db = self.env.database.open(self.open_context())
         return self._db
 
     @property
     def app(self) -> AppPlatform:
         if self._app is None:
+            self.require_extras(app_only=True)
             self._app = self.env.app.open(self.open_context())
         return self._app
 

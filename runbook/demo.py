@@ -8,10 +8,12 @@ rollback, printing each. Everything it does can be repeated by hand from that fo
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from runbook import commands, render
+from runbook.durations import parse_duration
 from runbook.starter import render_starter
 
 DEMO_SCHEMA = [
@@ -41,6 +43,9 @@ def run_demo(directory: Path | None, *, as_json: bool = False) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runbook.yaml"
     path.write_text(_project_text())
+    from runbook.starter import schema_path
+
+    schema_path(path).write_text(json.dumps(projects.json_schema(), indent=2) + "\n")   # what its first line names
     out = render.console()
     out.print(f"[bold]demo project:[/] {path}")
     project = projects.load(path)
@@ -69,14 +74,25 @@ def run_demo(directory: Path | None, *, as_json: bool = False) -> int:
     code |= diag.exit_code
     if not as_json:
         out.rule("[bold]runbook soak --env staging --wait[/]  (a 20 s soak; production uses 72 h)")
+    from providers.base import Progress
+
+    display = render.progress_display(as_json=as_json)
     while True:
         res = commands.soak(project, "staging")
         if res.exit_code != 3:
+            display("staging", Progress("soak", res.data.get("soak", {}).get("state", res.status), done=True))
             break
-        pending = [p for p in res.data["soak"]["checkpoints"] if p["status"] == "pending"]
-        if not as_json:
-            out.print(f"  checkpoint {pending[0]['checkpoint'] if pending else '?'} pending; waiting…")
+        view = res.data["soak"]
+        pending = [p for p in view["checkpoints"] if p["status"] == "pending"]
+        if pending and view.get("started_at"):
+            # the same countdown as `runbook soak --wait`: one line per checkpoint without a terminal
+            now = time.time()
+            due = view["started_at"] + parse_duration(pending[0]["checkpoint"]).total_seconds() - now
+            end = view["started_at"] + project.spec.soak.duration.total_seconds() - now
+            display("staging", Progress("soak", f"waiting for checkpoint {pending[0]['checkpoint']}",
+                                        remaining=max(0.0, due), fields={"soak_ends_in": max(0.0, end)}))
         time.sleep(2)
+    display.close()
     show("soak result", res)
     code |= res.exit_code
     show("runbook rollback --env staging --yes", commands.rollback(project, "staging", yes=True))

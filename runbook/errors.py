@@ -45,6 +45,12 @@ class Locked(RunbookError):
     exit_code = 5
 
 
+class NotRecorded(RunbookError):
+    """A soak checkpoint was due and evaluated but the journal refused the write (a read-only DSN)."""
+
+    exit_code = 6
+
+
 class ProviderError(RunbookError):
     """A provider API answered with an error, or never answered within the retry budget."""
 

@@ -8,10 +8,11 @@ keyed by a hash of the token), so parallel environments pace themselves together
 
 The fleet's exit code is the most severe of its environments' codes, in this order:
 
-    1 failed  >  4 check failed  >  2 bad input  >  5 locked  >  3 waiting  >  0 done
+    1 failed  >  4 check failed  >  6 not recorded  >  2 bad input  >  5 locked  >  3 waiting  >  0 done
 
 1 first: something broke, perhaps half-way, and needs a person now. 4 next: a live environment is
-not as it should be. 2: nothing was changed, but the input must be fixed by hand. 5 and 3 are
+not as it should be. 6: a due soak checkpoint was evaluated but the journal refused to keep it
+(a read-only DSN); the soak has not advanced. 2: nothing was changed, but the input must be fixed by hand. 5 and 3 are
 "try again later" (5: another run is on it; 3: a gate or checkpoint is not due), and 5 ranks
 above 3 because this run did nothing there at all. An interrupted fleet exits 130.
 """
@@ -31,12 +32,12 @@ from runbook.secret import redact
 
 MAX_PARALLEL = 32
 GLOB_CHARS = "*?["
-SEVERITY = (1, 4, 2, 5, 3, 0)          # most severe first; see the module docstring
+SEVERITY = (1, 4, 6, 2, 5, 3, 0)       # most severe first; see the module docstring
 INTERRUPTED = 130
 MUTATING = frozenset({"provision", "rotate", "retire", "rollback", "promote"})
 VERBS = ("plan", "provision", "diagnose", "drift", "rollback", "rotate", "retire", "soak", "promote")
 
-_ERROR_STATUS = {1: "failed", 2: "bad-input", 3: "waiting", 4: "check-failed", 5: "locked"}
+_ERROR_STATUS = {1: "failed", 2: "bad-input", 3: "waiting", 4: "check-failed", 5: "locked", 6: "not-recorded"}
 _MESSAGE_WIDTH = 160
 
 
@@ -264,15 +265,17 @@ def _run_all(fleet: FleetResult, fn: Callable[..., Any], project: Any,
 _STYLE = {0: "green", 3: "yellow", 5: "magenta", 2: "red", 4: "red", 1: "bold red", INTERRUPTED: "yellow"}
 
 
-def progress(outcome: Outcome, count: int, total: int) -> None:
-    """One line on stderr as each environment finishes (text output only)."""
+def progress(outcome: Outcome, count: int, total: int, *, failed: int | None = None) -> None:
+    """One line on stderr as each environment finishes (text output only), with the failures so
+    far when there are any."""
     from rich.markup import escape
 
     from runbook import render
 
     style = _STYLE.get(outcome.exit_code, "red")
+    so_far = f" [red]({failed} failed so far)[/]" if failed else ""
     render.console().print(f"[dim]{count:>{len(str(total))}}/{total}[/] [{style}]{outcome.status:>12}[/] "
-                           f"[bold]{escape(outcome.env)}[/] [dim]{outcome.seconds:.1f}s[/]")
+                           f"[bold]{escape(outcome.env)}[/] [dim]{outcome.seconds:.1f}s[/]{so_far}")
 
 
 def render_text(fleet: FleetResult, *, debug: bool = False, show_sql: bool = False) -> None:

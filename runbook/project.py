@@ -128,27 +128,35 @@ FunctionPrivs = Annotated[list[str], BeforeValidator(_privileges(FUNCTION_PRIVIL
 class SchemaGrants(Strict):
     """What the role may do on everything (present and future) in one schema."""
 
-    tables: TablePrivs = Field(default_factory=list)
-    sequences: SequencePrivs = Field(default_factory=list)
-    functions: FunctionPrivs = Field(default_factory=list)
+    tables: TablePrivs = Field(default_factory=list, description="Privileges on every table and view, now and future",
+                               examples=[["SELECT", "INSERT", "UPDATE", "DELETE"], ["SELECT"]])
+    sequences: SequencePrivs = Field(default_factory=list, description="Privileges on every sequence (serial and "
+                                     "identity columns need USAGE)", examples=[["USAGE", "SELECT"]])
+    functions: FunctionPrivs = Field(default_factory=list, description="Privileges on every function and procedure",
+                                     examples=[["EXECUTE"]])
 
 
 class RoleSpec(Strict):
-    name: str = Field(description="The application's login role")
+    name: str = Field(description="The application's login role", examples=["raptor_app"])
     owner: str | None = Field(
         default=None,
         description="Creator of future objects (default privileges are set FOR ROLE owner); "
         "default: the admin connection's user",
+        examples=["app_owner"],
     )
     schemas: dict[str, SchemaGrants] = Field(
         default_factory=lambda: {"public": SchemaGrants(
             tables=["SELECT", "INSERT", "UPDATE", "DELETE"], sequences=["USAGE", "SELECT"])},
+        description="Schema name → what the role may do on everything in it",
+        examples=[{"public": {"tables": ["SELECT", "INSERT", "UPDATE", "DELETE"], "sequences": ["USAGE", "SELECT"]}}],
     )
     deny: list[str] = Field(
         default_factory=lambda: ["alembic_version", "schema_migrations"],
         description="Tables the role must never reach (migration bookkeeping); `table` or `schema.table`",
+        examples=[["alembic_version", "schema_migrations", "billing.invoices"]],
     )
-    connection_limit: int | None = Field(default=None, ge=-1, le=MAX_CONNECTIONS, description="CONNECTION LIMIT; default none")
+    connection_limit: int | None = Field(default=None, ge=-1, le=MAX_CONNECTIONS, description="CONNECTION LIMIT; default none",
+                                         examples=[20])
     adopt: bool = Field(
         default=False,
         description="Take over a role of this name that exists but pg-runbook did not create (its password and "
@@ -210,7 +218,8 @@ class RoleSpec(Strict):
 
 
 class ConfigSpec(Strict):
-    url_var: str = Field(default="APP_DATABASE_URL", description="The app's config variable for the role's URL")
+    url_var: str = Field(default="APP_DATABASE_URL", description="The app's config variable for the role's URL",
+                         examples=["RAPTOR_APP_DATABASE_URL"])
 
     @field_validator("url_var")
     @classmethod
@@ -221,9 +230,11 @@ class ConfigSpec(Strict):
 
 
 class FlagSpec(Strict):
-    name: str
-    on_value: str = "1"
-    off_value: str = "0"
+    name: str = Field(description="The app's config variable that switches it to the role's URL",
+                      examples=["FLAG_RAPTOR_APP_ROLE_SEPARATION"])
+    on_value: str = Field(default="1", description="The flag's value when the app uses the role", examples=["1", "true"])
+    off_value: str = Field(default="0", description="The flag's value when it uses its previous URL (rollback)",
+                           examples=["0", "false"])
 
     @field_validator("name")
     @classmethod
@@ -252,29 +263,78 @@ class FlagSpec(Strict):
 
 
 class ConnectionsCheck(Strict):
-    application_name: str | None = None
-    min_sessions: int = Field(default=1, ge=1)
+    application_name: str | None = Field(default=None, description="Only sessions with this application_name count",
+                                         examples=["raptor-web"])
+    min_sessions: int = Field(default=1, ge=1, description="Sessions of the role (in pg_stat_activity) needed to pass",
+                              examples=[1, 4])
 
 
 class HttpCheck(Strict):
-    url: str
-    status: int = 200
-    timeout: Timeout = timedelta(seconds=10)
+    url: str = Field(description="A health URL of the app, fetched with GET", examples=["https://staging.example.com/healthz"])
+    status: int = Field(default=200, description="The HTTP status that passes", examples=[200, 204])
+    timeout: Timeout = Field(default=timedelta(seconds=10), description="How long the request may take",
+                              examples=["10s"])
 
 
 class CommandCheck(Strict):
-    run: str
-    timeout: Timeout = timedelta(minutes=5)
-    pass_env: PassEnv = Field(default_factory=list, description="variables passed to the command beyond the minimal set")
+    run: str = Field(description="A smoke command run by the shell; exit 0 passes ({env} is the environment's name)",
+                     examples=["./smoke.sh --env={env}"])
+    timeout: Timeout = Field(default=timedelta(minutes=5), description="How long the command may run",
+                              examples=["5m"])
+    pass_env: PassEnv = Field(default_factory=list, description="variables passed to the command beyond the minimal set",
+                              examples=[["KUBECONFIG", "AWS_PROFILE"]])
+
+
+# keys of shared provider models whose own description is still to come (their owner's field wins)
+_FALLBACK_DESCRIPTIONS = {
+    ("Connect", "host"): ("host (or Unix socket folder) the tool connects to instead of the platform's address",
+                          ["127.0.0.1"]),
+    ("Connect", "port"): ("port the tool connects to", [5432]),
+}
+
+
+def _examples_from_defaults(node: dict[str, Any]) -> None:
+    """Each key without explicit examples shows its default, or the values it may take."""
+    for prop in (node.get("properties") or {}).values():
+        if "examples" in prop:
+            continue
+        if prop.get("default") not in (None, [], {}):
+            prop["examples"] = [prop["default"]]
+        elif "enum" in prop or "const" in prop:
+            prop["examples"] = list(prop.get("enum") or [prop["const"]])
+        elif prop.get("type") == "boolean":
+            prop["examples"] = [True, False]
+
+
+def _check_shorthands(schema: dict[str, Any]) -> None:
+    """A soak check's schema as it is written: `diagnose`, `drift`, `connections`, a one-key
+    mapping (`{command: ./smoke.sh}`), or the long form with `kind`."""
+    long_form = dict(schema)
+    schema.clear()
+    schema.update({
+        "description": "A soak check: diagnose, drift, connections, {connections: …}, {command: …}, {http: …}",
+        "examples": ["diagnose", {"command": "./smoke.sh --env={env}"}],
+        "anyOf": [
+            {"enum": ["diagnose", "drift", "connections"]},
+            {"type": "object", "additionalProperties": False, "required": ["connections"],
+             "properties": {"connections": {"anyOf": [{"$ref": "#/$defs/ConnectionsCheck"}, {"type": "null"}]}}},
+            {"type": "object", "additionalProperties": False, "required": ["command"],
+             "properties": {"command": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/CommandCheck"}]}}},
+            {"type": "object", "additionalProperties": False, "required": ["http"],
+             "properties": {"http": {"$ref": "#/$defs/HttpCheck"}}},
+            long_form,
+        ],
+    })
 
 
 class CheckSpec(Strict):
     """One soak check; written as `diagnose`, `drift`, or a one-key mapping."""
 
-    kind: Literal["diagnose", "drift", "connections", "command", "http"]
-    connections: ConnectionsCheck | None = None
-    command: CommandCheck | None = None
-    http: HttpCheck | None = None
+    kind: Literal["diagnose", "drift", "connections", "command", "http"] = Field(
+        description="Which check (the long form; usually written as the shorthand)", examples=["diagnose"])
+    connections: ConnectionsCheck | None = Field(default=None, description="The app's sessions as the role")
+    command: CommandCheck | None = Field(default=None, description="A smoke command")
+    http: HttpCheck | None = Field(default=None, description="An HTTP health URL")
 
     @model_validator(mode="before")
     @classmethod
@@ -308,13 +368,19 @@ class CheckSpec(Strict):
 
 
 class SoakSpec(Strict):
-    duration: Duration = timedelta(hours=72)
+    duration: Duration = Field(default=timedelta(hours=72), description="How long the soak runs from flag on",
+                               examples=["72h", "20s"])
     checkpoints: list[Duration] = Field(
-        default_factory=lambda: [timedelta(hours=24), timedelta(hours=48), timedelta(hours=72)])
-    valid_for: Duration = timedelta(days=14)
-    auto_rollback: bool = False
+        default_factory=lambda: [timedelta(hours=24), timedelta(hours=48), timedelta(hours=72)],
+        description="When the checks run, from flag on; increasing; the last is the end", examples=[["24h", "48h", "72h"]])
+    valid_for: Duration = Field(default=timedelta(days=14), description="How long a passed soak allows promotion",
+                                examples=["14d"])
+    auto_rollback: bool = Field(default=False, description="Roll back by itself when a checkpoint fails")
     checks: list[CheckSpec] = Field(
-        default_factory=lambda: [CheckSpec(kind="diagnose"), CheckSpec(kind="drift")])
+        default_factory=lambda: [CheckSpec(kind="diagnose"), CheckSpec(kind="drift")],
+        description="What each checkpoint checks",
+        examples=[["diagnose", "drift", {"connections": {"application_name": "raptor-web"}},
+                   {"command": "./smoke.sh"}, {"http": {"url": "https://staging.example.com/healthz"}}]])
 
     @model_validator(mode="after")
     def _order(self) -> "SoakSpec":
@@ -333,19 +399,25 @@ class SoakSpec(Strict):
 class SettingsSpec(Strict):
     lock_timeout: Timeout = Field(default=timedelta(seconds=5), description="SET lock_timeout for grant transactions")
     lock_retries: int = Field(default=3, ge=0, le=20, description="retries of a grant transaction that met lock_timeout")
-    statement_timeout: Timeout = timedelta(minutes=5)
-    connect_timeout: Timeout = timedelta(seconds=10)
-    http_attempts: int = Field(default=5, ge=1, le=20)
-    http_timeout: Timeout = timedelta(seconds=30)
+    statement_timeout: Timeout = Field(default=timedelta(minutes=5), description="statement_timeout of the tool's "
+                                        "own sessions", examples=["5m"])
+    connect_timeout: Timeout = Field(default=timedelta(seconds=10), description="How long a database connection "
+                                      "attempt may take", examples=["10s"])
+    http_attempts: int = Field(default=5, ge=1, le=20, description="Attempts of one platform API call", examples=[5])
+    http_timeout: Timeout = Field(default=timedelta(seconds=30), description="Timeout of one platform API request",
+                                   examples=["30s"])
     retry_budget: Duration = Field(default=timedelta(minutes=2), description="total time a provider call may retry")
 
 
 class EnvironmentSpec(Strict):
-    provider: str = "local"
+    provider: str = Field(default="local", description="The database platform; it also picks the default app platform",
+                          examples=["local", "rds"])
     database: dict[str, Any] = Field(default_factory=dict)
     app: dict[str, Any] = Field(default_factory=dict)
-    promote_from: str | None = None
-    state: str | None = Field(default=None, description="state store: default the env database; sqlite:///path; postgresql://…")
+    promote_from: str | None = Field(default=None, description="The environment whose passed soak `promote` needs",
+                                     examples=["staging"])
+    state: str | None = Field(default=None, description="state store: default the env database; sqlite:///path; postgresql://…",
+                              examples=["sqlite:///.runbook/state.db", "env:RUNBOOK_STATE_URL"])
 
     @field_validator("provider")
     @classmethod
@@ -372,15 +444,17 @@ class Environment:
 
 
 class ProjectSpec(Strict):
-    version: Literal[1] = 1
-    app: str = Field(description="The application's name; used in application_name and journal entries")
-    role: RoleSpec
-    config: ConfigSpec = Field(default_factory=ConfigSpec)
-    flag: FlagSpec
-    soak: SoakSpec = Field(default_factory=SoakSpec)
-    settings: SettingsSpec = Field(default_factory=SettingsSpec)
-    playbooks: dict[str, str] = Field(default_factory=dict, description="name → path of a project playbook")
-    environments: dict[str, EnvironmentSpec]
+    version: Literal[1] = Field(default=1, description="The project file's format version")
+    app: str = Field(description="The application's name; used in application_name and journal entries",
+                     examples=["raptor"])
+    role: RoleSpec = Field(description="The application's role: its name, owner, privileges per schema, deny list")
+    config: ConfigSpec = Field(default_factory=ConfigSpec, description="Where the app reads the role's URL")
+    flag: FlagSpec = Field(description="The feature flag that switches the app to the role")
+    soak: SoakSpec = Field(default_factory=SoakSpec, description="The soak after flag on: duration, checkpoints, checks")
+    settings: SettingsSpec = Field(default_factory=SettingsSpec, description="Timeouts and retries of the tool itself")
+    playbooks: dict[str, str] = Field(default_factory=dict, description="name → path of a project playbook",
+                                      examples=[{"provision": "playbooks/provision.yaml"}])
+    environments: dict[str, EnvironmentSpec] = Field(description="Environment name → its database and app")
 
     @field_validator("app")
     @classmethod
@@ -594,6 +668,19 @@ def json_schema() -> dict[str, Any]:
     env["database"] = {"anyOf": db_refs, "description": "the database side; keys depend on its provider"}
     env["app"] = {"anyOf": app_refs, "description": "the app side; keys depend on its platform"}
     env["provider"]["enum"] = list(providers.DATABASES)
+    _check_shorthands(defs["CheckSpec"])
+    for node in defs.values():          # the discriminating key of each provider's block
+        for key in ("provider", "platform"):
+            prop = (node.get("properties") or {}).get(key)
+            if prop is not None and "const" in prop:
+                prop.setdefault("description", f"this block's {key}: {prop['const']}")
+    for (model, key), (text, examples) in _FALLBACK_DESCRIPTIONS.items():
+        prop = defs.get(model, {}).get("properties", {}).get(key)
+        if prop is not None:
+            prop.setdefault("description", text)
+            prop.setdefault("examples", examples)
+    for node in [schema, *defs.values()]:
+        _examples_from_defaults(node)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "pg-runbook project file (runbook.yaml)"
     return schema

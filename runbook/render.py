@@ -12,6 +12,8 @@ from typing import Any
 
 from runbook.secret import MASK, Secret, redact
 
+QUIET = False          # --quiet: nothing on stderr but the error line main() writes itself
+
 _STATUS_STYLE = {"pass": "green", "fail": "red", "inconclusive": "yellow", "pending": "dim",
                  "applied": "green", "unchanged": "dim", "planned": "cyan", "failed": "red"}
 
@@ -23,10 +25,17 @@ def console():
 
     # a pipe or a log file gets long lines, not rich's 80-column default
     width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160"))
-    return Console(stderr=True, highlight=False, soft_wrap=False, width=width)
+    # colour follows rich's own reading of NO_COLOR, FORCE_COLOR and whether stderr is a terminal
+    return Console(stderr=True, highlight=False, soft_wrap=False, width=width, quiet=QUIET)
 
 
 def emit_json(payload: Any) -> None:
+    """JSON on stdout, versioned (`runbook schema output`; runbook.output_schema)."""
+    from runbook.output_schema import OUTPUT_VERSION
+
+    if isinstance(payload, dict):
+        payload = {"output_version": OUTPUT_VERSION, **payload}
+
     def default(o: Any) -> Any:
         if isinstance(o, Secret):
             return MASK
@@ -152,3 +161,191 @@ def _history(out, data: dict[str, Any]) -> None:
             t3.add_row(time.strftime("%H:%M:%S", time.gmtime(e["at"])), str(e.get("run_id") or "-"), _esc(e.get("step") or ""),
                        _esc(e["kind"]), _esc(e.get("summary") or ""))
         out.print(t3)
+
+
+# --- long waits, as they happen ----------------------------------------------------------------
+
+def _clock(seconds: float) -> str:
+    """A countdown as a person reads it: 4:58, 1:02:03, 2d 03:04:05."""
+    s = max(0, int(seconds + 0.999))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    text = f"{hours}:{minutes:02d}:{s:02d}" if hours else f"{minutes}:{s:02d}"
+    return f"{days}d {hours:02d}:{minutes:02d}:{s:02d}" if days else text
+
+
+def _countdowns(event, since: float, now: float) -> list[str]:
+    """`remaining` as "… left", and every field named *_in (seconds at the event) as "… in …",
+    both counted down from when the event arrived."""
+    parts = []
+    if event.remaining is not None:
+        parts.append(f"{_clock(event.remaining - (now - since))} left")
+    for key, value in (event.fields or {}).items():
+        if key.endswith("_in") and isinstance(value, (int, float)):
+            parts.append(f"{key[:-3].replace('_', ' ')} in {_clock(value - (now - since))}")
+    return parts
+
+
+class ProgressDisplay:
+    """Long platform waits (providers.base.Progress events), soak countdowns and fleets on stderr.
+
+    `live`: a rich display redrawn in place, each wait with its countdown; a finished wait leaves
+    one line behind. Otherwise (a pipe, a log, --output json) one plain line per state change and
+    nothing else: no spinner, no carriage return, nothing on stdout. Thread-safe: fleet workers
+    report from their own threads. A display fault never reaches the wait that reported."""
+
+    def __init__(self, *, live: bool) -> None:
+        import threading
+
+        self.live = live
+        self._lock = threading.RLock()
+        self._waits: dict[tuple[str, str], tuple[Any, float]] = {}   # (env, what) → (event, when it came)
+        self._said: dict[tuple[str, str], str] = {}                   # plain: the last state printed
+        self._live: Any = None
+
+    def __call__(self, env: str | None, event: Any) -> None:
+        if QUIET:
+            return
+        try:
+            with self._lock:
+                (self._show if self.live else self._plain)((env or "", event.what), event)
+        except Exception:   # pragma: no cover - a broken terminal must not fail a deployment wait
+            pass
+
+    # plain ----------------------------------------------------------------------------------
+    def _plain(self, key: tuple[str, str], event: Any) -> None:
+        if not event.done and self._said.get(key) == event.state:
+            return
+        self._said[key] = event.state
+        if event.done:
+            self._said.pop(key, None)
+        extra = _countdowns(event, 0.0, 0.0)
+        line = f"{key[0] + ': ' if key[0] else ''}{event.what}: {event.state}"
+        if event.done:
+            line += " (done)"
+        elif extra:
+            line += f" ({', '.join(extra)})"
+        sys.stderr.write(redact(line).replace("\r", " ").replace("\n", " ") + "\n")
+        sys.stderr.flush()
+
+    # live -----------------------------------------------------------------------------------
+    def _show(self, key: tuple[str, str], event: Any) -> None:
+        if event.done:
+            self._waits.pop(key, None)
+            out = self._live.console if self._live is not None else console()
+            where = f"{key[0]} · " if key[0] else ""
+            out.print(f"[green]✓[/] {_esc(where + event.what)}: {_esc(event.state)}")
+            if not self._waits:
+                self.close()
+            return
+        self._waits[key] = (event, time.monotonic())
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(_Board(self), console=console(), transient=True, refresh_per_second=4,
+                              redirect_stdout=False, redirect_stderr=True)
+            self._live.start()
+        self._live.refresh()
+
+    def rows(self) -> list[tuple[str, str]]:
+        now = time.monotonic()
+        with self._lock:
+            waits = list(self._waits.items())
+        return [(f"{env} · {what}" if env else what, " · ".join([event.state, *_countdowns(event, since, now)]))
+                for (env, what), (event, since) in waits]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._live is not None:
+                live, self._live = self._live, None
+                live.stop()
+            self._waits.clear()
+
+
+class _Board:
+    """What the live display draws on each refresh: one spinner line per wait in progress."""
+
+    def __init__(self, display: ProgressDisplay) -> None:
+        self.display = display
+        from rich.spinner import Spinner
+
+        self._spinner = Spinner("dots", style="cyan")
+
+    def __rich_console__(self, console, options):
+        from rich.table import Table
+
+        grid = Table.grid(padding=(0, 1))
+        for where, text in self.display.rows():
+            grid.add_row(self._spinner, f"[bold]{_esc(where)}[/]:", _esc(text))
+        yield grid
+
+
+def progress_display(*, as_json: bool) -> ProgressDisplay:
+    """Live on a terminal with text output; plain lines otherwise (TERM=dumb counts as no terminal)."""
+    import os
+
+    live = not as_json and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    return ProgressDisplay(live=live)
+
+
+# --- markdown (PR comments, job summaries) -----------------------------------------------------
+
+_MD_ICON = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "pending": "⏳", "planned": "📝", "unchanged": "·",
+            "applied": "✅", "failed": "❌"}
+
+
+def _cell(text: Any) -> str:
+    """One table cell: redacted, on one line, pipes escaped."""
+    return redact(str(text if text is not None else "")).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def markdown(res) -> str:
+    """A command's result as GitHub/GitLab-flavoured markdown: plan, drift, diagnose and soak in
+    full; any other command as its status and messages."""
+    lines = [f"### runbook {res.command}: {_cell(res.env or 'every environment')} — {res.status} (exit {res.exit_code})", ""]
+    if res.command == "plan":
+        changed = [s for s in res.steps if s.changes]
+        if not changed:
+            lines.append("No changes: provision would change nothing.")
+        for step in changed:
+            lines.append(f"- **{_cell(step.step)}**")
+            lines.extend(f"  - {_cell(c.summary)}" for c in step.changes)
+        notes = [n for s in res.steps for n in s.notes]
+        if notes:
+            lines += ["", "<details><summary>notes</summary>", ""] + [f"- {_cell(n)}" for n in notes] + ["", "</details>"]
+        if res.data.get("sql"):
+            lines += ["", "<details><summary>SQL (secrets masked)</summary>", "", "```sql"]
+            lines += [redact(text) + ";" for text in res.data["sql"]] + ["```", "", "</details>"]
+    if res.command == "drift" and "findings" in res.data:
+        found = res.data["findings"]
+        lines.append(f"{len(found)} finding(s) over {res.data.get('relations', 0)} relations and "
+                     f"{res.data.get('routines', 0)} routines.")
+        if found:
+            lines += ["", "| kind | schema | detail | objects |", "|---|---|---|---|"]
+            lines += [f"| {_cell(f['kind'])} | {_cell(f['schema'])} | {_cell(f['detail'])} | "
+                      f"{_cell(', '.join(f['objects'][:20]) + (' …' if len(f['objects']) > 20 else ''))} |" for f in found]
+    if res.checks and res.command != "drift":
+        lines += ["| | check | detail | fix |", "|---|---|---|---|"]
+        lines += [f"| {_MD_ICON.get(c.status, c.status)} | {_cell(c.name)} | {_cell(c.detail)} | "
+                  f"{_cell(c.fix if c.status != 'pass' else '')} |" for c in res.checks]
+    soak = res.data.get("soak")
+    if soak:
+        title = f"Soak **{_cell(soak['state'])}**"
+        if soak.get("remaining") and soak["state"] == "running":
+            title += f", {_cell(soak['remaining'])} remaining"
+        lines += [title, "", "| checkpoint | status | evaluated (UTC) | checks |", "|---|---|---|---|"]
+        for point in soak["checkpoints"]:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(point["evaluated_at"])) if point["evaluated_at"] else ""
+            checks = "; ".join(f"{c['check']}: {c['status']}" for c in point["checks"])
+            status = _MD_ICON.get(point["status"], "") + " " + point["status"] + (" (late)" if point["late"] else "")
+            lines.append(f"| {_cell(point['checkpoint'])} | {_cell(status.strip())} | {when} | {_cell(checks)} |")
+    if res.messages:
+        lines.append("")
+        lines.extend(f"> {_cell(m)}" for m in res.messages)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def emit_markdown(results: list) -> None:
+    sys.stdout.write("\n".join(markdown(r) for r in results))
+    sys.stdout.flush()

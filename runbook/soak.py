@@ -14,6 +14,8 @@ from typing import Any
 
 from runbook.checks import CheckResult, soak_check
 from runbook.durations import format_duration
+from runbook.readonly import cannot_write
+from runbook.secret import redact
 
 # a checkpoint evaluated more than this after it fell due is recorded as late
 LATE_AFTER = 0.1          # of the interval to the previous checkpoint
@@ -28,10 +30,12 @@ class CheckpointView:
     at: float | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     new: bool = False
+    unrecorded: str | None = None      # evaluated now, but the journal refused the write (why)
 
     def to_json(self) -> dict[str, Any]:
         return {"checkpoint": format_duration(self.offset), "status": self.status, "late": self.late,
-                "evaluated_at": self.at, "checks": self.results, "recorded_now": self.new}
+                "evaluated_at": self.at, "checks": self.results, "recorded_now": self.new,
+                "not_recorded": self.unrecorded}
 
 
 @dataclass
@@ -120,7 +124,16 @@ def evaluate(ctx, store, *, now: float | None = None) -> SoakView:
             status = _aggregate(results)
             late = _late(point.offset, previous, now, started)
             payload = {"checks": [r.to_json() for r in results]}
-            if store.record_checkpoint(soak["id"], point.offset, now, late, status, payload):
+            try:
+                recorded = store.record_checkpoint(soak["id"], point.offset, now, late, status, payload)
+            except Exception as exc:
+                if not cannot_write(exc):
+                    raise
+                # a read-only DSN: show what was found, say it was not kept, change nothing
+                point.status, point.late, point.at, point.results = status, late, now, payload["checks"]
+                point.unrecorded = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return current
+            if recorded:
                 point.status, point.late, point.at, point.results, point.new = status, late, now, payload["checks"], True
                 store.event(ctx.run_id, ctx.env.name, "soak", "result",
                             f"checkpoint {format_duration(point.offset)}: {status}{' (late)' if late else ''}", payload)

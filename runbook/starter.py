@@ -6,9 +6,12 @@ from pathlib import Path
 
 from runbook.errors import ConfigError
 
+SCHEMA_LINE = "# yaml-language-server: $schema={schema}\n"
+
 STARTER = """\
-# pg-runbook project file. Reference: README.md ("Configuration reference");
-# JSON Schema for your editor: `runbook schema > runbook.schema.json`.
+# pg-runbook project file. Reference: README.md ("Configuration reference").
+# The line above points editors (yaml-language-server: VS Code, Neovim, JetBrains) at the JSON
+# Schema beside this file; after an upgrade refresh it with `runbook schema > {schema}`.
 version: 1
 app: {app}                      # used in application_name and the journal
 
@@ -51,14 +54,27 @@ environments:
 """
 
 
-def render_starter(app: str = "raptor", *, quickstart: bool = False) -> str:
+def schema_path(path: Path) -> Path:
+    """The editor schema beside a project file: runbook.yaml → runbook.schema.json."""
+    return path.with_name(path.stem + ".schema.json")
+
+
+def render_starter(app: str = "raptor", *, quickstart: bool = False, schema: str = "runbook.schema.json") -> str:
     duration, checkpoints = ("20s", "[10s, 20s]") if quickstart else ("72h", "[24h, 48h, 72h]")
-    return STARTER.format(app=app, APP=app.upper(), duration=duration, checkpoints=checkpoints)
+    return SCHEMA_LINE.format(schema=schema) + STARTER.format(
+        app=app, APP=app.upper(), duration=duration, checkpoints=checkpoints, schema=schema)
 
 
 def write_starter(path: Path, *, force: bool = False, quickstart: bool = False, app: str | None = None) -> Path:
+    """The starter project file, and the JSON Schema its first line names (written beside it)."""
+    import json
+
+    from runbook.project import json_schema
+
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     name = app or "raptor"
-    path.write_text(render_starter(name, quickstart=quickstart))
+    schema = schema_path(path)
+    schema.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    path.write_text(render_starter(name, quickstart=quickstart, schema=schema.name))
     return path

@@ -422,7 +422,8 @@ class PostgresStore(_SqlStore):
     by a ConnectionPool, which gets it back on close)."""
 
     def __init__(self, conninfo: str | Secret, *, location: str, connect_timeout: int = 10,
-                 pool: ConnectionPool | None = None, app: str | None = None, claim_legacy: bool = False) -> None:
+                 pool: ConnectionPool | None = None, app: str | None = None, claim_legacy: bool = False,
+                 create: bool = True) -> None:
         self.location = location
         self.app = app
         self._pool = pool
@@ -431,15 +432,16 @@ class PostgresStore(_SqlStore):
         self.conn = pool.take(self._key) if pool is not None else None
         if self.conn is None:
             self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
-                                     claim_legacy=claim_legacy)
+                                     claim_legacy=claim_legacy, create=create)
             if pool is not None:
                 pool.count_opened()
 
     @staticmethod
     def connect(conninfo: str, *, location: str, connect_timeout: int = 10, app: str | None = None,
-                claim_legacy: bool = False) -> Any:
-        """A new autocommit connection to the store, its schema created if it is not there yet,
-        and refused, before anything is written to it, if someone else made or changed it."""
+                claim_legacy: bool = False, create: bool = True) -> Any:
+        """A new autocommit connection to the store, its schema created if it is not there yet
+        (with create=False: JournalMissing instead, and no DDL at all), and refused, before
+        anything is written to or read from it, if someone else made or changed it."""
         import psycopg
 
         from runbook.context import pin_session
@@ -452,11 +454,38 @@ class PostgresStore(_SqlStore):
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
         try:
             pin_session(conn)
-            PostgresStore._ensure(conn, location=location, app=app if claim_legacy else None)
+            if create:
+                PostgresStore._ensure(conn, location=location, app=app if claim_legacy else None)
+            elif not PostgresStore._present(conn):
+                raise JournalMissing(location)
+            else:
+                # a read-only run trusts the journal no more than a writing one (a forged soak
+                # row reads as passed), and cannot add the app key to a journal older than it
+                refuse_foreign_journal(conn, location, reader=True)
+                PostgresStore._upgrade_or_refuse_unkeyed(conn, location, app=app if claim_legacy else None)
         except BaseException:
             _close_quietly(conn)
             raise
         return conn
+
+    @staticmethod
+    def _present(conn: Any) -> bool:
+        return conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_tables WHERE schemaname = %s "
+                            "AND tablename = ANY(%s)", (SCHEMA, list(TABLES))).fetchone()[0] == len(TABLES)
+
+    @staticmethod
+    def _upgrade_or_refuse_unkeyed(conn: Any, location: str, *, app: str | None) -> None:
+        """A journal from before the app key, opened by a read-only run: its owner (the admin
+        DSN, run read-only) upgrades it as a writer would; anyone else cannot, and says so."""
+        if not _unkeyed(conn):
+            return
+        owns = conn.execute("SELECT n.nspowner = r.oid FROM pg_catalog.pg_namespace n, pg_catalog.pg_roles r "
+                            "WHERE n.nspname = %s AND r.rolname = CURRENT_USER", (SCHEMA,)).fetchone()
+        if owns and owns[0]:
+            _migrate(conn, app)
+            return
+        raise ConfigError(f"the journal at {location} predates the app key, which a read-only run cannot add",
+                          hint="run any writing command (provision, soak) once with the admin DSN")
 
     @staticmethod
     def _ensure(conn: Any, *, location: str = "state store", app: str | None = None) -> None:
@@ -502,7 +531,8 @@ class PostgresStore(_SqlStore):
 # plain indexes and one constant default; anything else was put there by someone else.
 _FOREIGN_JOURNAL = """
 WITH s AS (SELECT n.oid, n.nspowner, n.nspacl FROM pg_catalog.pg_namespace n WHERE n.nspname = %(schema)s),
-     me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+     me AS (SELECT CASE WHEN %(reader)s THEN (SELECT nspowner FROM s) ELSE r.oid END AS oid
+              FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
      t AS (SELECT c.oid, c.relname::text AS name, c.relowner, c.relacl, c.relkind, c.relam, c.relrowsecurity
              FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.oid)
 SELECT problem FROM (
@@ -511,13 +541,13 @@ SELECT problem FROM (
   UNION ALL
   SELECT 2, 'schema ' || %(schema)s || ' grants ' || a.privilege_type || ' to '
          || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END
-    FROM s, pg_catalog.aclexplode(s.nspacl) a WHERE a.grantee <> s.nspowner
+    FROM s, pg_catalog.aclexplode(s.nspacl) a WHERE a.grantee <> s.nspowner AND a.privilege_type <> 'USAGE'
   UNION ALL
   SELECT 3, t.name || ' is owned by ' || pg_catalog.pg_get_userbyid(t.relowner) FROM t, me WHERE t.relowner <> me.oid
   UNION ALL
   SELECT 4, t.name || ' grants ' || a.privilege_type || ' to '
          || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END
-    FROM t, pg_catalog.aclexplode(t.relacl) a WHERE a.grantee <> t.relowner
+    FROM t, pg_catalog.aclexplode(t.relacl) a WHERE a.grantee <> t.relowner AND a.privilege_type <> 'SELECT'
   UNION ALL
   SELECT 5, t.name || ' is not a plain table' FROM t WHERE t.name = ANY(%(tables)s) AND t.relkind <> 'r'
   UNION ALL
@@ -559,11 +589,17 @@ SELECT problem FROM (
 """
 
 
-def refuse_foreign_journal(conn: Any, location: str) -> None:
-    """Refuse (exit 2) a journal schema pg-runbook did not make, or one changed behind its back."""
+def refuse_foreign_journal(conn: Any, location: str, *, reader: bool = False) -> None:
+    """Refuse (exit 2) a journal schema pg-runbook did not make, or one changed behind its back.
+
+    Reading grants (USAGE on the schema, SELECT on its tables: a read-only DSN for CI's drift and
+    soak jobs) are allowed; they let nobody write a row or run code. A `reader` (a read-only run,
+    which is not the journal's writer) needs everything owned by the schema's owner instead of by
+    itself; only writers — the runs that act on a soak's verdict — insist on owning it."""
     from runbook.errors import Refused
 
-    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": list(TABLES)}).fetchall()]
+    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": list(TABLES),
+                                                              "reader": reader}).fetchall()]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise Refused(f"state store {location}: {problems[0]}{more}; pg-runbook did not make its journal that way "
@@ -571,14 +607,19 @@ def refuse_foreign_journal(conn: Any, location: str) -> None:
                       f"soak): drop schema {SCHEMA} after review, or use --state")
 
 
+def _unkeyed(conn: Any) -> list[str]:
+    """The journal tables written before the app key existed."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attname = 'app' AND NOT a.attisdropped)", (SCHEMA, list(KEYED))).fetchall()]
+
+
 def _migrate(conn: Any, app: str | None) -> None:
     """Add the app key to a journal written before it existed (see KEYED)."""
     from psycopg import sql
 
-    missing = [r[0] for r in conn.execute(
-        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = c.oid AND a.attname = 'app' AND NOT a.attisdropped)", (SCHEMA, list(KEYED))).fetchall()]
+    missing = _unkeyed(conn)
     if not missing:
         return
     with conn.transaction():
@@ -591,10 +632,13 @@ def _migrate(conn: Any, app: str | None) -> None:
 
 
 class SqliteStore(_SqlStore):
-    def __init__(self, path: Path, *, app: str | None = None) -> None:
+    def __init__(self, path: Path, *, app: str | None = None, create: bool = True) -> None:
         self.location = f"sqlite:///{path}"
         self.app = app
         try:
+            if not create:       # read-only runs: the file as it is, no DDL, no WAL switch
+                self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -632,30 +676,43 @@ def pooled_conninfo(url: str | None) -> str | None:
     return None
 
 
+class JournalMissing(RunbookError):
+    """A read-only run found no journal (open_store(create=False)): nothing was ever recorded there."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"no journal at {location} yet")
+        self.location = location
+
+
 def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
-               app: str | None = None) -> StateStore:
+               app: str | None = None, create: bool = True) -> StateStore:
     """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
-    `app` scopes every read and write to that project (None: a script reading every app's rows)."""
+    `app` scopes every read and write to that project (None: a script reading every app's rows).
+    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
         return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout,
-                             app=app, claim_legacy=True)
+                             app=app, claim_legacy=True, create=create)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():
             path = base_dir / path
-        return SqliteStore(path, app=app)
+        if not create and not path.exists():
+            raise JournalMissing(f"sqlite:///{path}")
+        return SqliteStore(path, app=app, create=create)
     if url.startswith("sqlite://"):
         # sqlite:////abs/path is the absolute form; sqlite://rel is a common typo
         raise ConfigError(f"state URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     if url.startswith(("postgresql://", "postgres://")):
         from runbook.secret import mask_url
 
-        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool, app=app)
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool, app=app,
+                             create=create)
     if url.startswith("env:"):
         value = os.environ.get(url[4:])
         if not value:
             raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
-        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout, app=app)
+        return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout,
+                          app=app, create=create)
     raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")

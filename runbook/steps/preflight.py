@@ -48,6 +48,10 @@ def admin_facts(conn, owner: str, schemas: list[str]) -> AdminFacts:
     return AdminFacts(row[0], row[1], row[2], row[3], row[4], row[5], list(row[6]), foreign)
 
 
+class AdminPower(str):
+    """A preflight problem with the admin's powers only: `plan` notes it and goes on."""
+
+
 class Preflight(Step):
     kind = "preflight"
     mutates = False
@@ -63,15 +67,15 @@ class Preflight(Step):
         if facts.server_version < MIN_SERVER:
             problems.append(f"PostgreSQL {facts.server_version // 10000} is too old; pg-runbook needs 13 or newer")
         if not ctx.api_credentials and not (facts.superuser or facts.createrole):
-            problems.append(
+            problems.append(AdminPower(
                 f"admin user {facts.user} can neither create roles nor is superuser; "
-                f"connect as a user WITH CREATEROLE (ALTER ROLE {facts.user} CREATEROLE)")
+                f"connect as a user WITH CREATEROLE (ALTER ROLE {facts.user} CREATEROLE)"))
         if not facts.owner_exists:
             problems.append(f"owner role {ctx.owner} does not exist (role.owner); create it or fix the name")
         elif not facts.superuser and not facts.owner_member:
-            problems.append(
+            problems.append(AdminPower(
                 f"admin user {facts.user} is not a member of the owner {ctx.owner}, so it cannot set default "
-                f"privileges FOR ROLE {ctx.owner} or grant on its tables; fix: GRANT {ctx.owner} TO {facts.user}")
+                f"privileges FOR ROLE {ctx.owner} or grant on its tables; fix: GRANT {ctx.owner} TO {facts.user}"))
         if facts.missing_schemas:
             problems.append(f"schema(s) {', '.join(facts.missing_schemas)} named in role.schemas do not exist")
         problems.extend(ctx.db.preflight_sql(conn))
@@ -83,6 +87,12 @@ class Preflight(Step):
 
     def plan(self, ctx, observed):
         facts, problems = observed
+        if ctx.plan_only:
+            # `plan` with a read-only DSN (CI): what provision would change, and that this DSN could not
+            for problem in problems:
+                if isinstance(problem, AdminPower):
+                    ctx.note(f"provision with this DSN would be refused: {problem}")
+            problems = [p for p in problems if not isinstance(p, AdminPower)]
         if problems:
             raise Refused(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         ctx.note(f"server {facts.server_version // 10000}.{facts.server_version % 10000}"
