@@ -45,6 +45,13 @@ class Locked(RunbookError):
     exit_code = 5
 
 
+class NotYetLive(RunbookError):
+    """Done, not yet live: every change is made and stored (e.g. the flag is off), but the
+    platform is still rolling it out (an ECS deployment) when the wait ran out. Exit 6."""
+
+    exit_code = 6
+
+
 class ProviderError(RunbookError):
     """A provider API answered with an error, or never answered within the retry budget."""
 
@@ -55,3 +62,4 @@ EXIT_CONFIG = 2
 EXIT_WAITING = 3
 EXIT_CHECK = 4
 EXIT_LOCKED = 5
+EXIT_NOT_YET_LIVE = 6

@@ -9,7 +9,7 @@ from runbook.changes import Change
 from runbook.context import UrlState
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError
-from runbook.login import try_login
+from runbook.login import login_url, proves_token_login, try_login
 from runbook.secret import Secret, mask_url
 
 
@@ -36,10 +36,10 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
             state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
         else:
             state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
-    elif not ctx.info.password_auth:
+    elif not ctx.info.password_auth and not proves_token_login(ctx.db):
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name)
+        ok, why = try_login(login_url(ctx.db, value), ctx.role.name)
         state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
     ctx.url_state = state
     return state
@@ -236,7 +236,13 @@ class UnsetUrl(Step):
     touches_app = True
 
     def observe(self, ctx):
-        return ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+        stored = getattr(ctx.app, "stored_config", None)
+        if current is None and callable(stored):
+            # a store the app no longer reads can still hold the URL (an ECS secret outlives the
+            # task definition's reference when a retire stopped between the two)
+            current = stored([ctx.url_var]).get(ctx.url_var)
+        return current
 
     def plan(self, ctx, current):
         if current is None:
@@ -250,5 +256,4 @@ class UnsetUrl(Step):
         ctx.app_changed = True
 
     def verify(self, ctx):
-        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
-        return Verdict.ok() if current is None else Verdict("fail", f"{ctx.url_var} is still set")
+        return Verdict.ok() if self.observe(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")

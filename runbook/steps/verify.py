@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from runbook import catalog, grants
 from runbook.engine import Step, Verdict
-from runbook.secret import Secret
+from runbook.login import login_url
 from runbook.steps.app_config import url_state
 
 
@@ -26,7 +26,7 @@ class VerifyFromApp(Step):
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
         import psycopg
 
-        with psycopg.connect(Secret(state.value).reveal(), autocommit=True, connect_timeout=10,
+        with psycopg.connect(login_url(ctx.db, state.value).reveal(), autocommit=True, connect_timeout=10,
                              application_name="runbook:verify") as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
