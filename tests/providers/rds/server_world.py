@@ -1,0 +1,202 @@
+"""An AWS account the way the `runbook` command meets it: moto in server mode on 127.0.0.1 (the
+tool runs as a subprocess with AWS_ENDPOINT_URL pointing there), ECS deployments that behave
+like ECS, and an RDS-like role model in the real PostgreSQL.
+
+Stock moto leaves a deployment as it was created and never starts a task. `EcsDeployments`
+wraps moto's ECS backend (it runs in this process, in the server's thread):
+
+- update_service with forceNewDeployment or a new taskDefinition starts a new PRIMARY
+  deployment IN_PROGRESS (the one before becomes ACTIVE), as ECS does;
+- each describe_services starts one task of each deployment in progress: its container
+  `secrets` are fetched the way the ECS agent does (GetSecretValue with the ARN's version stage
+  / id and JSON key, GetParameters with decryption, from moto's own stores). A task that
+  cannot fetch one (missing secret, secret pending deletion, missing JSON key, missing
+  parameter) stops; the second such task fails the deployment by the circuit breaker
+  ("ECS deployment circuit breaker: tasks failed to start."). When the new deployment runs
+  its desired count it is COMPLETED and the older ones are gone.
+- what each started task received is kept (`received`), so a test logs in with exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+CIRCUIT_BREAKER = "ECS deployment circuit breaker: tasks failed to start."
+
+
+@dataclass
+class EcsDeployments:
+    account: str
+    region: str
+    received: list[dict[str, str]] = field(default_factory=list)      # env of every task started
+    stopped: list[str] = field(default_factory=list)                  # stoppedReason of every task that failed
+    updates: list[dict[str, Any]] = field(default_factory=list)       # the update_service calls seen
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: int = 0
+
+    def install(self, monkeypatch) -> None:
+        from moto.ecs.models import EC2ContainerServiceBackend
+
+        original_update = EC2ContainerServiceBackend.update_service
+        original_describe = EC2ContainerServiceBackend.describe_services
+        world = self
+
+        def update_service(backend, service_properties):
+            force = bool(service_properties.get("force_new_deployment"))
+            new_definition = service_properties.get("task_definition")
+            world.updates.append({"force": force, "taskDefinition": new_definition})
+            service = original_update(backend, dict(service_properties))
+            if force or new_definition:
+                world._deploy(backend, service)
+            return service
+
+        def describe_services(backend, cluster_str, service_names_or_arns):
+            services, failures = original_describe(backend, cluster_str, service_names_or_arns)
+            with world._lock:
+                for service in services:
+                    world._step(backend, service)
+            return services, failures
+
+        monkeypatch.setattr(EC2ContainerServiceBackend, "update_service", update_service)
+        monkeypatch.setattr(EC2ContainerServiceBackend, "describe_services", describe_services)
+
+    # -- ECS's side ---------------------------------------------------------------------------
+
+    def _deploy(self, backend, service) -> None:
+        from moto.core.utils import utcnow
+
+        definition = backend.describe_task_definition(service.task_definition)
+        service.task_definition = definition.arn
+        for old in service.deployments:
+            if old["status"] == "PRIMARY":
+                old["status"] = "ACTIVE"
+        self._ids += 1
+        now = utcnow()
+        service.deployments.insert(0, {
+            "id": f"ecs-svc/{9000000000000000000 + self._ids}", "status": "PRIMARY",
+            "taskDefinition": definition.arn, "desiredCount": service.desired_count, "pendingCount": 0,
+            "runningCount": 0, "failedTasks": 0, "createdAt": now, "updatedAt": now,
+            "launchType": service.launch_type or "FARGATE", "rolloutState": "IN_PROGRESS",
+            "rolloutStateReason": "ECS deployment in progress.",
+        })
+
+    def _step(self, backend, service) -> None:
+        from moto.core.utils import utcnow
+
+        primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
+        if primary is None or primary.get("rolloutState") != "IN_PROGRESS":
+            return
+        definition = backend.describe_task_definition(primary["taskDefinition"])
+        try:
+            env = self.start_task(definition.container_definitions)
+        except TaskFailed as exc:
+            self.stopped.append(str(exc))
+            primary["failedTasks"] += 1
+            if primary["failedTasks"] >= 2:
+                primary["rolloutState"], primary["rolloutStateReason"] = "FAILED", CIRCUIT_BREAKER
+            primary["updatedAt"] = utcnow()
+            return
+        self.received.append(env)
+        primary["runningCount"] += 1
+        for old in service.deployments[1:]:
+            old["runningCount"] = max(0, old.get("runningCount", 0) - 1)
+        if primary["runningCount"] >= primary["desiredCount"]:
+            primary["rolloutState"] = "COMPLETED"
+            primary["rolloutStateReason"] = f"ECS deployment {primary['id']} completed."
+            service.deployments[:] = [primary]
+        service.running_count = primary["runningCount"]
+        primary["updatedAt"] = utcnow()
+
+    def start_task(self, containers: list[dict[str, Any]]) -> dict[str, str]:
+        """What the agent hands the app container (environment, then secrets), or TaskFailed."""
+        env: dict[str, str] = {}
+        for container in containers:
+            for entry in container.get("environment") or []:
+                env[entry["name"]] = entry["value"]
+            for entry in container.get("secrets") or []:
+                env[entry["name"]] = self.fetch(entry["valueFrom"])
+        return env
+
+    def fetch(self, value_from: str) -> str:
+        from moto.secretsmanager.models import secretsmanager_backends
+        from moto.ssm.models import ssm_backends
+
+        if value_from.startswith("arn:") and ":secretsmanager:" in value_from:
+            fields = value_from.split(":")
+            arn = ":".join(fields[:7])
+            key, stage, version = (fields[7:10] + ["", "", ""])[:3]
+            backend = secretsmanager_backends[self.account][self.region]
+            try:
+                out = backend.get_secret_value(arn, version or None, stage or (None if version else "AWSCURRENT"))
+            except Exception as exc:     # moto's ResourceNotFound / InvalidRequest (marked for deletion)
+                raise TaskFailed(f"ResourceInitializationError: unable to pull secrets: {type(exc).__name__}: "
+                                 f"{getattr(exc, 'message', exc)}") from None
+            text = out.get("SecretString") or ""
+            if not key:
+                return text
+            body = json.loads(text)
+            if key not in body:
+                raise TaskFailed(f"ResourceInitializationError: unable to pull secrets: retrieved secret from "
+                                 f"Secrets Manager did not contain json key {key}")
+            return body[key] if isinstance(body[key], str) else json.dumps(body[key])
+        name = value_from
+        if value_from.startswith("arn:"):
+            tail = value_from.split(":", 5)[5].split("/", 1)[1]
+            name = tail if tail.startswith("/") or "/" not in tail else "/" + tail
+        params = ssm_backends[self.account][self.region].get_parameters([name])
+        if name not in params:
+            raise TaskFailed(f"ResourceInitializationError: unable to pull secrets: invalid ssm parameters: {name}")
+        value = params[name].decrypt(params[name].value)    # the agent asks with decryption
+        if value is None:
+            raise TaskFailed(f"ResourceInitializationError: unable to decrypt ssm parameter {name}")
+        return value
+
+
+class TaskFailed(Exception):
+    """A task stopped before its app started (the agent could not fetch a secret)."""
+
+
+class Tunnel:
+    """A port-forward on 127.0.0.1 to the database (what `database.connect` points the tool at)."""
+
+    def __init__(self, target_port: int) -> None:
+        target = ("127.0.0.1", target_port)
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target) as upstream:
+                    pipes = [threading.Thread(target=_pipe, args=(self.request, upstream), daemon=True),
+                             threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)]
+                    for pipe in pipes:
+                        pipe.start()
+                    for pipe in pipes:
+                        pipe.join()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.connections = 0
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
