@@ -481,10 +481,53 @@ class EcsApp:
         self.task_view()                                     # a wrong service/container before any write
         for key, kind in kinds.items():
             if kind == "url":
+                proxy = self._proxy_for(Secret(changes[key]).reveal())
                 self._put_url(changes[key])
+                if proxy:
+                    self._proxy_auth(proxy, add=True)
             else:
                 self._put_flag(reveal(changes[key]))
             self._ensure_reference(key, kind)
+
+    # RDS Proxy: a proxy logs in to the database with the secrets in its Auth list
+
+    def _proxy_for(self, url: str) -> dict[str, Any] | None:
+        """The RDS Proxy whose endpoint the URL names, if any."""
+        host = (urlsplit(url).hostname or "").lower()
+        labels = host.split(".")
+        if len(labels) < 3 or "proxy-" not in labels[1] or ".rds.amazonaws.com" not in host:
+            return None
+        for page in self.aws.pages("rds", "describe_db_proxies"):
+            for proxy in page.get("DBProxies") or []:
+                if str(proxy.get("Endpoint") or "").lower() == host:
+                    if self.config.url_store != "secretsmanager":
+                        raise ConfigError(f"RDS Proxy {proxy.get('DBProxyName')} reads logins from Secrets Manager; "
+                                          "set app.url_store: secretsmanager")
+                    return proxy
+        raise ConfigError(f"the app's URL names an RDS Proxy endpoint ({host}) that no proxy in {self.aws.region} has")
+
+    def _proxy_auth(self, proxy: dict[str, Any], *, add: bool) -> None:
+        """Register (or remove) the URL secret in the proxy's Auth list; the others stay as they are."""
+        arn = self._secret_arn()
+        if not arn:
+            return
+        auth = [dict(a) for a in proxy.get("Auth") or []]
+        has = any(a.get("SecretArn") == arn for a in auth)
+        if add == has:
+            return
+        name = proxy["DBProxyName"]
+        if add:
+            auth.append({"AuthScheme": "SECRETS", "SecretArn": arn, "IAMAuth": "DISABLED",
+                         "Description": f"pg-runbook: {self.ctx.app_name} {self.ctx.env_name}"})
+        else:
+            auth = [a for a in auth if a.get("SecretArn") != arn]
+            if not auth:
+                log.warning("RDS Proxy %s: the URL secret is its only Auth entry and stays (a proxy needs one)", name)
+                return
+        keep = ("Description", "UserName", "AuthScheme", "SecretArn", "IAMAuth", "ClientPasswordAuthType")
+        self.aws.call("rds", "modify_db_proxy", DBProxyName=name,
+                      Auth=[{k: v for k, v in a.items() if k in keep} for a in auth])
+        log.info("RDS Proxy %s: secret %s %s its Auth list", name, self.config.url_name, "added to" if add else "removed from")
 
     def unset_config(self, keys: list[str]) -> None:
         kinds = {key: self._kind(key) for key in keys}
@@ -493,6 +536,10 @@ class EcsApp:
             # the store goes: a task that cannot fetch a secret never starts (circuit breaker)
             self._dereference(key, kind)
             if kind == "url" and self.config.url_store == "secretsmanager":
+                stored = self._get_url()
+                proxy = self._proxy_for(stored) if stored else None
+                if proxy:
+                    self._proxy_auth(proxy, add=False)
                 self._delete_secret()
             else:
                 self._delete_parameter(self.config.url_name if kind == "url" else self.config.flag_parameter)

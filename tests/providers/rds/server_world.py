@@ -200,3 +200,41 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+def install_modify_db_proxy(monkeypatch, account: str, region: str) -> list[list[dict[str, str]]]:
+    """moto has no ModifyDBProxy; this one takes the Auth list as the RDS API reference describes
+    it (it replaces the list; each entry AuthScheme SECRETS with the ARN of an existing secret)
+    and fails the request otherwise. Returns every Auth list it was sent."""
+    from moto.core.responses import ActionResult
+    from moto.rds.exceptions import InvalidParameterValue
+    from moto.rds.responses import RDSResponse
+    from moto.secretsmanager.models import secretsmanager_backends
+
+    sent: list[list[dict[str, str]]] = []
+    allowed = {"Description", "UserName", "AuthScheme", "SecretArn", "IAMAuth", "ClientPasswordAuthType"}
+
+    def modify_db_proxy(self) -> ActionResult:
+        name = self.params["DBProxyName"]
+        proxy = self.backend.describe_db_proxies(name)[0]
+        raw = self.params.get("Auth")
+        # moto's request parser hands nested members over snake_cased; check them as the API names them
+        camel = {"description": "Description", "user_name": "UserName", "auth_scheme": "AuthScheme",
+                 "secret_arn": "SecretArn", "iam_auth": "IAMAuth", "client_password_auth_type": "ClientPasswordAuthType"}
+        auth = None if raw is None else [{camel.get(k, k): v for k, v in e.items()} for e in raw]
+        if auth is not None:
+            secrets = secretsmanager_backends[account][region]
+            for entry in auth:
+                if set(entry) - allowed or entry.get("AuthScheme") != "SECRETS" or \
+                        entry.get("IAMAuth", "DISABLED") not in ("DISABLED", "REQUIRED", "ENABLED"):
+                    raise InvalidParameterValue(f"invalid Auth entry {sorted(entry)}")
+                if not secrets._is_valid_identifier(entry.get("SecretArn", "")):
+                    raise InvalidParameterValue(f"no secret {entry.get('SecretArn')}")
+            if not auth:
+                raise InvalidParameterValue("Auth needs at least one entry")
+            sent.append([dict(e) for e in auth])
+            proxy.auth = [dict(e) for e in raw]
+        return ActionResult({"DBProxy": proxy})
+
+    monkeypatch.setattr(RDSResponse, "modify_db_proxy", modify_db_proxy, raising=False)
+    return sent

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from tests.providers.conftest import new_login, owned_database, role_exists, write_project
 from tests.providers.rds.conftest import ACCOUNT, AWS_ENV, FLAG, REGION, URL_VAR, ensure_role
-from tests.providers.rds.server_world import CIRCUIT_BREAKER, EcsDeployments, Tunnel
+from tests.providers.rds.server_world import CIRCUIT_BREAKER, EcsDeployments, Tunnel, install_modify_db_proxy
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -247,10 +247,13 @@ def test_a_rollback_whose_deployment_is_still_rolling_is_done_not_yet_live(world
     assert aws("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "0"
 
 
-def test_an_aurora_member_is_refused_with_the_cluster_to_name(world, tmp_path, pg):
+def test_an_aurora_member_is_refused_and_the_cluster_gives_the_writer_endpoint(world, tmp_path, pg):
     rds = aws("rds")
-    rds.create_db_cluster(DBClusterIdentifier="raptor-aurora", Engine="aurora-postgresql", EngineVersion="16.3",
-                          MasterUsername=world.master.name, ManageMasterUserPassword=True)
+    cluster = rds.create_db_cluster(
+        DBClusterIdentifier="raptor-aurora", Engine="aurora-postgresql", EngineVersion="16.3", Port=pg.port,
+        MasterUsername=world.master.name, ManageMasterUserPassword=True, DatabaseName=pg.dbname)["DBCluster"]
+    aws("secretsmanager").put_secret_value(SecretId=cluster["MasterUserSecret"]["SecretArn"], SecretString=json.dumps(
+        {"username": world.master.name, "password": world.master.password}))
     rds.create_db_instance(DBInstanceIdentifier="raptor-aurora-1", DBInstanceClass="db.r6g.large",
                            Engine="aurora-postgresql", DBClusterIdentifier="raptor-aurora")
     world.service(None)
@@ -261,3 +264,75 @@ def test_an_aurora_member_is_refused_with_the_cluster_to_name(world, tmp_path, p
     out = runbook(tmp_path, "provision")
     assert out.returncode == 2, out.stderr
     assert "member of Aurora cluster raptor-aurora" in out.stderr and "database.cluster: raptor-aurora" in out.stderr
+    assert not role_exists(pg, pg.role("raptor_app"))
+
+    # the fix: the cluster; the app's URL names its writer endpoint, which a failover moves
+    role = pg.role("raptor_app")
+    write_project(tmp_path, role, {
+        "provider": "rds", "database": {"cluster": "raptor-aurora", "region": REGION, "sslmode": "disable",
+                                        "connect": {"host": "127.0.0.1", "port": world.tunnel.port}},
+        "app": {"cluster": "raptor", "service": "web", "url_name": SECRET, "flag_parameter": PARAM,
+                "register_task_definition": True, "wait": {"timeout": "30s", "poll": "1s"}},
+    }, url_var=URL_VAR, flag=FLAG)
+    out = runbook(tmp_path, "provision")
+    assert out.returncode == 0, out.stderr
+    received = world.deployments.received[-1][URL_VAR]
+    assert f"@{cluster['Endpoint']}:{pg.port}/" in received and task_login(received) == role
+    stored = json.loads(aws("secretsmanager").get_secret_value(SecretId=SECRET)["SecretString"])
+    assert stored["dbClusterIdentifier"] == "raptor-aurora" and "dbInstanceIdentifier" not in stored
+
+
+def test_a_cluster_without_a_master_secret_names_what_is_missing(world, tmp_path, pg):
+    aws("rds").create_db_cluster(DBClusterIdentifier="raptor-aurora", Engine="aurora-postgresql",
+                                 MasterUsername="postgres", MasterUserPassword="not-managed-pw")
+    world.service(None)
+    write_project(tmp_path, pg.role("raptor_app"), {
+        "provider": "rds", "database": {"cluster": "raptor-aurora", "region": REGION},
+        "app": {"cluster": "raptor", "service": "web", "url_name": SECRET, "flag_parameter": PARAM},
+    }, url_var=URL_VAR, flag=FLAG)
+    out = runbook(tmp_path, "provision")
+    assert out.returncode == 2, out.stderr
+    assert "RDS cluster raptor-aurora has no RDS-managed master secret (no MasterUserSecret" in out.stderr
+    assert "database.master_secret" in out.stderr
+
+
+def test_through_an_rds_proxy_the_app_uses_its_endpoint_and_the_secret_joins_its_auth(world, tmp_path, pg, monkeypatch):
+    sent = install_modify_db_proxy(monkeypatch, ACCOUNT, REGION)
+    ec2 = aws("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    master_secret = aws("rds").describe_db_instances(DBInstanceIdentifier="raptor-staging")["DBInstances"][0][
+        "MasterUserSecret"]["SecretArn"]
+    proxy = aws("rds").create_db_proxy(
+        DBProxyName="raptor-proxy", EngineFamily="POSTGRESQL", RoleArn=f"arn:aws:iam::{ACCOUNT}:role/proxy",
+        Auth=[{"AuthScheme": "SECRETS", "SecretArn": master_secret, "IAMAuth": "DISABLED"}],
+        VpcSubnetIds=[subnet])["DBProxy"]
+    world.service(None)
+    # the proxy is a port-forward here too; app_port names it (an RDS Proxy listens on 5432)
+    as_proxy = Tunnel(pg.port)
+    role = pg.role("raptor_app")
+    try:
+        project(tmp_path, pg, world, role, register_task_definition=True)
+        write_project(tmp_path, role, {
+            "provider": "rds",
+            "database": {"instance": "raptor-staging", "region": REGION, "sslmode": "disable", "proxy": "raptor-proxy",
+                         "app_port": as_proxy.port, "connect": {"host": "127.0.0.1", "port": world.tunnel.port}},
+            "app": {"cluster": "raptor", "service": "web", "url_name": SECRET, "flag_parameter": PARAM,
+                    "register_task_definition": True, "wait": {"timeout": "30s", "poll": "1s"}},
+        }, url_var=URL_VAR, flag=FLAG)
+        out = runbook(tmp_path, "provision")
+        assert out.returncode == 0, out.stderr
+        received = world.deployments.received[-1][URL_VAR]
+        assert f"@{proxy['Endpoint']}:{as_proxy.port}/" in received
+        with psycopg.connect(received, hostaddr="127.0.0.1", connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == role
+        ours = secret_arn()
+        assert [a["SecretArn"] for a in sent[-1]] == [master_secret, ours]
+        assert runbook(tmp_path, "provision").returncode == 0 and len(sent) == 1    # already registered
+
+        out = runbook(tmp_path, "retire")
+        assert out.returncode == 0, out.stderr
+        assert [a["SecretArn"] for a in sent[-1]] == [master_secret]
+        assert "DeletedDate" in aws("secretsmanager").describe_secret(SecretId=SECRET)
+    finally:
+        as_proxy.close()
