@@ -411,6 +411,11 @@ class RdsDatabase:
             if not has_iam_role:
                 problems.append("role rds_iam does not exist on this server, so IAM authentication cannot work; "
                                 "connect to the RDS endpoint (database.connect) or use auth: password")
+            elif not superuser and not conn.execute(
+                    "SELECT pg_has_role(current_user, 'rds_iam', 'MEMBER WITH ADMIN OPTION')").fetchone()[0]:
+                # on RDS, rds_superuser holds rds_iam with admin option; a master outside it cannot grant it
+                problems.append(f"master user {user} cannot grant rds_iam (it needs ADMIN OPTION, which members of "
+                                f"rds_superuser have). Fix: GRANT rds_superuser TO {sql.Identifier(user).as_string(conn)};")
             return problems
         group_value = self.parameters()["rds.restrict_password_commands"]
         server_on = str(server_setting or "").lower() in ("1", "on", "true", "yes")

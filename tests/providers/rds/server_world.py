@@ -238,3 +238,172 @@ def install_modify_db_proxy(monkeypatch, account: str, region: str) -> list[list
 
     monkeypatch.setattr(RDSResponse, "modify_db_proxy", modify_db_proxy, raising=False)
     return sent
+
+
+# -- IAM database authentication -----------------------------------------------------------------
+
+def verify_auth_token(token: str, *, user: str, endpoint: str, region: str, key_id: str, secret_key: str,
+                      session_token: str | None, now: float) -> str | None:
+    """Check an RDS IAM auth token (a SigV4-presigned `connect` request) the way RDS does: signed
+    with these credentials for rds-db in `region`, for this endpoint and DB user, not expired.
+    Returns why it is refused, or None."""
+    import hashlib
+    import hmac
+    from datetime import datetime, timezone
+    from urllib.parse import parse_qsl, quote
+
+    host, _, query = token.partition("/?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if host != endpoint:
+        return f"token is for {host}, not {endpoint}"
+    if params.get("Action") != "connect" or params.get("DBUser") != user:
+        return "token is not a connect request for this user"
+    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" or params.get("X-Amz-SignedHeaders") != "host":
+        return "token is not SigV4 signed over host"
+    if session_token is not None and params.get("X-Amz-Security-Token") != session_token:
+        return "token's session token differs"
+    cred = params.get("X-Amz-Credential", "").split("/")
+    if len(cred) != 5 or cred[0] != key_id or cred[2:] != [region, "rds-db", "aws4_request"]:
+        return "token's credential scope is wrong"
+    amz_date = params.get("X-Amz-Date", "")
+    signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    if not (signed_at - 300 <= now <= signed_at + int(params.get("X-Amz-Expires", "0"))):
+        return "token expired"
+    canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                               for k, v in sorted(params.items()) if k != "X-Amz-Signature")
+    canonical = "\n".join(["GET", "/", canonical_query, f"host:{host}", "", "host",
+                           hashlib.sha256(b"").hexdigest()])
+    scope = f"{cred[1]}/{region}/rds-db/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret_key).encode()
+    for part in (cred[1], region, "rds-db", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, params.get("X-Amz-Signature", "")):
+        return "token signature does not match"
+    return None
+
+
+class IamFront:
+    """RDS's front door on 127.0.0.1, for a test cluster: TLS, then per login either PostgreSQL's
+    own password exchange (relayed to the server over TCP) or, for a member of rds_iam, a
+    cleartext password that must be a valid IAM auth token for the instance's endpoint; a valid
+    one is let in over the server's Unix socket (trust, as RDS's internal hop), an invalid one
+    ends with PostgreSQL's own 28P01 error. `accepted` / `refused` record each IAM login."""
+
+    def __init__(self, cluster, tmp_dir, *, region: str, credentials: dict[str, str]) -> None:
+        import ssl
+
+        self.cluster, self.region, self.credentials = cluster, region, credentials
+        self.endpoint = ""                       # host:port the tokens must name; set once known
+        self.accepted: list[str] = []
+        self.refused: list[str] = []
+        cert, key = _self_signed(tmp_dir)
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(cert, key)
+        front = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                front._serve(self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _serve(self, raw: socket.socket) -> None:
+        import struct
+        import time
+
+        first = _read_packet(raw)
+        if struct.unpack("!I", first[4:8])[0] == 80877103:       # SSLRequest
+            raw.sendall(b"S")
+            client = self.tls.wrap_socket(raw, server_side=True)
+            startup = _read_packet(client)
+        else:
+            client, startup = raw, first
+        fields = startup[8:].split(b"\0")
+        params = dict(zip(fields[0::2], fields[1::2]))
+        user = params.get(b"user", b"").decode()
+        if not self._iam_user(user):
+            upstream = socket.create_connection(("127.0.0.1", self.cluster.port))
+        else:
+            client.sendall(b"R" + struct.pack("!II", 8, 3))       # AuthenticationCleartextPassword
+            kind = client.recv(1)
+            length = struct.unpack("!I", _read_exact(client, 4))[0]
+            token = _read_exact(client, length - 4).rstrip(b"\0").decode()
+            why = verify_auth_token(token, user=user, endpoint=self.endpoint, region=self.region,
+                                    key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                                    secret_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+                                    session_token=self.credentials.get("AWS_SESSION_TOKEN"), now=time.time())
+            if kind != b"p" or why:
+                self.refused.append(f"{user}: {why or 'no password message'}")
+                body = b"SFATAL\0C28P01\0M" + f"PAM authentication failed for user \"{user}\"".encode() + b"\0\0"
+                client.sendall(b"E" + struct.pack("!I", len(body) + 4) + body)
+                client.close()
+                return
+            self.accepted.append(user)
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(str(self.cluster.socket_dir / f".s.PGSQL.{self.cluster.port}"))
+        upstream.sendall(startup)
+        pipes = [threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
+                 threading.Thread(target=_pipe, args=(upstream, client), daemon=True)]
+        for pipe in pipes:
+            pipe.start()
+        for pipe in pipes:
+            pipe.join()
+
+    def _iam_user(self, user: str) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.cluster.admin_conninfo(), autocommit=True) as conn:
+            return bool(conn.execute(
+                # granted rds_iam itself (the master, in rds_superuser, holds it only to grant it)
+                """SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                   JOIN pg_roles i ON i.oid = m.roleid WHERE r.rolname = %s AND i.rolname = 'rds_iam')""",
+                (user,)).fetchone()[0])
+
+
+def _read_exact(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+    return data
+
+
+def _read_packet(sock) -> bytes:
+    import struct
+
+    head = _read_exact(sock, 4)
+    return head + _read_exact(sock, struct.unpack("!I", head)[0] - 4)
+
+
+def _self_signed(tmp_dir) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rds-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = f"{tmp_dir}/front.crt", f"{tmp_dir}/front.key"
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path

@@ -316,3 +316,26 @@ def test_restart_of_a_missing_service_quotes_the_aws_error(service, ctx):
 ])
 def test_rollout_judgement(deployments, done):
     assert _rollout({"status": "ACTIVE", "deployments": deployments}, "d2")[0] is done
+
+
+def test_restart_reports_each_state_change_to_the_progress_sink(service, ctx):
+    import dataclasses
+
+    events = []
+    ctx = dataclasses.replace(ctx, progress=events.append)
+    moto_deployment().update(rolloutState="IN_PROGRESS", runningCount=0)
+    now = [0.0]
+    steps = iter([dict(runningCount=0), dict(runningCount=1), dict(runningCount=1),
+                  dict(rolloutState="COMPLETED", runningCount=2)])
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        moto_deployment().update(**next(steps))
+
+    open_app(ctx, sleep=sleep, clock=lambda: now[0]).restart()
+    states = [(e.what, e.state.split(", ")[1], e.done) for e in events]
+    # one event per change, not per poll: 0/2 twice and 1/2 twice are reported once each
+    assert states == [("ecs deployment", "0/2 tasks running", False), ("ecs deployment", "1/2 tasks running", False),
+                      ("ecs deployment", "2/2 tasks running", True)]
+    assert [e.remaining for e in events] == [60.0, 50.0, 40.0]      # seconds left of the 1m wait (5s polls)
+    assert events[-1].fields["rollout"] == "COMPLETED" and events[-1].fields["desired"] == 2

@@ -18,7 +18,9 @@ from psycopg import sql
 
 from tests.providers.conftest import new_login, owned_database, role_exists, write_project
 from tests.providers.rds.conftest import ACCOUNT, AWS_ENV, FLAG, REGION, URL_VAR, ensure_role
-from tests.providers.rds.server_world import CIRCUIT_BREAKER, EcsDeployments, Tunnel, install_modify_db_proxy
+from tests.providers.rds.server_world import (
+    CIRCUIT_BREAKER, EcsDeployments, IamFront, Tunnel, install_modify_db_proxy,
+)
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -61,7 +63,7 @@ def world(moto_server, pg, canary_password, monkeypatch):
     deployments.install(monkeypatch)
     for role in ("rds_superuser", "rds_password", "rds_replication", "rds_iam"):
         ensure_role(pg, role)
-    pg.execute("GRANT rds_password, rds_replication, pg_signal_backend TO rds_superuser WITH ADMIN OPTION")
+    pg.execute("GRANT rds_password, rds_replication, rds_iam, pg_signal_backend TO rds_superuser WITH ADMIN OPTION")
     master = new_login(pg, "postgres", canary_password, "NOSUPERUSER CREATEROLE CREATEDB")
     pg.execute(sql.SQL("GRANT rds_superuser TO {}").format(sql.Identifier(master.name)))
     pg.execute(sql.SQL("ALTER DATABASE {} SET rds.restrict_password_commands = '1'").format(sql.Identifier(pg.dbname)))
@@ -336,3 +338,48 @@ def test_through_an_rds_proxy_the_app_uses_its_endpoint_and_the_secret_joins_its
         assert "DeletedDate" in aws("secretsmanager").describe_secret(SecretId=SECRET)
     finally:
         as_proxy.close()
+
+
+def test_iam_auth_is_proven_with_a_signed_token_as_the_task_would_log_in(world, tmp_path, pg):
+    """auth: iam end to end: RDS's front (IamFront) accepts a member of rds_iam only with a valid
+    SigV4 token for the instance's endpoint, checked as RDS checks it; the tool's verify signs one
+    for the role (generate_db_auth_token) and logs in with it, and so does the task."""
+    front = IamFront(pg.rc.cluster, tmp_path, region=REGION, credentials=AWS_ENV)
+    try:
+        rds = aws("rds")
+        master_secret = rds.describe_db_instances(DBInstanceIdentifier="raptor-staging")["DBInstances"][0][
+            "MasterUserSecret"]["SecretArn"]
+        rds.create_db_instance(DBInstanceIdentifier="raptor-iam", DBInstanceClass="db.t4g.micro", Engine="postgres",
+                               EngineVersion="16.3", MasterUsername=world.master.name, AllocatedStorage=20,
+                               DBName=pg.dbname, Port=front.port, EnableIAMDatabaseAuthentication=True)
+        endpoint = rds.describe_db_instances(DBInstanceIdentifier="raptor-iam")["DBInstances"][0]["Endpoint"]
+        front.endpoint = f"{endpoint['Address']}:{endpoint['Port']}"
+        world.service(None)
+        role = pg.role("raptor_app")
+        write_project(tmp_path, role, {
+            "provider": "rds",
+            "database": {"instance": "raptor-iam", "region": REGION, "auth": "iam", "sslmode": "require",
+                         "master_secret": master_secret, "connect": {"host": "127.0.0.1", "port": front.port}},
+            "app": {"cluster": "raptor", "service": "web", "url_name": SECRET, "flag_parameter": PARAM,
+                    "register_task_definition": True, "wait": {"timeout": "30s", "poll": "1s"}},
+        }, url_var=URL_VAR, flag=FLAG)
+        out = runbook(tmp_path, "provision")
+        assert out.returncode == 0, out.stderr
+        assert role in front.accepted and front.refused == []    # verify logged in with a token it signed
+        assert "login not tried" not in out.stderr
+
+        received = world.deployments.received[-1][URL_VAR]
+        assert ":" not in received.split("@")[0].removeprefix("postgresql://")   # no password in the URL
+        token = aws("rds").generate_db_auth_token(DBHostname=endpoint["Address"], Port=endpoint["Port"],
+                                                  DBUsername=role)
+        with psycopg.connect(received, hostaddr="127.0.0.1", password=token, connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == role
+        # from the attacker's side: anything that is not a valid token for this role is refused
+        other = aws("rds").generate_db_auth_token(DBHostname=endpoint["Address"], Port=endpoint["Port"],
+                                                  DBUsername=world.master.name)
+        for password in ("guess", other):
+            with pytest.raises(psycopg.OperationalError, match="PAM authentication failed"):
+                psycopg.connect(received, hostaddr="127.0.0.1", password=password, connect_timeout=5).close()
+        assert len(front.refused) == 2
+    finally:
+        front.close()
