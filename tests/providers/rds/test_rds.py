@@ -350,5 +350,11 @@ def test_preflight_iam_needs_rds_iam_not_rds_password(aws, ctx, pg, master, db_c
             "connect to the RDS endpoint (database.connect) or use auth: password"]
     ensure_role(pg, "rds_iam")
     with psycopg.connect(db.admin_dsn().reveal(), sslmode="disable") as conn:
+        # granting rds_iam needs ADMIN OPTION on it, which RDS gives rds_superuser
+        assert db.preflight_sql(conn) == [
+            f"master user {master.name} cannot grant rds_iam (it needs ADMIN OPTION, which members of "
+            f'rds_superuser have). Fix: GRANT rds_superuser TO "{master.name}";']
+    pg.execute(sql.SQL("GRANT rds_iam TO {} WITH ADMIN OPTION").format(sql.Identifier(master.name)))
+    with psycopg.connect(db.admin_dsn().reveal(), sslmode="disable") as conn:
         # no password is sent for an IAM role, so rds_password membership does not matter
         assert db.preflight_sql(conn) == []
