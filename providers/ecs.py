@@ -375,13 +375,26 @@ class EcsApp:
         if not kinds:
             return {}
         view = self.task_view()
-        return {key: self.resolve(view.reference(key)) for key in kinds}
+        out = {key: self.resolve(view.reference(key)) for key in kinds}
+        for key, kind in kinds.items():
+            if kind == "url" and out[key]:
+                Secret(out[key])    # a literal URL in the task definition is a secret too
+        return out
 
     def stored_config(self, keys: list[str]) -> dict[str, str | None]:
-        """What the stores hold, referenced or not (retire must find a secret it left behind)."""
+        """What the stores hold, referenced or not: retire must find a secret it left behind, and
+        a reference left behind to a secret already scheduled for deletion (which fails every
+        deployment) so that it can remove it."""
         kinds = {key: self._kind(key) for key in keys}
-        return {key: self._get_url() if kind == "url" else self._get_parameter(self.config.flag_parameter, False)
-                for key, kind in kinds.items()}
+        out: dict[str, str | None] = {}
+        for key, kind in kinds.items():
+            value = self._get_url() if kind == "url" else self._get_parameter(self.config.flag_parameter, False)
+            if value is None:
+                view = self.task_view()
+                if self._referencing(view, kind):
+                    value = f"(gone from {self._our_reference(kind).shown()}, still read by task definition {view.label})"
+            out[key] = value
+        return out
 
     # -- the references the task definition must hold --------------------------------------
 
@@ -567,7 +580,18 @@ class EcsApp:
                                                        if any(n == c.get("name") for n, _ in found)])
             self._register(view, edit, f"{var} no longer read from {self._our_reference(kind).shown()}")
         # older deployments may still run (and start) tasks of a revision that reads the store
-        self._wait(self._deploying, f"removing {var} from {self.config.service}")
+        if self._deploying or self._read_by_older_deployments(service, view, kind):
+            self._wait(self._deploying, f"removing {var} from {self.config.service}")
+
+    def _read_by_older_deployments(self, service: dict[str, Any], current: TaskView, kind: str) -> bool:
+        arns = {d.get("taskDefinition") for d in service.get("deployments") or []
+                if d.get("status") != "INACTIVE" and d.get("taskDefinition")}
+        arns.discard(current.definition.get("taskDefinitionArn"))
+        for arn in arns:
+            definition = self.aws.call("ecs", "describe_task_definition", taskDefinition=arn)["taskDefinition"]
+            if self._referencing(TaskView(service, definition, []), kind):
+                return True
+        return False
 
     # Secrets Manager
 

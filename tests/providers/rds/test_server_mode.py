@@ -236,6 +236,13 @@ def test_a_secret_deleted_under_a_reference_fails_the_deployment_as_ecs_does(wor
     assert out.returncode == 1
     assert CIRCUIT_BREAKER in out.stderr and "secretsmanager:GetSecretValue" in out.stderr
 
+    # what an old retire left behind converges: the reference goes in a revision that deploys
+    project(tmp_path, pg, world, pg.role("raptor_app"), register_task_definition=True)
+    out = runbook(tmp_path, "retire")
+    assert out.returncode == 0, out.stderr
+    assert [e["name"] for e in world.containers()[0]["secrets"]] == [FLAG]
+    assert world.roll()["rolloutState"] == "COMPLETED"
+
 
 def test_a_rollback_whose_deployment_is_still_rolling_is_done_not_yet_live(world, tmp_path, pg):
     aws("ssm").put_parameter(Name=PARAM, Value="1", Type="String")
