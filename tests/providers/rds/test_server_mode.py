@@ -39,7 +39,8 @@ def moto_server(monkeypatch):
     url = f"http://{host}:{port}"
     import httpx
 
-    httpx.post(f"{url}/moto-api/reset").raise_for_status()   # the backends are this process's globals
+    # the backends are this process's globals; the first request loads them all (slow on a busy machine)
+    httpx.post(f"{url}/moto-api/reset", timeout=120).raise_for_status()
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL_RDS", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
                  "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_ECS"):
         monkeypatch.delenv(name, raising=False)
