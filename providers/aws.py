@@ -37,11 +37,10 @@ _TRANSIENT_CODES = frozenset({
 _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 
 
-def aws_region(configured: str | None, environ: Mapping[str, str], key: str) -> str:
-    region = configured or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise ConfigError(f"no AWS region: set {key} (or AWS_REGION in the environment)")
-    return region
+def aws_region(configured: str | None, environ: Mapping[str, str]) -> str | None:
+    """The region from the project file or the environment; None leaves it to boto3's chain
+    (the profile's `region` in ~/.aws/config), which Aws.region asks on first use."""
+    return configured or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
 
 
 class AwsError(ProviderError):
@@ -65,15 +64,27 @@ class _Tally:
 class Aws:
     """boto3 clients for one region, created on first use from one Session."""
 
-    def __init__(self, ctx: OpenContext, *, region: str, profile: str | None = None,
-                 session: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ctx: OpenContext, *, region: str | None, profile: str | None = None,
+                 session: Any = None, clock: Callable[[], float] = time.monotonic,
+                 region_key: str = "region") -> None:
         self.ctx = ctx
-        self.region = region
+        self._region = region
+        self.region_key = region_key
         self.profile = profile
         self.clock = clock
         self._session = session
         self._clients: dict[str, Any] = {}
         self._local = threading.local()     # the call in progress, per thread
+
+    @property
+    def region(self) -> str:
+        """The configured region, else the one boto3 resolves (the profile's, in ~/.aws/config)."""
+        if self._region is None:
+            self._region = getattr(self.session(), "region_name", None) or None
+            if not self._region:
+                raise ConfigError(f"no AWS region: set {self.region_key}, AWS_REGION, or region in the AWS "
+                                  "profile (~/.aws/config)")
+        return self._region
 
     def session(self) -> Any:
         if self._session is None:
@@ -84,17 +95,19 @@ class Aws:
                 raise ConfigError("the AWS providers need boto3: pip install 'pg-runbook[aws]'") from None
             # ctx.environ stands in for os.environ in the first links of boto3's default chain
             # (a configured profile, else keys, else AWS_PROFILE); files and roles follow as usual
-            kwargs: dict[str, Any] = {"region_name": self.region}
+            kwargs: dict[str, Any] = {"region_name": self._region} if self._region else {}
             env = self.ctx.environ
             if self.profile:
                 kwargs["profile_name"] = self.profile
-            elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-                kwargs["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
-                kwargs["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
-                if env.get("AWS_SESSION_TOKEN"):
-                    kwargs["aws_session_token"] = env["AWS_SESSION_TOKEN"]
-            elif env.get("AWS_PROFILE"):
-                kwargs["profile_name"] = env["AWS_PROFILE"]
+            else:
+                if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+                    kwargs["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
+                    kwargs["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
+                    if env.get("AWS_SESSION_TOKEN"):
+                        kwargs["aws_session_token"] = env["AWS_SESSION_TOKEN"]
+                if env.get("AWS_PROFILE"):
+                    # as boto3 does: keys from the environment win, the profile still gives the region
+                    kwargs["profile_name"] = env["AWS_PROFILE"]
             try:
                 self._session = boto3.session.Session(**kwargs)
             except ProfileNotFound:

@@ -18,20 +18,42 @@ from runbook.secret import Secret
 
 
 class Connect(BaseModel):
-    """Where the tool (and the app URL) reach the server, overriding what the platform reports."""
+    """Where the tool reaches the server (a tunnel, a bastion, a port-forward, a test server),
+    overriding what the platform reports. Never what the app's URL names: see AppAddress."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str
     port: int = Field(default=5432, ge=1, le=65535)
 
 
-class LocalDatabaseConfig(BaseModel):
+class AppAddress(BaseModel):
+    """The two endpoints of a database, shared by every provider's config: `connect` is where
+    the tool connects; `app_host`/`app_port` are what the app's URL names, by default the
+    endpoint the platform reports (never the tunnel the tool came in by)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    connect: Connect | None = Field(default=None, description="where the tool connects (a tunnel, bastion or "
+                                    "port-forward); the app's URL keeps the platform's endpoint")
+    app_host: str | None = Field(default=None, description="host in the app's URL (default: the endpoint the "
+                                 "platform reports)", examples=["db.internal"])
+    app_port: int | None = Field(default=None, ge=1, le=65535, description="port in the app's URL (default: the "
+                                 "platform's)", examples=[6432])
+
+    def tool_address(self, reported: tuple[str, int]) -> tuple[str, int]:
+        """Where the tool's own session goes."""
+        return (self.connect.host, self.connect.port) if self.connect else reported
+
+    def app_address(self, reported: tuple[str, int]) -> tuple[str, int]:
+        """What the app's URL names: the platform's endpoint unless app_host/app_port say otherwise."""
+        return (self.app_host or reported[0], self.app_port or reported[1])
+
+
+class LocalDatabaseConfig(AppAddress):
     model_config = ConfigDict(extra="forbid", frozen=True, title="local database")
     provider: Literal["local"] = "local"
     dsn_env: str | None = Field(default=None, description="environment variable holding the admin DSN", examples=['STAGING_ADMIN_DSN'])
     dsn: str | None = Field(default=None, description="admin DSN without a password (e.g. a Unix socket)", examples=['postgresql:///app?host=/var/run/postgresql'])
     embedded: str = Field(default=".runbook/pg", description="data folder of the embedded PostgreSQL")
-    connect: Connect | None = Field(default=None, description="reach the server at this host/port instead of the DSN's")
     sslmode: SslMode | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)", examples=['require'])
     database: str | None = Field(default=None, description="database name for the embedded server (default: the app name)", examples=['raptor'])
 
@@ -90,7 +112,8 @@ class LocalDatabase:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         return Secret(cluster.admin_conninfo(dbname))
 
-    def admin_dsn(self) -> Secret:
+    def _reported_dsn(self) -> Secret:
+        """The admin DSN as given (or the embedded server's), before any `connect` override."""
         if self._dsn is None:
             if self.config.dsn_env:
                 value = self.ctx.environ.get(self.config.dsn_env)
@@ -101,7 +124,10 @@ class LocalDatabase:
                 self._dsn = Secret(self.config.dsn)
             else:
                 self._dsn = self._embedded_dsn()
-        dsn = self._dsn
+        return self._dsn
+
+    def admin_dsn(self) -> Secret:
+        dsn = self._reported_dsn()
         if self.config.connect:
             from psycopg.conninfo import make_conninfo
 
@@ -132,12 +158,14 @@ class LocalDatabase:
     def credential_for(self, user: str, password: Secret | None) -> Credential:
         from psycopg.conninfo import conninfo_to_dict
 
-        parts = conninfo_to_dict(self.admin_dsn().reveal())
+        # the server's own address (the DSN as given), not the tunnel `connect` names
+        parts = conninfo_to_dict(self._reported_dsn().reveal())
         host = str(parts.get("host") or "localhost")
         port = int(str(parts.get("port") or 5432).split(",")[0])
         if host.startswith("/"):
             # the admin came in over a Unix socket; the app reaches the same server over TCP
             host = "127.0.0.1"
+        host, port = self.config.app_address((host, port))
         sslmode = self.config.sslmode or str(parts.get("sslmode") or ("disable" if self.embedded else "prefer"))
         return Credential(
             name=user, user=user, host=host, port=port, database=str(parts.get("dbname") or user),

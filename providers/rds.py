@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from providers.aws import Aws, AwsError, aws_region
 from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
-from providers.local import Connect
+from providers.local import AppAddress
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
@@ -35,7 +35,7 @@ _PARAM_UNREADABLE = {"DBParameterGroupNotFound", "DBClusterParameterGroupNotFoun
 _SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 
 
-class RdsDatabaseConfig(BaseModel):
+class RdsDatabaseConfig(AppAddress):
     model_config = ConfigDict(extra="forbid", frozen=True, title="rds database")
     provider: Literal["rds"] = "rds"
     instance: str | None = Field(default=None, description="DB instance identifier (RDS for PostgreSQL)", examples=['raptor-prod'])
@@ -49,14 +49,16 @@ class RdsDatabaseConfig(BaseModel):
     master_user: str | None = Field(default=None, description="master user name, overriding the secret's", examples=['postgres'])
     auth: Literal["password", "iam"] = Field(default="password", description="how the app role logs in")
     sslmode: SslMode = Field(default="require", description="sslmode of the master session and the app URL")
-    connect: Connect | None = Field(default=None, description="reach the server here instead of the RDS endpoint")
+    proxy: str | None = Field(default=None, description="RDS Proxy name: the app's URL points at the proxy's "
+                              "endpoint and the role's secret joins its Auth list (the tool's own session never "
+                              "goes through it)", examples=["raptor-proxy"])
     database: str | None = Field(default=None, description="database name (default: the instance's DBName, else postgres)", examples=['raptor'])
 
     @model_validator(mode="after")
     def _target(self) -> "RdsDatabaseConfig":
         if bool(self.instance) == bool(self.cluster):
             raise ValueError("give exactly one of instance (RDS) or cluster (Aurora)")
-        for name in ("instance", "cluster"):
+        for name in ("instance", "cluster", "proxy"):
             value = getattr(self, name)
             if value is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,62}", value):
                 raise ValueError(f"{name} {value!r} is not an RDS identifier (letters, digits and hyphens)")
@@ -103,12 +105,13 @@ class RdsDatabase:
     def __init__(self, config: RdsDatabaseConfig, ctx: OpenContext, *, session: Any = None) -> None:
         self.config = config
         self.ctx = ctx
-        self.aws = Aws(ctx, region=aws_region(config.region, ctx.environ, "database.region"),
-                       profile=config.profile, session=session)
+        self.aws = Aws(ctx, region=aws_region(config.region, ctx.environ), profile=config.profile,
+                       session=session, region_key="database.region")
         self._target: _Target | None = None
         self._params: dict[str, str | None] | None = None
         self._params_note: str | None = None
         self._master: tuple[str, Secret] | None = None
+        self._proxy: dict[str, Any] | None = None
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -133,6 +136,11 @@ class RdsDatabase:
                 raise self._not_found(exc) from None
             raise
         db = out["DBInstances"][0]
+        if db.get("DBClusterIdentifier"):
+            # an Aurora member's own endpoint is a writer today and maybe a reader after a failover
+            raise Refused(f"RDS instance {self.config.instance} is a member of Aurora cluster "
+                          f"{db['DBClusterIdentifier']}; the app must use the cluster's writer endpoint: "
+                          f"set database.cluster: {db['DBClusterIdentifier']} instead of database.instance")
         endpoint = db.get("Endpoint") or {}
         groups = db.get("DBParameterGroups") or []
         return _Target(
@@ -265,13 +273,46 @@ class RdsDatabase:
 
     # -- connections --------------------------------------------------------------------------
 
-    def _address(self) -> tuple[str, int]:
-        if self.config.connect:
-            return self.config.connect.host, self.config.connect.port
+    def _endpoint(self) -> tuple[str, int]:
+        """The instance's endpoint, or the Aurora cluster's writer endpoint."""
         target = self.target()
         if not target.host:
             raise ProviderError(f"RDS {self._what} has no endpoint yet (status {target.status})")
         return target.host, target.port
+
+    def proxy_endpoint(self) -> tuple[str, int] | None:
+        """The RDS Proxy's endpoint, when database.proxy names one (its port is the engine's, 5432)."""
+        if not self.config.proxy:
+            return None
+        if self._proxy is None:
+            try:
+                out = self.aws.call("rds", "describe_db_proxies", DBProxyName=self.config.proxy)
+            except AwsError as exc:
+                if exc.code == "DBProxyNotFoundFault":
+                    raise ConfigError(f"database.proxy: no RDS Proxy {self.config.proxy} in {self.aws.region}") from None
+                raise
+            proxies = out.get("DBProxies") or []
+            if not proxies:
+                raise ConfigError(f"database.proxy: no RDS Proxy {self.config.proxy} in {self.aws.region}")
+            self._proxy = proxies[0]
+        proxy = self._proxy
+        if proxy.get("EngineFamily") not in (None, "POSTGRESQL"):
+            raise Refused(f"RDS Proxy {self.config.proxy} is for {proxy.get('EngineFamily')}, not POSTGRESQL")
+        if proxy.get("Status") not in (None, "available", "modifying"):
+            raise Refused(f"RDS Proxy {self.config.proxy} is {proxy.get('Status')}")
+        if not proxy.get("Endpoint"):
+            raise ProviderError(f"RDS Proxy {self.config.proxy} has no endpoint yet")
+        return str(proxy["Endpoint"]), 5432
+
+    def _address(self) -> tuple[str, int]:
+        """Where the tool's own session goes: `connect`, else the endpoint itself. Never the
+        proxy: it pins sessions and multiplexes them, and the tool relies on its own session."""
+        return self.config.tool_address(self._endpoint())
+
+    def app_address(self) -> tuple[str, int]:
+        """What the app's URL names: app_host/app_port, else the proxy's endpoint, else the
+        instance's (or the cluster's writer) endpoint. Never the tunnel the tool came in by."""
+        return self.config.app_address(self.proxy_endpoint() or self._endpoint())
 
     def _dbname(self) -> str:
         return self.config.database or self.target().dbname or "postgres"
@@ -283,8 +324,9 @@ class RdsDatabase:
             secret_id = self.config.master_secret or target.secret_arn
             if not secret_id:
                 raise ConfigError(
-                    f"RDS {self._what} has no RDS-managed master secret: set database.master_secret to the "
-                    "ARN or name of a Secrets Manager secret holding {\"username\", \"password\"}")
+                    f"RDS {self._what} has no RDS-managed master secret (no MasterUserSecret: it was created "
+                    "without ManageMasterUserPassword): set database.master_secret to the ARN or name of a "
+                    "Secrets Manager secret holding {\"username\", \"password\"}")
             out = self.aws.call("secretsmanager", "get_secret_value", SecretId=secret_id)
             try:
                 body = json.loads(out.get("SecretString") or "")
@@ -309,9 +351,44 @@ class RdsDatabase:
                                     dbname=self._dbname(), sslmode=self.config.sslmode))
 
     def credential_for(self, user: str, password: Secret | None) -> Credential:
-        host, port = self._address()
+        host, port = self.app_address()
         return Credential(name=user, user=user, host=host, port=port, database=self._dbname(),
                           password=password, sslmode=self.config.sslmode)
+
+    def login_route(self, url: Secret) -> Secret:
+        """The URL the tool logs in with to prove the app's `url`: exactly it, reached through
+        `connect` when the tool comes in by a tunnel (hostaddr/port, so TLS still checks the
+        endpoint's name), and under `auth: iam` with a token from generate_db_auth_token for the
+        app's endpoint as the password, as the app itself would."""
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parts = conninfo_to_dict(url.reveal())
+        extra: dict[str, str] = {}
+        if self.config.auth == "iam" and not parts.get("password"):
+            host = str(parts.get("host") or "")
+            port = int(str(parts.get("port") or 5432))
+            token = self._auth_token(host, port, str(parts.get("user") or ""))
+            extra["password"] = token.reveal()
+            extra["require_auth"] = "password"    # RDS takes the token as a cleartext password, over TLS
+        if self.config.connect:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(self.config.connect.host)
+                extra["hostaddr"] = self.config.connect.host
+            except ValueError:
+                extra["host"] = self.config.connect.host
+            extra["port"] = str(self.config.connect.port)
+        return Secret(make_conninfo(url.reveal(), **extra)) if extra else url
+
+    def _auth_token(self, host: str, port: int, user: str) -> Secret:
+        """An IAM auth token (a presigned rds-db:connect URL, valid 15 minutes), signed locally."""
+        client = self.aws.client("rds")
+        try:
+            token = client.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user, Region=self.aws.region)
+        except Exception as exc:   # botocore: no credentials to sign with
+            raise ConfigError(f"cannot sign an IAM auth token for {user}: {type(exc).__name__}") from None
+        return Secret(token)
 
     def preflight_sql(self, conn: Any) -> list[str]:
         """Read-only: can the master send the commands the engine is about to send?"""
@@ -335,6 +412,11 @@ class RdsDatabase:
             if not has_iam_role:
                 problems.append("role rds_iam does not exist on this server, so IAM authentication cannot work; "
                                 "connect to the RDS endpoint (database.connect) or use auth: password")
+            elif not superuser and not conn.execute(
+                    "SELECT pg_has_role(current_user, 'rds_iam', 'MEMBER WITH ADMIN OPTION')").fetchone()[0]:
+                # on RDS, rds_superuser holds rds_iam with admin option; a master outside it cannot grant it
+                problems.append(f"master user {user} cannot grant rds_iam (it needs ADMIN OPTION, which members of "
+                                f"rds_superuser have). Fix: GRANT rds_superuser TO {sql.Identifier(user).as_string(conn)};")
             return problems
         group_value = self.parameters()["rds.restrict_password_commands"]
         server_on = str(server_setting or "").lower() in ("1", "on", "true", "yes")

@@ -51,6 +51,13 @@ class NotRecorded(RunbookError):
     exit_code = 6
 
 
+class NotYetLive(RunbookError):
+    """Done, not yet live: every change is made and stored (e.g. the flag is off), but the
+    platform is still rolling it out (an ECS deployment) when the wait ran out. Exit 7."""
+
+    exit_code = 7
+
+
 class ProviderError(RunbookError):
     """A provider API answered with an error, or never answered within the retry budget."""
 
@@ -61,3 +68,4 @@ EXIT_CONFIG = 2
 EXIT_WAITING = 3
 EXIT_CHECK = 4
 EXIT_LOCKED = 5
+EXIT_NOT_YET_LIVE = 6

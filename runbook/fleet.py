@@ -8,11 +8,12 @@ keyed by a hash of the token), so parallel environments pace themselves together
 
 The fleet's exit code is the most severe of its environments' codes, in this order:
 
-    1 failed  >  4 check failed  >  6 not recorded  >  2 bad input  >  5 locked  >  3 waiting  >  0 done
+    1 failed  >  4 check failed  >  6 not recorded  >  2 bad input  >  5 locked  >  7 not yet live  >  3 waiting  >  0 done
 
 1 first: something broke, perhaps half-way, and needs a person now. 4 next: a live environment is
 not as it should be. 6: a due soak checkpoint was evaluated but the journal refused to keep it
-(a read-only DSN); the soak has not advanced. 2: nothing was changed, but the input must be fixed by hand. 5 and 3 are
+(a read-only DSN); the soak has not advanced. 7: every change is made and stored, the platform
+is still rolling it out (an ECS deployment). 2: nothing was changed, but the input must be fixed by hand. 5 and 3 are
 "try again later" (5: another run is on it; 3: a gate or checkpoint is not due), and 5 ranks
 above 3 because this run did nothing there at all. An interrupted fleet exits 130.
 """
@@ -32,12 +33,12 @@ from runbook.secret import redact
 
 MAX_PARALLEL = 32
 GLOB_CHARS = "*?["
-SEVERITY = (1, 4, 6, 2, 5, 3, 0)       # most severe first; see the module docstring
+SEVERITY = (1, 4, 6, 2, 5, 7, 3, 0)       # most severe first; see the module docstring
 INTERRUPTED = 130
 MUTATING = frozenset({"provision", "rotate", "retire", "rollback", "promote"})
 VERBS = ("plan", "provision", "diagnose", "drift", "rollback", "rotate", "retire", "soak", "promote")
 
-_ERROR_STATUS = {1: "failed", 2: "bad-input", 3: "waiting", 4: "check-failed", 5: "locked", 6: "not-recorded"}
+_ERROR_STATUS = {1: "failed", 2: "bad-input", 3: "waiting", 4: "check-failed", 5: "locked", 6: "not-recorded", 7: "not-yet-live"}
 _MESSAGE_WIDTH = 160
 
 

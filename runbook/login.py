@@ -27,10 +27,11 @@ def _endpoint(parts: dict[str, Any]) -> tuple[str, str, str, str]:
             str(parts.get("user") or ""))
 
 
-def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | None, str]:
+def app_conninfo(url: str | Secret, expected: Any, *, token_login: bool = False) -> tuple[dict[str, Any] | None, str]:
     """The keyword parameters to log in with `url` (None and why not when it must not be tried).
     `expected`: the Credential the tool would write for the role (its endpoint; no password needed),
-    or None where the platform alone writes the URL."""
+    or None where the platform alone writes the URL. `token_login`: a password-less URL is right
+    (IAM: the provider's route signs the token the app would)."""
     from psycopg.conninfo import conninfo_to_dict
 
     raw = url.reveal() if isinstance(url, Secret) else url
@@ -42,7 +43,7 @@ def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | Non
     foreign = sorted(k for k in parts if k not in _HARMLESS)
     if foreign:
         return None, f"the URL sets {', '.join(foreign)}, which pg-runbook will not follow"
-    if not parts.get("password"):
+    if not parts.get("password") and not token_login:
         return None, "the URL carries no password (pg-runbook logs in only with the URL's own)"
     got, wanted = _endpoint(parts), _endpoint(want)
     if got != wanted:
@@ -52,10 +53,15 @@ def app_conninfo(url: str | Secret, expected: Any) -> tuple[dict[str, Any] | Non
     return params, ""
 
 
-def _hardened(params: dict[str, Any], *, sslmode: str) -> dict[str, Any]:
-    # explicit values, empty ones included, keep libpq from filling these in from PG* variables
-    params.update(hostaddr="", passfile=os.devnull, require_auth="scram-sha-256", gssencmode="disable",
-                  options=params.get("options") or "", sslmode=sslmode)
+def _hardened(params: dict[str, Any], *, sslmode: str, routed: bool = False) -> dict[str, Any]:
+    # explicit values, empty ones included, keep libpq from filling these in from PG* variables; a
+    # provider's route may set its own network address (a tunnel, keeping TLS's name check on the
+    # endpoint) and the platform's documented auth method (IAM tokens travel as a password over TLS)
+    mine = {"hostaddr": "", "require_auth": "scram-sha-256"}
+    for key, value in mine.items():
+        if not (routed and params.get(key)):
+            params[key] = value
+    params.update(passfile=os.devnull, gssencmode="disable", options=params.get("options") or "", sslmode=sslmode)
     return params
 
 
@@ -76,7 +82,7 @@ def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, applic
 
     from runbook.context import pin_session
 
-    params, why = app_conninfo(url, expected)
+    params, why = app_conninfo(url, expected, token_login=route is not None)
     if params is None:
         raise ValueError(why)
     if route is not None:
@@ -84,7 +90,9 @@ def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, applic
         routed = route(secret)
         if routed.reveal() != secret.reveal():
             theirs = conninfo_to_dict(routed.reveal())
-            params = _hardened(theirs, sslmode=str(theirs.get("sslmode") or params["sslmode"]))
+            params = _hardened(theirs, sslmode=str(theirs.get("sslmode") or params["sslmode"]), routed=True)
+        if not params.get("password"):
+            raise ValueError("the URL carries no password (pg-runbook logs in only with the URL's own)")
     params.update(connect_timeout=max(1, timeout), application_name=application_name)
     # prepare_threshold=None: the URL may go through a transaction pooler, which runs each
     # statement on whichever server connection is free

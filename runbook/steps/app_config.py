@@ -50,7 +50,7 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
     elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
         # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
         state = UrlState(value, False, problem)
-    elif not ctx.info.password_auth:
+    elif not ctx.info.password_auth and login_route(ctx.db) is None:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
         ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx), route=login_route(ctx.db))
@@ -313,7 +313,13 @@ class UnsetUrl(Step):
     touches_app = True
 
     def observe(self, ctx):
-        return ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+        stored = getattr(ctx.app, "stored_config", None)
+        if current is None and callable(stored):
+            # a store the app no longer reads can still hold the URL (an ECS secret outlives the
+            # task definition's reference when a retire stopped between the two)
+            current = stored([ctx.url_var]).get(ctx.url_var)
+        return current
 
     def plan(self, ctx, current):
         if current is None:
@@ -327,5 +333,4 @@ class UnsetUrl(Step):
         ctx.app_changed = True
 
     def verify(self, ctx):
-        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
-        return Verdict.ok() if current is None else Verdict("fail", f"{ctx.url_var} is still set")
+        return Verdict.ok() if self.observe(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")

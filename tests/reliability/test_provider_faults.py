@@ -96,16 +96,25 @@ CALLS: dict[tuple[str, str], list[str]] = {
         f"GET {SUPABASE}", "GET /v1/organizations/raptor-org", f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets",
         f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets", f"GET {SUPABASE}/secrets"],
     ("supabase", "rollback"): [f"GET {SUPABASE}/secrets", f"POST {SUPABASE}/secrets", f"GET {SUPABASE}/secrets"],
+    # ECS reads go through the service's task definition (what a task would receive)
     ("rds", "provision"): [
         "rds.DescribeDBInstances", "rds.DescribeDBParameters", "secrets-manager.GetSecretValue",
-        "secrets-manager.DescribeSecret", "secrets-manager.DescribeSecret", "secrets-manager.CreateSecret",
-        "secrets-manager.DescribeSecret", "secrets-manager.GetSecretValue", "ssm.GetParameter", "ssm.PutParameter",
-        "ssm.GetParameter", "ecs.UpdateService", "secrets-manager.DescribeSecret", "secrets-manager.GetSecretValue"],
+        "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "secrets-manager.GetSecretValue",
+        "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "secrets-manager.DescribeSecret",
+        "secrets-manager.PutSecretValue", "ecs.DescribeServices", "ecs.DescribeTaskDefinition",
+        "secrets-manager.DescribeSecret", "ecs.DescribeServices", "ecs.DescribeTaskDefinition",
+        "secrets-manager.GetSecretValue", "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "ssm.GetParameters",
+        "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "ssm.PutParameter", "ecs.DescribeServices",
+        "ecs.DescribeTaskDefinition", "ssm.GetParameter", "ecs.DescribeServices", "ecs.DescribeTaskDefinition",
+        "ssm.GetParameters", "ecs.UpdateService", "ecs.DescribeServices", "ecs.DescribeServices",
+        "ecs.DescribeTaskDefinition", "secrets-manager.GetSecretValue"],
     ("rds", "rollback"): [
-        "ssm.GetParameter", "ssm.PutParameter", "ssm.GetParameter", "ecs.UpdateService", "rds.DescribeDBInstances",
-        "secrets-manager.GetSecretValue"],
+        "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "ssm.GetParameters", "ecs.DescribeServices",
+        "ecs.DescribeTaskDefinition", "ssm.PutParameter", "ecs.DescribeServices", "ecs.DescribeTaskDefinition",
+        "ssm.GetParameter", "ecs.DescribeServices", "ecs.DescribeTaskDefinition", "ssm.GetParameters",
+        "ecs.UpdateService", "ecs.DescribeServices", "rds.DescribeDBInstances", "secrets-manager.GetSecretValue"],
 }
-_READS = ("GET ", "rds.Describe", "secrets-manager.Describe", "secrets-manager.Get", "ssm.Get")
+_READS = ("GET ", "rds.Describe", "secrets-manager.Describe", "secrets-manager.Get", "ssm.Get", "ecs.Describe")
 
 
 def _targets() -> list[tuple[str, str, int, str]]:
@@ -481,7 +490,13 @@ def rds_world(pg, tmp_path, monkeypatch, clients: dict[str, Any]) -> Iterator[Wo
     create_instance(name, parameter_group=name, master=Master(master, CANARY))
     ecs, sm, ssm = clients["ecs"], clients["secretsmanager"], clients["ssm"]
     ecs.create_cluster(clusterName=name)
-    ecs.register_task_definition(family=name, containerDefinitions=[{"name": "web", "image": "raptor:1", "memory": 256}])
+    # as IaC lays it out: the secret made empty, the task definition handing its `url` key and the
+    # flag parameter (by name, same region) to the app
+    placeholder = sm.create_secret(Name=secret, SecretString="{}")["ARN"]
+    ecs.register_task_definition(family=name, containerDefinitions=[{
+        "name": "web", "image": "raptor:1", "memory": 256,
+        "secrets": [{"name": "RAPTOR_DATABASE_URL", "valueFrom": f"{placeholder}:url::"},
+                    {"name": "RAPTOR_NEW_ROLE", "valueFrom": parameter}]}])
     ecs.create_service(cluster=name, serviceName="web", taskDefinition=name, desiredCount=2)
     holder: dict[str, World] = {}
     original = Aws.client
@@ -513,7 +528,7 @@ def rds_world(pg, tmp_path, monkeypatch, clients: dict[str, Any]) -> Iterator[Wo
     def snapshot() -> dict[str, Any]:
         try:
             body = json.loads(sm.get_secret_value(SecretId=secret)["SecretString"])
-            login = _app_login(pg.tcp_dsn(body["username"], body["password"]))
+            login = _app_login(pg.tcp_dsn(body["username"], body["password"])) if "url" in body else None
         except sm.exceptions.ResourceNotFoundException:
             login = None
         try:

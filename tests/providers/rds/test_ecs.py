@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from providers.base import AppPlatform, Credential
 from providers.ecs import EcsApp, EcsAppConfig, _rollout, secret_to_url, url_to_secret
-from runbook.errors import ConfigError, ProviderError
+from runbook.errors import ConfigError, NotYetLive, ProviderError
 from runbook.secret import Secret
 from tests.providers.rds.conftest import ACCOUNT, FLAG, REGION, URL_VAR, client
 
@@ -25,7 +25,9 @@ PARAM = "/raptor/staging/FLAG"
 
 def app_config(**over) -> EcsAppConfig:
     block = {"platform": "ecs", "cluster": "raptor", "service": "web", "region": REGION,
-             "url_name": SECRET, "flag_parameter": PARAM, "wait": {"timeout": "1m", "poll": "5s"}}
+             "url_name": SECRET, "flag_parameter": PARAM, "wait": {"timeout": "1m", "poll": "5s"},
+             # these tests are about the stores; the references are the server-mode tests' subject
+             "register_task_definition": True}
     block.update(over)
     return EcsAppConfig.model_validate(block)
 
@@ -103,7 +105,9 @@ def test_platform_shape(ctx):
     assert app.config_change_restarts is False
     assert app.attach_url(Credential("a", "a", "h", 5432, "d"), URL_VAR) is False
     assert app.detach_url("a", URL_VAR) is False
-    assert app.describe() == {"ecs": f"raptor/web ({REGION})", "url": f"secretsmanager:{SECRET}", "flag": f"ssm:{PARAM}"}
+    assert app.describe() == {"ecs": f"raptor/web ({REGION})",
+                              "url": f"secretsmanager:{SECRET} (as the service's task definition references it)",
+                              "flag": f"ssm:{PARAM}", "task_definition": "registered by pg-runbook"}
 
 
 # -- the URL in Secrets Manager -------------------------------------------------------------------
@@ -112,8 +116,14 @@ def test_url_round_trips_through_the_standard_rds_secret_shape():
     url = "postgresql://raptor_app:p%40ss%2Fw0rd@db.example.com:6432/my%20db?sslmode=verify-full"
     body = url_to_secret(url)
     assert body == {"engine": "postgres", "host": "db.example.com", "username": "raptor_app",
-                    "password": "p@ss/w0rd", "dbname": "my db", "port": 6432, "sslmode": "verify-full"}
+                    "password": "p@ss/w0rd", "dbname": "my db", "port": 6432, "sslmode": "verify-full", "url": url}
     assert secret_to_url(body) == url
+    assert secret_to_url({k: v for k, v in body.items() if k != "url"}) == url    # from the standard keys alone
+    # RDS endpoints name their instance / cluster; the default database is postgres, not the user
+    rds = url_to_secret("postgresql://u:pw@raptor-prod.c9akciq32.eu-west-1.rds.amazonaws.com:5432")
+    assert (rds["dbInstanceIdentifier"], rds["dbname"]) == ("raptor-prod", "postgres")
+    aurora = url_to_secret("postgresql://u:pw@raptor.cluster-c9akciq32.eu-west-1.rds.amazonaws.com:5432/app")
+    assert aurora["dbClusterIdentifier"] == "raptor" and "dbInstanceIdentifier" not in aurora
     iam = "postgresql://raptor_app@[::1]:5432/app?sslmode=require"
     assert "password" not in url_to_secret(iam) and secret_to_url(url_to_secret(iam)) == iam
     # secrets written by RDS carry keys that are not connection parameters
@@ -134,7 +144,7 @@ def test_secret_store_round_trip_login_and_previous_version(service, ctx, pg, ap
     sm = client("secretsmanager")
     stored = json.loads(sm.get_secret_value(SecretId=SECRET)["SecretString"])
     assert stored == {"engine": "postgres", "host": "127.0.0.1", "username": first.user, "password": canary_password,
-                      "dbname": pg.dbname, "port": pg.port, "sslmode": "disable"}
+                      "dbname": pg.dbname, "port": pg.port, "sslmode": "disable", "url": first.url().reveal()}
     assert "pg-runbook" in sm.describe_secret(SecretId=SECRET)["Description"]
 
     got = app.get_config([URL_VAR])[URL_VAR]
@@ -274,10 +284,11 @@ def test_restart_gives_up_after_wait_timeout(service, ctx):
     calls = []
     app.aws.client("ecs").meta.events.register("provide-client-params.ecs.DescribeServices",
                                                lambda params, **kw: calls.append(params))
-    with pytest.raises(ProviderError, match=r"ecs service web did not become stable within 1m "
-                                            r"\(deployment ecs-svc/\d+ IN_PROGRESS, 1/2 tasks running\)"):
+    with pytest.raises(NotYetLive, match=r"still rolling after 1m \(restarting web: "
+                                         r"deployment ecs-svc/\d+ IN_PROGRESS, 1/2 tasks running\)") as err:
         app.restart()
-    assert len(calls) == 4 and now[0] == 60.0
+    assert err.value.exit_code == 7 and "aws ecs wait services-stable --cluster raptor --services web" in err.value.hint
+    assert len(calls) == 5 and now[0] == 60.0      # the first read, then one per poll
 
 
 def test_restart_reports_a_failed_rollout(service, ctx):
@@ -305,3 +316,26 @@ def test_restart_of_a_missing_service_quotes_the_aws_error(service, ctx):
 ])
 def test_rollout_judgement(deployments, done):
     assert _rollout({"status": "ACTIVE", "deployments": deployments}, "d2")[0] is done
+
+
+def test_restart_reports_each_state_change_to_the_progress_sink(service, ctx):
+    import dataclasses
+
+    events = []
+    ctx = dataclasses.replace(ctx, progress=events.append)
+    moto_deployment().update(rolloutState="IN_PROGRESS", runningCount=0)
+    now = [0.0]
+    steps = iter([dict(runningCount=0), dict(runningCount=1), dict(runningCount=1),
+                  dict(rolloutState="COMPLETED", runningCount=2)])
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        moto_deployment().update(**next(steps))
+
+    open_app(ctx, sleep=sleep, clock=lambda: now[0]).restart()
+    states = [(e.what, e.state.split(", ")[1], e.done) for e in events]
+    # one event per change, not per poll: 0/2 twice and 1/2 twice are reported once each
+    assert states == [("ecs deployment", "0/2 tasks running", False), ("ecs deployment", "1/2 tasks running", False),
+                      ("ecs deployment", "2/2 tasks running", True)]
+    assert [e.remaining for e in events] == [60.0, 50.0, 40.0]      # seconds left of the 1m wait (5s polls)
+    assert events[-1].fields["rollout"] == "COMPLETED" and events[-1].fields["desired"] == 2

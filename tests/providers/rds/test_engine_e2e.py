@@ -27,7 +27,7 @@ def write_project(tmp_path, pg, role: str, *, port: int | None = None) -> projec
         "database": {"instance": "raptor-staging", "region": REGION, "sslmode": "disable", "database": pg.dbname,
                      "connect": {"host": "127.0.0.1", "port": port or pg.port}},
         "app": {"cluster": "raptor", "service": "web", "url_store": "secretsmanager", "url_name": SECRET,
-                "flag_parameter": PARAM, "wait": {"timeout": "1m", "poll": "1s"}},
+                "flag_parameter": PARAM, "wait": {"timeout": "1m", "poll": "1s"}, "register_task_definition": True},
     }, url_var=URL_VAR, flag=FLAG))
 
 
@@ -87,14 +87,26 @@ def test_provision_diagnose_rollback_rotate_retire(world, tmp_path, pg, master, 
     result = ran_ok(commands.provision, project, aws_environ)
     assert {s.step: s.status for s in result.steps}["restart"] == "applied"
     stored = secret_versions("AWSCURRENT")
-    assert set(stored) == {"engine", "host", "username", "password", "dbname", "port", "sslmode"}
+    assert set(stored) == {"engine", "host", "username", "password", "dbname", "port", "sslmode", "url",
+                           "dbInstanceIdentifier"}
+    endpoint = client("rds").describe_db_instances(DBInstanceIdentifier="raptor-staging")["DBInstances"][0]["Endpoint"]
+    # the app's URL names the RDS endpoint, not the tunnel (`connect`) the tool came in by
     assert (stored["engine"], stored["host"], stored["username"], stored["dbname"], stored["port"]) == (
-        "postgres", "127.0.0.1", role, pg.dbname, pg.port)
+        "postgres", endpoint["Address"], role, pg.dbname, endpoint["Port"])
+    assert stored["dbInstanceIdentifier"] == "raptor-staging"
     with psycopg.connect(pg.tcp_dsn(role, stored["password"])) as conn:
         conn.execute("INSERT INTO public.orders (total) VALUES (1)")
     param = client("ssm").get_parameter(Name=PARAM)["Parameter"]
     assert (param["Type"], param["Value"]) == ("String", "1")
-    assert deployment_id(world) != first_deployment
+    # register_task_definition: a revision that hands the app both (stock moto keeps the deployment
+    # id on update_service(taskDefinition); the server-mode tests model real deployments)
+    service = world.describe_services(cluster="raptor", services=["web"])["services"][0]
+    container = world.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"][
+        "containerDefinitions"][0]
+    secret_arn = sm.describe_secret(SecretId=SECRET)["ARN"]
+    assert {e["name"]: e["valueFrom"] for e in container["secrets"]} == {
+        URL_VAR: f"{secret_arn}:url::", FLAG: param["ARN"]}
+    assert first_deployment
     passwords = [stored["password"]]
 
     # diagnose: the four checks pass

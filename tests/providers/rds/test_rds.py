@@ -51,12 +51,21 @@ def test_config_is_validated(block, message):
         RdsDatabaseConfig.model_validate({"provider": "rds", **block})
 
 
-def test_region_falls_back_to_environment_and_is_required(make_ctx):
+def test_region_falls_back_to_environment_then_the_profile_and_is_required(make_ctx, monkeypatch, tmp_path):
     cfg = RdsDatabaseConfig.model_validate({"instance": "a"})
     assert cfg.open(make_ctx(AWS_DEFAULT_REGION="us-east-2")).aws.region == "us-east-2"
-    ctx = dataclasses.replace(make_ctx(), environ={})
+    # as boto3 resolves it: the profile's region in ~/.aws/config
+    config = tmp_path / "aws-config"
+    config.write_text("[profile ops]\nregion = ap-southeast-2\n[default]\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    env = {k: v for k, v in make_ctx().environ.items() if k != "AWS_DEFAULT_REGION"}
+    ctx = dataclasses.replace(make_ctx(), environ={**env, "AWS_PROFILE": "ops"})
+    assert cfg.open(ctx).aws.region == "ap-southeast-2"
+    assert RdsDatabaseConfig.model_validate({"instance": "a", "profile": "ops"}).open(
+        dataclasses.replace(ctx, environ={})).aws.region == "ap-southeast-2"
     with pytest.raises(ConfigError, match="no AWS region: set database.region"):
-        cfg.open(ctx)
+        cfg.open(dataclasses.replace(ctx, environ={})).aws.region
 
 
 def test_clients_honour_endpoint_retry_and_timeouts(make_ctx):
@@ -207,15 +216,26 @@ def test_iam_auth_refused_when_disabled_on_the_instance(aws, ctx):
         open_db(ctx, instance="raptor-staging", region=REGION, auth="iam").describe()
 
 
-def test_credential_for_uses_endpoint_then_connect(aws, ctx):
+def test_the_app_url_keeps_the_endpoint_while_the_tool_goes_through_connect(aws, ctx):
     desc = create_instance(dbname=None)
+    endpoint = desc["Endpoint"]["Address"]
     db = open_db(ctx, instance="raptor-staging", region=REGION)
     cred = db.credential_for("raptor_app", Secret("s3cret-value"))
-    assert (cred.host, cred.port, cred.database, cred.sslmode) == (desc["Endpoint"]["Address"], 5432, "postgres", "require")
+    assert (cred.host, cred.port, cred.database, cred.sslmode) == (endpoint, 5432, "postgres", "require")
+    # a tunnel: the tool's session goes there, the app's URL still names the RDS endpoint
     db = open_db(ctx, instance="raptor-staging", region=REGION, database="appdb", sslmode="verify-full",
                  connect={"host": "127.0.0.1", "port": 6543})
     cred = db.credential_for("raptor_app", Secret("s3cret-value"))
-    assert (cred.host, cred.port, cred.database, cred.sslmode) == ("127.0.0.1", 6543, "appdb", "verify-full")
+    assert (cred.host, cred.port, cred.database, cred.sslmode) == (endpoint, 5432, "appdb", "verify-full")
+    assert db._address() == ("127.0.0.1", 6543)
+    # the tool proves the app's URL through the tunnel; TLS still checks the endpoint's name
+    from psycopg.conninfo import conninfo_to_dict
+    proof = conninfo_to_dict(db.login_route(cred.url()).reveal())
+    assert (proof["host"], proof["hostaddr"], proof["port"], proof["user"]) == (endpoint, "127.0.0.1", "6543", "raptor_app")
+    # app_host / app_port override what the app uses (a private DNS name, a local pooler)
+    db = open_db(ctx, instance="raptor-staging", region=REGION, app_host="db.internal", app_port=6432)
+    cred = db.credential_for("raptor_app", Secret("s3cret-value"))
+    assert (cred.host, cred.port) == ("db.internal", 6432)
 
 
 def test_admin_dsn_logs_in_as_the_master_from_the_managed_secret(aws, ctx, pg, master, db_config):
@@ -329,6 +349,12 @@ def test_preflight_iam_needs_rds_iam_not_rds_password(aws, ctx, pg, master, db_c
             "role rds_iam does not exist on this server, so IAM authentication cannot work; "
             "connect to the RDS endpoint (database.connect) or use auth: password"]
     ensure_role(pg, "rds_iam")
+    with psycopg.connect(db.admin_dsn().reveal(), sslmode="disable") as conn:
+        # granting rds_iam needs ADMIN OPTION on it, which RDS gives rds_superuser
+        assert db.preflight_sql(conn) == [
+            f"master user {master.name} cannot grant rds_iam (it needs ADMIN OPTION, which members of "
+            f'rds_superuser have). Fix: GRANT rds_superuser TO "{master.name}";']
+    pg.execute(sql.SQL("GRANT rds_iam TO {} WITH ADMIN OPTION").format(sql.Identifier(master.name)))
     with psycopg.connect(db.admin_dsn().reveal(), sslmode="disable") as conn:
         # no password is sent for an IAM role, so rds_password membership does not matter
         assert db.preflight_sql(conn) == []
