@@ -20,8 +20,8 @@ from psycopg import sql
 
 from tests.pooler import bouncer as bouncers
 from tests.pooler.bouncer import POOL_ADMIN, POOL_ADMIN_PASSWORD, Bouncer
+from tests.pg.conftest import Env
 from tests.projects import dotenv, spec_dict, write_project
-from runbook import project as projects
 from runbook.locks import lock_key
 
 
@@ -63,18 +63,10 @@ def bouncer_for(pool: dict[tuple, Bouncer], cluster, mode: str, *, ignore_option
 
 
 @dataclass
-class PooledEnv:
-    pg: object
-    bouncer: Bouncer
-    dir: Path
-    role: str
-    owner: str
-    admin_dsn: str
-    environ: dict[str, str]
-    path: Path
+class PooledEnv(Env):
+    """tests/pg's Env, its admin reaching the database through `bouncer`."""
 
-    def project(self) -> projects.Project:
-        return projects.load(self.path)
+    bouncer: Bouncer | None = None
 
     def url(self) -> str:
         return dotenv(self.dir)["RAPTOR_APP_DATABASE_URL"]
@@ -122,4 +114,5 @@ def make_pooled_env(pg, tmp_path: Path, b: Bouncer, *, restart: str | None = Non
     if database:
         data["environments"]["staging"]["database"].update(database)
     path = write_project(tmp_path, data)
-    return PooledEnv(pg, b, tmp_path, role, owner, dsn, {"RB_TEST_ADMIN_DSN": dsn, "PATH": "/usr/bin:/bin"}, path)
+    return PooledEnv(pg, tmp_path, role, owner, dsn, {"RB_TEST_ADMIN_DSN": dsn, "PATH": "/usr/bin:/bin"}, path,
+                     bouncer=b)
