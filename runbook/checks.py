@@ -62,7 +62,7 @@ def check_role(ctx) -> CheckResult:
     extra = roles.drift_findings(ctx.role, facts, ctx.info.role_grants)
     if extra:
         return CheckResult("role", "fail", "; ".join(f.detail for f in extra), f"runbook drift --env {ctx.env.name} --fix")
-    from runbook.steps.app_config import url_state
+    from runbook.app_url import url_state
 
     state = url_state(ctx)
     if state.logs_in is False and state.value is not None:
@@ -100,7 +100,7 @@ def check_grants(ctx) -> CheckResult:
 
 
 def check_url(ctx) -> CheckResult:
-    from runbook.steps.app_config import shown, url_state
+    from runbook.app_url import shown, url_state
 
     state = url_state(ctx)
     where = ", ".join(f"{k}: {v}" for k, v in ctx.app.describe().items())
@@ -112,7 +112,7 @@ def check_url(ctx) -> CheckResult:
         # the digest says the store holds the URL pg-runbook wrote, not that it still logs in (a
         # password changed behind the tool's back): unproven is never a pass. The app's own
         # sessions as the role, opened since that URL was written, are the proof it has.
-        from runbook.steps.app_config import WRITE_ONLY_PROOF
+        from runbook.app_url import WRITE_ONLY_PROOF
 
         sessions = _app_sessions_since_write(ctx, state.value)
         if sessions:

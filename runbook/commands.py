@@ -13,12 +13,12 @@ from typing import Any
 
 from runbook import engine, playbook as playbooks
 from runbook.checks import CheckResult
-from runbook.context import Context, connect, project_dir
+from runbook.context import Context, RunState, connect, project_dir
 from runbook.errors import CheckFailed, ConfigError, GateClosed, NotRecorded, RunbookError
 from runbook.pooler import PoolerRefused
 from runbook.project import Project
 from runbook.secret import redact
-from runbook.steps.app_config import ROLLBACK_MARK
+from runbook.steps.flag import ROLLBACK_MARK
 
 Confirm = Callable[[str, list[engine.StepReport]], bool]
 
@@ -46,11 +46,11 @@ class Result:
 
 
 def _context(project: Project, env_name: str, command: str, environ: Mapping[str, str] | None,
-             transport: Any = None, plan_only: bool = False) -> Context:
+             transport: Any = None) -> Context:
     env = project.env(env_name)
     return Context(project=project, env=env, command=command,
                    environ=dict(os.environ) if environ is None else dict(environ),
-                   plan_only=plan_only, http_transport=transport)
+                   http_transport=transport)
 
 
 def _state_url(ctx: Context, state: str | None) -> str | None:
@@ -149,40 +149,30 @@ def _need_yes(yes: bool, confirm: Confirm | None, command: str) -> None:
 
 
 def _run_playbook(ctx: Context, name: str, result: Result, *, yes: bool, confirm: Confirm | None,
-                  on_step: Callable[[engine.StepReport], None] | None = None) -> None:
+                  on_step: Callable[[engine.StepReport], None] | None = None) -> RunState | None:
     book = playbooks.load(name, ctx.project)
     if not yes:
-        ctx.plan_only = True
         preview = engine.run(book.steps, ctx, plan_only=True, journal=lambda *a: None)
-        ctx.plan_only = False
-        _reset_run_state(ctx)
         if not any(s.changes for s in preview):
             result.say("nothing to change")
         elif not confirm(f"{name} {ctx.env.name}", preview):
             result.status, result.steps = "cancelled", preview
             result.say("cancelled; nothing was changed")
-            return
-    result.steps = engine.run(book.steps, ctx, plan_only=False, journal=_journal(ctx), on_step=on_step)
+            return None
+    run = RunState()
+    result.steps = engine.run(book.steps, ctx, plan_only=False, journal=_journal(ctx), on_step=on_step, state=run)
     changed = any(s.status == "applied" for s in result.steps)
     result.status = "ok" if changed else "unchanged"
     if not changed:
         result.say(f"{ctx.env.name} already matches the spec; nothing changed")
-
-
-def _reset_run_state(ctx: Context) -> None:
-    ctx.new_password = None
-    ctx.credential = None
-    ctx.credential_created = False
-    ctx.pending_credential = None
-    ctx.app_changed = ctx.app_change_planned = False
-    ctx.url_state = None
+    return run
 
 
 # --- verbs ---------------------------------------------------------------------------------
 
 def plan(project: Project, env: str, *, environ=None, transport=None, playbook: str = "provision", **_: Any) -> Result:
     """What `provision` (or another playbook) would change. Read-only: no lock, no journal."""
-    ctx = _context(project, env, "plan", environ, transport, plan_only=True)
+    ctx = _context(project, env, "plan", environ, transport)
     result = Result("plan", env)
     try:
         book = playbooks.load(playbook, project)
@@ -205,8 +195,8 @@ def provision(project: Project, env: str, *, yes: bool = False, confirm: Confirm
     result = Result(playbook, env)
     try:
         with _mutating_run(ctx, playbook, state, result):
-            _run_playbook(ctx, playbook, result, yes=yes, confirm=confirm, on_step=on_step)
-            if ctx.soak_started:
+            run = _run_playbook(ctx, playbook, result, yes=yes, confirm=confirm, on_step=on_step)
+            if run is not None and run.soak_started:
                 result.data["soak_started"] = True
     finally:
         ctx.close()
@@ -264,7 +254,7 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
           environ=None, state: str | None = None, transport=None, **_: Any) -> Result:
     """Tables, sequences and functions the role should reach but cannot, and denied ones it can."""
     from runbook import catalog, grants, roles
-    from runbook.steps.privileges import Grants
+    from runbook.steps.grants import Grants
     from runbook.steps.role import RoleDrift
 
     def role_drift() -> list:
@@ -274,7 +264,7 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
 
     if fix:
         _need_yes(yes, confirm, "drift --fix")
-    ctx = _context(project, env, "drift", environ, transport, plan_only=not fix)
+    ctx = _context(project, env, "drift", environ, transport)
     result = Result("drift", env)
     try:
         started = time.perf_counter()
@@ -310,16 +300,16 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         if not fix:
             result.status, result.exit_code = "check-failed", CheckFailed.exit_code
             return result
-        ctx.plan_only = False
+        run = RunState()
         with _mutating_run(ctx, "drift --fix", state, result):
             if not yes:
                 preview = engine.run([RoleDrift(), Grants()], ctx, plan_only=True, journal=lambda *a: None)
                 if not confirm(f"drift --fix {env}", preview):
                     result.status = "cancelled"
                     return result
-            result.steps = engine.run([RoleDrift(), Grants()], ctx, plan_only=False, journal=_journal(ctx))
+            result.steps = engine.run([RoleDrift(), Grants()], ctx, plan_only=False, journal=_journal(ctx), state=run)
         # the grants step's verify just read the catalog after the fix; no second read
-        left = role_drift() + grants.findings(ctx.role, ctx.last_snapshot or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
+        left = role_drift() + grants.findings(ctx.role, run.verified.get("grants") or catalog.snapshot(ctx.admin(), ctx.role, ctx.owner))
         result.checks = [CheckResult("drift", "fail", f.summary()) for f in left] + [
             c for c in result.checks if c.name == "rls"]
         result.status = "ok" if not left and not blocked else "check-failed"
@@ -349,13 +339,11 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
         book = playbooks.load("rollback", project)
         if not yes:
             preview = engine.run(book.steps, ctx, plan_only=True, journal=lambda *a: None)
-            _reset_run_state(ctx)
-            ctx.plan_only = False
             if not confirm(f"rollback {env}", preview):
                 result.status = "cancelled"
                 return result
         # before the flag goes off: a provision that started earlier and reaches its flag-on step
-        # later (rollback takes no lock) finds this and leaves the flag off (steps/app_config.py)
+        # later (rollback takes no lock) finds this and leaves the flag off (steps/flag.py)
         journal("rollback", "marker", "rolled back: runs started before now must not turn the flag on again",
                 {ROLLBACK_MARK: time.time()})
         result.steps = engine.run(book.steps, ctx, plan_only=False, journal=journal)

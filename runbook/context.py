@@ -1,5 +1,8 @@
-"""Everything a step may use during one run: the project, the two adapters, the admin
-connection, the journal, and what earlier steps of the same run produced.
+"""What one run works with. `Context` is the session: the project, the environment, the two
+adapters, the admin connection and the journal, opened lazily so that `rollback` touches only
+the app side and `plan` never takes a lock. `RunState` is what earlier steps of the run hand to
+later ones, written only by `apply` (and by the engine after each step). `StepContext` is the
+read-only view a step gets of both, with the engine's one "plan only" flag.
 
 Adapters and connections open lazily, so `rollback` touches only the app side and `plan`
 never takes a lock.
@@ -12,13 +15,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, Progress, RetryPolicy
 from runbook.errors import ConfigError, RunbookError
 from runbook.extras import require as require_extras
-from runbook.project import Environment, Project
+from runbook.project import Environment, FlagSpec, Project, RoleSpec, SettingsSpec
 from runbook.secret import Secret, redact
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+    from runbook.app_url import UrlState
 
 
 # Where long platform waits are shown: (env name, providers.base.Progress) → None. The CLI installs
@@ -30,11 +38,29 @@ def _seconds(value: timedelta) -> float:
     return value.total_seconds()
 
 
+class SoakJournal(Protocol):
+    """What steps read and write in the environment's journal (runbook/state.py's store)."""
+
+    def events(self, env: str, limit: int = ...) -> list[dict[str, Any]]: ...
+    def open_soak(self, env: str) -> dict[str, Any] | None: ...
+    def latest_soak(self, env: str) -> dict[str, Any] | None: ...
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int: ...
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool: ...
+
+
 @dataclass
-class UrlState:
-    value: Any                 # str | Digest | None, as the app platform returned it
-    logs_in: bool | None       # None: could not tell (write-only store)
-    reason: str = ""
+class RunState:
+    """What later steps of one run need from earlier ones. Steps write it only in `apply`; the
+    engine records which steps changed something. A preview (plan only) starts from a fresh one,
+    so nothing a preview learns can leak into the run that follows it."""
+
+    credential: Credential | None = None       # the platform credential created or rotated (Heroku)
+    new_password: Secret | None = None          # the password a role step set
+    written: Credential | None = None           # the credential the url step wrote to the app
+    changed: list[str] = field(default_factory=list)   # steps that applied changes (preview: planned them)
+    app_changed: bool = False                   # one of them changed the app's config
+    soak_started: bool = False
+    verified: dict[str, Any] = field(default_factory=dict)   # what each step's verify read (drift --fix reports from grants')
 
 
 @dataclass
@@ -43,23 +69,15 @@ class Context:
     env: Environment
     command: str
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    plan_only: bool = False
     http_transport: Any = None
     store: Any = None                     # StateStore | None
     run_id: int | None = None
     run_started_at: float | None = None   # wall clock when this mutating run took its lock
-
-    # produced during the run
-    new_password: Secret | None = None
-    credential: Credential | None = None
-    credential_created: bool = False
-    pending_credential: Credential | None = None
-    app_changed: bool = False
-    app_change_planned: bool = False
-    url_state: UrlState | None = None
-    soak_started: bool = False
-    last_snapshot: Any = None             # the grants step's verify snapshot; `drift --fix` reports from it
     notes: list[str] = field(default_factory=list)
+
+    # observations kept for the run (as `info` is): dropped by the apply that changes them
+    url_memo: UrlState | None = None
+    credential_memo: tuple[Credential | None] | None = None     # (the platform's credential for the role,)
 
     _db: DatabaseProvider | None = None
     _app: AppPlatform | None = None
@@ -70,11 +88,11 @@ class Context:
 
     # --- facts about the project ---------------------------------------------------------
     @property
-    def role(self):
+    def role(self) -> RoleSpec:
         return self.project.role
 
     @property
-    def settings(self):
+    def settings(self) -> SettingsSpec:
         return self.project.spec.settings
 
     @property
@@ -82,7 +100,7 @@ class Context:
         return self.project.spec.config.url_var
 
     @property
-    def flag(self):
+    def flag(self) -> FlagSpec:
         return self.project.spec.flag
 
     @property
@@ -147,14 +165,20 @@ class Context:
     def api_credentials(self) -> bool:
         return self.info.credentials == "api"
 
+    def platform_credential(self) -> Credential | None:
+        """The credential the platform holds for the role (API credentials), read once per run."""
+        if self.credential_memo is None:
+            self.credential_memo = (self.db.credential(self.role.name),)
+        return self.credential_memo[0]
+
     # --- SQL -----------------------------------------------------------------------------
-    def admin(self):
+    def admin(self) -> Connection[Any]:
         """The owner/master connection (autocommit; grant steps open their own transactions)."""
         if self._admin is None or self._admin.closed:
             self._admin = connect(self.db.admin_dsn(), self, purpose=self.command)
-        return self._admin
+        return self._admin      # type: ignore[no-any-return]  # held as Any: psycopg is imported lazily
 
-    def check_pooler(self, conn, open_another, dsn: Secret) -> None:
+    def check_pooler(self, conn: Connection[Any], open_another: Callable[[], Connection[Any]], dsn: Secret) -> None:
         """Find out once per run what the tool's session goes through; refuse a transaction pooler."""
         from runbook import pooler
 
@@ -168,7 +192,8 @@ class Context:
     @property
     def owner(self) -> str:
         if self._owner is None:
-            self._owner = self.role.owner or self.admin().execute("SELECT current_user").fetchone()[0]
+            row = self.admin().execute("SELECT current_user").fetchone()
+            self._owner = self.role.owner or str(row[0] if row else "")
         return self._owner
 
     def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -201,7 +226,8 @@ def application_name(project: Project, purpose: str) -> str:
     return f"runbook:{project.spec.app}:{purpose}"[:63]
 
 
-def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool = True, timeout: float | None = None):
+def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool = True,
+            timeout: float | None = None) -> Connection[Any]:
     """Open one of the tool's own psycopg connections; failures end as one clear line.
 
     No startup `options` (PgBouncer at its defaults refuses the parameter): session settings
@@ -230,7 +256,7 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
     return conn
 
 
-def session_settings(conn, settings) -> None:
+def session_settings(conn: Connection[Any], settings: SettingsSpec) -> None:
     """The tool's session settings, by SET after connecting (never startup options)."""
     ms = int(settings.statement_timeout.total_seconds() * 1000)
     conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (f"{ms}ms",))
@@ -238,7 +264,7 @@ def session_settings(conn, settings) -> None:
         conn.commit()
 
 
-def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_name: str):
+def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_name: str) -> Connection[Any]:
     import psycopg
 
     try:
@@ -269,7 +295,7 @@ def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_na
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
 
 
-def pin_session(conn, *, local: bool = False) -> None:
+def pin_session(conn: Connection[Any], *, local: bool = False) -> None:
     """Right after connecting, before any other statement: search_path to pg_catalog then pg_temp
     (pg_temp last, so a temporary object cannot shadow a catalog one either) and no SET ROLE a
     database or role default slipped in. The statement itself calls only qualified names.
@@ -287,3 +313,108 @@ def pin_session(conn, *, local: bool = False) -> None:
 
 def project_dir(project: Project) -> Path:
     return project.base_dir / ".runbook"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """A step's read-only view of the run: the project and environment, the adapters and the
+    admin connection (opened on first use), the journal, what earlier steps handed on (`state`,
+    written only through `apply`'s argument) and the engine's `plan_only`. Notes a step makes go
+    to the session and out with the step's report."""
+
+    session: Context = field(repr=False)
+    state: RunState
+    plan_only: bool
+
+    @property
+    def project(self) -> Project:
+        return self.session.project
+
+    @property
+    def env(self) -> Environment:
+        return self.session.env
+
+    @property
+    def command(self) -> str:
+        return self.session.command
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self.session.environ
+
+    @property
+    def role(self) -> RoleSpec:
+        return self.session.role
+
+    @property
+    def settings(self) -> SettingsSpec:
+        return self.session.settings
+
+    @property
+    def url_var(self) -> str:
+        return self.session.url_var
+
+    @property
+    def flag(self) -> FlagSpec:
+        return self.session.flag
+
+    @property
+    def digest(self) -> str:
+        return self.session.digest
+
+    @property
+    def store(self) -> SoakJournal | None:
+        return self.session.store       # type: ignore[no-any-return]  # the runtime's store, typed where it is opened
+
+    @property
+    def run_id(self) -> int | None:
+        return self.session.run_id
+
+    @property
+    def run_started_at(self) -> float | None:
+        return self.session.run_started_at
+
+    @property
+    def db(self) -> DatabaseProvider:
+        return self.session.db
+
+    @property
+    def app(self) -> AppPlatform:
+        return self.session.app
+
+    @property
+    def info(self) -> DatabaseInfo:
+        return self.session.info
+
+    @property
+    def api_credentials(self) -> bool:
+        return self.session.api_credentials
+
+    @property
+    def owner(self) -> str:
+        return self.session.owner
+
+    def admin(self) -> Connection[Any]:
+        return self.session.admin()
+
+    def note(self, text: str) -> None:
+        self.session.note(text)
+
+    def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self.session.journal_history(limit)
+
+    def platform_credential(self) -> Credential | None:
+        """API credentials: the one this run made or rotated, else the one the platform holds.
+        None where logins are SQL roles."""
+        if not self.api_credentials:
+            return None
+        return self.state.credential or self.session.platform_credential()
+
+    def url_state(self, *, refresh: bool = False) -> UrlState:
+        from runbook.app_url import url_state
+
+        return url_state(self.session, issued=self.platform_credential(), refresh=refresh)
+
+    def forget_url(self) -> None:
+        """After an apply that changed the app's URL or the role's password: observe it afresh."""
+        self.session.url_memo = None

@@ -12,9 +12,10 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from runbook.changes import Change
+from runbook.context import Context, RunState, StepContext
 from runbook.errors import CheckFailed, RunbookError
 from runbook.secret import redact
 
@@ -26,10 +27,15 @@ class Verdict:
     status: Status
     detail: str = ""
     fix: str | None = None
+    # what verify read, for the caller (drift --fix reports from the grants step's snapshot)
+    evidence: Any = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def ok(detail: str = "") -> "Verdict":
         return Verdict("pass", detail)
+
+    def with_evidence(self, evidence: Any) -> "Verdict":
+        return Verdict(self.status, self.detail, self.fix, evidence)
 
 
 @dataclass
@@ -50,36 +56,49 @@ class StepReport:
         }
 
 
-class Step:
-    """Base class. Subclasses set `kind` and override what they need."""
+Observed = TypeVar("Observed")
 
-    kind = "step"
-    mutates = True
+
+class Step(Generic[Observed]):
+    """One step of a playbook. `observe` reads (the database, the app's config, the journal) and
+    returns a small frozen fact; `plan` turns the facts into Changes and has no side effects (it
+    may note things for the report); `apply` makes exactly those changes and records in `state`
+    what later steps need; `verify` reads again and judges. Subclasses set `kind`."""
+
+    kind: ClassVar[str] = "step"
+    mutates: ClassVar[bool] = True
     # True for steps that change the app's config: their intents mark a restart as owed until a
     # restart result follows in the journal (a run that dies in between leaves the debt visible)
-    touches_app = False
+    touches_app: ClassVar[bool] = False
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
-        self.params = dict(params or {})
+        self.params: dict[str, Any] = dict(params or {})
 
     @property
     def name(self) -> str:
         return self.kind
 
-    def observe(self, ctx: Any) -> Any:
-        return None
+    def observe(self, ctx: StepContext) -> Observed:
+        raise NotImplementedError(f"{type(self).__name__}.observe")
 
-    def plan(self, ctx: Any, observed: Any) -> list[Change]:
+    def plan(self, ctx: StepContext, observed: Observed) -> list[Change]:
         return []
 
-    def apply(self, ctx: Any, changes: list[Change]) -> None:
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         return None
 
-    def verify(self, ctx: Any) -> Verdict:
+    def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok()
 
-    def compensate(self, ctx: Any) -> list[Change]:
+    def compensate(self, ctx: StepContext) -> list[Change]:
         return []
+
+
+class Check(Step[None]):
+    """A step that only observes in verify (nothing to observe before its plan)."""
+
+    def observe(self, ctx: StepContext) -> None:
+        return None
 
 
 Journal = Callable[[str, str, str, Any], None]
@@ -113,9 +132,14 @@ def _fault_kill(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
-        on_step: Callable[[StepReport], None] | None = None) -> list[StepReport]:
-    """Run the steps in order. Raises the first failure after journalling it."""
+def run(steps: list[Step[Any]], session: Context, *, plan_only: bool, journal: Journal,
+        on_step: Callable[[StepReport], None] | None = None, state: RunState | None = None) -> list[StepReport]:
+    """Run the steps in order. Raises the first failure after journalling it. `plan_only` is the
+    one place a preview is decided; `state` (a fresh one by default) is where the caller reads
+    what the run produced (the soak started, the grants step's last snapshot)."""
+    state = RunState() if state is None else state
+    session.url_memo = session.credential_memo = None    # a preview's observations are not the run's
+    ctx = StepContext(session, state, plan_only)
     reports: list[StepReport] = []
     for step in steps:
         report = StepReport(step.name)
@@ -124,19 +148,22 @@ def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
             observed = step.observe(ctx)
             changes = step.plan(ctx, observed)
             report.changes = list(changes)
-            report.notes.extend(getattr(ctx, "take_notes", lambda: [])())
+            report.notes.extend(session.take_notes())
             if plan_only:
                 report.status = "planned" if changes else "unchanged"
+                if changes:
+                    _changed(state, step, changes)      # what the run would have done, for the steps after
                 if on_step:
                     on_step(report)
                 continue
             if changes:
                 intent: dict[str, Any] = {"changes": [c.to_json() for c in changes]}
-                if step.touches_app:
+                if _touches_app(step, changes):
                     intent["app"] = True
                 journal(step.name, "intent", "; ".join(c.summary for c in changes), intent)
                 started = time.monotonic()
-                step.apply(ctx, changes)
+                step.apply(ctx, changes, state)
+                _changed(state, step, changes)
                 _fault_kill(step.name)
                 extra = {k: v for c in changes for k, v in c.data.items()}
                 journal(step.name, "result", f"applied {len(changes)} change(s)",
@@ -144,10 +171,12 @@ def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
                 report.status = "applied"
             else:
                 report.status = "unchanged"
-            report.notes.extend(getattr(ctx, "take_notes", lambda: [])())
+            report.notes.extend(session.take_notes())
             verdict = step.verify(ctx)
+            if verdict.evidence is not None:
+                state.verified[step.name] = verdict.evidence
             report.verdict = verdict
-            report.notes.extend(getattr(ctx, "take_notes", lambda: [])())
+            report.notes.extend(session.take_notes())
             if verdict.status == "fail":
                 raise CheckFailed(f"{step.name}: {verdict.detail}", hint=verdict.fix)
             if on_step:
@@ -165,3 +194,13 @@ def run(steps: list[Step], ctx: Any, *, plan_only: bool, journal: Journal,
                 on_step(report)
             raise
     return reports
+
+
+def _touches_app(step: Step[Any], changes: list[Change]) -> bool:
+    return step.touches_app and any(c.touches_app for c in changes)
+
+
+def _changed(state: RunState, step: Step[Any], changes: list[Change]) -> None:
+    state.changed.append(step.name)
+    if _touches_app(step, changes):
+        state.app_changed = True

@@ -39,7 +39,7 @@ def _shipped_text(name: str) -> tuple[str, str]:
 def _shipped_located(name: str):
     # parsed once per process: a fleet loads the same playbook for every environment, and the
     # YAML parse with line marks was a sixth of each environment's CPU. Steps are built anew by
-    # parse() each time, since a step may keep state for its run.
+    # parse() each time (cheap, and no two runs share a step object).
     text, source = _shipped_text(name)
     return load_text(text, source)
 

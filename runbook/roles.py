@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from psycopg import Connection, sql
 
-from runbook.changes import Change
+from runbook.changes import Change, PasswordChange
 from runbook.errors import Refused
 from runbook.project import RoleSpec
 from runbook.secret import Secret
@@ -204,19 +204,22 @@ def _attributes(spec: RoleSpec, *, no_superuser_clause: bool) -> list[sql.Compos
     return out
 
 
-def create(conn: Connection | None, spec: RoleSpec, password: Secret | None, *, no_superuser_clause: bool = False) -> Change:
-    parts = [sql.SQL("CREATE ROLE {} WITH").format(sql.Identifier(spec.name)), *_attributes(spec, no_superuser_clause=no_superuser_clause)]
-    if password is not None:
-        value = verifier(conn, spec.name, password) if conn is not None else "****"
-        parts.append(sql.SQL("PASSWORD {}").format(sql.Literal(value)))
-    return Change(f"create login role {spec.name}" + (" with a generated password (SCRAM verifier)" if password else " (no password)"),
-                  sql.SQL(" ").join(parts), reversible=True)
+def create(spec: RoleSpec, password: Secret | None, *, no_superuser_clause: bool = False) -> Change:
+    """CREATE ROLE; with a password, a PasswordChange that carries it to apply (shown as '****')."""
+    head = sql.SQL(" ").join([sql.SQL("CREATE ROLE {} WITH").format(sql.Identifier(spec.name)),
+                              *_attributes(spec, no_superuser_clause=no_superuser_clause)])
+    summary = f"create login role {spec.name}" + (" with a generated password (SCRAM verifier)" if password else " (no password)")
+    if password is None:
+        return Change(summary, head, reversible=True)
+    return PasswordChange(summary, sql.SQL("{} PASSWORD {}").format(head, sql.Literal("****")), reversible=True,
+                          login=spec.name, head=head, password=password)
 
 
-def set_password(conn: Connection | None, name: str, password: Secret, reason: str) -> Change:
-    value = verifier(conn, name, password) if conn is not None else "****"
-    return Change(f"set a new password for {name} ({reason})",
-                  sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(value)))
+def set_password(name: str, password: Secret, reason: str) -> PasswordChange:
+    head = sql.SQL("ALTER ROLE {} WITH LOGIN").format(sql.Identifier(name))
+    return PasswordChange(f"set a new password for {name} ({reason})",
+                          sql.SQL("{} PASSWORD {}").format(head, sql.Literal("****")),
+                          login=name, head=head, password=password)
 
 
 def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool) -> list[Change]:
@@ -249,10 +252,11 @@ def apply_all(conn: Connection, changes: list[Change]) -> None:
 
     with conn.transaction():
         for change in changes:
-            if change.statement is None:
+            statement = change.executable(conn)
+            if statement is None:
                 continue
             try:
-                conn.execute(change.statement)
+                conn.execute(statement)
             except psycopg.errors.InsufficientPrivilege as exc:
                 why = (exc.diag.message_detail or exc.diag.message_primary or "permission denied").strip().rstrip(".")
                 raise Refused(f"the admin user may not {change.summary}: {why}; nothing was changed "

@@ -175,3 +175,38 @@ def passed_soak(store, env: str, digest: str, valid_for: timedelta, *, now: floa
         return None, (f"{env}'s passed soak is {format_duration(age)} old, older than soak.valid_for "
                       f"({format_duration(valid_for)}); soak again")
     return latest, "ok"
+
+
+# --- soak transitions the playbook's steps make (the flag step, end_soak), as journalled changes ---
+
+def start_reason(store, env: str, digest: str, *, flag_changed: bool) -> str | None:
+    """Why a soak of `digest` starts now that the flag is on, or None when the current one stands:
+    a running soak of the same spec, or (the flag untouched by this run) a passed one."""
+    soak = store.open_soak(env)
+    if soak is not None and soak["digest"] == digest:
+        return None
+    latest = store.latest_soak(env)
+    if soak is None and latest and latest["digest"] == digest and latest["status"] == "passed" and not flag_changed:
+        return None     # a re-run of an environment whose soak already passed keeps that soak
+    previous = soak or latest
+    return "the role spec changed" if previous and previous["digest"] != digest else "flag on"
+
+
+def start(store, env: str, digest: str, run_id: int | None, *, now: float | None = None) -> int:
+    """Start the soak clock of `digest` (a running soak of another spec is superseded)."""
+    return store.start_soak(env, digest, run_id, time.time() if now is None else now)
+
+
+def end(store, env: str, status: str, reason: str, *, now: float | None = None) -> bool:
+    """End the running soak; a rolled-back end voids a passed one too (it must not allow promotion)."""
+    return store.end_soak(env, status, reason, time.time() if now is None else now,
+                          include_passed=status == "rolled-back")
+
+
+def to_end(store, env: str, status: str) -> bool:
+    """Whether `end(store, env, status, …)` would end a soak now."""
+    soak = store.open_soak(env)
+    if soak is None and status == "rolled-back":
+        latest = store.latest_soak(env)
+        return bool(latest and latest.get("status") == "passed")
+    return soak is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from runbook.engine import Step
 
@@ -10,11 +11,11 @@ KINDS: dict[str, str] = {
     "preflight": "runbook.steps.preflight:Preflight",
     "role": "runbook.steps.role:EnsureRole",
     "rotate_password": "runbook.steps.role:RotatePassword",
-    "grants": "runbook.steps.privileges:Grants",
-    "url": "runbook.steps.app_config:WriteUrl",
-    "flag": "runbook.steps.app_config:SetFlag",
-    "restart": "runbook.steps.app_config:Restart",
-    "unset_url": "runbook.steps.app_config:UnsetUrl",
+    "grants": "runbook.steps.grants:Grants",
+    "url": "runbook.steps.url:WriteUrl",
+    "flag": "runbook.steps.flag:SetFlag",
+    "restart": "runbook.steps.restart:Restart",
+    "unset_url": "runbook.steps.url:UnsetUrl",
     "verify": "runbook.steps.verify:VerifyFromApp",
     "drop_role": "runbook.steps.retire:DropRole",
     "end_soak": "runbook.steps.soak_clock:EndSoak",
@@ -24,6 +25,7 @@ KINDS: dict[str, str] = {
 }
 
 
-def step_class(kind: str) -> type[Step]:
+def step_class(kind: str) -> type[Step[Any]]:
     module, _, name = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
+    found: type[Step[Any]] = getattr(importlib.import_module(module), name)
+    return found

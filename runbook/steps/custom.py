@@ -6,17 +6,25 @@ as a migration is, so the SQL is passed through as written (never built from inp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from psycopg import sql
 
 from runbook import shell
 from runbook.changes import Change
+from runbook.context import RunState, StepContext
 from runbook.durations import parse_timeout
-from runbook.engine import Step, Verdict
+from runbook.engine import Check, Step, Verdict
 from runbook.errors import ConfigError, RunbookError
 from runbook.secret import redact
 
 
-class SqlStep(Step):
+@dataclass(frozen=True)
+class SqlDone:
+    done: bool                        # `unless` returned a true first column
+
+
+class SqlStep(Step[SqlDone]):
     """`- sql: {run: "…", unless: "SELECT …"}` — runs when `unless` returns no row / false."""
 
     kind = "sql"
@@ -25,28 +33,30 @@ class SqlStep(Step):
     def name(self) -> str:
         return str(self.params.get("name") or "sql")
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> SqlDone:
         unless = self.params.get("unless")
         if not unless:
-            return False
+            return SqlDone(False)
         row = ctx.admin().execute(sql.SQL(unless)).fetchone()
-        return bool(row and row[0])
+        return SqlDone(bool(row and row[0]))
 
-    def plan(self, ctx, done):
+    def plan(self, ctx: StepContext, observed: SqlDone) -> list[Change]:
         if "run" not in self.params:
             raise ConfigError("sql step needs `run:`")
-        if done:
+        if observed.done:
             return []
         return [Change(self.params.get("summary") or f"run SQL: {str(self.params['run'])[:60]}",
                        sql.SQL(self.params["run"]), reversible=False)]
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         conn = ctx.admin()
-        with conn.transaction():
-            conn.execute(changes[0].statement)
+        statement = changes[0].statement
+        if statement is not None:
+            with conn.transaction():
+                conn.execute(statement)
 
 
-class CommandStep(Step):
+class CommandStep(Check):
     """`- command: {run: "…", timeout: 60}` — a shell command; exit 0 or the run fails."""
 
     kind = "command"
@@ -55,7 +65,7 @@ class CommandStep(Step):
     def name(self) -> str:
         return str(self.params.get("name") or "command")
 
-    def _checked(self, ctx) -> tuple[float, list[str]]:
+    def _checked(self, ctx: StepContext) -> tuple[float, list[str]]:
         """The step's timeout and pass_env, refused as a project's would be (runbook/shell.py)."""
         try:
             timeout = parse_timeout(self.params.get("timeout", 300)).total_seconds()
@@ -70,13 +80,13 @@ class CommandStep(Step):
                                   "a command never gets it")
         return timeout, names
 
-    def plan(self, ctx, observed):
+    def plan(self, ctx: StepContext, observed: None) -> list[Change]:
         if "run" not in self.params:
             raise ConfigError("command step needs `run:`")
         self._checked(ctx)
         return [Change(f"run `{self.params['run']}`", reversible=False)]
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         cmd = str(self.params["run"]).replace("{env}", ctx.env.name)
         timeout, names = self._checked(ctx)
         try:
@@ -87,7 +97,7 @@ class CommandStep(Step):
             raise RunbookError(f"command `{cmd}` exited {res.returncode}: {redact(res.tail())[:200]}")
 
 
-class HttpCheckStep(Step):
+class HttpCheckStep(Check):
     """`- http_check: {url: …, status: 200}` — verify only."""
 
     kind = "http_check"
@@ -97,7 +107,7 @@ class HttpCheckStep(Step):
     def name(self) -> str:
         return str(self.params.get("name") or "http_check")
 
-    def verify(self, ctx):
+    def verify(self, ctx: StepContext) -> Verdict:
         from runbook.checks import http_status
 
         url = self.params.get("url")

@@ -4,14 +4,17 @@ powers the rest of the playbook needs. Read-only; a problem ends the run with ex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from runbook.changes import Change
+from runbook.context import StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import Refused
 
 MIN_SERVER = 130000
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdminFacts:
     user: str
     server_version: int
@@ -19,11 +22,11 @@ class AdminFacts:
     createrole: bool
     owner_exists: bool
     owner_member: bool
-    missing_schemas: list[str] = field(default_factory=list)
+    missing_schemas: tuple[str, ...] = ()
     foreign_owned: dict[str, int] = field(default_factory=dict)
 
 
-def admin_facts(conn, owner: str, schemas: list[str]) -> AdminFacts:
+def admin_facts(conn: Any, owner: str, schemas: list[str]) -> AdminFacts:
     row = conn.execute(
         """
         SELECT current_user, current_setting('server_version_num')::int, r.rolsuper, r.rolcreaterole,
@@ -45,18 +48,25 @@ def admin_facts(conn, owner: str, schemas: list[str]) -> AdminFacts:
         """,
         {"schemas": schemas},
     ).fetchall())
-    return AdminFacts(row[0], row[1], row[2], row[3], row[4], row[5], list(row[6]), foreign)
+    return AdminFacts(row[0], row[1], row[2], row[3], row[4], row[5], tuple(row[6]), foreign)
 
 
 class AdminPower(str):
     """A preflight problem with the admin's powers only: `plan` notes it and goes on."""
 
 
-class Preflight(Step):
+@dataclass(frozen=True)
+class PreflightFacts:
+    admin: AdminFacts
+    problems: tuple[str, ...]          # each a reason to refuse; AdminPower ones spare a preview
+    plan: str | None = None            # the platform's plan / tier, for the summary line
+
+
+class Preflight(Step[PreflightFacts]):
     kind = "preflight"
     mutates = False
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> PreflightFacts:
         info = ctx.info                     # raises Refused for a plan tier / state the platform rules out
         for key, value in info.details.items():
             if key.startswith("note"):
@@ -83,10 +93,10 @@ class Preflight(Step):
             for schema, count in facts.foreign_owned.items():
                 ctx.note(f"{count} object(s) in {schema} are owned by roles {facts.user} cannot act for; "
                          "grants on them will be skipped by PostgreSQL and reported as drift")
-        return facts, problems
+        return PreflightFacts(facts, tuple(problems), info.plan)
 
-    def plan(self, ctx, observed):
-        facts, problems = observed
+    def plan(self, ctx: StepContext, observed: PreflightFacts) -> list[Change]:
+        facts, problems = observed.admin, list(observed.problems)
         if ctx.plan_only:
             # `plan` with a read-only DSN (CI): what provision would change, and that this DSN could not
             for problem in problems:
@@ -97,8 +107,8 @@ class Preflight(Step):
             raise Refused(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         ctx.note(f"server {facts.server_version // 10000}.{facts.server_version % 10000}"
                  f", admin {facts.user}{' (superuser)' if facts.superuser else ''}, owner {ctx.owner}"
-                 + (f", plan {ctx.info.plan}" if ctx.info.plan else ""))
+                 + (f", plan {observed.plan}" if observed.plan else ""))
         return []
 
-    def verify(self, ctx):
+    def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok()

@@ -8,10 +8,15 @@ then only revokes privileges), checked in the same transaction."""
 
 from __future__ import annotations
 
-from psycopg import sql
+from dataclasses import dataclass
+from typing import Any
 
+from psycopg import Connection, sql
+
+from providers.base import Credential
 from runbook import roles
 from runbook.changes import Change
+from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import Refused
 
@@ -23,47 +28,57 @@ _OWNED_HERE = """
 """
 
 
-class DropRole(Step):
+@dataclass(frozen=True)
+class RetireFacts:
+    credential: Credential | None = None     # API credentials: the one to destroy
+    exists: bool = False                     # SQL roles: the role is there (and ours to retire)
+    owned: int = 0                           # objects it owns in this database
+    sessions: int = 0                        # its open sessions
+    can_act: bool = False                    # the admin may act as it (end sessions, reassign)
+
+
+class DropRole(Step[RetireFacts]):
     kind = "drop_role"
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> RetireFacts:
         if ctx.api_credentials:
-            return {"credential": ctx.db.credential(ctx.role.name)}
+            return RetireFacts(credential=ctx.platform_credential())
         conn = ctx.admin()
         facts = roles.facts(conn, ctx.role.name)
         if not facts.exists:
-            return {"facts": facts}
+            return RetireFacts()
         roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="retire")
-        owned, sessions, can_act, superuser = conn.execute(
+        row = conn.execute(
             f"""
             SELECT ({_OWNED_HERE}),
                    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s),
                    pg_catalog.pg_has_role(CURRENT_USER, %s, 'USAGE'),
                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER)
             """, (ctx.role.name, ctx.role.name, ctx.role.name)).fetchone()
-        return {"facts": facts, "owned": owned, "sessions": sessions, "can_act": can_act or superuser}
+        owned, sessions, can_act, superuser = row if row is not None else (0, 0, False, False)
+        return RetireFacts(exists=True, owned=int(owned), sessions=int(sessions), can_act=bool(can_act or superuser))
 
-    def plan(self, ctx, observed):
+    def plan(self, ctx: StepContext, observed: RetireFacts) -> list[Change]:
         name = ctx.role.name
         if ctx.api_credentials:
-            if observed["credential"] is None:
+            if observed.credential is None:
                 return []
             return [Change(f"destroy credential {name} through the {ctx.db.key} API (after detaching it)", reversible=False)]
-        if not observed["facts"].exists:
+        if not observed.exists:
             return []
         role, owner = sql.Identifier(name), sql.Identifier(ctx.owner)
         changes = [Change(f"stop new logins as {name}", sql.SQL("ALTER ROLE {} NOLOGIN").format(role))]
-        if not observed["can_act"]:
+        if not observed.can_act:
             # PG16+: CREATEROLE gives ADMIN on the roles it made, not their privileges; ending their
             # sessions and REASSIGN/DROP OWNED need them
             changes.append(Change(f"let the admin act for {name} (needed to end its sessions and reassign)",
                                   sql.SQL("GRANT {} TO CURRENT_USER").format(role)))
         changes.append(Change(
-            f"end {observed['sessions']} open session(s) of {name}",
+            f"end {observed.sessions} open session(s) of {name}",
             sql.SQL("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
                     "WHERE usename = {}").format(sql.Literal(name))))
         changes += [
-            Change(f"hand {observed['owned']} object(s) owned by {name} to {ctx.owner}",
+            Change(f"hand {observed.owned} object(s) owned by {name} to {ctx.owner}",
                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, owner), reversible=False),
             Change(f"revoke every privilege and default privilege held by {name} (it owns nothing by then)",
                    sql.SQL("DROP OWNED BY {}").format(role), reversible=False),
@@ -71,27 +86,33 @@ class DropRole(Step):
         ]
         return changes
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
             ctx.db.destroy(ctx.role.name)
             return
         conn = ctx.admin()
         for change in changes[:-3]:
-            conn.execute(change.statement)
+            _run(conn, change)
         reassign, drop_owned, drop_role = changes[-3:]
         with conn.transaction():
-            conn.execute(reassign.statement)
+            _run(conn, reassign)
             # DROP OWNED drops whatever the role still owns: after the reassignment that must be nothing
-            left = conn.execute(_OWNED_HERE, (ctx.role.name,)).fetchone()[0]
+            row = conn.execute(_OWNED_HERE, (ctx.role.name,)).fetchone()
+            left = row[0] if row else 0
             if left:
                 raise Refused(f"{ctx.role.name} still owns {left} object(s) after REASSIGN OWNED; refusing DROP OWNED "
                               "(it would drop them); nothing was dropped")
-            conn.execute(drop_owned.statement)
-            conn.execute(drop_role.statement)
+            _run(conn, drop_owned)
+            _run(conn, drop_role)
 
-    def verify(self, ctx):
+    def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
             gone = ctx.db.credential(ctx.role.name) is None
         else:
             gone = not roles.facts(ctx.admin(), ctx.role.name).exists
         return Verdict.ok("role removed") if gone else Verdict("fail", f"{ctx.role.name} still exists")
+
+
+def _run(conn: Connection[Any], change: Change) -> None:
+    if change.statement is not None:
+        conn.execute(change.statement)

@@ -3,20 +3,38 @@ logins (Heroku), through its credentials API."""
 
 from __future__ import annotations
 
-from psycopg import sql
+from dataclasses import dataclass
+from typing import NoReturn
 
+from providers.base import Credential
 from runbook import roles
-from runbook.changes import Change
+from runbook.app_url import UrlState
+from runbook.changes import Change, PasswordChange
+from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
-from runbook.steps.app_config import url_state
+from runbook.errors import ConfigError, Refused, RunbookError
 
 
-class EnsureRole(Step):
+@dataclass(frozen=True)
+class RoleObserved:
+    credential: Credential | None = None      # API credentials: the one the platform holds
+    facts: roles.RoleFacts | None = None      # SQL roles: the role as the catalog has it
+    identity: roles.Identity | None = None
+    adopting: bool = False                    # an unmarked role that `role.adopt: true` takes over now
+    url: UrlState | None = None               # the app's URL, when the role exists
+    bypass_refused: str | None = None         # `rls: bypass` wanted and the admin cannot give it: why
+
+
+def _password(changes: list[Change]) -> PasswordChange | None:
+    return next((c for c in changes if isinstance(c, PasswordChange) and c.password is not None), None)
+
+
+class EnsureRole(Step[RoleObserved]):
     kind = "role"
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> RoleObserved:
         if ctx.api_credentials:
-            return {"credential": ctx.db.credential(ctx.role.name)}
+            return RoleObserved(credential=ctx.platform_credential())
         conn = ctx.admin()
         facts = roles.facts(conn, ctx.role.name)
         ident = roles.identity(ctx)
@@ -24,35 +42,37 @@ class EnsureRole(Step):
         if facts.exists:
             # before anything else touches it (a login try included): is this role ours to manage?
             adopting = roles.refuse_unmanageable(facts, ident, owner=ctx.owner, adopt=ctx.role.adopt)
-        state = url_state(ctx) if facts.exists else None
-        return {"facts": facts, "url": state, "adopting": adopting, "identity": ident}
+        refused = None
+        if ctx.role.rls == "bypass" and not facts.bypassrls:
+            from runbook.rls import admin_may_bypass
 
-    def plan(self, ctx, observed):
+            may, why = admin_may_bypass(conn)
+            refused = None if may else why
+        return RoleObserved(facts=facts, identity=ident, adopting=adopting,
+                            url=ctx.url_state() if facts.exists else None, bypass_refused=refused)
+
+    def plan(self, ctx: StepContext, observed: RoleObserved) -> list[Change]:
         role = ctx.role
         if ctx.api_credentials:
-            if observed["credential"] is None:
+            if observed.credential is None:
                 return [Change(f"create credential {role.name} through the {ctx.db.key} API")]
-            ctx.credential = observed["credential"]
             return []
         info = ctx.info
-        conn = None if ctx.plan_only else ctx.admin()
         no_su = info.details.get("no_superuser_clause") == "1"
-        facts: roles.RoleFacts = observed["facts"]
-        ident: roles.Identity = observed["identity"]
+        facts, ident = observed.facts, observed.identity
+        assert facts is not None and ident is not None     # observe reads both for SQL roles
         changes: list[Change] = []
-        if role.rls == "bypass" and not facts.bypassrls:
-            _admin_may_bypass(ctx)
+        if observed.bypass_refused is not None:
+            # `rls: bypass` where the admin cannot give BYPASSRLS is refused before anything changes
+            raise Refused(f"role.rls: bypass: {observed.bypass_refused}; write policies for {role.name} instead "
+                          f"(CREATE POLICY … TO {role.name}) and drop `rls: bypass`")
         if not facts.exists:
-            password = None
-            if info.password_auth:
-                password = roles.generate_password()
-                if not ctx.plan_only:
-                    ctx.new_password = password
-            changes.append(roles.create(conn, role, password, no_superuser_clause=no_su))
+            password = roles.generate_password() if info.password_auth else None
+            changes.append(roles.create(role, password, no_superuser_clause=no_su))
             changes.append(roles.mark(role.name, ident))      # same transaction as the CREATE
             changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
             return changes
-        if observed["adopting"]:
+        if observed.adopting:
             changes.append(roles.mark(role.name, ident))
         if callable(getattr(ctx.db, "adjust_existing_role", None)) and (
                 "cloudsqlsuperuser" in facts.member_of or facts.createrole or facts.createdb):
@@ -64,33 +84,30 @@ class EnsureRole(Step):
         # the platform's own adjustment takes its admin group away; the rest is drift we revoke
         left_to_platform = ("cloudsqlsuperuser",) if any(c.data.get("platform_adjust") for c in changes) else ()
         changes.extend(roles.membership_drift(role.name, info.role_grants + left_to_platform, facts))
-        state = observed["url"]
-        if info.password_auth and state is not None and state.logs_in is False:
-            password = roles.generate_password()
-            if not ctx.plan_only:
-                ctx.new_password = password
-            changes.append(roles.set_password(conn, role.name, password, state.reason))
+        url = observed.url
+        if info.password_auth and url is not None and url.logs_in is False:
+            changes.append(roles.set_password(role.name, roles.generate_password(), url.reason))
         return changes
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
-            ctx.credential = ctx.db.create_credential(ctx.role.name)
-            ctx.credential_created = True
+            state.credential = ctx.db.create_credential(ctx.role.name)
             return
         conn = ctx.admin()
         if any(c.data.get("platform_adjust") for c in changes):
-            for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
+            for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):    # type: ignore[attr-defined]  # optional member; the contract engineer adds it to the Protocol
                 ctx.note(sentence)
             if not roles.facts(conn, ctx.role.name).exists:
-                from runbook.errors import RunbookError
-
                 raise RunbookError(f"{ctx.role.name} was deleted through the platform's API so that it can be "
                                    f"created again in SQL; run `runbook provision --env {ctx.env.name}` again")
         roles.apply_all(conn, changes)
+        password = _password(changes)
+        if password is not None:
+            state.new_password = password.password
 
-    def verify(self, ctx):
+    def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
-            cred = ctx.credential or ctx.db.credential(ctx.role.name)
+            cred = ctx.platform_credential()
             return Verdict.ok() if cred else Verdict("fail", f"credential {ctx.role.name} is missing after create")
         facts = roles.facts(ctx.admin(), ctx.role.name)
         if not facts.exists or not facts.can_login:
@@ -105,84 +122,78 @@ class EnsureRole(Step):
         return Verdict.ok()
 
 
-class RoleDrift(Step):
+class RoleDrift(Step[roles.RoleFacts]):
     """`drift --fix` for the role itself: attributes and memberships the spec does not give."""
 
     kind = "role_drift"
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> roles.RoleFacts:
         facts = roles.facts(ctx.admin(), ctx.role.name)
         roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="fix")
         return facts
 
-    def plan(self, ctx, facts):
+    def plan(self, ctx: StepContext, observed: roles.RoleFacts) -> list[Change]:
         if ctx.api_credentials:
             return []
-        return roles.drift_fixes(ctx.role, facts, ctx.info.role_grants,
+        return roles.drift_fixes(ctx.role, observed, ctx.info.role_grants,
                                  no_superuser_clause=ctx.info.details.get("no_superuser_clause") == "1")
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         roles.apply_all(ctx.admin(), changes)
 
-    def verify(self, ctx):
+    def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
             return Verdict.ok()
         left = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants)
         return Verdict("fail", left[0].detail) if left else Verdict.ok()
 
 
-class RotatePassword(Step):
+@dataclass(frozen=True)
+class RotateObserved:
+    credential: Credential | None = None      # API credentials: the one to rotate
+    facts: roles.RoleFacts | None = None      # SQL roles
+
+
+class RotatePassword(Step[RotateObserved]):
     """A new password (or, for API credentials, a rotation through the platform)."""
 
     kind = "rotate_password"
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> RotateObserved:
         if ctx.api_credentials:
-            return ctx.db.credential(ctx.role.name)
+            return RotateObserved(credential=ctx.platform_credential())
         facts = roles.facts(ctx.admin(), ctx.role.name)
         roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="rotate the password of")
-        return facts
+        return RotateObserved(facts=facts)
 
-    def plan(self, ctx, observed):
+    def plan(self, ctx: StepContext, observed: RotateObserved) -> list[Change]:
         if ctx.api_credentials:
-            if observed is None:
+            if observed.credential is None:
                 raise_missing(ctx)
             return [Change(f"rotate credential {ctx.role.name} through the {ctx.db.key} API")]
-        if not observed.exists:
+        if observed.facts is None or not observed.facts.exists:
             raise_missing(ctx)
         if not ctx.info.password_auth:
             ctx.note("the role authenticates with IAM tokens; there is no password to rotate")
             return []
-        password = roles.generate_password()
-        if not ctx.plan_only:
-            ctx.new_password = password
-        return [roles.set_password(None if ctx.plan_only else ctx.admin(), ctx.role.name, password, "rotation")]
+        return [roles.set_password(ctx.role.name, roles.generate_password(), "rotation")]
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
-            ctx.credential = ctx.db.rotate(ctx.role.name)
-            ctx.credential_created = True
-            ctx.url_state = None
+            state.credential = ctx.db.rotate(ctx.role.name)
+            ctx.forget_url()
             return
         conn = ctx.admin()
         with conn.transaction():
             for change in changes:
-                conn.execute(change.statement)
-        ctx.url_state = None
+                statement = change.executable(conn)
+                if statement is not None:
+                    conn.execute(statement)
+        password = _password(changes)
+        if password is not None:
+            state.new_password = password.password
+        ctx.forget_url()
 
 
-def _admin_may_bypass(ctx) -> None:
-    """`rls: bypass` where the admin cannot give BYPASSRLS is refused before anything changes."""
-    from runbook.errors import Refused
-    from runbook.rls import admin_may_bypass
-
-    may, why = admin_may_bypass(ctx.admin())
-    if not may:
-        raise Refused(f"role.rls: bypass: {why}; write policies for {ctx.role.name} instead "
-                      f"(CREATE POLICY … TO {ctx.role.name}) and drop `rls: bypass`")
-
-
-def raise_missing(ctx) -> None:
-    from runbook.errors import ConfigError
-
+def raise_missing(ctx: StepContext) -> NoReturn:
     raise ConfigError(f"{ctx.role.name} does not exist in {ctx.env.name}; run `runbook provision --env {ctx.env.name}` first")

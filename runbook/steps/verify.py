@@ -3,31 +3,41 @@ session that it reaches exactly what the spec says and no more."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from runbook import catalog, grants
+from runbook.app_url import WRITE_ONLY_PROOF, expected_endpoint, url_in_hand
+from runbook.changes import Change
+from runbook.context import StepContext
 from runbook.engine import Step, Verdict
 from runbook.login import connect_as_app, login_route
-from runbook.rls import check as rls_verdict
+from runbook.rls import check as rls_check
 from runbook.secret import Secret
-from runbook.steps.app_config import WRITE_ONLY_PROOF, expected_endpoint, url_in_hand, url_state
 
 
-class VerifyFromApp(Step):
+@dataclass(frozen=True)
+class RlsPreview:
+    blocked: Verdict | None            # a preview: what verify will refuse once provision has run
+
+
+class VerifyFromApp(Step[RlsPreview]):
     kind = "verify"
     mutates = False
 
-    def plan(self, ctx, observed):
-        if ctx.plan_only:
-            # nothing to change here, but what verify will refuse is worth seeing before provision runs
-            blocked = rls_verdict(ctx, planned=True)
-            if blocked is not None:
-                ctx.note(f"verify will fail: {blocked.detail}; fix: {blocked.fix}")
+    def observe(self, ctx: StepContext) -> RlsPreview:
+        # nothing to change here, but what verify will refuse is worth seeing before provision runs
+        return RlsPreview(rls_verdict(ctx, planned=True) if ctx.plan_only else None)
+
+    def plan(self, ctx: StepContext, observed: RlsPreview) -> list[Change]:
+        if observed.blocked is not None:
+            ctx.note(f"verify will fail: {observed.blocked.detail}; fix: {observed.blocked.fix}")
         return []
 
-    def verify(self, ctx):
-        state = url_state(ctx, refresh=True)
+    def verify(self, ctx: StepContext) -> Verdict:
+        state = ctx.url_state(refresh=True)
         if state.logs_in is False:
             return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
-        login = Secret(state.value) if state.logs_in else url_in_hand(ctx, state)
+        login = Secret(state.value) if state.logs_in and isinstance(state.value, str) else url_in_hand(ctx.state.written, state)
         if login is None:
             # cannot log in from here (write-only store or IAM): check from the admin side instead
             snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
@@ -44,7 +54,7 @@ class VerifyFromApp(Step):
                                fix=WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
         # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
-        with connect_as_app(login, expected_endpoint(ctx), timeout=10,
+        with connect_as_app(login, expected_endpoint(ctx.session, ctx.platform_credential()), timeout=10,
                             application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
@@ -59,3 +69,9 @@ class VerifyFromApp(Step):
         if blocked is not None:
             return blocked
         return Verdict.ok(f"logged in as {ctx.role.name}; {len(snap.relations)} relations reachable exactly as specified")
+
+
+def rls_verdict(ctx: StepContext, *, planned: bool = False) -> Verdict | None:
+    """runbook/rls.py's judgement of the role's row-level security, as a Verdict (None: nothing blocks)."""
+    found: Verdict | None = rls_check(ctx, planned=planned)
+    return found

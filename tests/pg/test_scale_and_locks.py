@@ -26,7 +26,7 @@ from psycopg import sql
 from runbook import catalog, commands, grants
 from runbook.errors import RunbookError
 from runbook.project import SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES
-from runbook.steps import privileges
+from runbook.steps import grants as privileges
 
 # The snapshot's answer computed the slow, obvious way: every privilege of every object.
 _ORACLE = sql.SQL("""

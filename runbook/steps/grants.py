@@ -5,15 +5,19 @@ another session's transaction got in the way."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from psycopg import errors as pg_errors, sql
 
 from runbook import catalog, grants, roles
+from runbook.changes import Change
+from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import RunbookError
 
 
-def _contended(exc: Exception) -> str | None:
+def _contended(exc: BaseException) -> str | None:
     """Why a grant transaction lost to another session, if it did; None for real errors.
 
     GRANT rewrites each object's pg_class row, so it waits for any open transaction that changed
@@ -33,10 +37,10 @@ def _backoff(attempt: int) -> float:
     return min(2.0 * attempt, 10.0)
 
 
-_sleep = time.sleep     # tests replace it to skip the backoff
+_sleep: Callable[[float], None] = time.sleep     # tests replace it to skip the backoff
 
 
-def apply_statements(ctx, statements: list[sql.Composable]) -> None:
+def apply_statements(ctx: StepContext, statements: list[sql.SQL | sql.Composed]) -> None:
     """Run the statements in one transaction with SET LOCAL lock_timeout; retry lock contention."""
     conn = ctx.admin()
     settings = ctx.settings
@@ -62,7 +66,7 @@ def apply_statements(ctx, statements: list[sql.Composable]) -> None:
             _sleep(_backoff(attempt))
 
 
-def deny_gap_note(ctx) -> str:
+def deny_gap_note(ctx: StepContext) -> str:
     # ALTER DEFAULT PRIVILEGES has no "except these names": PostgreSQL grants every future table
     shown = ", ".join(ctx.role.deny[:3]) + (", …" if len(ctx.role.deny) > 3 else "")
     return (f"default privileges cannot exclude a name: a deny-listed table ({shown}) created after this run "
@@ -70,10 +74,10 @@ def deny_gap_note(ctx) -> str:
             "verify, diagnose, drift and every soak checkpoint report it (README: an event trigger closes the gap)")
 
 
-class Grants(Step):
+class Grants(Step[catalog.Snapshot]):
     kind = "grants"
 
-    def observe(self, ctx):
+    def observe(self, ctx: StepContext) -> catalog.Snapshot:
         if not ctx.api_credentials:
             # grants and revokes go only to a role pg-runbook manages: with the owner's name the
             # "privileges beyond the spec" revokes would strip the owner's own tables
@@ -81,27 +85,28 @@ class Grants(Step):
                                         action="change the privileges of", adopting=ctx.plan_only and ctx.role.adopt)
         return catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
 
-    def plan(self, ctx, snap):
-        for finding in grants.unfixable(ctx.role, snap):
+    def plan(self, ctx: StepContext, observed: catalog.Snapshot) -> list[Change]:
+        for finding in grants.unfixable(ctx.role, observed):
             ctx.note(finding.detail)
-        changes = grants.plan(ctx.role, snap)
+        changes = grants.plan(ctx.role, observed)
         if ctx.role.deny and any(g.tables for g in ctx.role.schemas.values()) and (
                 ctx.plan_only or any(c.summary.startswith("default privileges:") for c in changes)):
             ctx.note(deny_gap_note(ctx))
         return changes
 
-    def apply(self, ctx, changes):
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         apply_statements(ctx, [c.statement for c in changes if c.statement is not None])
 
-    def verify(self, ctx):
-        snap = ctx.last_snapshot = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+    def verify(self, ctx: StepContext) -> Verdict:
+        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
         left = [f for f in grants.findings(ctx.role, snap) if f.kind != "schema-missing"]
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
-                           fix=f"runbook drift --env {ctx.env.name}")
+                           fix=f"runbook drift --env {ctx.env.name}", evidence=snap)
         from runbook.rls import check as rls_check
 
-        blocked = rls_check(ctx)     # before the URL and the flag: the app must not switch to empty tables
+        blocked: Verdict | None = rls_check(ctx)     # before the URL and the flag: the app must not switch to empty tables
         if blocked is not None:
-            return blocked
-        return Verdict.ok(f"{len(snap.relations)} relations, {len(snap.routines)} routines as specified")
+            return Verdict(blocked.status, blocked.detail, blocked.fix, evidence=snap)
+        return Verdict.ok(f"{len(snap.relations)} relations, {len(snap.routines)} routines as specified") \
+            .with_evidence(snap)

@@ -1,0 +1,89 @@
+"""The role's URL as the app holds it: does it log in, and where may that login go.
+
+Steps (url, role, verify) and the diagnose checks read it alike, so it lives here rather than
+in a step module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from providers.base import Credential, Digest
+from runbook.login import login_route, try_login
+from runbook.secret import Secret, mask_url
+
+if TYPE_CHECKING:
+    from runbook.context import Context
+
+
+@dataclass(frozen=True)
+class UrlState:
+    value: str | Digest | None   # as the app platform returned it
+    logs_in: bool | None         # None: could not tell (write-only store)
+    reason: str = ""
+
+
+WRITE_ONLY_PROOF = ("{var} is in a write-only store, so pg-runbook cannot log in with what the app gets; "
+                    "`runbook rotate --env {env}` writes a new URL and logs in with it before counting it done")
+
+
+def written_digest(ctx: Context) -> str | None:
+    """The digest of the URL pg-runbook last wrote (for write-only stores such as Supabase secrets)."""
+    if ctx.store is None:
+        return None
+    for event in reversed(ctx.store.events(ctx.env.name, limit=500)):
+        digest = (event.get("data") or {}).get("url_digest")
+        if event.get("step") == "url" and digest:
+            return str(digest)
+    return None
+
+
+def expected_endpoint(ctx: Context, issued: Credential | None = None) -> Credential | None:
+    """The role's credential as the tool would write it (no password): the only place a login
+    with the app's URL may go. Where the platform issues credentials itself (Heroku), `issued`:
+    the one it gave (None when the run knows of none; the other rules of login.py still hold)."""
+    if ctx.api_credentials:
+        # with the platform's connection pooling its attachment names the pooler, not the credential's host
+        return None if getattr(ctx.app, "url_is_pooled", False) else issued
+    return ctx.db.credential_for(ctx.role.name, None)
+
+
+def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False) -> UrlState:
+    """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it)."""
+    if ctx.url_memo is not None and not refresh:
+        return ctx.url_memo
+    value = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+    if value is None or value == "":
+        state = UrlState(None, False, f"{ctx.url_var} is not set")
+    elif isinstance(value, Digest):
+        written = written_digest(ctx)
+        if written and written == value.sha256:
+            state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
+        else:
+            state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
+    elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
+        # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
+        state = UrlState(value, False, problem)
+    elif not ctx.info.password_auth and login_route(ctx.db) is None:
+        state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
+    else:
+        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx, issued), route=login_route(ctx.db))
+        state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
+    ctx.url_memo = state
+    return state
+
+
+def url_in_hand(written: Credential | None, state: UrlState) -> Secret | None:
+    """The URL this run wrote, when the app's write-only store holds exactly it: the one thing a
+    write-only store's URL can be logged in with (Edge Function secrets return only digests)."""
+    if written is None or not isinstance(state.value, Digest) or Digest.of(written.url()) != state.value:
+        return None
+    return written.url()
+
+
+def shown(value: str | Digest | None) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, Digest):
+        return f"sha256:{value.sha256[:12]}…"
+    return mask_url(value)

@@ -1,0 +1,125 @@
+"""The role's URL in the app's config: written (or attached where the platform keeps it) by
+provision and rotate, removed by retire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from providers.base import Credential, Digest
+from runbook.app_url import UrlState, expected_endpoint, shown, url_in_hand
+from runbook.changes import Change, CredentialChange
+from runbook.context import RunState, StepContext
+from runbook.engine import Step, Verdict
+from runbook.errors import ConfigError
+from runbook.login import login_route, try_login
+
+
+@dataclass(frozen=True)
+class UrlObserved:
+    url: UrlState
+    fresh: bool                        # an earlier step of this run made a new password or credential
+    credential: Credential | None      # what would be written: None in a preview, or nothing to write
+    missing: str | None = None         # why there is nothing to write although the URL must change
+
+
+class WriteUrl(Step[UrlObserved]):
+    """Put a working URL for the role in the app's config (or attach it where the platform can)."""
+
+    kind = "url"
+    touches_app = True
+
+    def observe(self, ctx: StepContext) -> UrlObserved:
+        url = ctx.url_state()
+        fresh = ctx.state.new_password is not None or ctx.state.credential is not None
+        if ctx.plan_only or (not fresh and url.logs_in is not False):
+            return UrlObserved(url, fresh, None)
+        if ctx.api_credentials:
+            cred = ctx.platform_credential()
+            if cred is None:
+                return UrlObserved(url, fresh, None, f"credential {ctx.role.name} does not exist; "
+                                                     "the role step must run before url")
+            return UrlObserved(url, fresh, cred)
+        if ctx.state.new_password is not None or not ctx.info.password_auth:
+            return UrlObserved(url, fresh, ctx.db.credential_for(ctx.role.name, ctx.state.new_password))
+        return UrlObserved(url, fresh, None, f"{ctx.url_var} does not log in and no new password was set in this "
+                                             "run; the role step must run before url")
+
+    def plan(self, ctx: StepContext, observed: UrlObserved) -> list[Change]:
+        state = observed.url
+        if not observed.fresh and state.logs_in is not False:
+            return []
+        why = state.reason if state.logs_in is False else "new credential"
+        if ctx.plan_only:
+            if ctx.api_credentials:
+                return [Change(f"attach credential {ctx.role.name} to the app as {ctx.url_var} "
+                               f"(the platform keeps it current; {why})")]
+            return [Change(f"set {ctx.url_var} = postgres://{ctx.role.name}:****@… ({why})")]
+        if observed.missing is not None or observed.credential is None:
+            raise ConfigError(observed.missing or f"no credential for {ctx.role.name} to write")
+        cred = observed.credential
+        verb = "attach" if ctx.api_credentials else "set"
+        return [CredentialChange(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})",
+                                 data={"url_digest": Digest.of(cred.url()).sha256}, credential=cred)]
+
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
+        cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
+        if not ctx.app.attach_url(cred, ctx.url_var):
+            ctx.app.set_config({ctx.url_var: cred.url()})
+        state.written = cred
+        ctx.forget_url()
+
+    def verify(self, ctx: StepContext) -> Verdict:
+        state = ctx.url_state(refresh=True)
+        if state.logs_in is False:
+            return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
+        written = url_in_hand(ctx.state.written, state)
+        if written is not None:
+            # write-only: the store cannot be read back, so log in with the URL still in memory
+            # (the same address and pooler form the app gets) before counting the step done
+            ok, why = try_login(written, ctx.role.name, expected_endpoint(ctx.session, ctx.platform_credential()),
+                                route=login_route(ctx.db))
+            if not ok:
+                return Verdict("fail", f"the URL just written to {ctx.url_var} does not log in: {why}",
+                               fix=f"fix the login (pooler, pg_hba, password), then runbook provision --env {ctx.env.name}")
+            return Verdict.ok(f"{ctx.url_var} logs in as {ctx.role.name} (checked with the URL written, "
+                              "before the write-only store took it)")
+        return Verdict.ok(state.reason or f"{ctx.url_var} logs in as {ctx.role.name}")
+
+
+def _configured_url(ctx: StepContext) -> str | Digest | None:
+    current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+    stored = getattr(ctx.app, "stored_config", None)
+    if current is None and callable(stored):
+        # a store the app no longer reads can still hold the URL (an ECS secret outlives the
+        # task definition's reference when a retire stopped between the two)
+        found: str | Digest | None = stored([ctx.url_var]).get(ctx.url_var)
+        current = found
+    return current
+
+
+@dataclass(frozen=True)
+class ConfiguredUrl:
+    value: str | Digest | None         # the URL in the app's config (or a store it no longer reads)
+
+
+class UnsetUrl(Step[ConfiguredUrl]):
+    """Remove the role's URL from the app's config (detach it where it was attached)."""
+
+    kind = "unset_url"
+    touches_app = True
+
+    def observe(self, ctx: StepContext) -> ConfiguredUrl:
+        return ConfiguredUrl(_configured_url(ctx))
+
+    def plan(self, ctx: StepContext, observed: ConfiguredUrl) -> list[Change]:
+        if observed.value is None:
+            return []
+        return [Change(f"remove {ctx.url_var} ({shown(observed.value)}) from the app's config", reversible=False)]
+
+    def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
+        if not ctx.app.detach_url(ctx.role.name, ctx.url_var):
+            ctx.app.unset_config([ctx.url_var])
+        ctx.forget_url()
+
+    def verify(self, ctx: StepContext) -> Verdict:
+        return Verdict.ok() if _configured_url(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")
