@@ -415,6 +415,12 @@ class StepContext:
 
         return url_state(self.session, issued=self.platform_credential(), refresh=refresh)
 
+    def expected_endpoint(self) -> Credential | None:
+        """Where a login with the app's URL may go (runbook/app_url.py)."""
+        from runbook.app_url import expected_endpoint
+
+        return expected_endpoint(self.session, self.platform_credential())
+
     def forget_url(self) -> None:
         """After an apply that changed the app's URL or the role's password: observe it afresh."""
         self.session.url_memo = None

@@ -52,12 +52,11 @@ class SetFlag(Step[FlagObserved]):
         return ctx.flag.on_value if self.target == "on" else ctx.flag.off_value
 
     def observe(self, ctx: StepContext) -> FlagObserved:
-        from runbook import soak
-
         value = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
         store = ctx.store
         if store is None:
             return FlagObserved(value)       # `plan` and rollback read no journal; rollback ends the soak there
+        from runbook import soak
         if self.target == "off":
             return FlagObserved(value, soak_open=soak.to_end(store, ctx.env.name, "rolled-back"))
         changing = not _matches(value, self._value(ctx))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from providers.base import Credential, Digest
-from runbook.app_url import UrlState, expected_endpoint, shown, url_in_hand
+from runbook.app_url import UrlState, shown, url_in_hand
 from runbook.changes import Change, CredentialChange
 from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
@@ -76,7 +76,7 @@ class WriteUrl(Step[UrlObserved]):
         if written is not None:
             # write-only: the store cannot be read back, so log in with the URL still in memory
             # (the same address and pooler form the app gets) before counting the step done
-            ok, why = try_login(written, ctx.role.name, expected_endpoint(ctx.session, ctx.platform_credential()),
+            ok, why = try_login(written, ctx.role.name, ctx.expected_endpoint(),
                                 route=login_route(ctx.db))
             if not ok:
                 return Verdict("fail", f"the URL just written to {ctx.url_var} does not log in: {why}",

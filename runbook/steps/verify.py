@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runbook import catalog, grants
-from runbook.app_url import WRITE_ONLY_PROOF, expected_endpoint, url_in_hand
+from runbook.app_url import WRITE_ONLY_PROOF, url_in_hand
 from runbook.changes import Change
 from runbook.context import StepContext
 from runbook.engine import Step, Verdict
@@ -54,7 +54,7 @@ class VerifyFromApp(Step[RlsPreview]):
                                fix=WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
         # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
-        with connect_as_app(login, expected_endpoint(ctx.session, ctx.platform_credential()), timeout=10,
+        with connect_as_app(login, ctx.expected_endpoint(), timeout=10,
                             application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
