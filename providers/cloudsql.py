@@ -43,11 +43,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, Progress, SslMode
+from providers.base import Connect, Credential, DatabaseBase, DatabaseInfo, EnvVarName, OpenContext, Progress, SslMode
 from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
 from providers.gcp_auth import GoogleAuth
 from providers.http import ApiClient, RateBudget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
@@ -131,8 +130,10 @@ class _RoleFacts(NamedTuple):
     dependencies: int      # pg_shdepend rows in every database: owned objects, privileges, policies
 
 
-class CloudSqlDatabase:
+class CloudSqlDatabase(DatabaseBase):
     key = "cloudsql"
+    routes_logins = True
+    adjusts_existing_roles = True
 
     def __init__(self, config: CloudSqlDatabaseConfig, ctx: OpenContext, *,
                  sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:

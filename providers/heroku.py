@@ -34,9 +34,8 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext, Progress, SslMode
+from providers.base import AppBase, Connect, Credential, DatabaseBase, DatabaseInfo, OpenContext, Progress, SslMode
 from providers.http import ApiClient, RateBudget, RateModel, shared_budget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, mask_url, redact, reveal
 
@@ -420,7 +419,7 @@ def _with_address(url: str, connect: Connect | None, sslmode: str) -> str:
 # the database side
 
 
-class HerokuDatabase:
+class HerokuDatabase(DatabaseBase):
     key = "heroku"
 
     def __init__(self, config: HerokuDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None,
@@ -703,7 +702,7 @@ class _Wait:
 # the app side
 
 
-class HerokuApp:
+class HerokuApp(AppBase):
     key = "heroku"
     #: a config-var PATCH (and an attachment change) creates a release, which restarts the dynos
     config_change_restarts = True

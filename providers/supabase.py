@@ -41,9 +41,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
+from providers.base import AppBase, Connect, Credential, DatabaseBase, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
 from providers.http import ApiClient, RateBudget, RateModel, shared_budget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, reveal
 
@@ -178,7 +177,7 @@ class SupabaseDatabaseConfig(BaseModel):
         return SupabaseDatabase(self, ctx)
 
 
-class SupabaseDatabase(_UsesManagement):
+class SupabaseDatabase(_UsesManagement, DatabaseBase):
     key = "supabase"
 
     def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None) -> None:
@@ -327,7 +326,7 @@ class SupabaseAppConfig(BaseModel):
         return SupabaseApp(self, ctx)
 
 
-class SupabaseApp(_UsesManagement):
+class SupabaseApp(_UsesManagement, AppBase):
     key = "supabase"
     # Edge Functions read secrets on each invocation: a change is live without a restart
     config_change_restarts = True

@@ -159,7 +159,7 @@ class Context:
         from runbook import pooler
 
         if self.pooler is None:
-            declared = getattr(self.env.database, "pooler", "auto")
+            declared = self.db.pooler
             details = self._info.details if self._info is not None else {}
             self.pooler = pooler.detect(declared, dsn, conn, open_another, details)
         if self.pooler.mode == "transaction":
@@ -184,10 +184,9 @@ class Context:
         if self._admin is not None and not self._admin.closed:
             self._admin.close()
         for adapter in (self._db, self._app):
-            closer = getattr(adapter, "close", None)
-            if callable(closer):
+            if adapter is not None:
                 try:
-                    closer()
+                    adapter.close()
                 except Exception:
                     pass
 

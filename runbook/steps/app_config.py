@@ -31,14 +31,14 @@ def expected_endpoint(ctx):
     rules of login.py still hold)."""
     if ctx.api_credentials:
         # with the platform's connection pooling its attachment names the pooler, not the credential's host
-        return None if getattr(ctx.app, "url_is_pooled", False) else ctx.credential
+        return None if ctx.app.url_is_pooled else ctx.credential
     return ctx.db.credential_for(ctx.role.name, None)
 
 
 def url_state(ctx, *, refresh: bool = False) -> UrlState:
     if ctx.url_state is not None and not refresh:
         return ctx.url_state
-    value = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+    value = ctx.app.received_url()
     if value is None or value == "":
         state = UrlState(None, False, f"{ctx.url_var} is not set")
     elif isinstance(value, Digest):
@@ -47,7 +47,7 @@ def url_state(ctx, *, refresh: bool = False) -> UrlState:
             state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
         else:
             state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
-    elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
+    elif problem := ctx.app.url_problem(value):
         # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
         state = UrlState(value, False, problem)
     elif not ctx.info.password_auth and login_route(ctx.db) is None:
@@ -116,8 +116,7 @@ class WriteUrl(Step):
 
     def apply(self, ctx, changes):
         cred = ctx.pending_credential
-        if not ctx.app.attach_url(cred, ctx.url_var):
-            ctx.app.set_config({ctx.url_var: cred.url()})
+        ctx.app.put_url(cred)
         ctx.app_changed = True
         ctx.url_state = None
 
@@ -161,7 +160,7 @@ class SetFlag(Step):
         return ctx.flag.on_value if self.target == "on" else ctx.flag.off_value
 
     def observe(self, ctx):
-        return ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+        return ctx.app.received_flag()
 
     def plan(self, ctx, current):
         want = self._value(ctx)
@@ -178,7 +177,7 @@ class SetFlag(Step):
     def apply(self, ctx, changes):
         if self.target == "on":
             self._refuse_after_rollback(ctx)
-        ctx.app.set_config({ctx.flag.name: self._value(ctx)})
+        ctx.app.set_flag(self._value(ctx))
         ctx.app_changed = True
         self.changed = True
         if self.target == "on":
@@ -186,7 +185,7 @@ class SetFlag(Step):
             try:
                 self._refuse_after_rollback(ctx)
             except GateClosed:
-                ctx.app.set_config({ctx.flag.name: ctx.flag.off_value})
+                ctx.app.set_flag(ctx.flag.off_value)
                 raise
 
     def _refuse_after_rollback(self, ctx) -> None:
@@ -202,7 +201,7 @@ class SetFlag(Step):
                              f"{ctx.env.name}` again to turn it back on")
 
     def verify(self, ctx):
-        current = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+        current = ctx.app.received_flag()
         want = self._value(ctx)
         ok = current == Digest.of(want) if isinstance(current, Digest) else current == want
         if not ok:
@@ -291,7 +290,7 @@ class Restart(Step):
             if not owed:      # an owed one was paid by the platform when the config changed
                 ctx.note(f"{ctx.app.key} restarts the app itself when its config changes; no second restart")
             return []
-        if getattr(ctx.app, "can_restart", True) is False:
+        if not ctx.app.can_restart:
             if not owed:      # said when the change was made; not again on every later run
                 ctx.note("no restart command configured (app.restart); restart the app yourself to pick up the change")
             return []
@@ -313,12 +312,11 @@ class UnsetUrl(Step):
     touches_app = True
 
     def observe(self, ctx):
-        current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
-        stored = getattr(ctx.app, "stored_config", None)
-        if current is None and callable(stored):
+        current = ctx.app.received_url()
+        if current is None:
             # a store the app no longer reads can still hold the URL (an ECS secret outlives the
             # task definition's reference when a retire stopped between the two)
-            current = stored([ctx.url_var]).get(ctx.url_var)
+            current = ctx.app.stored_url()
         return current
 
     def plan(self, ctx, current):
@@ -328,8 +326,7 @@ class UnsetUrl(Step):
         return [Change(f"remove {ctx.url_var} ({shown(current)}) from the app's config", reversible=False)]
 
     def apply(self, ctx, changes):
-        if not ctx.app.detach_url(ctx.role.name, ctx.url_var):
-            ctx.app.unset_config([ctx.url_var])
+        ctx.app.remove_url(ctx.role.name)
         ctx.app_changed = True
 
     def verify(self, ctx):

@@ -54,7 +54,7 @@ class EnsureRole(Step):
             return changes
         if observed["adopting"]:
             changes.append(roles.mark(role.name, ident))
-        if callable(getattr(ctx.db, "adjust_existing_role", None)) and (
+        if ctx.db.adjusts_existing_roles and (
                 "cloudsqlsuperuser" in facts.member_of or facts.createrole or facts.createdb):
             # a user made through the platform's API lands in its superuser group; the platform knows how to undo that
             changes.append(Change(f"take {ctx.db.key}'s admin group and CREATEROLE/CREATEDB away from {role.name} "
