@@ -9,7 +9,7 @@ with getattr to find out what it can do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, MutableMapping, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
@@ -93,6 +93,24 @@ class AppAddress(BaseModel):
         return (self.app_host or reported[0], self.app_port or reported[1])
 
 
+def through(url: Secret, connect: Connect | None) -> Secret:
+    """`url` with its network address moved to `connect` (a tunnel the tool comes in by): an IP
+    goes in hostaddr, so TLS still checks the name the URL gives; a name replaces the host."""
+    if connect is None:
+        return url
+    import ipaddress
+
+    from psycopg.conninfo import make_conninfo
+
+    extra = {"port": str(connect.port)}
+    try:
+        ipaddress.ip_address(connect.host)
+        extra["hostaddr"] = connect.host
+    except ValueError:
+        extra["host"] = connect.host
+    return Secret(make_conninfo(url.reveal(), **extra))
+
+
 @dataclass(frozen=True)
 class Credential:
     """A login for the application role. The password only ever travels as a Secret."""
@@ -105,6 +123,15 @@ class Credential:
     password: Secret | None = None
     sslmode: str = "require"
     options: Mapping[str, str] = field(default_factory=dict)
+    #: what the app's URL names for this login when the tool reaches it elsewhere (database.connect):
+    #: a platform-issued credential (Heroku) carries both; None: the app uses host/port as they are
+    app_endpoint: tuple[str, int] | None = None
+
+    def as_app(self) -> "Credential":
+        """This login as the app's URL names it (the platform's endpoint, never the tool's tunnel)."""
+        if self.app_endpoint is None:
+            return self
+        return replace(self, host=self.app_endpoint[0], port=self.app_endpoint[1], app_endpoint=None)
 
     def url(self) -> Secret:
         """postgresql://user:password@host:port/db?sslmode=..., quoted properly, as a Secret."""
@@ -232,13 +259,23 @@ class DatabaseBase:
 
     key: str = ""
     config: Any = None
-    routes_logins: ClassVar[bool] = False
     adjusts_existing_roles: ClassVar[bool] = False
 
     @property
     def pooler(self) -> PoolerMode:
         mode: PoolerMode = getattr(self.config, "pooler", "auto")   # with_pooler adds it to every model
         return mode
+
+    @property
+    def connect(self) -> Connect | None:
+        """database.connect: where the tool reaches the server instead of the platform's endpoint."""
+        found = getattr(self.config, "connect", None)
+        return found if isinstance(found, Connect) else None
+
+    @property
+    def routes_logins(self) -> bool:
+        # through a tunnel, the app's endpoint may not exist from here: prove its login through ours
+        return self.connect is not None
 
     def admin_dsn(self) -> Secret:
         raise NotImplementedError
@@ -250,7 +287,8 @@ class DatabaseBase:
         return []
 
     def login_route(self, url: Secret) -> Secret:
-        return url
+        """The app's URL, reached through `connect` when the tool comes in by a tunnel."""
+        return through(url, self.connect)
 
     def adjust_existing_role(self, conn: Any, role: str) -> list[str]:
         return []

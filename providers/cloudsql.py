@@ -374,7 +374,14 @@ class CloudSqlDatabase(DatabaseBase):
             options = {"sslrootcert": c.app_sslrootcert} if sslmode.startswith("verify") and c.app_sslrootcert else {}
             return Credential(name=user, user=user, host=app_host, port=c.app_port or 5432, database=c.database,
                               password=password, sslmode=sslmode, options=options)
-        # no app_host: the app reaches the server where the tool does (e.g. an Auth Proxy sidecar)
+        if c.connect is not None:
+            # the tool's Auth Proxy or tunnel is the tool's: the app's URL names the instance's
+            # reported address (or app_port), with the app's sslmode, never connect's port or sslmode
+            sslmode = self._app_sslmode()
+            options = {"sslrootcert": c.app_sslrootcert} if sslmode.startswith("verify") and c.app_sslrootcert else {}
+            return Credential(name=user, user=user, host=self._instance_address(), port=c.app_port or 5432,
+                              database=c.database, password=password, sslmode=sslmode, options=options)
+        # no app_host, no connect: the app reaches the instance where the tool does
         tls = self._tls()
         sslmode = tls.pop("sslmode")
         return Credential(name=user, user=user, host=self._host(), port=self._port(), database=c.database,
@@ -413,6 +420,13 @@ class CloudSqlDatabase(DatabaseBase):
             return [f"the admin user {self.config.admin_user} lacks CREATEROLE, so it cannot create the "
                     "application role; set database.admin_user to postgres (or to a user created through "
                     "Cloud SQL, which has CREATEROLE)"]
+        c = self.config
+        if c.connect is not None and not c.app_host and self.ssl_mode() == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
+            # the tool's proxy presents the certificate; the app's URL names the instance itself
+            return [f"Cloud SQL instance {c.instance} requires client certificates and the app's URL would name its "
+                    f"address {self._instance_address()} directly (database.connect is the tool's own way in); set "
+                    "database.app_host to the app's Auth Proxy (e.g. app_host: 127.0.0.1, app_sslmode: disable) "
+                    "or to socket on Cloud Run"]
         return []
 
     # -- roles created through the Admin API -----------------------------------------------

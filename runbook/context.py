@@ -67,6 +67,7 @@ class Context:
     _admin: Any = None
     _owner: str | None = None
     pooler: Any = None                    # runbook.pooler.Detection, once the tool's first session is open
+    _shared: dict[str, object] = field(default_factory=dict)   # what both adapters share (OpenContext.shared)
 
     # --- facts about the project ---------------------------------------------------------
     @property
@@ -105,7 +106,7 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
-            progress=self.report_progress,
+            progress=self.report_progress, shared=self._shared,
         )
 
     def report_progress(self, event: Progress) -> None:

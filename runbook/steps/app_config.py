@@ -31,7 +31,7 @@ def expected_endpoint(ctx):
     rules of login.py still hold)."""
     if ctx.api_credentials:
         # with the platform's connection pooling its attachment names the pooler, not the credential's host
-        return None if ctx.app.url_is_pooled else ctx.credential
+        return None if ctx.app.url_is_pooled or ctx.credential is None else ctx.credential.as_app()
     return ctx.db.credential_for(ctx.role.name, None)
 
 

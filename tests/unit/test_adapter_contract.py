@@ -78,3 +78,15 @@ def test_every_adapter_subclasses_its_base_and_has_the_whole_protocol(key, adapt
     members = {n for n in dir(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
     missing = sorted(n for n in members if not hasattr(adapter, n))
     assert missing == [], f"{key}: {adapter.__name__} lacks {missing}"
+
+
+def test_both_sides_of_an_environment_share_one_mapping(tmp_path):
+    # what lets a platform hand its database and app sides one API object (Heroku)
+    from runbook.context import Context
+    from tests.projects import load, spec_dict, write_project
+
+    project = load(write_project(tmp_path, spec_dict("raptor_app")))
+    ctx = Context(project, project.environments["staging"], "plan")
+    assert ctx.open_context().shared is ctx.open_context().shared
+    other = Context(project, project.environments["staging"], "plan")
+    assert other.open_context().shared is not ctx.open_context().shared
