@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, Digest, OpenContext, Progress
+from providers.base import Credential, Digest, IntentApp, OpenContext, Progress
 from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
 from providers.gcp_auth import GoogleAuth, google_error
 from providers.http import ApiClient, RateBudget
@@ -212,8 +212,9 @@ def _socket_instance(url: str) -> str | None:
     return host[len(prefix):].rstrip("/") or None
 
 
-class CloudRunApp:
+class CloudRunApp(IntentApp):
     key = "cloudrun"
+    other_keys = True       # any other key is a plain env var of the container
     config_change_restarts = True
 
     def __init__(self, config: CloudRunAppConfig, ctx: OpenContext, *,
@@ -584,18 +585,30 @@ class CloudRunApp:
             out["flag"] = f"env {self.ctx.flag_name}" + (f" of container {self.config.container}" if self.config.container else "")
         return out
 
-    def get_config(self, keys: list[str]) -> dict[str, str | Digest | None]:
+    def places(self) -> tuple[str, str]:
+        return (f"(secret {self.config.url_secret})", "(an env var)")
+
+    def read(self, *, url: bool, flag: bool, others: list[str]) -> dict[str, str | Digest | None]:
+        """What the revisions taking traffic hand the app: the URL secret's version their env
+        entry pins, and plain env values."""
         sources = self._serving(self._service())
         envs = [self._env(source) for source in sources]
-        out: dict[str, str | Digest | None] = {}
-        for key in keys:
-            entries = [env.get(key) for env in envs]
+
+        def serving(name: str) -> dict[str, Any] | None:
+            entries = [env.get(name) for env in envs]
             # in place only when every revision taking traffic holds it the same way
-            entry = entries[0] if entries and all(e == entries[0] for e in entries) else None
-            if key == self.ctx.url_var:
-                out[key] = self._url_value(entry)
-            else:
-                out[key] = entry.get("value") if entry and "value" in entry else None
+            return entries[0] if entries and all(e == entries[0] for e in entries) else None
+
+        def plain(entry: dict[str, Any] | None) -> str | None:
+            return entry.get("value") if entry and "value" in entry else None
+
+        out: dict[str, str | Digest | None] = {}
+        if url:
+            out["url"] = self._url_value(serving(self.ctx.url_var))
+        if flag:
+            out["flag"] = plain(serving(self.ctx.flag_name))
+        for name in others:
+            out[name] = plain(serving(name))
         return out
 
     def url_problem(self, url: str) -> str | None:
@@ -613,32 +626,32 @@ class CloudRunApp:
             if not _ENV_KEY.match(key):
                 raise ConfigError(f"{key!r} is not a valid environment variable name")
 
-    def set_config(self, changes: Mapping[str, str | Secret]) -> None:
-        self._check_keys(list(changes))
-        for key, value in changes.items():
-            if isinstance(value, Secret) and key != self.ctx.url_var:
+    def write(self, *, url: Secret | None = None, flag: str | None = None,
+              others: Mapping[str, str | Secret] | None = None) -> None:
+        plain = {**({self.ctx.flag_name: flag} if flag is not None else {}), **(others or {})}
+        names = ([self.ctx.url_var] if url is not None else []) + list(plain)
+        self._check_keys(names)
+        for key, value in plain.items():
+            if isinstance(value, Secret):
                 raise ConfigError(f"{key} holds a secret; on Cloud Run only {self.ctx.url_var or 'the URL'} "
                                   "is stored in Secret Manager, other keys are plain env vars")
         service = self._service()
         container = self._container(service)   # fail on a wrong container before writing anything
         entries, written = [], None
-        for key, value in changes.items():
-            if key != self.ctx.url_var:
-                entries.append({"name": key, "value": str(value)})
-                continue
-            url = value.reveal() if isinstance(value, Secret) else value
-            instance = _socket_instance(url)
+        if url is not None:
+            instance = _socket_instance(url.reveal())
             if instance and not self._mounts_cloudsql(service.get("template") or {}, instance):
                 raise ConfigError(self._mount_fix(instance))
-            written, entry = self._write_url(service, container, key, url)
+            written, entry = self._write_url(service, container, self.ctx.url_var, url.reveal())
             entries.append(entry)
+        entries.extend({"name": key, "value": str(value)} for key, value in plain.items())
 
         def edit(service: dict[str, Any]) -> None:
             container = self._container(service)
             for entry in entries:
                 self._put_env(container, entry)
 
-        self._roll(edit, f"setting {', '.join(changes)} on {self.config.service}", service)
+        self._roll(edit, f"setting {', '.join(names)} on {self.config.service}", service)
         if written and written != "1" and self.config.disable_old_versions:   # version 1 has no elders
             # the revision reading `written` serves all the traffic now (_check_rollout): the older
             # versions hold passwords nothing serving reads
@@ -663,10 +676,11 @@ class CloudRunApp:
         ref = {"secret": self.config.url_secret, "version": version}
         return number, {"name": key, "valueSource": {"secretKeyRef": ref}}
 
-    def unset_config(self, keys: list[str]) -> None:
+    def remove(self, *, url: bool = False, flag: bool = False, others: list[str] | None = None) -> None:
+        keys = ([self.ctx.url_var] if url else []) + ([self.ctx.flag_name] if flag else []) + list(others or [])
         self._check_keys(keys)
         service = self._service()
-        if self.ctx.url_var in keys:
+        if url:
             for volume in (service.get("template") or {}).get("volumes") or []:
                 if (volume.get("secret") or {}).get("secret") in (self.config.url_secret, self._secret_ref()):
                     raise ConfigError(f"Cloud Run service {self.config.service} mounts secret {self.config.url_secret} "
@@ -678,7 +692,7 @@ class CloudRunApp:
 
         # the revision must stop reading the secret before the secret goes
         self._roll(edit, f"removing {', '.join(keys)} from {self.config.service}", service)
-        if self.ctx.url_var in keys:
+        if url:
             self._call("secrets", "DELETE", self._secret_path, allow=(404,))
 
     def restart(self) -> None:

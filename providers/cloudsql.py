@@ -43,11 +43,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, EnvVarName, OpenContext, Progress, SslMode
+from providers.base import Connect, Credential, DatabaseBase, DatabaseInfo, EnvVarName, OpenContext, Progress, SslMode
 from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
 from providers.gcp_auth import GoogleAuth
 from providers.http import ApiClient, RateBudget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
@@ -131,8 +130,10 @@ class _RoleFacts(NamedTuple):
     dependencies: int      # pg_shdepend rows in every database: owned objects, privileges, policies
 
 
-class CloudSqlDatabase:
+class CloudSqlDatabase(DatabaseBase):
     key = "cloudsql"
+    routes_logins = True
+    adjusts_existing_roles = True
 
     def __init__(self, config: CloudSqlDatabaseConfig, ctx: OpenContext, *,
                  sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:
@@ -373,7 +374,14 @@ class CloudSqlDatabase:
             options = {"sslrootcert": c.app_sslrootcert} if sslmode.startswith("verify") and c.app_sslrootcert else {}
             return Credential(name=user, user=user, host=app_host, port=c.app_port or 5432, database=c.database,
                               password=password, sslmode=sslmode, options=options)
-        # no app_host: the app reaches the server where the tool does (e.g. an Auth Proxy sidecar)
+        if c.connect is not None:
+            # the tool's Auth Proxy or tunnel is the tool's: the app's URL names the instance's
+            # reported address (or app_port), with the app's sslmode, never connect's port or sslmode
+            sslmode = self._app_sslmode()
+            options = {"sslrootcert": c.app_sslrootcert} if sslmode.startswith("verify") and c.app_sslrootcert else {}
+            return Credential(name=user, user=user, host=self._instance_address(), port=c.app_port or 5432,
+                              database=c.database, password=password, sslmode=sslmode, options=options)
+        # no app_host, no connect: the app reaches the instance where the tool does
         tls = self._tls()
         sslmode = tls.pop("sslmode")
         return Credential(name=user, user=user, host=self._host(), port=self._port(), database=c.database,
@@ -412,6 +420,13 @@ class CloudSqlDatabase:
             return [f"the admin user {self.config.admin_user} lacks CREATEROLE, so it cannot create the "
                     "application role; set database.admin_user to postgres (or to a user created through "
                     "Cloud SQL, which has CREATEROLE)"]
+        c = self.config
+        if c.connect is not None and not c.app_host and self.ssl_mode() == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
+            # the tool's proxy presents the certificate; the app's URL names the instance itself
+            return [f"Cloud SQL instance {c.instance} requires client certificates and the app's URL would name its "
+                    f"address {self._instance_address()} directly (database.connect is the tool's own way in); set "
+                    "database.app_host to the app's Auth Proxy (e.g. app_host: 127.0.0.1, app_sslmode: disable) "
+                    "or to socket on Cloud Run"]
         return []
 
     # -- roles created through the Admin API -----------------------------------------------

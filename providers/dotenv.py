@@ -27,7 +27,7 @@ from typing import Annotated, Iterator, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from providers.base import Credential, OpenContext
+from providers.base import AppBase, Credential, OpenContext
 from runbook import shell
 from runbook.durations import parse_timeout
 from runbook.errors import ConfigError, ProviderError
@@ -125,7 +125,7 @@ def rewritten(text: str, set_values: Mapping[str, str], drop: set[str]) -> str:
     return "".join(out + new)
 
 
-class DotenvApp:
+class DotenvApp(AppBase):
     key = "dotenv"
     config_change_restarts = False
 

@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from providers.aws import Aws, AwsError, aws_region
-from providers.base import Credential, OpenContext, Progress
+from providers.base import Credential, IntentApp, OpenContext, Progress
 from runbook.durations import format_duration, parse_duration
 from runbook.errors import CheckFailed, ConfigError, NotYetLive, ProviderError, RunbookError
-from runbook.secret import Secret, reveal
+from runbook.secret import Secret
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _reference_in(container: Mapping[str, Any], var: str) -> Reference | None:
     return None
 
 
-class EcsApp:
+class EcsApp(IntentApp):
     key = "ecs"
     #: config lives in Secrets Manager / SSM; tasks only see it after a new deployment
     config_change_restarts = False
@@ -279,15 +279,8 @@ class EcsApp:
 
     # -- what a task receives ---------------------------------------------------------------
 
-    def _kind(self, key: str) -> str:
-        if key and key == self.ctx.url_var:
-            return "url"
-        if key and key == self.ctx.flag_name:
-            return "flag"
-        raise ConfigError(
-            f"the ecs platform keeps only {self.ctx.url_var or 'the URL'} ({self.config.url_store} "
-            f"{self.config.url_name}) and {self.ctx.flag_name or 'the flag'} (SSM {self.config.flag_parameter}); "
-            f"{key!r} has no place")
+    def places(self) -> tuple[str, str]:
+        return (f"({self.config.url_store} {self.config.url_name})", f"(SSM {self.config.flag_parameter})")
 
     def _service(self) -> dict[str, Any]:
         c = self.config
@@ -368,32 +361,33 @@ class EcsApp:
         Secret(value)
         return value
 
-    def get_config(self, keys: list[str]) -> dict[str, str | None]:
-        """What a task of the service started now would receive for each key (None: nothing,
-        or a reference it could not resolve, which stops the task)."""
-        kinds = {key: self._kind(key) for key in keys}
+    def _var(self, kind: str) -> str:
+        return self.ctx.url_var if kind == "url" else self.ctx.flag_name
+
+    def read(self, *, url: bool, flag: bool, others: list[str]) -> dict[str, str | None]:
+        """What a task of the service started now would receive for the URL and the flag (None:
+        nothing, or a reference it could not resolve, which stops the task)."""
+        kinds = [kind for kind, wanted in (("url", url), ("flag", flag)) if wanted]
         if not kinds:
             return {}
         view = self.task_view()
-        out = {key: self.resolve(view.reference(key)) for key in kinds}
-        for key, kind in kinds.items():
-            if kind == "url" and out[key]:
-                Secret(out[key])    # a literal URL in the task definition is a secret too
+        out = {kind: self.resolve(view.reference(self._var(kind))) for kind in kinds}
+        if out.get("url"):
+            Secret(out["url"])    # a literal URL in the task definition is a secret too
         return out
 
-    def stored_config(self, keys: list[str]) -> dict[str, str | None]:
+    def stored(self, *, url: bool, flag: bool) -> dict[str, str | None]:
         """What the stores hold, referenced or not: retire must find a secret it left behind, and
         a reference left behind to a secret already scheduled for deletion (which fails every
         deployment) so that it can remove it."""
-        kinds = {key: self._kind(key) for key in keys}
         out: dict[str, str | None] = {}
-        for key, kind in kinds.items():
+        for kind in [kind for kind, wanted in (("url", url), ("flag", flag)) if wanted]:
             value = self._get_url() if kind == "url" else self._get_parameter(self.config.flag_parameter, False)
             if value is None:
                 view = self.task_view()
                 if self._referencing(view, kind):
                     value = f"(gone from {self._our_reference(kind).shown()}, still read by task definition {view.label})"
-            out[key] = value
+            out[kind] = value
         return out
 
     # -- the references the task definition must hold --------------------------------------
@@ -489,18 +483,18 @@ class EcsApp:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def set_config(self, changes: Mapping[str, str | Secret]) -> None:
-        kinds = {key: self._kind(key) for key in changes}   # refuse unknown keys before any write
+    def write(self, *, url: Secret | None = None, flag: str | None = None,
+              others: Mapping[str, str | Secret] | None = None) -> None:
         self.task_view()                                     # a wrong service/container before any write
-        for key, kind in kinds.items():
-            if kind == "url":
-                proxy = self._proxy_for(Secret(changes[key]).reveal())
-                self._put_url(changes[key])
-                if proxy:
-                    self._proxy_auth(proxy, add=True)
-            else:
-                self._put_flag(reveal(changes[key]))
-            self._ensure_reference(key, kind)
+        if url is not None:
+            proxy = self._proxy_for(url.reveal())
+            self._put_url(url)
+            if proxy:
+                self._proxy_auth(proxy, add=True)
+            self._ensure_reference(self.ctx.url_var, "url")
+        if flag is not None:
+            self._put_flag(flag)
+            self._ensure_reference(self.ctx.flag_name, "flag")
 
     # RDS Proxy: a proxy logs in to the database with the secrets in its Auth list
 
@@ -542,12 +536,11 @@ class EcsApp:
                       Auth=[{k: v for k, v in a.items() if k in keep} for a in auth])
         log.info("RDS Proxy %s: secret %s %s its Auth list", name, self.config.url_name, "added to" if add else "removed from")
 
-    def unset_config(self, keys: list[str]) -> None:
-        kinds = {key: self._kind(key) for key in keys}
-        for key, kind in kinds.items():
+    def remove(self, *, url: bool = False, flag: bool = False, others: list[str] | None = None) -> None:
+        for kind in [kind for kind, wanted in (("url", url), ("flag", flag)) if wanted]:
             # the task definition stops reading the store, and that deployment completes, before
             # the store goes: a task that cannot fetch a secret never starts (circuit breaker)
-            self._dereference(key, kind)
+            self._dereference(self._var(kind), kind)
             if kind == "url" and self.config.url_store == "secretsmanager":
                 stored = self._get_url()
                 proxy = self._proxy_for(stored) if stored else None

@@ -34,9 +34,8 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext, Progress, SslMode
+from providers.base import AppBase, Connect, Credential, DatabaseBase, DatabaseInfo, OpenContext, Progress, SslMode
 from providers.http import ApiClient, RateBudget, RateModel, shared_budget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, mask_url, redact, reveal
 
@@ -302,8 +301,10 @@ class HerokuApi:
                       describe_error=heroku_error, sleep=sleep)
         self.platform = ApiClient("heroku", self.platform_url, **common)
         self.data = ApiClient("heroku data", self.data_url, **common)
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         self.platform.close()
         self.data.close()
 
@@ -363,6 +364,17 @@ class HerokuApi:
         return {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
 
 
+def shared_api(ctx: OpenContext, *, budget: RateBudget | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> HerokuApi:
+    """The one HerokuApi of an environment: its database and app sides share the clients (one
+    connection pool each for the Platform and Data APIs), the token and the rate budget."""
+    key = f"heroku api:{id(budget)}:{id(sleep)}"
+    api = ctx.shared.get(key)
+    if not isinstance(api, HerokuApi) or api.closed:
+        api = ctx.shared[key] = HerokuApi(ctx, budget=budget, sleep=sleep)
+    return api
+
+
 class _Reads:
     """Answers read since the account's last write: the same read again returns them instead of
     asking Heroku (e.g. the config vars a step just verified, read again by the next step)."""
@@ -420,7 +432,7 @@ def _with_address(url: str, connect: Connect | None, sslmode: str) -> str:
 # the database side
 
 
-class HerokuDatabase:
+class HerokuDatabase(DatabaseBase):
     key = "heroku"
 
     def __init__(self, config: HerokuDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None,
@@ -428,7 +440,7 @@ class HerokuDatabase:
         self.config = config
         self.ctx = ctx
         self.app = config.app
-        self.api = HerokuApi(ctx, budget=budget, sleep=sleep)
+        self.api = shared_api(ctx, budget=budget, sleep=sleep)
         self._sleep = sleep
         self._addon: dict[str, Any] | None = None
         self._attachment: dict[str, Any] | None = None
@@ -542,7 +554,12 @@ class HerokuDatabase:
     def credential_for(self, user: str, password: Secret | None) -> Credential:
         from psycopg.conninfo import conninfo_to_dict
 
-        parts = conninfo_to_dict(self.admin_dsn().reveal())
+        # the endpoint Heroku reports in the owner's URL, never the `connect` the tool comes in by
+        var = self.admin_var()
+        url = self._config_vars().get(var)
+        if not url:
+            raise ProviderError(f"heroku: config var {var} is not set on {self.app}")
+        parts = conninfo_to_dict(url)
         return Credential(name=user, user=user, host=str(parts.get("host")), port=int(str(parts.get("port") or 5432)),
                           database=str(parts.get("dbname")), password=password, sslmode=self.config.sslmode)
 
@@ -578,10 +595,14 @@ class HerokuDatabase:
             host, port, database = str(info["host"]), int(info["port"]), str(info["database"])
         except (KeyError, TypeError, ValueError):
             raise ProviderError(f"heroku data: credential {name} on {self.addon_name} has no usable host/port/database") from None
+        # the tool reaches the login through `connect`; the app's attachment names Heroku's endpoint
+        app_endpoint = None
         if self.config.connect:
+            app_endpoint = (host, port)
             host, port = self.config.connect.host, self.config.connect.port
         return Credential(name=name, user=str(chosen["user"]), host=host, port=port, database=database,
-                          password=Secret(str(chosen["password"])), sslmode=self.config.sslmode)
+                          password=Secret(str(chosen["password"])), sslmode=self.config.sslmode,
+                          app_endpoint=app_endpoint)
 
     def _wait_usable(self, name: str, *, previous: str | None = None) -> Credential:
         """Poll until the credential has an active user (with a new password after a rotation),
@@ -703,7 +724,7 @@ class _Wait:
 # the app side
 
 
-class HerokuApp:
+class HerokuApp(AppBase):
     key = "heroku"
     #: a config-var PATCH (and an attachment change) creates a release, which restarts the dynos
     config_change_restarts = True
@@ -713,7 +734,7 @@ class HerokuApp:
         self.config = config
         self.ctx = ctx
         self.name = config.name
-        self.api = HerokuApi(ctx, budget=budget, sleep=sleep)
+        self.api = shared_api(ctx, budget=budget, sleep=sleep)
         self._addon_ref: dict[str, str] | None = None
         self._reads = _Reads(self.api)
 

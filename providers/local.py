@@ -8,44 +8,16 @@ wheel) is initialised under `.runbook/pg` beside the project file and left runni
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
+from providers.base import AppAddress, Credential, DatabaseBase, DatabaseInfo, EmbeddedServer, OpenContext, SslMode
 from runbook.errors import ConfigError
 from runbook.secret import Secret
 
-
-class Connect(BaseModel):
-    """Where the tool reaches the server (a tunnel, a bastion, a port-forward, a test server),
-    overriding what the platform reports. Never what the app's URL names: see AppAddress."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    host: str
-    port: int = Field(default=5432, ge=1, le=65535)
-
-
-class AppAddress(BaseModel):
-    """The two endpoints of a database, shared by every provider's config: `connect` is where
-    the tool connects; `app_host`/`app_port` are what the app's URL names, by default the
-    endpoint the platform reports (never the tunnel the tool came in by)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    connect: Connect | None = Field(default=None, description="where the tool connects (a tunnel, bastion or "
-                                    "port-forward); the app's URL keeps the platform's endpoint")
-    app_host: str | None = Field(default=None, description="host in the app's URL (default: the endpoint the "
-                                 "platform reports)", examples=["db.internal"])
-    app_port: int | None = Field(default=None, ge=1, le=65535, description="port in the app's URL (default: the "
-                                 "platform's)", examples=[6432])
-
-    def tool_address(self, reported: tuple[str, int]) -> tuple[str, int]:
-        """Where the tool's own session goes."""
-        return (self.connect.host, self.connect.port) if self.connect else reported
-
-    def app_address(self, reported: tuple[str, int]) -> tuple[str, int]:
-        """What the app's URL names: the platform's endpoint unless app_host/app_port say otherwise."""
-        return (self.app_host or reported[0], self.app_port or reported[1])
+if TYPE_CHECKING:
+    from providers.embedded import Cluster
 
 
 class LocalDatabaseConfig(AppAddress):
@@ -76,7 +48,7 @@ class LocalDatabaseConfig(AppAddress):
         return LocalDatabase(self, ctx)
 
 
-class LocalDatabase:
+class LocalDatabase(DatabaseBase):
     key = "local"
 
     def __init__(self, config: LocalDatabaseConfig, ctx: OpenContext) -> None:
@@ -88,7 +60,10 @@ class LocalDatabase:
     def embedded(self) -> bool:
         return not self.config.dsn_env and not self.config.dsn
 
-    def _cluster(self):
+    def embedded_server(self) -> EmbeddedServer | None:
+        return self._cluster() if self.embedded else None
+
+    def _cluster(self) -> "Cluster":
         from providers.embedded import Cluster, embedded_bin_dir
 
         data = Path(str(self.ctx.base_dir)) / self.config.embedded
@@ -152,9 +127,6 @@ class LocalDatabase:
             details={"data": str(self._cluster().data_dir)} if self.embedded else {"dsn_env": self.config.dsn_env or "dsn"},
         )
 
-    def preflight_sql(self, conn: object) -> list[str]:
-        return []
-
     def credential_for(self, user: str, password: Secret | None) -> Credential:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -177,9 +149,3 @@ class LocalDatabase:
             return False
         self._cluster().stop()
         return True
-
-    # credentials are created in SQL for this provider
-    def credential(self, name: str) -> Credential | None:
-        raise NotImplementedError("local credentials are SQL roles")
-
-    create_credential = rotate = destroy = credential

@@ -18,8 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from providers.aws import Aws, AwsError, aws_region
-from providers.base import Credential, DatabaseInfo, OpenContext, SslMode
-from providers.local import AppAddress
+from providers.base import AppAddress, Credential, DatabaseBase, DatabaseInfo, OpenContext, SslMode
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
@@ -99,8 +98,9 @@ class _Target:
         return self.arn.split(":")[4] if self.arn.count(":") >= 5 else ""
 
 
-class RdsDatabase:
+class RdsDatabase(DatabaseBase):
     key = "rds"
+    routes_logins = True
 
     def __init__(self, config: RdsDatabaseConfig, ctx: OpenContext, *, session: Any = None) -> None:
         self.config = config

@@ -41,9 +41,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
+from providers.base import AppAddress, AppBase, Connect, Credential, DatabaseBase, DatabaseInfo, Digest, EnvVarName, OpenContext, SslMode
 from providers.http import ApiClient, RateBudget, RateModel, shared_budget
-from providers.local import Connect
 from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret, reveal
 
@@ -143,7 +142,7 @@ def _check_ref(v: str) -> str:
     return v
 
 
-class SupabaseDatabaseConfig(BaseModel):
+class SupabaseDatabaseConfig(AppAddress):
     model_config = ConfigDict(extra="forbid", frozen=True, title="supabase database")
     provider: Literal["supabase"] = "supabase"
     project_ref: str = Field(description="project reference (the 20 letters in db.<ref>.supabase.co)", examples=["abcdefghijklmnopqrst"])
@@ -159,7 +158,8 @@ class SupabaseDatabaseConfig(BaseModel):
                                "Management API, never from the region", examples=["eu-central-1"])
     pooler_host: str | None = Field(default=None, description="the Supavisor host, if not the one the Management API reports",
                                        examples=["aws-1-eu-central-1.pooler.supabase.com"])
-    connect: Connect | None = Field(default=None, description="address that overrides the one the forms give")
+    connect: Connect | None = Field(default=None, description="where the tool connects instead of the address its "
+                                    "form gives (a tunnel); the app's URL keeps the form's address")
 
     _ref = field_validator("project_ref")(_check_ref)
 
@@ -178,7 +178,7 @@ class SupabaseDatabaseConfig(BaseModel):
         return SupabaseDatabase(self, ctx)
 
 
-class SupabaseDatabase(_UsesManagement):
+class SupabaseDatabase(_UsesManagement, DatabaseBase):
     key = "supabase"
 
     def __init__(self, config: SupabaseDatabaseConfig, ctx: OpenContext, *, budget: RateBudget | None = None) -> None:
@@ -263,14 +263,20 @@ class SupabaseDatabase(_UsesManagement):
                                 "set database.connect")
         return str(host)
 
-    def address(self, form: UrlForm, role: str) -> tuple[str, int, str]:
-        """(host, port, user) for `role` in the given form; `connect` overrides host and port."""
+    def address(self, form: UrlForm, role: str, *, app: bool = False) -> tuple[str, int, str]:
+        """(host, port, user) for `role` in the given form: for the tool, `connect` overrides host
+        and port; for the app (`app`), app_host/app_port do, and `connect` never does."""
         user = role if form == "direct" else f"{role}.{self.ref}"
-        if self.config.connect:
+        if self.config.connect and not app:
             return self.config.connect.host, self.config.connect.port, user
+        if self.config.app_host and self.config.app_port and app:
+            return self.config.app_host, self.config.app_port, user    # no Management API read needed
         if form == "direct":
-            return self._direct_host(), 5432, user
-        return self._pooler_host(), TRANSACTION_PORT if form == "transaction" else 5432, user
+            reported = (self._direct_host(), 5432)
+        else:
+            reported = (self._pooler_host(), TRANSACTION_PORT if form == "transaction" else 5432)
+        host, port = self.config.app_address(reported) if app else reported
+        return host, port, user
 
     def admin_dsn(self) -> Secret:
         from psycopg.conninfo import make_conninfo
@@ -288,7 +294,7 @@ class SupabaseDatabase(_UsesManagement):
                                     dbname=self.config.database, sslmode=self.config.sslmode))
 
     def credential_for(self, user: str, password: Secret | None) -> Credential:
-        host, port, login = self.address(self.config.url_form, user)
+        host, port, login = self.address(self.config.url_form, user, app=True)
         return Credential(name=user, user=login, host=host, port=port, database=self.config.database,
                           password=password, sslmode=self.config.sslmode)
 
@@ -327,7 +333,7 @@ class SupabaseAppConfig(BaseModel):
         return SupabaseApp(self, ctx)
 
 
-class SupabaseApp(_UsesManagement):
+class SupabaseApp(_UsesManagement, AppBase):
     key = "supabase"
     # Edge Functions read secrets on each invocation: a change is live without a restart
     config_change_restarts = True

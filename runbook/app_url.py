@@ -44,7 +44,7 @@ def expected_endpoint(ctx: Context, issued: Credential | None = None) -> Credent
     the one it gave (None when the run knows of none; the other rules of login.py still hold)."""
     if ctx.api_credentials:
         # with the platform's connection pooling its attachment names the pooler, not the credential's host
-        return None if getattr(ctx.app, "url_is_pooled", False) else issued
+        return None if ctx.app.url_is_pooled or issued is None else issued.as_app()
     return ctx.db.credential_for(ctx.role.name, None)
 
 
@@ -52,7 +52,7 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
     """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it)."""
     if ctx.url_memo is not None and not refresh:
         return ctx.url_memo
-    value = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
+    value = ctx.app.received_url()
     if value is None or value == "":
         state = UrlState(None, False, f"{ctx.url_var} is not set")
     elif isinstance(value, Digest):
@@ -61,7 +61,7 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
             state = UrlState(value, None, "write-only store; its digest matches the URL pg-runbook wrote")
         else:
             state = UrlState(value, False, f"{ctx.url_var} holds a value pg-runbook did not write (digest differs)")
-    elif callable(getattr(ctx.app, "url_problem", None)) and (problem := ctx.app.url_problem(value)):
+    elif problem := ctx.app.url_problem(value):
         # the platform knows why its app could not use this URL even if the login works (Cloud Run: no socket mount)
         state = UrlState(value, False, problem)
     elif not ctx.info.password_auth and login_route(ctx.db) is None:

@@ -143,7 +143,7 @@ def _app_sessions_since_write(ctx, digest: Digest) -> int:
 
 def check_flag(ctx) -> CheckResult:
     flag = ctx.flag
-    value = ctx.app.get_config([flag.name]).get(flag.name)
+    value = ctx.app.received_flag()
     on = value == Digest.of(flag.on_value) if isinstance(value, Digest) else value == flag.on_value
     off = value == Digest.of(flag.off_value) if isinstance(value, Digest) else value == flag.off_value
     if on:

@@ -362,8 +362,7 @@ def _rollback_to_store(ctx: Context, state: str | None, records: list[dict[str, 
     try:
         url = _state_url(ctx, state)
         if url in (None, "", "database"):
-            peek = getattr(ctx.db, "admin_dsn_if_running", None)
-            dsn = peek() if callable(peek) else ctx.db.admin_dsn()
+            dsn = ctx.db.admin_dsn_if_running()
             if dsn is None:
                 raise RunbookError("the embedded database is not running")
         from runbook.state import open_store
@@ -542,7 +541,7 @@ def status(project: Project, *, environ=None, state: str | None = None, transpor
         row: dict[str, Any] = {"env": name}
         try:
             try:
-                flag = ctx.app.get_config([project.spec.flag.name]).get(project.spec.flag.name)
+                flag = ctx.app.received_flag()
                 row["flag"] = ("on" if flag == project.spec.flag.on_value else "off" if flag == project.spec.flag.off_value
                                else ("unset" if flag is None else "other"))
             except RunbookError as exc:
@@ -575,7 +574,7 @@ def status(project: Project, *, environ=None, state: str | None = None, transpor
 def embedded_cluster(project: Project, env: str):
     """The embedded cluster behind a `local` environment without a DSN."""
     ctx = _context(project, env, "embedded", None)
-    cluster = getattr(ctx.db, "_cluster", None)
-    if not callable(cluster) or not getattr(ctx.db, "embedded", False):
+    cluster = ctx.db.embedded_server()
+    if cluster is None:
         raise ConfigError(f"{env} does not use an embedded PostgreSQL (it has a DSN or another provider)")
-    return cluster()
+    return cluster

@@ -85,6 +85,7 @@ class Context:
     _admin: Any = None
     _owner: str | None = None
     pooler: Any = None                    # runbook.pooler.Detection, once the tool's first session is open
+    _shared: dict[str, object] = field(default_factory=dict)   # what both adapters share (OpenContext.shared)
 
     # --- facts about the project ---------------------------------------------------------
     @property
@@ -123,7 +124,7 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
-            progress=self.report_progress,
+            progress=self.report_progress, shared=self._shared,
         )
 
     def report_progress(self, event: Progress) -> None:
@@ -183,7 +184,7 @@ class Context:
         from runbook import pooler
 
         if self.pooler is None:
-            declared = getattr(self.env.database, "pooler", "auto")
+            declared = self.db.pooler
             details = self._info.details if self._info is not None else {}
             self.pooler = pooler.detect(declared, dsn, conn, open_another, details)
         if self.pooler.mode == "transaction":
@@ -209,10 +210,9 @@ class Context:
         if self._admin is not None and not self._admin.closed:
             self._admin.close()
         for adapter in (self._db, self._app):
-            closer = getattr(adapter, "close", None)
-            if callable(closer):
+            if adapter is not None:
                 try:
-                    closer()
+                    adapter.close()
                 except Exception:
                     pass
 

@@ -131,8 +131,7 @@ def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5,
 
 def login_route(db: Any) -> Route | None:
     """The database provider's `login_route`, where it has one."""
-    route = getattr(db, "login_route", None)
-    return route if callable(route) else None
+    return db.login_route if db.routes_logins else None
 
 
 def _pooler_fix(raw: str, why: str, role: str) -> str | None:

@@ -52,7 +52,7 @@ class SetFlag(Step[FlagObserved]):
         return ctx.flag.on_value if self.target == "on" else ctx.flag.off_value
 
     def observe(self, ctx: StepContext) -> FlagObserved:
-        value = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+        value = ctx.app.received_flag()
         store = ctx.store
         if store is None:
             return FlagObserved(value)       # `plan` and rollback read no journal; rollback ends the soak there
@@ -97,13 +97,13 @@ class SetFlag(Step[FlagObserved]):
     def _set(self, ctx: StepContext) -> None:
         if self.target == "on":
             self._refuse_after_rollback(ctx)
-        ctx.app.set_config({ctx.flag.name: self._value(ctx)})
+        ctx.app.set_flag(self._value(ctx))
         if self.target == "on":
             # a rollback that got in between our check and our write wins: put its value back
             try:
                 self._refuse_after_rollback(ctx)
             except GateClosed:
-                ctx.app.set_config({ctx.flag.name: ctx.flag.off_value})
+                ctx.app.set_flag(ctx.flag.off_value)
                 raise
 
     def _refuse_after_rollback(self, ctx: StepContext) -> None:
@@ -119,7 +119,7 @@ class SetFlag(Step[FlagObserved]):
                              f"{ctx.env.name}` again to turn it back on")
 
     def verify(self, ctx: StepContext) -> Verdict:
-        current = ctx.app.get_config([ctx.flag.name]).get(ctx.flag.name)
+        current = ctx.app.received_flag()
         want = self._value(ctx)
         if not _matches(current, want):
             return Verdict("fail", f"{ctx.flag.name} is {current!r}, expected {want!r}")

@@ -56,7 +56,7 @@ class Restart(Step[RestartNeed]):
             if not owed:      # an owed one was paid by the platform when the config changed
                 ctx.note(f"{ctx.app.key} restarts the app itself when its config changes; no second restart")
             return []
-        if getattr(ctx.app, "can_restart", True) is False:
+        if not ctx.app.can_restart:
             if not owed:      # said when the change was made; not again on every later run
                 ctx.note("no restart command configured (app.restart); restart the app yourself to pick up the change")
             return []

@@ -74,7 +74,7 @@ class EnsureRole(Step[RoleObserved]):
             return changes
         if observed.adopting:
             changes.append(roles.mark(role.name, ident))
-        if callable(getattr(ctx.db, "adjust_existing_role", None)) and (
+        if ctx.db.adjusts_existing_roles and (
                 "cloudsqlsuperuser" in facts.member_of or facts.createrole or facts.createdb):
             # a user made through the platform's API lands in its superuser group; the platform knows how to undo that
             changes.append(Change(f"take {ctx.db.key}'s admin group and CREATEROLE/CREATEDB away from {role.name} "
@@ -95,7 +95,7 @@ class EnsureRole(Step[RoleObserved]):
             return
         conn = ctx.admin()
         if any(c.data.get("platform_adjust") for c in changes):
-            for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):    # type: ignore[attr-defined]  # optional member; the contract engineer adds it to the Protocol
+            for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
                 ctx.note(sentence)
             if not roles.facts(conn, ctx.role.name).exists:
                 raise RunbookError(f"{ctx.role.name} was deleted through the platform's API so that it can be "

@@ -63,8 +63,7 @@ class WriteUrl(Step[UrlObserved]):
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
-        if not ctx.app.attach_url(cred, ctx.url_var):
-            ctx.app.set_config({ctx.url_var: cred.url()})
+        ctx.app.put_url(cred)
         state.written = cred
         ctx.forget_url()
 
@@ -87,13 +86,11 @@ class WriteUrl(Step[UrlObserved]):
 
 
 def _configured_url(ctx: StepContext) -> str | Digest | None:
-    current = ctx.app.get_config([ctx.url_var]).get(ctx.url_var)
-    stored = getattr(ctx.app, "stored_config", None)
-    if current is None and callable(stored):
+    current = ctx.app.received_url()
+    if current is None:
         # a store the app no longer reads can still hold the URL (an ECS secret outlives the
         # task definition's reference when a retire stopped between the two)
-        found: str | Digest | None = stored([ctx.url_var]).get(ctx.url_var)
-        current = found
+        current = ctx.app.stored_url()
     return current
 
 
@@ -117,8 +114,7 @@ class UnsetUrl(Step[ConfiguredUrl]):
         return [Change(f"remove {ctx.url_var} ({shown(observed.value)}) from the app's config", reversible=False)]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
-        if not ctx.app.detach_url(ctx.role.name, ctx.url_var):
-            ctx.app.unset_config([ctx.url_var])
+        ctx.app.remove_url(ctx.role.name)
         ctx.forget_url()
 
     def verify(self, ctx: StepContext) -> Verdict:

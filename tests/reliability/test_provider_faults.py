@@ -384,7 +384,9 @@ def cloudsql_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
             "provider": "cloudsql",
             "database": {"project": PROJECT, "instance": INSTANCE, "admin_user": admin,
                          "admin_password_env": PASSWORD_ENV, "database": pg.dbname, "sslmode": "disable",
-                         "connect": {"host": "127.0.0.1", "port": pg.port}, "poll_interval": "10ms"},
+                         "connect": {"host": "127.0.0.1", "port": pg.port}, "poll_interval": "10ms",
+                         # the app reaches the test cluster on loopback (its URL never takes `connect`)
+                         "app_host": "127.0.0.1", "app_port": pg.port, "app_sslmode": "prefer"},
             "app": {"region": REGION, "service": SERVICE, "url_secret": secret, "poll_interval": "10ms"}})
 
         def snapshot() -> dict[str, Any]:
@@ -415,7 +417,9 @@ def supabase_world(pg, tmp_path, monkeypatch) -> Iterator[World]:
             "provider": "supabase",
             "database": {"project_ref": REF, "password_env": PASSWORD_ENV, "admin_user": admin,
                          "admin_form": "direct", "url_form": "direct", "database": pg.dbname, "sslmode": "disable",
-                         "connect": {"host": "127.0.0.1", "port": pg.port}}})
+                         "connect": {"host": "127.0.0.1", "port": pg.port},
+                         # the app reaches the test cluster on loopback (its URL never takes `connect`)
+                         "app_host": "127.0.0.1", "app_port": pg.port}})
 
         def snapshot() -> dict[str, Any]:
             return {"roles": _roles(pg, role), "flag": fake.secrets.get((REF, FLAG)),

@@ -116,3 +116,54 @@ def test_importing_a_provider_does_not_import_its_sdk(module, sdks):
 def test_the_probe_sees_an_sdk_that_is_imported():
     # so the test above cannot pass vacuously
     assert "boto3" in _sdks_after_import("boto3", ("boto3", "botocore"))
+
+
+# -- the rule between the two packages, read from the source (imports inside functions too) ------
+
+import ast  # noqa: E402
+
+# what a provider may use of the engine's package: its errors, the Secret type, durations, the
+# child-process runner; nothing that knows about runs, steps or the project file
+PROVIDERS_MAY_IMPORT = {"runbook.errors", "runbook.secret", "runbook.durations", "runbook.shell"}
+# what the engine may use of providers/: the registry (providers/__init__.py) and the contract
+RUNBOOK_MAY_IMPORT = {"providers", "providers.base"}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every import in `path`; `from a import b` counts as a.b when a.b is a module."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (ROOT / Path(*sub.split("."))).with_suffix(".py").exists()
+                out.append((node.lineno, sub if is_module else node.module))
+    return out
+
+
+def _violations(package: str, other: str, allowed: set[str]) -> list[str]:
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, module in _imports(path):
+            if (module == other or module.startswith(other + ".")) and module not in allowed:
+                found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    return found
+
+
+def test_providers_import_only_the_engines_leaf_modules():
+    assert _violations("providers", "runbook", PROVIDERS_MAY_IMPORT) == []
+
+
+def test_the_engine_imports_only_the_registry_and_the_contract_of_providers():
+    assert _violations("runbook", "providers", RUNBOOK_MAY_IMPORT) == []
+
+
+def test_the_import_rule_sees_a_violation(tmp_path):
+    # so the two tests above cannot pass vacuously: both forms, at module level and inside a function
+    source = tmp_path / "probe.py"
+    source.write_text("import runbook.engine\n\ndef f():\n    from providers.embedded import Cluster\n"
+                      "    from runbook import shell, context\n")
+    got = {m for _, m in _imports(source)}
+    assert {"runbook.engine", "providers.embedded", "runbook.shell", "runbook.context"} <= got

@@ -127,7 +127,8 @@ def test_admin_dsn_needs_the_password_variable(bare_fake, open_db):
 def test_credential_for_names_the_same_address_or_the_app_host(bare_fake, open_db):
     pw = Secret("app-pw-123456")
     cred = open_db(bare_fake, connect={"host": "127.0.0.1", "port": 5433}, sslmode="disable").credential_for("raptor_app", pw)
-    assert (cred.user, cred.host, cred.port, cred.database, cred.sslmode) == ("raptor_app", "127.0.0.1", 5433, "postgres", "disable")
+    # issue 14 item 4: the instance's address, never the tool's proxy (was 127.0.0.1:5433, disable)
+    assert (cred.user, cred.host, cred.port, cred.database, cred.sslmode) == ("raptor_app", PUBLIC_IP, 5432, "postgres", "require")
     cred = open_db(bare_fake, app_host="10.9.8.7", database="raptor").credential_for("raptor_app", pw)
     assert (cred.host, cred.port, cred.database, cred.sslmode) == ("10.9.8.7", 5432, "raptor", "require")
 
@@ -394,9 +395,10 @@ def test_the_app_url_never_takes_the_proxys_port_or_sslmode(bare_fake, open_db):
     # an encrypted-only instance refuses the app's plaintext, before any change
     with pytest.raises(Refused, match="the app's URL would use sslmode disable; set database.app_sslmode to require"):
         open_db(bare_fake, app_host=PRIVATE_IP, app_sslmode="disable", **proxy).describe()
-    # without app_host the app uses the tool's endpoint (an Auth Proxy sidecar at the same address)
+    # without app_host the app's URL names the instance's reported address (issue 14 item 4: it took the
+    # tool's proxy, 127.0.0.1:15432 disable, before); an app-side sidecar is app_host: 127.0.0.1
     cred = open_db(bare_fake, **proxy).credential_for("raptor_app", pw)
-    assert (cred.host, cred.port, cred.sslmode) == ("127.0.0.1", 15432, "disable")
+    assert (cred.host, cred.port, cred.sslmode) == (PUBLIC_IP, 5432, "require")
 
 
 def test_config_wants_the_apps_ca_path_for_verify_modes():
@@ -414,9 +416,14 @@ def test_login_route_proves_the_apps_login_over_the_tools_endpoint(bare_fake, op
     # a URL naming any other server is tried as it is: the tool does not log in elsewhere on its behalf
     other = Secret("postgresql://raptor_app:app-pw-123456@evil.example:5432/postgres")
     assert db.login_route(other) is other
+    # without app_host the app's URL names the instance (issue 14 item 4), proven over the tool's endpoint
     same = open_db(bare_fake, connect={"host": "127.0.0.1", "port": 15432}, sslmode="disable")
     url = same.credential_for("raptor_app", Secret("app-pw-123456")).url()
-    assert same.login_route(url) is url
+    assert conninfo_to_dict(url.reveal())["host"] == PUBLIC_IP
+    assert conninfo_to_dict(same.login_route(url).reveal())["port"] == "15432"
+    direct = open_db(bare_fake, sslmode="disable")
+    url = direct.credential_for("raptor_app", Secret("app-pw-123456")).url()
+    assert direct.login_route(url) is url       # one endpoint for both: nothing to move
 
 
 @pytest.mark.parametrize("ip, addresses, extra, host", [

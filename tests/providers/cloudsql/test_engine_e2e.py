@@ -26,6 +26,9 @@ def write_project(tmp_path, pg, admin, role: str, *, port: int | None = None, da
     db = {"project": PROJECT, "instance": INSTANCE, "admin_user": admin.name,
           "admin_password_env": PASSWORD_ENV, "database": pg.dbname, "sslmode": "disable",
           "connect": {"host": "127.0.0.1", "port": port or pg.port}, "poll_interval": "10ms", **(database or {})}
+    if "app_host" not in db:
+        # the app reaches the test cluster on loopback too (its URL never takes `connect`)
+        db.update(app_host="127.0.0.1", app_port=port or pg.port, app_sslmode="prefer")
     return projects.load(write_runbook(tmp_path, role, {
         "provider": "cloudsql",
         "database": {k: v for k, v in db.items() if v is not None},

@@ -30,7 +30,9 @@ def write_project(tmp_path, pg, admin, role: str, *, port: int | None = None, di
     """The defaults: the tool on the session pooler, the app (Edge Functions) on the transaction
     pooler; `connect` points both at the front door (or, `direct`, at PostgreSQL itself)."""
     block = {"project_ref": REF, "password_env": PASSWORD_ENV, "admin_user": admin.name, "database": pg.dbname,
-             "sslmode": "disable", "connect": {"host": "127.0.0.1", "port": port or pg.port}, **database}
+             "sslmode": "disable", "connect": {"host": "127.0.0.1", "port": port or pg.port},
+             # the app (the fake's Edge Function) reaches the same front door on loopback
+             "app_host": "127.0.0.1", "app_port": port or pg.port, **database}
     if direct:
         block.update(admin_form="direct", url_form="direct")
     return projects.load(write_runbook(tmp_path, role, {"provider": "supabase", "database": block},

@@ -193,16 +193,23 @@ def test_an_explicit_pooler_host_wins(bare_fake, open_db):
 
 
 def test_connect_overrides_host_and_port_in_every_form(bare_fake, open_db):
-    for form, user in (("direct", "raptor_app"), ("session", f"raptor_app.{REF}"), ("transaction", f"raptor_app.{REF}")):
-        cred = open_db(bare_fake, url_form=form, connect={"host": "127.0.0.1", "port": 6000}).credential_for("raptor_app", PW)
-        assert (cred.user, cred.host, cred.port) == (user, "127.0.0.1", 6000)
+    # issue 14 item 4: `connect` is where the tool connects; the app's URL keeps the form's address
+    # (it was 127.0.0.1:6000 here before, the tunnel leaking into the app's URL)
+    for form, user, address in (("direct", "raptor_app", (f"db.{REF}.supabase.co", 5432)),
+                                ("session", f"raptor_app.{REF}", (POOLER, 5432)),
+                                ("transaction", f"raptor_app.{REF}", (POOLER, 6543))):
+        db = open_db(bare_fake, url_form=form, connect={"host": "127.0.0.1", "port": 6000})
+        cred = db.credential_for("raptor_app", PW)
+        assert (cred.user, cred.host, cred.port) == (user, *address)
+        routed = conninfo_to_dict(db.login_route(cred.url()).reveal())
+        assert (routed["hostaddr"], routed["port"]) == ("127.0.0.1", "6000")
 
 
 def test_the_direct_url_logs_in_for_real(pg, bare_fake, open_db, canary_password):
     role = pg.role("raptor_app")
     create_login(pg, role, canary_password)
     db = open_db(bare_fake, url_form="direct", connect={"host": "127.0.0.1", "port": pg.port}, sslmode="disable",
-                 database=pg.dbname)
+                 database=pg.dbname, app_host="127.0.0.1", app_port=pg.port)
     url = db.credential_for(role, Secret(canary_password)).url()
     with psycopg.connect(url.reveal()) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)
@@ -299,7 +306,7 @@ def test_an_edge_function_connects_with_the_url_it_was_given(pg, fake, open_db, 
     role = pg.role("raptor_app")
     create_login(pg, role, canary_password)
     db = open_db(fake, url_form="direct", connect={"host": "127.0.0.1", "port": pg.port}, sslmode="disable",
-                 database=pg.dbname)
+                 database=pg.dbname, app_host="127.0.0.1", app_port=pg.port)
     app = open_app(fake)
     app.set_config({URL_VAR: db.credential_for(role, Secret(canary_password)).url(), FLAG: "1"})
     assert fake.invoke_function(URL_VAR, FLAG) == role

@@ -48,6 +48,8 @@ class FakeDb:
     key: str = "local"
     held: Credential | None = None          # API credentials: what the platform holds
     calls: list[str] = field(default_factory=list)
+    adjusts_existing_roles: bool = False
+    routes_logins: bool = False
 
     def describe(self) -> DatabaseInfo:
         return self.info
@@ -69,9 +71,23 @@ class FakeApp:
     key: str = "dotenv"
     config_change_restarts: bool = False
     can_restart: bool = True
+    url_is_pooled: bool = False
 
     def get_config(self, keys: list[str]) -> dict[str, str | Digest | None]:
         return {k: self.config.get(k) for k in keys}
+
+    # the app side's intents (providers.base.AppPlatform), read from the same fixed facts
+    def received_url(self) -> str | Digest | None:
+        return self.config.get(URL_VAR)
+
+    def received_flag(self) -> str | Digest | None:
+        return self.config.get(FLAG)
+
+    def stored_url(self) -> str | Digest | None:
+        return self.config.get(URL_VAR)
+
+    def url_problem(self, url: str) -> str | None:
+        return None
 
     def __getattr__(self, name: str) -> Any:
         return _refuse("app platform", name)
