@@ -61,7 +61,7 @@ def _open_store(ctx: Context, state: str | None, *, timeout: int = 10, read_only
     """The journal; `read_only` runs never create it (runbook.readonly: an absent one reads empty)."""
     from functools import partial
 
-    from runbook.state import open_store
+    from runbook.journal import open_store
 
     url = _state_url(ctx, state)
     dsn = ctx.db.admin_dsn() if url in (None, "", "database") else None
@@ -378,7 +378,7 @@ def _rollback_to_store(ctx: Context, state: str | None, records: list[dict[str, 
             dsn = peek() if callable(peek) else ctx.db.admin_dsn()
             if dsn is None:
                 raise RunbookError("the embedded database is not running")
-        from runbook.state import open_store
+        from runbook.journal import open_store
 
         store = open_store(url, admin_dsn=dsn if url in (None, "", "database") else None,
                            base_dir=ctx.project.base_dir, env=ctx.env.name, connect_timeout=3, app=ctx.project.spec.app)

@@ -199,7 +199,7 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
     fn = verb(command)
     if not 1 <= parallel <= MAX_PARALLEL:
         raise ConfigError(f"--parallel {parallel}: between 1 and {MAX_PARALLEL}")
-    from runbook.state import shared_connections
+    from runbook.journal import shared_connections
 
     envs = list(envs)
     fleet = FleetResult(command, envs, parallel)

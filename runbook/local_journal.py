@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runbook.state import StateStore, _json, actor, host
+from runbook.journal import StateStore, _json, actor, host
 
 
 @dataclass

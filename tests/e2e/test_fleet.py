@@ -305,7 +305,7 @@ def test_heroku_fleet_shares_one_budget_and_keeps_every_journal(heroku_fleet, mo
     assert not [r for r in fake.requests if r.status == 429]
     # every environment's records reached its own store, none was lost to another's drain
     from runbook.local_journal import LocalJournal
-    from runbook.state import open_store
+    from runbook.journal import open_store
 
     assert list(LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []
     for env in envs:
@@ -403,7 +403,7 @@ def _terminate(pg, pids: list[int]) -> None:
 @pytest.mark.pg
 @pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path):
-    from runbook.state import open_store, shared_connections
+    from runbook.journal import open_store, shared_connections
 
     url = _store_url(pg)
     opened = lambda: open_store(url, admin_dsn=None, base_dir=tmp_path, env="e")  # noqa: E731
@@ -438,7 +438,7 @@ def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path
 @pytest.mark.pg
 @pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(heroku_fleet, pg, monkeypatch):
-    from runbook import state
+    from runbook import journal as state
     from runbook.local_journal import LocalJournal
 
     fake, project, environ = heroku_fleet
