@@ -16,10 +16,8 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,7 +79,21 @@ class StateStore(Protocol):
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
                 forced: bool, reason: str | None) -> int: ...
     def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def journal(self, env: str, run_id: int | None) -> "RunJournal": ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunJournal:
+    """The journal of one run in one environment: what the engine writes intents and results to,
+    with the environment and run bound once instead of passed with every record."""
+
+    store: Any                  # StateStore
+    env: str
+    run_id: int | None
+
+    def __call__(self, step: str, kind: str, summary: str, data: Any = None) -> None:
+        self.store.event(self.run_id, self.env, step, kind, summary, data)
 
 
 _PG_DDL = [
@@ -194,6 +206,9 @@ class _SqlStore:
         return int(self._exec(self._q(text, t=table), tuple(values.values()))[0][0])
 
     # --- StateStore ------------------------------------------------------------------------
+    def journal(self, env: str, run_id: int | None) -> RunJournal:
+        return RunJournal(self, env, run_id)
+
     def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int:
         return self._insert("runs", {
             "env": env, "command": command, "status": "running", "actor": redact(actor()), "host": host(),
@@ -289,35 +304,6 @@ class _SqlStore:
         if env is None:
             return self._select("approvals", "1 = 1", (), limit=limit)
         return self._select("approvals", "env = %s", (env,), limit=limit)
-
-
-_pool_guard = threading.Lock()
-_pool: ConnectionPool | None = None
-_pool_users = 0
-
-
-@contextmanager
-def shared_connections() -> Iterator[ConnectionPool]:
-    """While open, PostgreSQL stores opened by URL (`--state postgresql://…`, a fleet's central
-    store) take their connection from one pool and give it back on close; on the way out the idle
-    ones are closed. Nested or concurrent users share the pool; the last one out closes it. A
-    store in an environment's own database is not pooled: no other environment could reuse it."""
-    global _pool, _pool_users
-    with _pool_guard:
-        if _pool is None:
-            _pool = ConnectionPool()
-        _pool_users += 1
-        pool = _pool
-    try:
-        yield pool
-    finally:
-        with _pool_guard:
-            _pool_users -= 1
-            last = _pool_users == 0
-            if last:
-                _pool = None
-        if last:
-            pool.close()
 
 
 class PostgresStore(_SqlStore):
@@ -578,10 +564,12 @@ class JournalMissing(RunbookError):
 
 
 def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
-               app: str | None = None, create: bool = True) -> StateStore:
+               app: str | None = None, create: bool = True, pool: ConnectionPool | None = None) -> StateStore:
     """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
     `app` scopes every read and write to that project (None: a script reading every app's rows).
-    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead."""
+    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead.
+    `pool` (a fleet's, from its runtime) lends a central PostgreSQL store its connection; a store
+    in an environment's own database is never pooled: no other environment could reuse it."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
@@ -600,12 +588,12 @@ def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env
     if url.startswith(("postgresql://", "postgres://")):
         from runbook.secret import mask_url
 
-        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool, app=app,
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=pool, app=app,
                              create=create)
     if url.startswith("env:"):
         value = os.environ.get(url[4:])
         if not value:
             raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
         return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout,
-                          app=app, create=create)
+                          app=app, create=create, pool=pool)
     raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")
