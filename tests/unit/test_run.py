@@ -106,3 +106,35 @@ def test_a_soak_of_an_old_spec_waits_and_an_unrecorded_checkpoint_says_where():
     pending = soak.CheckpointView(120.0, "pending")
     status, said = soak.outcome(_view("running", started_at=1000.0, checkpoints=[pending]), "x", now=1030.0)
     assert (status, said) == ("waiting", ["next checkpoint 2m due in 1m30s"])
+
+
+def test_a_store_s_journal_is_bound_to_its_environment_and_run(tmp_path):
+    from runbook.journal import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'j.db'}", admin_dsn=None, base_dir=tmp_path, env="staging", app="raptor")
+    try:
+        run_id = store.begin("staging", "provision", "d")
+        other = store.begin("prod", "provision", "d")
+        journal = store.journal("staging", run_id)
+        journal("grants", "intent", "grant select", {"n": 1})
+        store.journal("prod", other)("grants", "result", "applied 1 change(s)")
+        assert [(e["step"], e["kind"], e["summary"], e["data"]) for e in store.events("staging", run_id=run_id)] == [
+            ("grants", "intent", "grant select", {"n": 1})]
+        assert [e["env"] for e in store.events(None, run_id=other)] == ["prod"]
+    finally:
+        store.close()
+
+
+def test_the_runs_of_one_runtime_share_its_local_journal_registry(tmp_path):
+    from runbook.local_journal import LocalJournal
+
+    shared = Runtime()
+
+    class _Project:
+        base_dir = tmp_path
+
+    first, second = shared.local_journal(_Project()), shared.local_journal(_Project())
+    assert first.path == second.path == tmp_path / ".runbook" / "journal.jsonl"
+    assert first.registry.drain_thread_lock(first.path, "e") is second.registry.drain_thread_lock(second.path, "e")
+    alone = LocalJournal(first.path)           # outside a runtime: a registry of its own, never a global one
+    assert alone.registry.drain_thread_lock(alone.path, "e") is not first.registry.drain_thread_lock(first.path, "e")
