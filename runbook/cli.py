@@ -290,7 +290,7 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
         kw.update(yes=yes, confirm=None if yes else _confirm(is_json))
     if streamed:
         kw["on_step"] = _streamer(output)
-    res = getattr(commands, verb)(_load(), env[0], **kw)
+    res = commands.VERBS[verb](_load(), env[0], **kw)
     return _finish(res, output, streamed=streamed and not is_json, show_sql=show_sql)
 
 

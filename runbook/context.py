@@ -39,7 +39,7 @@ def _seconds(value: timedelta) -> float:
 
 
 class SoakJournal(Protocol):
-    """What steps read and write in the environment's journal (runbook/state.py's store)."""
+    """What steps read and write in the environment's journal (runbook/journal.py's store)."""
 
     def events(self, env: str, limit: int = ...) -> list[dict[str, Any]]: ...
     def open_soak(self, env: str) -> dict[str, Any] | None: ...

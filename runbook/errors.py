@@ -1,4 +1,8 @@
-"""Typed errors. The CLI catches RunbookError once and turns it into one line and an exit code."""
+"""Typed errors. The CLI catches RunbookError once and turns it into one line and an exit code.
+
+Each class's `exit_code` is the only place an exit code is defined: a verb that stops raises
+one; a verb that returns (a check failed, a soak is pending) leaves a status whose code is its
+error class's (runbook.run.Result.exit_code). 0 is success."""
 
 from __future__ import annotations
 
@@ -61,11 +65,3 @@ class NotYetLive(RunbookError):
 class ProviderError(RunbookError):
     """A provider API answered with an error, or never answered within the retry budget."""
 
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_WAITING = 3
-EXIT_CHECK = 4
-EXIT_LOCKED = 5
-EXIT_NOT_YET_LIVE = 6

@@ -169,7 +169,7 @@ def verb(name: str) -> Callable[..., Any]:
 
     if name not in VERBS:
         raise ConfigError(f"{name} does not run over a fleet (these do: {', '.join(VERBS)})")
-    return getattr(commands, name)
+    return commands.VERBS[name]
 
 
 def run_one(fn: Callable[..., Any], project: Any, env: str, kwargs: dict[str, Any]) -> Outcome:
@@ -190,23 +190,28 @@ def run_one(fn: Callable[..., Any], project: Any, env: str, kwargs: dict[str, An
 
 
 def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
-        on_done: Callable[[Outcome, int, int], None] | None = None, **kwargs: Any) -> FleetResult:
+        on_done: Callable[[Outcome, int, int], None] | None = None, runtime: Any = None, **kwargs: Any) -> FleetResult:
     """Run `commands.<command>(project, env, **kwargs)` for each env, `parallel` at a time.
 
     Outcomes come back in `envs` order. On Ctrl-C, environments not yet started are skipped
     (status not-run) and the running ones are left to finish, so each releases its lock and closes
-    its run in the journal; the fleet then exits 130."""
+    its run in the journal; the fleet then exits 130. The environments share one runtime
+    (runbook.run.Runtime: the connections to a central store, the local journal's drains); without
+    one passed in, the fleet makes its own and closes it at the end."""
+    from contextlib import nullcontext
+
+    from runbook.run import Runtime
+
     fn = verb(command)
     if not 1 <= parallel <= MAX_PARALLEL:
         raise ConfigError(f"--parallel {parallel}: between 1 and {MAX_PARALLEL}")
-    from runbook.state import shared_connections
-
     envs = list(envs)
     fleet = FleetResult(command, envs, parallel)
-    with shared_connections() as pool:   # environments journalling to one central store share its connections
+    with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared:
+        kwargs = {**kwargs, "runtime": shared}
         warming = None
-        if command in MUTATING:          # each environment journals: connect while the first wave starts
-            warming = pool.prewarm(_store_users(project, envs, kwargs.get("state"), parallel))
+        if command in MUTATING and shared.pool is not None:   # each environment journals: connect while the first wave starts
+            warming = shared.pool.prewarm(_store_users(project, envs, kwargs.get("state"), parallel))
         try:
             _run_all(fleet, fn, project, on_done, kwargs)
         finally:

@@ -16,11 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook.state import StateStore, _json, actor, host
+from runbook.journal import StateStore, _json, actor, host
 
 
 @dataclass
@@ -40,19 +40,25 @@ class _Rewrites:
         self.queued: list[_Removal] = []
 
 
-_in_process_guard = threading.Lock()
-_drain_threads: dict[str, threading.Lock] = {}     # journal and env → the thread draining it here
-_rewrites: dict[str, _Rewrites] = {}                # journal → its queued removals
+class Registry:
+    """What the drains of one process share: a lock per journal and environment (the thread
+    draining it here) and the queued removals per journal. Held by the runtime that runs them
+    (runbook.run.Runtime, one per fleet), not by this module: two fleets in one process, or two
+    tests, never share state they did not ask to share. Every cross-process guarantee rests on
+    the flocks; this only lets threads of one process queue without polling and group-commit."""
 
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._drain_threads: dict[str, threading.Lock] = {}     # journal and env → the thread draining it here
+        self._rewrites: dict[str, _Rewrites] = {}                # journal → its queued removals
 
-def _drain_thread_lock(journal: Path, env: str) -> threading.Lock:
-    with _in_process_guard:
-        return _drain_threads.setdefault(f"{os.path.abspath(journal)}\0{env}", threading.Lock())
+    def drain_thread_lock(self, journal: Path, env: str) -> threading.Lock:
+        with self._guard:
+            return self._drain_threads.setdefault(f"{os.path.abspath(journal)}\0{env}", threading.Lock())
 
-
-def _rewrites_of(journal: Path) -> _Rewrites:
-    with _in_process_guard:
-        return _rewrites.setdefault(os.path.abspath(journal), _Rewrites())
+    def rewrites_of(self, journal: Path) -> _Rewrites:
+        with self._guard:
+            return self._rewrites.setdefault(os.path.abspath(journal), _Rewrites())
 
 
 def _open_plain(path: Path, flags: int) -> int:
@@ -88,6 +94,7 @@ class LocalJournal:
 
     path: Path
     drain_wait: float = 10.0      # seconds a drain waits for another one; then it leaves its records here
+    registry: Registry = field(default_factory=Registry, repr=False, compare=False)   # the runtime's, in a run
 
     @contextmanager
     def _flock(self, lock_path: Path, *, shared: bool = False, wait: float | None = None) -> Iterator[bool]:
@@ -182,7 +189,7 @@ class LocalJournal:
         # threads of this process queue on a lock that wakes the next one at once; the file lock
         # (polled, so that it can time out) then only meets drains of other processes
         deadline = time.monotonic() + self.drain_wait
-        in_process = _drain_thread_lock(self.path, env)
+        in_process = self.registry.drain_thread_lock(self.path, env)
         if not in_process.acquire(timeout=self.drain_wait):
             return 0
         try:
@@ -223,7 +230,7 @@ class LocalJournal:
         """Drop `lines` from the file. Drains that finish together in one process (a fleet) queue
         their removals, and whichever gets the file first applies them all in one rewrite."""
         job = _Removal(lines)
-        rewrites = _rewrites_of(self.path)
+        rewrites = self.registry.rewrites_of(self.path)
         with rewrites.queue_lock:
             rewrites.queued.append(job)
         with rewrites.writer:

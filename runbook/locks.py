@@ -84,6 +84,6 @@ class EnvLock:
 
 
 def label(app: str, command: str) -> str:
-    from runbook.state import actor, host
+    from runbook.journal import actor, host
 
     return f"runbook:{command} {actor()}@{host()} pid {os.getpid()}"[:63]

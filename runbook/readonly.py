@@ -88,7 +88,7 @@ class ReadGuard:
 
 def open_journal(open_store: Callable[..., Any]) -> Any:
     """`open_store(create=False)` as a read-only run sees it."""
-    from runbook.state import JournalMissing
+    from runbook.journal import JournalMissing
 
     try:
         store = open_store(create=False)

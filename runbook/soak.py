@@ -156,6 +156,44 @@ def evaluate(ctx, store, *, now: float | None = None) -> SoakView:
     return final
 
 
+def outcome(view: SoakView, location: str, *, now: float | None = None) -> tuple[str, list[str]]:
+    """What a soak run reports for `view` (as evaluate() left it): the result's status, whose
+    typed error gives the exit code (0 passed, 3 pending, 4 failed or inconclusive, 6 not
+    recorded), and what to tell the operator."""
+    env = view.env
+    unrecorded = [p for p in view.checkpoints if p.unrecorded]
+    if unrecorded:
+        # evaluated, shown, and not kept: the next run that can write evaluates it again
+        point = unrecorded[0]
+        return "not-recorded", [
+            f"checkpoint {format_duration(point.offset)} was due and evaluated ({point.status}) but could not be "
+            f"recorded at {location}: {point.unrecorded}; it is not kept — run `runbook soak --env {env}` with a "
+            "DSN (or --state) that can write the journal"]
+    if view.state in ("none", "superseded", "rolled-back", "retired", "ended") or not view.digest_matches:
+        if view.state in ("rolled-back", "retired", "ended"):
+            return "waiting", [f"the last soak of {env} {view.state}; provision again to start a new one"]
+        return "waiting", []
+    if view.state == "inconclusive":
+        return "check-failed", [
+            "the soak is inconclusive (a checkpoint had no data); it cannot pass. Fix the check, then "
+            f"`runbook provision --env {env}` after a rollback, or re-provision with a changed spec, to soak again"]
+    if view.state == "failed":
+        return "check-failed", [f"the soak failed; roll back with: runbook rollback --env {env} --yes"]
+    if view.state == "passed":
+        return "ok", ["the soak passed; promote with: runbook promote --env <prod> --sign-off NAME"]
+    nxt = next((p for p in view.checkpoints if p.status == "pending"), None)
+    if nxt is not None and view.started_at:
+        due_in = view.started_at + nxt.offset - (now or time.time())
+        return "waiting", [f"next checkpoint {format_duration(nxt.offset)} due in {format_duration(max(0, due_in))}"]
+    return "waiting", []
+
+
+def end_by_rollback(store, env: str, *, now: float | None = None) -> bool:
+    """A rollback ends the running soak and voids a passed one: a rolled-back environment is
+    no ground for promotion. True if a soak changed."""
+    return store.end_soak(env, "rolled-back", "flag turned off by rollback", now or time.time(), include_passed=True)
+
+
 def passed_soak(store, env: str, digest: str, valid_for: timedelta, *, now: float | None = None) -> tuple[dict | None, str]:
     """The most recent passed soak of this spec digest within valid_for, or why there is none."""
     now = now or time.time()

@@ -305,7 +305,7 @@ def test_heroku_fleet_shares_one_budget_and_keeps_every_journal(heroku_fleet, mo
     assert not [r for r in fake.requests if r.status == 429]
     # every environment's records reached its own store, none was lost to another's drain
     from runbook.local_journal import LocalJournal
-    from runbook.state import open_store
+    from runbook.journal import open_store
 
     assert list(LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []
     for env in envs:
@@ -328,7 +328,7 @@ def test_a_bug_in_one_environment_is_its_row_only(heroku_fleet, monkeypatch):
             raise ZeroDivisionError("a bug in one environment")
         return real(project, env, **kw)
 
-    monkeypatch.setattr(commands, "rollback", flaky)
+    monkeypatch.setitem(commands.VERBS, "rollback", flaky)
     envs = fleet.select(project, ["hk-0*"])
     res = fleet.run(project, "rollback", envs, parallel=4, yes=True, confirm=None, environ=environ)
     by_env = {o.env: o for o in res.outcomes}
@@ -403,30 +403,32 @@ def _terminate(pg, pids: list[int]) -> None:
 @pytest.mark.pg
 @pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path):
-    from runbook.state import open_store, shared_connections
+    from runbook.journal import open_store
+    from runbook.run import Runtime
 
     url = _store_url(pg)
-    opened = lambda: open_store(url, admin_dsn=None, base_dir=tmp_path, env="e")  # noqa: E731
-    with shared_connections() as pool:
-        first = opened()
+    opened = lambda pool=None: open_store(url, admin_dsn=None, base_dir=tmp_path, env="e", pool=pool)  # noqa: E731
+    with Runtime.shared() as runtime:             # a fleet's runtime lends its pool to the stores it opens
+        pool = runtime.pool
+        first = opened(pool)
         pid = first.conn.info.backend_pid
         first.begin("e", "rollback", "d")
         first.close()
         first.close()                                   # a second close does not lend it twice
-        second, third = opened(), opened()              # the third while the second is out: its own
+        second, third = opened(pool), opened(pool)      # the third while the second is out: its own
         assert second.conn.info.backend_pid == pid and third.conn.info.backend_pid != pid
         idle = [second.conn.info.backend_pid, third.conn.info.backend_pid]
         second.close()
         third.close()
         _terminate(pg, idle)
-        fourth = opened()                               # both idle ones are dead: a fresh one
+        fourth = opened(pool)                           # both idle ones are dead: a fresh one
         assert fourth.conn.info.backend_pid not in idle
         assert fourth.begin("e", "rollback", "d") > 0
         assert (pool.opened, pool.reused, pool.discarded) == (3, 1, 2)
         fourth.conn.execute("BEGIN")                    # given back inside a transaction: not lent again
         fourth.close()
         assert pool.discarded == 3
-        kept = opened()
+        kept = opened(pool)
         kept.close()
     assert kept.conn.closed                             # idle ones close when the fleet ends
     alone = opened()                                    # outside a fleet: no pool
@@ -438,7 +440,7 @@ def test_store_pool_reuses_connections_and_never_lends_a_broken_one(pg, tmp_path
 @pytest.mark.pg
 @pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
 def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(heroku_fleet, pg, monkeypatch):
-    from runbook import state
+    from runbook import journal as state
     from runbook.local_journal import LocalJournal
 
     fake, project, environ = heroku_fleet
@@ -452,8 +454,12 @@ def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(he
 
     monkeypatch.setattr(state._SqlStore, "end_soak", end_soak)
     envs = fleet.select(project, ["hk-*"])
-    with state.shared_connections() as pool:
-        res = fleet.run(project, "rollback", envs, parallel=4, yes=True, confirm=None, environ=environ, state=url)
+    from runbook.run import Runtime
+
+    with Runtime.shared() as runtime:
+        pool = runtime.pool
+        res = fleet.run(project, "rollback", envs, parallel=4, yes=True, confirm=None, environ=environ, state=url,
+                        runtime=runtime)
     assert [o.status for o in res.outcomes] == ["ok"] * len(envs), [(o.env, o.message) for o in res.outcomes]
     assert all(fake.config_vars(f"fleet-app-{i:02d}")[FLAG] == "0" for i in range(len(envs)))
     by_env = {o.env: o for o in res.outcomes}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from providers.base import Progress
-from runbook import commands, context
+from runbook import context, run
 from tests.e2e.test_shell import ROOT, _environ, in_pty
 from tests.pg.conftest import make_env
 from tests.projects import load, spec_dict, write_project
@@ -101,7 +101,7 @@ def test_waits_in_a_pipe_are_one_plain_line_per_state_change(tmp_path, flag):
 def test_a_provider_s_progress_reaches_the_sink_named_by_environment(tmp_path):
     # the wiring: Context.open_context() hands providers a sink that names the environment
     write_project(tmp_path, spec_dict("raptor_app", dsn_env="RB_PROGRESS_UNSET"))
-    ctx = commands._context(load(tmp_path / "runbook.yaml"), "staging", "provision", {})
+    ctx = run.context(load(tmp_path / "runbook.yaml"), "staging", "provision", run.Invocation(environ={}))
     seen: list[tuple[str, Progress]] = []
     event = Progress("heroku credential", "provisioning", remaining=60.0)
     context.PROGRESS_SINK = lambda env, e: seen.append((env, e))

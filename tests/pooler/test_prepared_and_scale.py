@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from runbook import commands
-from runbook.state import PostgresStore
+from runbook.journal import PostgresStore
 from tests.pooler.bouncer import POOL_ADMIN, POOL_ADMIN_PASSWORD
 from tests.pooler.conftest import bouncer_for, make_pooled_env
 

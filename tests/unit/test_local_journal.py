@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runbook.local_journal import LocalJournal
-from runbook.state import SqliteStore
+from runbook.journal import SqliteStore
 
 WRITERS = 2
 PER_WRITER = 1500

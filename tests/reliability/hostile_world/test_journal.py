@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from runbook import commands, state
+from runbook import commands, journal as state
 from runbook.errors import GateClosed, Refused
 from tests.projects import spec_dict, write_project
 from tests.reliability.hostile_world.conftest import world

@@ -16,14 +16,13 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from runbook.errors import ConfigError, RunbookError
+from runbook.pool import ConnectionPool, close_quietly
 from runbook.secret import MASK, Secret, redact
 
 SCHEMA = "runbook"
@@ -80,7 +79,21 @@ class StateStore(Protocol):
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
                 forced: bool, reason: str | None) -> int: ...
     def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def journal(self, env: str, run_id: int | None) -> "RunJournal": ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunJournal:
+    """The journal of one run in one environment: what the engine writes intents and results to,
+    with the environment and run bound once instead of passed with every record."""
+
+    store: Any                  # StateStore
+    env: str
+    run_id: int | None
+
+    def __call__(self, step: str, kind: str, summary: str, data: Any = None) -> None:
+        self.store.event(self.run_id, self.env, step, kind, summary, data)
 
 
 _PG_DDL = [
@@ -193,6 +206,9 @@ class _SqlStore:
         return int(self._exec(self._q(text, t=table), tuple(values.values()))[0][0])
 
     # --- StateStore ------------------------------------------------------------------------
+    def journal(self, env: str, run_id: int | None) -> RunJournal:
+        return RunJournal(self, env, run_id)
+
     def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int:
         return self._insert("runs", {
             "env": env, "command": command, "status": "running", "actor": redact(actor()), "host": host(),
@@ -290,133 +306,6 @@ class _SqlStore:
         return self._select("approvals", "env = %s", (env,), limit=limit)
 
 
-class ConnectionPool:
-    """Idle journal connections, keyed by conninfo, shared by the environments of one fleet run.
-
-    Without it, a fleet of 50 environments on one central store opens 50 connections, each a new
-    server backend (fork, authentication, cold catalog caches) on the fleet's critical path. A
-    connection serves one store at a time; it comes back only if it is healthy and outside any
-    transaction, and is checked with a round trip before it is handed out again, since the server
-    may have ended it in between."""
-
-    def __init__(self, max_idle: int = 32) -> None:
-        self.max_idle = max_idle
-        self.opened = 0          # counters for tests and benchmarks
-        self.reused = 0
-        self.discarded = 0
-        self._lock = threading.Lock()
-        self._idle: dict[str, list[Any]] = {}
-        self._closed = False
-
-    def take(self, key: str) -> Any | None:
-        """An idle connection for `key` that answered a round trip just now, or None."""
-        import psycopg
-
-        while True:
-            with self._lock:
-                stack = self._idle.get(key)
-                conn = stack.pop() if stack else None
-            if conn is None:
-                return None
-            try:
-                conn.execute("SELECT 1")
-            except psycopg.Error:
-                self._discard(conn)
-                continue
-            with self._lock:
-                self.reused += 1
-            return conn
-
-    def count_opened(self) -> None:
-        with self._lock:
-            self.opened += 1
-
-    def prewarm(self, urls: dict[str, int], *, connect_timeout: int = 5) -> threading.Thread | None:
-        """Open, in the background, up to `count` connections for each store URL (those a fleet's
-        environments will use, and how many at once), so that the fleet's first wave does not
-        start server backends all at the same moment. Failures are left for the environments to
-        meet and report; join the thread before closing the pool."""
-        wanted = [(key, count) for url, count in urls.items() if (key := pooled_conninfo(url)) is not None]
-        if not wanted:
-            return None
-
-        def fill() -> None:
-            for key, count in wanted:
-                for _ in range(count):
-                    with self._lock:
-                        if self._closed or len(self._idle.get(key, ())) >= min(count, self.max_idle):
-                            break
-                    try:
-                        conn = PostgresStore.connect(key, location="state store", connect_timeout=connect_timeout)
-                    except Exception:
-                        break                  # unreachable: each environment will say so itself
-                    self.count_opened()
-                    self.give(key, conn)
-
-        thread = threading.Thread(target=fill, name="runbook-store-prewarm", daemon=True)
-        thread.start()
-        return thread
-
-    def give(self, key: str, conn: Any) -> None:
-        from psycopg.pq import TransactionStatus
-
-        healthy = not conn.closed and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE
-        with self._lock:
-            if healthy and not self._closed and len(self._idle.get(key, ())) < self.max_idle:
-                self._idle.setdefault(key, []).append(conn)
-                return
-        self._discard(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle = [conn for stack in self._idle.values() for conn in stack]
-            self._idle.clear()
-        for conn in idle:
-            _close_quietly(conn)
-
-    def _discard(self, conn: Any) -> None:
-        with self._lock:
-            self.discarded += 1
-        _close_quietly(conn)
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception:
-        pass
-
-
-_pool_guard = threading.Lock()
-_pool: ConnectionPool | None = None
-_pool_users = 0
-
-
-@contextmanager
-def shared_connections() -> Iterator[ConnectionPool]:
-    """While open, PostgreSQL stores opened by URL (`--state postgresql://…`, a fleet's central
-    store) take their connection from one pool and give it back on close; on the way out the idle
-    ones are closed. Nested or concurrent users share the pool; the last one out closes it. A
-    store in an environment's own database is not pooled: no other environment could reuse it."""
-    global _pool, _pool_users
-    with _pool_guard:
-        if _pool is None:
-            _pool = ConnectionPool()
-        _pool_users += 1
-        pool = _pool
-    try:
-        yield pool
-    finally:
-        with _pool_guard:
-            _pool_users -= 1
-            last = _pool_users == 0
-            if last:
-                _pool = None
-        if last:
-            pool.close()
-
-
 class PostgresStore(_SqlStore):
     """The journal in a `runbook` schema, reached over its own autocommit connection (or one lent
     by a ConnectionPool, which gets it back on close)."""
@@ -464,7 +353,7 @@ class PostgresStore(_SqlStore):
                 refuse_foreign_journal(conn, location, reader=True)
                 PostgresStore._upgrade_or_refuse_unkeyed(conn, location, app=app if claim_legacy else None)
         except BaseException:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise
         return conn
 
@@ -666,16 +555,6 @@ class SqliteStore(_SqlStore):
         self.conn.close()
 
 
-def pooled_conninfo(url: str | None) -> str | None:
-    """The conninfo a store URL reaches when open_store would pool its connections (a central
-    PostgreSQL store, given directly or through env:VAR), else None."""
-    if url and url.startswith("env:"):
-        url = os.environ.get(url[4:])
-    if url and url.startswith(("postgresql://", "postgres://")):
-        return url
-    return None
-
-
 class JournalMissing(RunbookError):
     """A read-only run found no journal (open_store(create=False)): nothing was ever recorded there."""
 
@@ -685,10 +564,12 @@ class JournalMissing(RunbookError):
 
 
 def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
-               app: str | None = None, create: bool = True) -> StateStore:
+               app: str | None = None, create: bool = True, pool: ConnectionPool | None = None) -> StateStore:
     """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
     `app` scopes every read and write to that project (None: a script reading every app's rows).
-    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead."""
+    `create=False` (read-only runs) never creates the journal and raises JournalMissing instead.
+    `pool` (a fleet's, from its runtime) lends a central PostgreSQL store its connection; a store
+    in an environment's own database is never pooled: no other environment could reuse it."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
@@ -707,12 +588,12 @@ def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env
     if url.startswith(("postgresql://", "postgres://")):
         from runbook.secret import mask_url
 
-        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=_pool, app=app,
+        return PostgresStore(Secret(url), location=mask_url(url), connect_timeout=connect_timeout, pool=pool, app=app,
                              create=create)
     if url.startswith("env:"):
         value = os.environ.get(url[4:])
         if not value:
             raise ConfigError(f"state URL {url!r}: environment variable {url[4:]} is not set")
         return open_store(value, admin_dsn=admin_dsn, base_dir=base_dir, env=env, connect_timeout=connect_timeout,
-                          app=app, create=create)
+                          app=app, create=create, pool=pool)
     raise ConfigError(f"state URL {url!r} must be sqlite:///path, postgresql://… or env:VAR")

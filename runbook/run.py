@@ -1,0 +1,334 @@
+"""The run lifecycle: what one verb on one environment goes through, whichever verb it is.
+
+A mutating run takes the environment's lock, opens the state store, records itself (`begin`),
+marks the runs it finds still running as interrupted, imports the local journal, and whatever
+happens records how it ended (`finish`), closes the store and drops the lock. `rollback` runs
+local-first instead: no lock, its records go to `.runbook/journal.jsonl` first (the store may be
+what is down) and then, best effort and bounded, to the store.
+
+Everything a verb is handed travels as one Invocation; what the runs of one process share (a
+fleet's store connections, the local journal's drain registry) is a Runtime passed in on it.
+Every call into the step engine and every reach into the Context's internals is in this module,
+so that a change of either has one place to follow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runbook import engine
+from runbook.context import RunState
+from runbook.errors import CheckFailed, ConfigError, GateClosed, NotRecorded, RunbookError
+from runbook.local_journal import LocalJournal, Registry
+from runbook.pool import ConnectionPool
+from runbook.secret import Secret, redact
+
+if TYPE_CHECKING:
+    from runbook.checks import CheckResult
+    from runbook.context import Context
+    from runbook.journal import StateStore
+    from runbook.project import Project
+
+Confirm = Callable[[str, list[engine.StepReport]], bool]
+StepSink = Callable[[engine.StepReport], None]
+Record = dict[str, Any]
+
+# A result's status and the exit code it ends with: the typed error's own code, the one channel
+# (errors.py); every other status exits 0, and a failure is raised, never returned.
+_STATUS_ERRORS: dict[str, type[RunbookError]] = {
+    "waiting": GateClosed, "check-failed": CheckFailed, "not-recorded": NotRecorded}
+
+
+@dataclass
+class Result:
+    command: str
+    env: str | None
+    status: str = "ok"      # ok | unchanged | planned | cancelled | waiting | check-failed | not-recorded
+    steps: list[engine.StepReport] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        error = _STATUS_ERRORS.get(self.status)
+        return error.exit_code if error is not None else 0
+
+    def say(self, text: str) -> None:
+        self.messages.append(redact(text))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command, "env": self.env, "status": self.status, "exit_code": self.exit_code,
+            "steps": [s.to_json() for s in self.steps], "checks": [c.to_json() for c in self.checks],
+            "messages": [redact(m) for m in self.messages], "data": self.data,
+        }
+
+
+class Runtime:
+    """What the runs of one process share, passed in rather than kept in module globals: the
+    idle connections to a central store (a fleet's; None for a single run, which has nothing to
+    share them with) and the local journal's in-process drain registry."""
+
+    def __init__(self, *, pool: ConnectionPool | None = None) -> None:
+        self.pool = pool
+        self.local = Registry()
+
+    @classmethod
+    @contextmanager
+    def shared(cls) -> Iterator[Runtime]:
+        """A runtime whose central-store connections are pooled (a fleet); idle ones close on the way out."""
+        runtime = cls(pool=ConnectionPool())
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+
+    def local_journal(self, project: Project) -> LocalJournal:
+        return LocalJournal(project.base_dir / ".runbook" / "journal.jsonl", registry=self.local)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Everything a verb is handed besides the project and the environment's name."""
+
+    environ: Mapping[str, str] | None = None     # None: this process's environment
+    transport: Any = None                        # an httpx transport for providers' APIs (tests' fakes)
+    state: str | None = None                     # --state; None: the environment's own `state:`
+    yes: bool = False
+    confirm: Confirm | None = None               # asks a person; None: --yes is required to change anything
+    on_step: StepSink | None = None              # each step's report as it finishes (the CLI's live lines)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def need_yes(self, command: str) -> None:
+        if not self.yes and self.confirm is None:
+            raise ConfigError(f"{command} changes things; pass --yes (no terminal to confirm on)")
+
+
+def context(project: Project, env: str, command: str, invocation: Invocation) -> Context:
+    from runbook.context import Context
+
+    environ = dict(os.environ) if invocation.environ is None else dict(invocation.environ)
+    return Context(project=project, env=project.env(env), command=command, environ=environ,
+                   http_transport=invocation.transport)
+
+
+class Run:
+    """One verb on one environment: its Context, its admin DSN (fetched at most once: a provider
+    may read it from a secret manager or a platform API), its store and journal."""
+
+    def __init__(self, project: Project, env: str, command: str, invocation: Invocation) -> None:
+        self.project = project
+        self.invocation = invocation
+        self.command = command
+        self.ctx = context(project, env, command, invocation)
+        self.state = RunState()          # what the applied steps produced (engine.run fills it)
+        self._dsn: Secret | None = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.close()
+
+    @property
+    def env(self) -> str:
+        return str(self.ctx.env.name)
+
+    @property
+    def state_url(self) -> str | None:
+        url = self.invocation.state or self.ctx.env.spec.state
+        return None if url is None else str(url)
+
+    @property
+    def in_database(self) -> bool:
+        """The journal lives in the environment's own database (no --state, no `state:`)."""
+        return self.state_url in (None, "", "database")
+
+    def admin_dsn(self) -> Secret:
+        if self._dsn is None:
+            dsn: Secret = self.ctx.db.admin_dsn()
+            self._dsn = dsn
+        return self._dsn
+
+    def admin(self) -> Any:
+        """The admin session, opened with the run's one DSN; the Context's steps reuse it."""
+        from runbook.context import connect
+
+        ctx = self.ctx
+        if ctx._admin is None or ctx._admin.closed:
+            ctx._admin = connect(self.admin_dsn(), ctx, purpose=self.command)
+        return ctx._admin
+
+    def open_store(self, *, timeout: int = 10, read_only: bool = False) -> StateStore:
+        """The journal; `read_only` runs never create it (runbook.readonly: an absent one reads empty)."""
+        from functools import partial
+
+        from runbook.journal import open_store
+
+        opener = partial(open_store, self.state_url, admin_dsn=self.admin_dsn() if self.in_database else None,
+                         base_dir=self.project.base_dir, env=self.env, connect_timeout=timeout,
+                         app=self.project.spec.app, pool=self.invocation.runtime.pool)
+        if read_only:
+            from runbook.readonly import open_journal
+
+            store: StateStore = open_journal(opener)
+            return store
+        return opener()
+
+    def local_journal(self) -> LocalJournal:
+        return self.invocation.runtime.local_journal(self.project)
+
+    # --- the step engine: every call into it ------------------------------------------------
+    def preview(self, steps: list[engine.Step[Any]]) -> list[engine.StepReport]:
+        """What `steps` would change, with nothing journalled. Plans are pure and a preview runs on
+        a RunState of its own, so nothing it learns reaches the apply that follows."""
+        return engine.run(steps, self.ctx, plan_only=True, journal=_nowhere)
+
+    def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal) -> list[engine.StepReport]:
+        self.state = RunState()
+        return engine.run(steps, self.ctx, plan_only=False, journal=journal, on_step=self.invocation.on_step,
+                          state=self.state)
+
+    def confirmed_apply(self, steps: list[engine.Step[Any]], journal: engine.Journal, result: Result, what: str, *,
+                        before: Callable[[], None] | None = None) -> bool:
+        """Preview → confirm → (`before`) → apply; no preview with --yes. False, and `result` says
+        so, if a person said no."""
+        confirm = self.invocation.confirm
+        if not self.invocation.yes and confirm is not None:
+            preview = self.preview(steps)
+            if not any(s.changes for s in preview):
+                result.say("nothing to change")
+            elif not confirm(what, preview):
+                result.status, result.steps = "cancelled", preview
+                result.say("cancelled; nothing was changed")
+                return False
+        if before is not None:
+            before()
+        result.steps = self.apply(steps, journal)
+        return True
+
+
+def _nowhere(step: str, kind: str, summary: str, data: Any) -> None:
+    """A preview's journal: nothing it plans happened."""
+
+
+def say_pooler(ctx: Context, result: Result) -> None:
+    """What the tool's session goes through and what it does about it (runbook/pooler.py)."""
+    if ctx.pooler is not None and "pooler" not in result.data:
+        result.say(ctx.pooler.describe())
+        result.data["pooler"] = ctx.pooler.to_json()
+
+
+# --- the lifecycle ---------------------------------------------------------------------------
+
+@contextmanager
+def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
+    """Lock the environment, open the journal, record the run; finish it whatever happens.
+    Yields the run's journal (its environment and run id bound)."""
+    from runbook.context import connect
+    from runbook.locks import EnvLock, label
+
+    ctx = run.ctx
+    ctx.info   # the platform's own refusal (plan tier, state) comes before we touch anything
+    lock = EnvLock(run.admin_dsn(), app=run.project.spec.app, env=run.env, label=label(run.project.spec.app, run.command),
+                   connect=lambda dsn, name: connect(dsn, ctx, purpose=name))
+    lock.acquire()
+    ctx.run_started_at = time.time()
+    try:
+        run.admin()         # the steps' admin session, opened with the run's one DSN
+        say_pooler(ctx, result)
+        store = ctx.store = run.open_store()
+        try:
+            run_id = ctx.run_id = store.begin(run.env, run.command, ctx.digest)
+            journal = store.journal(run.env, run_id)
+            for stale in store.interrupted(run.env, run_id):
+                dangling = stale.get("dangling") or []
+                what = f"; it died during: {dangling[0]['step']} ({dangling[0]['summary']})" if dangling else ""
+                msg = f"run #{stale['id']} ({stale['command']}) was interrupted{what}; re-observing everything"
+                result.say(msg)
+                journal("resume", "info", msg, {"interrupted_run": stale["id"]})
+            moved = run.local_journal().drain_into(store, run.env)
+            if moved:
+                result.say(f"imported {moved} locally journalled record(s) into the state store")
+            status = "failed"
+            try:
+                yield journal
+                status = "ok"
+            except GateClosed:
+                status = "waiting"
+                raise
+            except CheckFailed:
+                status = "check-failed"
+                raise
+            finally:
+                store.finish(run_id, status, {"result": result.status})
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+class LocalFirst:
+    """A rollback's journal: every record to the local file first (the store may be the thing
+    that is down), kept here too so that the store gets them once it answers."""
+
+    def __init__(self, run: Run) -> None:
+        self.env = run.env
+        self.file = run.local_journal()
+        self.records: list[Record] = []
+
+    def __call__(self, step: str, kind: str, summary: str, data: Any = None) -> None:
+        self.records.append({"env": self.env, "step": step, "kind": kind, "summary": summary, "data": data})
+        self.file.append(self.records[-1])
+
+
+def to_store(run: Run, journal: LocalFirst, result: Result, *, end_soak: Callable[[StateStore, str], bool]) -> str:
+    """Best effort, bounded: the local-first run's records into the store, recorded as a run of
+    its own, then `end_soak(store, env)`. Returns where the records now are."""
+    local = journal.file
+    try:
+        dsn = None
+        if run.in_database:
+            # an embedded cluster that is down is not started for this (other providers: admin_dsn)
+            dsn = run.ctx.db.admin_dsn_if_running()
+            if dsn is None:
+                raise RunbookError("the embedded database is not running")
+        from runbook.journal import open_store
+
+        store = open_store(run.state_url, admin_dsn=dsn, base_dir=run.project.base_dir, env=run.env,
+                           connect_timeout=3, app=run.project.spec.app, pool=run.invocation.runtime.pool)
+    except Exception as exc:
+        why = exc.message if isinstance(exc, RunbookError) else type(exc).__name__
+        result.say(f"state store unreachable ({redact(why)}); journalled locally at {local.path}")
+        return f"local:{local.path}"
+    drained = False
+    try:
+        run_id = store.begin(run.env, run.command, run.ctx.digest)
+        local.drain_into(store, run.env, run_id)
+        drained = True
+        store.finish(run_id, "ok" if result.status in ("ok", "unchanged") else "failed", {"result": result.status})
+        if end_soak(store, run.env):
+            result.say("the soak ended (rolled back); a rolled-back soak does not allow promotion")
+        return str(store.location)
+    except Exception as exc:
+        if drained:
+            # the records are in the store and gone from the file: saying "journalled locally"
+            # would send the operator to an empty file
+            result.say(f"state store failed mid-write ({type(exc).__name__}) after the rollback's records reached "
+                       f"{store.location}; its soak may still show as running there: `runbook rollback --env "
+                       f"{run.env} --yes` again ends it")
+            return str(store.location)
+        result.say(f"state store failed mid-write ({type(exc).__name__}); journalled locally at {local.path}")
+        return f"local:{local.path}"
+    finally:
+        store.close()
