@@ -7,10 +7,13 @@ engine talks to providers only through these protocols.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Callable, Literal, Mapping, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from runbook.secret import Secret, mask_url
+
+if TYPE_CHECKING:
+    from runbook.dblog import LogLines
 
 CredentialMode = Literal["sql", "api"]
 
@@ -127,6 +130,11 @@ class DatabaseProvider(Protocol):
 
         Return problems as human sentences (each with its fix); empty means go on.
         """
+
+    def read_log(self, since: float, role: str) -> "LogLines | None":
+        """The database's own log since `since` (epoch seconds): `role`'s records only, read
+        with runbook.dblog's caps. None when the platform has no log the tool can read."""
+        return None
 
     # credentials == "api" only
     def credential(self, name: str) -> Credential | None: ...
