@@ -92,6 +92,19 @@ class Budget:
         return not self.exhausted
 
 
+def lines_of(chunks: Iterable[str]) -> Iterator[str]:
+    """Whole lines of text that arrives in pieces (API pages), each with its newline."""
+    carry = ""
+    for chunk in chunks:
+        data = carry + chunk
+        parts = data.split("\n")
+        carry = parts.pop()
+        for part in parts:
+            yield part + "\n"
+    if carry:
+        yield carry
+
+
 # --- time ---------------------------------------------------------------------------------
 
 _TS = re.compile(r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*([A-Za-z][A-Za-z0-9_/+-]*|[+-]\d{2}(?::?\d{2})?|Z)?")
