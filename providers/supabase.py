@@ -299,6 +299,11 @@ class SupabaseDatabase(_UsesManagement):
                     "role; connect as postgres (database.admin_user)"]
         return []
 
+    def read_log(self, since: float, role: str):
+        from providers import supabase_logs
+
+        return supabase_logs.read(self.mgmt, self.ref, since, role)
+
     # credentials are SQL roles for this provider
     def credential(self, name: str) -> Credential | None:
         raise NotImplementedError("Supabase application roles are created in SQL")
