@@ -131,9 +131,11 @@ class DatabaseProvider(Protocol):
         Return problems as human sentences (each with its fix); empty means go on.
         """
 
-    def read_log(self, since: float, role: str) -> "LogLines | None":
+    def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
         """The database's own log since `since` (epoch seconds): `role`'s records only, read
-        with runbook.dblog's caps. None when the platform has no log the tool can read."""
+        with runbook.dblog's caps. None when the platform has no log the tool can read, and,
+        when not `asked` (the soak check nobody wrote), wherever reading it needs more than the
+        tool already uses (another API, another permission)."""
         return None
 
     # credentials == "api" only

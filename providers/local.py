@@ -175,7 +175,7 @@ class LocalDatabase:
             password=password, sslmode=sslmode,
         )
 
-    def read_log(self, since: float, role: str):
+    def read_log(self, since: float, role: str, *, asked: bool = True):
         from providers import local_logs
 
         if self.config.server_log:

@@ -55,3 +55,8 @@ def test_no_permission_is_inconclusive_with_the_role_to_grant(bare_fake, logging
     logging_fake.forbidden = True
     lines = open_with_logging(open_db, bare_fake, logging_fake).read_log(NOW - 60, "app")
     assert "may not list log entries" in lines.problem and "roles/logging.viewer" in lines.fix
+
+
+def test_not_asked_it_reads_nothing(bare_fake, logging_fake, open_db):
+    assert open_with_logging(open_db, bare_fake, logging_fake).read_log(NOW - 60, "app", asked=False) is None
+    assert logging_fake.bodies == []

@@ -59,3 +59,8 @@ def test_lines_without_the_user_are_inconclusive(bare_fake, logplex, open_db):
     logplex.lines[APP] = [f"{stamp} app[postgres.1234]: [DATABASE] [7-1]  sql_error_code = 42501 ERROR:  permission denied"]
     lines = open_db(bare_fake).read_log(NOW - 60, "app")
     assert "do not name the user" in lines.problem
+
+
+def test_not_asked_it_reads_nothing(bare_fake, logplex, open_db):
+    assert open_db(bare_fake).read_log(NOW - 60, "app", asked=False) is None
+    assert logplex.bodies == []

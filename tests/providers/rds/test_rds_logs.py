@@ -95,3 +95,9 @@ def test_no_permission_to_read_is_inconclusive_with_the_iam_actions(aws, ctx, lo
     lines = make_db(ctx, logs, instance="raptor-staging").read_log(NOW - 60, "app")
     assert "may not read" in lines.problem
     assert "rds:DescribeDBLogFiles" in lines.fix and "rds:DownloadDBLogFilePortion" in lines.fix
+
+
+def test_not_asked_it_reads_nothing(aws, ctx, logs):
+    create_instance("raptor-staging")
+    assert make_db(ctx, logs, instance="raptor-staging").read_log(NOW - 60, "app", asked=False) is None
+    assert logs.calls == []

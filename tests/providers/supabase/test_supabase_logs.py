@@ -45,3 +45,8 @@ def test_a_role_name_that_cannot_be_quoted_is_refused(bare_fake, open_db):
     asked = fake_logs.install(bare_fake, [])
     lines = open_db(bare_fake).read_log(NOW - 60, "app' or 1=1 --")
     assert "cannot be put" in lines.problem and asked == []
+
+
+def test_not_asked_it_reads_nothing(bare_fake, open_db):
+    asked = fake_logs.install(bare_fake, [])
+    assert open_db(bare_fake).read_log(NOW - 60, "app", asked=False) is None and asked == []
