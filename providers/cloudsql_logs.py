@@ -51,4 +51,4 @@ def read(api: Any, headers: dict[str, str], project: str, instance: str, since: 
         if not token or budget.exhausted:
             break
         body = {**body, "pageToken": token}
-    return LogLines(source, tuple(records), partial=budget.exhausted, text=True)
+    return LogLines(source, tuple(records), partial=budget.exhausted, text=True, by_message=True)

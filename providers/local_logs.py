@@ -89,7 +89,8 @@ def read_file(dsn: Secret, path: Path, since: float, role: str) -> LogLines:
         budget = Budget()
         records = _parse(fmt, _lines(chunks(), start > 0), role, prefix, zone(settings.get("log_timezone")), budget)
     partial = budget.exhausted or (f"only the last {MAX_BYTES // CHUNK} MiB read" if start else None)
-    return LogLines(source, tuple(records), partial=partial, text=fmt == "stderr")
+    return LogLines(source, tuple(records), partial=partial, text=fmt == "stderr",
+                    by_message=fmt == "stderr" and "%e" not in prefix)
 
 
 def read_collector(dsn: Secret, since: float, role: str) -> LogLines | None:
@@ -163,4 +164,5 @@ def read_collector(dsn: Secret, since: float, role: str) -> LogLines | None:
                                   budget)
         except psycopg.errors.InsufficientPrivilege:
             return LogLines(source, problem=f"{admin} may not read the server log files", fix=fix)
-    return LogLines(source, tuple(records), partial=budget.exhausted or partial, text=fmt == "stderr")
+    return LogLines(source, tuple(records), partial=budget.exhausted or partial, text=fmt == "stderr",
+                    by_message=fmt == "stderr" and "%e" not in prefix)

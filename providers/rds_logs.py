@@ -66,4 +66,4 @@ def read(aws: Any, instances: list[str], since: float, role: str) -> LogLines:
             return LogLines(source, problem=f"the AWS identity may not read the log files ({exc.code})",
                             fix=f"allow {PERMISSIONS} on the DB instance(s)")
         raise
-    return LogLines(source, tuple(records), partial=budget.exhausted, text=text)
+    return LogLines(source, tuple(records), partial=budget.exhausted, text=text, by_message=text)

@@ -209,6 +209,11 @@ def check_errors(ctx, max_errors: int = 0, *, required: bool = True) -> CheckRes
         problem = dblog.names_problem((r[0] for r in rows), role)
         if problem:
             return CheckResult("errors", "inconclusive", f"{log.source}: {problem}")
+    if log.by_message:
+        row = ctx.admin().execute("SELECT pg_catalog.current_setting('lc_messages')").fetchone()
+        problem = dblog.locale_problem(str(row[0]) if row else "")
+        if problem:
+            return CheckResult("errors", "inconclusive", f"{log.source}: {problem}", dblog.LOCALE_FIX)
     found = dblog.count(log.records, role, since)
     summary = (f"{found.permission_denied} permission denied, {found.auth_failed} authentication failure(s) for "
                f"{role} {when} (max {max_errors}) in {log.source}")

@@ -61,6 +61,7 @@ class LogLines:
     fix: str | None = None
     partial: str | None = None
     text: bool = False         # attributed through log_line_prefix (see names_problem)
+    by_message: bool = False   # no SQLSTATE in the lines: counted by English message text (see locale_problem)
 
 
 def clean(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -195,6 +196,18 @@ def names_problem(names: Iterable[str], role: str) -> str | None:
             return (f"a role or database named {clean(name, 60)!r} could pass for {role} in a text log; "
                     "use log_destination = 'jsonlog' or 'csvlog', or rename it")
     return None
+
+
+def locale_problem(lc_messages: str) -> str | None:
+    """Why messages cannot be counted by their text under this lc_messages, or None."""
+    value = (lc_messages or "").strip()
+    if value in ("", "C", "POSIX") or value.lower().startswith(("en", "c.")):
+        return None
+    return (f"lc_messages = {clean(value, 40)!r} translates the messages, and this log carries no SQLSTATE to "
+            "count them by")
+
+
+LOCALE_FIX = "lc_messages = 'C' (or add %e to log_line_prefix where you may set it)"
 
 
 def prefix_pattern(prefix: str, role: str) -> re.Pattern[str]:

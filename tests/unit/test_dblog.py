@@ -135,3 +135,9 @@ def test_times_in_other_zones():
     berlin = dblog.zone("Europe/Berlin")
     assert dblog.parse_time("2026-12-01 13:00:00.000 CET", berlin) == T0
     assert dblog.parse_time("2026-12-01 13:00:00.000 XYZ", berlin) is None
+
+
+@pytest.mark.parametrize("value,ok", [("C", True), ("", True), ("POSIX", True), ("C.UTF-8", True),
+                                      ("en_US.UTF-8", True), ("de_DE.UTF-8", False), ("fr_FR", False)])
+def test_only_english_messages_can_be_counted_by_their_text(value, ok):
+    assert (dblog.locale_problem(value) is None) == ok
