@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, MutableMapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Mapping, MutableMapping, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.secret import Secret, mask_url
+
+if TYPE_CHECKING:
+    from runbook.dblog import LogLines
 
 CredentialMode = Literal["sql", "api"]
 
@@ -247,6 +250,13 @@ class DatabaseProvider(Protocol):
 
     def close(self) -> None: ...
 
+    def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
+        """The database's own log since `since` (epoch seconds): `role`'s records only, read
+        with runbook.dblog's caps. None when the platform has no log the tool can read, and,
+        when not `asked` (the soak check nobody wrote), wherever reading it needs more than the
+        tool already uses (another API, another permission)."""
+        ...
+
     # credentials == "api" only
     def credential(self, name: str) -> Credential | None: ...
     def create_credential(self, name: str) -> Credential: ...
@@ -295,6 +305,9 @@ class DatabaseBase:
 
     def embedded_server(self) -> EmbeddedServer | None:
         return None
+
+    def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
+        return None        # no database log the tool can read
 
     def close(self) -> None:
         return None

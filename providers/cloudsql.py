@@ -144,6 +144,7 @@ class CloudSqlDatabase(DatabaseBase):
         self._budget = budget        # default: the budget shared by every client of this identity
         self._api: ApiClient | None = None
         self._instance: dict[str, Any] | None = None
+        self._logging: ApiClient | None = None   # Cloud Logging, for the soak's errors check
 
     # -- Admin API -------------------------------------------------------------------------
 
@@ -158,6 +159,20 @@ class CloudSqlDatabase(DatabaseBase):
         if self._api is not None:
             self._api.close()
             self._api = None
+        if self._logging is not None:
+            self._logging.close()
+            self._logging = None
+
+    def read_log(self, since: float, role: str, *, asked: bool = True):
+        if not asked:
+            return None      # the log API and its permission are the operator's to grant: on when written
+        from providers import cloudsql_logs
+
+        if self._logging is None:
+            self._logging = api_client(self.ctx, self.auth, self._budget, title="Cloud Logging API",
+                                       url_env="LOGGING_API_URL", default_url=cloudsql_logs.DEFAULT_API)
+        return cloudsql_logs.read(self._logging, self.auth.headers(), self.config.project, self.config.instance,
+                                  since, role)
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         response = self.api.request(method, path, headers=self.auth.headers(), **kw)

@@ -166,6 +166,8 @@ class Cluster:
             "fsync": "off",
             "max_connections": "200",
             "password_encryption": "scram-sha-256",
+            # the user in every line, so the soak's `errors` check can attribute the log (quoted for pg_ctl's shell)
+            "log_line_prefix": "'%m [%p] %q%u@%d '",
             **(settings or {}),
         }
         o = " ".join(f"-c {k}={v}" for k, v in opts.items())

@@ -457,6 +457,16 @@ class HerokuDatabase(DatabaseBase):
             self._addon, self._attachment = self.api.resolve_addon(self.app, self.config.addon)
         return self._addon
 
+    def read_log(self, since: float, role: str, *, asked: bool = True):
+        if not asked:
+            return None      # the log API and its permission are the operator's to grant: on when written
+        from providers import heroku_logs
+
+        # the add-on's log goes to the app that owns it, which may not be the one attached here
+        owner = str((self._resolve().get("app") or {}).get("name") or self.app)
+        return heroku_logs.read(self.api, owner, since, role, transport=self.ctx.http_transport,
+                                timeout=self.ctx.retry.timeout_seconds)
+
     def _supported(self) -> dict[str, Any]:
         """The add-on, after the tier check: every credentials call goes through here first, so an
         Essential or Advanced database never receives a mutating request."""

@@ -28,6 +28,9 @@ class LocalDatabaseConfig(AppAddress):
     embedded: str = Field(default=".runbook/pg", description="data folder of the embedded PostgreSQL")
     sslmode: SslMode | None = Field(default=None, description="sslmode of the app URL (default: the admin DSN's, else prefer)", examples=['require'])
     database: str | None = Field(default=None, description="database name for the embedded server (default: the app name)", examples=['raptor'])
+    server_log: str | None = Field(default=None, description="the server's log file, read by the soak's `errors` check "
+                                   "(default: the embedded server's own, else the logging collector's over SQL)",
+                                   examples=["/var/log/postgresql/postgresql-16-main.log"])
 
     @field_validator("dsn")
     @classmethod
@@ -143,6 +146,17 @@ class LocalDatabase(DatabaseBase):
             name=user, user=user, host=host, port=port, database=str(parts.get("dbname") or user),
             password=password, sslmode=sslmode,
         )
+
+    def read_log(self, since: float, role: str, *, asked: bool = True):
+        from providers import local_logs
+
+        if self.config.server_log:
+            path = Path(self.config.server_log).expanduser()
+            path = path if path.is_absolute() else Path(str(self.ctx.base_dir)) / path
+            return local_logs.read_file(self.admin_dsn(), path, since, role)
+        if self.embedded:
+            return local_logs.read_file(self.admin_dsn(), self._cluster().log_file, since, role)
+        return local_logs.read_collector(self.admin_dsn(), since, role)
 
     def stop_embedded(self) -> bool:
         if not self.embedded:

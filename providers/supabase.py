@@ -305,6 +305,13 @@ class SupabaseDatabase(_UsesManagement, DatabaseBase):
                     "role; connect as postgres (database.admin_user)"]
         return []
 
+    def read_log(self, since: float, role: str, *, asked: bool = True):
+        if not asked:
+            return None      # the log API and its permission are the operator's to grant: on when written
+        from providers import supabase_logs
+
+        return supabase_logs.read(self.mgmt, self.ref, since, role)
+
     # credentials are SQL roles for this provider
     def credential(self, name: str) -> Credential | None:
         raise NotImplementedError("Supabase application roles are created in SQL")

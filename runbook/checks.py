@@ -155,14 +155,86 @@ def check_flag(ctx) -> CheckResult:
                        f"runbook provision --env {ctx.env.name}")
 
 
-def diagnose(ctx) -> list[CheckResult]:
-    """The runbook's four checks, in order."""
+def four_checks(ctx) -> list[CheckResult]:
+    """The runbook's four checks, in order (the soak's `diagnose`)."""
     return [
         _guard("role", lambda: check_role(ctx)),
         _guard("grants", lambda: check_grants(ctx)),
         _guard("url", lambda: check_url(ctx)),
         _guard("flag", lambda: check_flag(ctx)),
     ]
+
+
+def diagnose(ctx) -> list[CheckResult]:
+    """The runbook's four checks, in order; then the role's errors in the database log, where
+    the platform has a log the tool can read."""
+    results = four_checks(ctx)
+    errors = _guard("errors", lambda: check_errors(ctx, required=False) or CheckResult("errors", "skip", ""))
+    return results + ([errors] if errors.status != "skip" else [])
+
+
+def _errors_since(ctx) -> tuple[float, str]:
+    """When the flag went on (the soak's start), or the last day when no soak is on record."""
+    import time
+
+    soak = None
+    if ctx.store is not None:
+        soak = ctx.store.open_soak(ctx.env.name) or ctx.store.latest_soak(ctx.env.name)
+    if soak:
+        return float(soak["started_at"]), "since the flag went on"
+    return time.time() - 86400.0, "in the last 24 h (no soak on record)"
+
+
+def check_errors(ctx, max_errors: int = 0, *, required: bool = True) -> CheckResult | None:
+    """The role's "permission denied" and authentication failures in the database's own log.
+
+    `required` False (the check nobody wrote, on by default): None where the platform has no
+    log the tool can read, instead of an inconclusive that no operator asked for."""
+    from runbook import dblog
+
+    role = ctx.role.name
+    since, when = _errors_since(ctx)
+    log = ctx.db.read_log(since, role, asked=required)
+    if log is None or log.problem:
+        if not required:
+            return None
+        if log is None:
+            return CheckResult("errors", "inconclusive", f"{ctx.db.key}: no database log the tool can read",
+                               "on local, set database.server_log to the server's log file")
+        return CheckResult("errors", "inconclusive", f"{log.source}: {log.problem}", log.fix)
+    if log.text:
+        # a text log attributes lines through log_line_prefix: names with spaces could forge them
+        rows = ctx.admin().execute("SELECT rolname FROM pg_catalog.pg_roles UNION ALL "
+                                   "SELECT datname FROM pg_catalog.pg_database").fetchall()
+        problem = dblog.names_problem((r[0] for r in rows), role)
+        if problem:
+            return CheckResult("errors", "inconclusive", f"{log.source}: {problem}")
+    if log.by_message:
+        row = ctx.admin().execute("SELECT pg_catalog.current_setting('lc_messages')").fetchone()
+        problem = dblog.locale_problem(str(row[0]) if row else "")
+        if problem:
+            return CheckResult("errors", "inconclusive", f"{log.source}: {problem}", dblog.LOCALE_FIX)
+    found = dblog.count(log.records, role, since)
+    summary = (f"{found.permission_denied} permission denied, {found.auth_failed} authentication failure(s) for "
+               f"{role} {when} (max {max_errors}) in {log.source}")
+    if found.total > max_errors:
+        return CheckResult("errors", "fail", redact(summary + ": " + " | ".join(found.first)),
+                           f"grant what the app needs (`runbook drift --env {ctx.env.name}`), or fix the app's URL "
+                           f"(`runbook rotate --env {ctx.env.name}`); raise errors.max only for errors the app expects")
+    if log.partial:
+        return CheckResult("errors", "inconclusive", f"{summary}; {log.partial}, so more may be unread")
+    return CheckResult("errors", "pass", summary)
+
+
+def checkpoint_checks(ctx, soak) -> list[CheckResult]:
+    """Every check of one soak checkpoint: the ones written, and `errors` when none were
+    written and the platform has a log the tool can read."""
+    results = [soak_check(ctx, check) for check in soak.checks]
+    if "checks" not in soak.model_fields_set:
+        extra = _guard("errors", lambda: check_errors(ctx, required=False) or CheckResult("errors", "skip", ""))
+        if extra.status != "skip":
+            results.append(extra)
+    return results
 
 
 def check_connections(ctx, application_name: str | None, min_sessions: int) -> CheckResult:
@@ -219,7 +291,7 @@ def soak_check(ctx, spec) -> CheckResult:
     kind = spec.kind
     if kind == "diagnose":
         def run():
-            results = diagnose(ctx)
+            results = four_checks(ctx)
             bad = [r for r in results if r.status == "fail"]
             unsure = [r for r in results if r.status == "inconclusive"]
             if bad:
@@ -233,6 +305,8 @@ def soak_check(ctx, spec) -> CheckResult:
             r = check_grants(ctx)
             return CheckResult("drift", r.status, r.detail, r.fix)
         return _guard("drift", run)
+    if kind == "errors":
+        return _guard("errors", lambda: check_errors(ctx, spec.errors.max if spec.errors else 0))
     if kind == "connections":
         c = spec.connections
         return _guard(spec.label(), lambda: check_connections(ctx, c.application_name if c else None, c.min_sessions if c else 1))

@@ -285,6 +285,11 @@ class CommandCheck(Strict):
                               examples=[["KUBECONFIG", "AWS_PROFILE"]])
 
 
+class ErrorsCheck(Strict):
+    max: int = Field(default=0, ge=0, description="Permission-denied and authentication errors of the role in the "
+                     "database log, since the flag went on, that still pass", examples=[0, 5])
+
+
 # keys of shared provider models whose own description is still to come (their owner's field wins)
 _FALLBACK_DESCRIPTIONS = {
     ("Connect", "host"): ("host (or Unix socket folder) the tool connects to instead of the platform's address",
@@ -312,10 +317,13 @@ def _check_shorthands(schema: dict[str, Any]) -> None:
     long_form = dict(schema)
     schema.clear()
     schema.update({
-        "description": "A soak check: diagnose, drift, connections, {connections: …}, {command: …}, {http: …}",
+        "description": "A soak check: diagnose, drift, connections, errors, {connections: …}, {errors: …}, "
+                       "{command: …}, {http: …}",
         "examples": ["diagnose", {"command": "./smoke.sh --env={env}"}],
         "anyOf": [
-            {"enum": ["diagnose", "drift", "connections"]},
+            {"enum": ["diagnose", "drift", "connections", "errors"]},
+            {"type": "object", "additionalProperties": False, "required": ["errors"],
+             "properties": {"errors": {"anyOf": [{"$ref": "#/$defs/ErrorsCheck"}, {"type": "null"}]}}},
             {"type": "object", "additionalProperties": False, "required": ["connections"],
              "properties": {"connections": {"anyOf": [{"$ref": "#/$defs/ConnectionsCheck"}, {"type": "null"}]}}},
             {"type": "object", "additionalProperties": False, "required": ["command"],
@@ -330,29 +338,31 @@ def _check_shorthands(schema: dict[str, Any]) -> None:
 class CheckSpec(Strict):
     """One soak check; written as `diagnose`, `drift`, or a one-key mapping."""
 
-    kind: Literal["diagnose", "drift", "connections", "command", "http"] = Field(
+    kind: Literal["diagnose", "drift", "connections", "command", "http", "errors"] = Field(
         description="Which check (the long form; usually written as the shorthand)", examples=["diagnose"])
     connections: ConnectionsCheck | None = Field(default=None, description="The app's sessions as the role")
     command: CommandCheck | None = Field(default=None, description="A smoke command")
     http: HttpCheck | None = Field(default=None, description="An HTTP health URL")
+    errors: ErrorsCheck | None = Field(default=None, description="The role's errors in the database's own log")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         if isinstance(v, str):
-            if v in ("diagnose", "drift", "connections"):
-                return {"kind": v, **({"connections": {}} if v == "connections" else {})}
-            raise ValueError(f"{v!r} is not a check (diagnose, drift, connections, command, http)")
+            if v in ("diagnose", "drift", "connections", "errors"):
+                return {"kind": v, **({v: {}} if v in ("connections", "errors") else {})}
+            raise ValueError(f"{v!r} is not a check (diagnose, drift, connections, errors, command, http)")
         if isinstance(v, dict) and "kind" not in v:
             if len(v) != 1:
-                raise ValueError("a check is one of: diagnose, drift, {connections: …}, {command: …}, {http: …}")
+                raise ValueError("a check is one of: diagnose, drift, errors, {connections: …}, {errors: …}, "
+                                 "{command: …}, {http: …}")
             (key, body), = v.items()
             if key == "command" and isinstance(body, str):
                 body = {"run": body}
-            if key == "connections" and body is None:
+            if key in ("connections", "errors") and body is None:
                 body = {}
-            if key not in ("connections", "command", "http"):
-                hint = difflib.get_close_matches(str(key), ["connections", "command", "http"], n=1)
+            if key not in ("connections", "command", "http", "errors"):
+                hint = difflib.get_close_matches(str(key), ["connections", "command", "http", "errors"], n=1)
                 raise ValueError(f"{key!r} is not a check" + (f"; did you mean {hint[0]}?" if hint else ""))
             return {"kind": key, key: body}
         return v

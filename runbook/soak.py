@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from runbook.checks import CheckResult, soak_check
+from runbook.checks import CheckResult, checkpoint_checks
 from runbook.durations import format_duration
 from runbook.readonly import cannot_write
 from runbook.secret import redact
@@ -120,7 +120,7 @@ def evaluate(ctx, store, *, now: float | None = None) -> SoakView:
     for point in current.checkpoints:
         due = started + point.offset <= now
         if point.status == "pending" and due:
-            results = [soak_check(ctx, check) for check in spec.checks]
+            results = checkpoint_checks(ctx, spec)
             status = _aggregate(results)
             late = _late(point.offset, previous, now, started)
             payload = {"checks": [r.to_json() for r in results]}

@@ -124,7 +124,9 @@ import ast  # noqa: E402
 
 # what a provider may use of the engine's package: its errors, the Secret type, durations, the
 # child-process runner; nothing that knows about runs, steps or the project file
-PROVIDERS_MAY_IMPORT = {"runbook.errors", "runbook.secret", "runbook.durations", "runbook.shell"}
+# runbook.dblog is a leaf like these (the standard library only): PostgreSQL's log formats, which
+# each provider's log reader parses and the engine's `errors` check counts
+PROVIDERS_MAY_IMPORT = {"runbook.errors", "runbook.secret", "runbook.durations", "runbook.shell", "runbook.dblog"}
 # what the engine may use of providers/: the registry (providers/__init__.py) and the contract
 RUNBOOK_MAY_IMPORT = {"providers", "providers.base"}
 
