@@ -79,6 +79,36 @@ def select(project: Any, values: Sequence[str]) -> list[str]:
     return chosen
 
 
+def parse_shard(value: str) -> tuple[int, int]:
+    """`--shard I/N` → (I, N), 1 ≤ I ≤ N (GitLab's CI_NODE_INDEX/CI_NODE_TOTAL are already this)."""
+    index, sep, total = value.strip().partition("/")
+    try:
+        i, n = int(index), int(total)
+    except ValueError:
+        i = n = 0
+    if not sep or not 1 <= i <= n:
+        raise ConfigError(f"--shard {value!r}: I/N with 1 ≤ I ≤ N, e.g. --shard 2/4")
+    return i, n
+
+
+def shard_of(name: str, total: int) -> int:
+    """The shard (1…total) an environment belongs to: rendezvous hashing of its name, so it depends
+    on the name and the shard count alone. Adding or removing an environment moves no other one,
+    and going from N to N+1 shards moves only the ~1/(N+1) that the new shard wins."""
+    import hashlib
+
+    return max(range(1, total + 1),
+               key=lambda s: hashlib.blake2b(f"{s}\0{name}".encode(), digest_size=8).digest())
+
+
+def shard(envs: Sequence[str], value: str | None) -> list[str]:
+    """The share of `envs` that `--shard I/N` selects, in the same order (all of them without it)."""
+    if value is None:
+        return list(envs)
+    i, n = parse_shard(value)
+    return [e for e in envs if shard_of(e, n) == i]
+
+
 def worst(codes: Sequence[int]) -> int:
     """The most severe exit code; a code outside the table (130, a bug's) outranks all of it."""
     if not codes:
