@@ -112,7 +112,10 @@ class Tool:
         return self.cluster.admin_conninfo(DB)
 
     def pg_env(self) -> dict[str, str]:
-        return {**os.environ, "PGHOST": str(self.cluster.socket_dir), "PGPORT": str(self.cluster.port),
+        # every tool runs from its compiled bytecode, as an installed tool does (this machine sets
+        # PYTHONDONTWRITEBYTECODE, which otherwise makes each run of an editable install recompile)
+        environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**environ, "PGHOST": str(self.cluster.socket_dir), "PGPORT": str(self.cluster.port),
                 "PGUSER": "postgres", "PGDATABASE": DB, **self.env}
 
     def command(self, op: str) -> list[str] | None:

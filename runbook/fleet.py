@@ -24,12 +24,14 @@ import fnmatch
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook.errors import ConfigError, RunbookError
 from runbook.secret import redact
+
+if TYPE_CHECKING:       # every verb imports this module to ask is_fleet(); only a fleet needs threads
+    from concurrent.futures import Future
 
 MAX_PARALLEL = 32
 GLOB_CHARS = "*?["
@@ -233,7 +235,11 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
 
     envs = list(envs)
     fleet = FleetResult(command, envs, parallel)
-    with shared_connections() as pool:   # environments journalling to one central store share its connections
+    # environments journalling to one central store share its connections, and the environments of
+    # one platform account share its HTTP clients (providers.clients)
+    from providers.clients import shared_clients
+
+    with shared_connections() as pool, shared_clients():
         warming = None
         if command in MUTATING:          # each environment journals: connect while the first wave starts
             warming = pool.prewarm(_store_users(project, envs, kwargs.get("state"), parallel))
@@ -260,6 +266,8 @@ def _run_all(fleet: FleetResult, fn: Callable[..., Any], project: Any,
     envs, parallel = fleet.envs, fleet.parallel
     started = time.perf_counter()
     done: dict[str, Outcome] = {}
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(envs))), thread_name_prefix="runbook-fleet")
     futures: dict[Future[Outcome], str] = {pool.submit(run_one, fn, project, env, kwargs): env for env in envs}
     pending = set(futures)
