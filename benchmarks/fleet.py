@@ -18,7 +18,7 @@ credential is a real role, and roles are cluster-wide), so it would measure 50 P
   connect at once, and each dropped SYN costs a 1 s retransmit (a ~1.2 s outlier run).
 - The journal is a central PostgreSQL store (`--state postgresql://…`, the fleet set-up of
   DESIGN.md) on a private embedded cluster; each environment gets its own run and events there,
-  over connections the fleet's environments share (runbook.journal.shared_connections).
+  over connections the fleet's environments share (the Runtime's pool, runbook/run.py).
 
 Scenarios (each on a fresh fake and token, so a fresh shared budget):
   full      the account's whole bucket (4,500 requests, refilling 75/min, Heroku's documented limit):

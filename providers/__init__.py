@@ -39,6 +39,14 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def shared_clients() -> Any:
+    """While open, the ApiClients of this process share one httpx client per account (a fleet's;
+    providers/clients.py). Here so that runbook/ reaches it through the registry."""
+    from providers.clients import shared_clients as sharing
+
+    return sharing()
+
+
 def database_config(key: str) -> Any:
     from providers.base import with_pooler
 

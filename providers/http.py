@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from providers import clients as _clients
 from providers.base import RetryPolicy
 from runbook.errors import ProviderError
 from runbook.secret import redact
@@ -283,6 +285,13 @@ def _tls_context() -> Any:
     return _TLS
 
 
+def _client_key(base_url: str, headers: dict[str, str], timeout: float, transport: Any) -> tuple[Any, ...]:
+    # the credentials are in the headers: hashed, so two tokens never share a client
+    digest = hashlib.sha256(repr(sorted(headers.items())).encode()).hexdigest()
+    # the transport itself, not its id(): the key keeps it alive, so a later one cannot reuse the id
+    return (base_url, digest, timeout, transport)
+
+
 ErrorFormatter = Callable[[httpx.Response], str]
 
 
@@ -316,17 +325,25 @@ class ApiClient:
         self.sleep = sleep
         self.clock = clock
         self.calls = 0
-        self.client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(retry.timeout_seconds, connect=min(10.0, retry.timeout_seconds)),
-            transport=transport,
-            follow_redirects=False,
-            verify=_tls_context() if transport is None else True,
-        )
+
+        def build() -> httpx.Client:
+            return httpx.Client(
+                base_url=base_url.rstrip("/"),
+                headers=headers,
+                timeout=httpx.Timeout(retry.timeout_seconds, connect=min(10.0, retry.timeout_seconds)),
+                transport=transport,
+                follow_redirects=False,
+                verify=_tls_context() if transport is None else True,
+            )
+
+        pool = _clients.sharing()
+        self._owned = pool is None
+        self.client = build() if pool is None else pool.get(
+            _client_key(base_url.rstrip("/"), headers, retry.timeout_seconds, transport), build)
 
     def close(self) -> None:
-        self.client.close()
+        if self._owned:         # a shared client closes with the fleet (SharedClients.close)
+            self.client.close()
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200, 201, 202, 204),

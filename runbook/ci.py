@@ -16,6 +16,8 @@ from typing import Any
 from runbook.errors import ConfigError
 
 KINDS = ("github", "gitlab")
+SHARDS = 4              # machines a fleet template spreads the environments over (--shard I/N)
+FLEET_PARALLEL = 10     # environments each of them runs at once
 
 # soak and promote exit codes a job should not fail on: 3 = a checkpoint is not due yet
 _SOAK_SCRIPT = """\
@@ -208,8 +210,40 @@ jobs:
           cat promote.md >> "$GITHUB_STEP_SUMMARY"
           exit "$code"
 """
+    every_dsn = "\n".join(f"{e['dsn_var']}: ${{{{ secrets.{e['readonly']} }}}}" for e in envs)
+    fleet = f"""\
+# The same nightly drift for a fleet too large for one job per environment: the environments are
+# split over {SHARDS} machines by `--shard I/N` (a stable hash of each name: adding an environment
+# moves no other one), and each machine runs its share {FLEET_PARALLEL} at a time.
+name: runbook fleet drift
+on:
+  schedule:
+    - cron: "41 3 * * *"
+  workflow_dispatch: {{}}
+permissions:
+  contents: read
+jobs:
+  drift:
+    runs-on: ubuntu-latest
+    strategy:
+      fail-fast: false
+      matrix:
+        shard: [{", ".join(str(i) for i in range(1, SHARDS + 1))}]
+    env:
+      RUNBOOK_FILE: {name}
+      SHARD: ${{{{ matrix.shard }}}}
+{_indent(every_dsn, 6)}
+    steps:
+{_indent(setup, 6)}
+      - name: runbook drift (one shard of the fleet)
+        run: |
+          runbook drift --env '*' --shard "$SHARD/{SHARDS}" --parallel {FLEET_PARALLEL} --output markdown > drift.md && code=0 || code=$?
+          cat drift.md >> "$GITHUB_STEP_SUMMARY"
+          exit "$code"
+"""
     return {".github/workflows/runbook-plan.yml": plan, ".github/workflows/runbook-drift.yml": drift,
-            ".github/workflows/runbook-soak.yml": soak, ".github/workflows/runbook-promote.yml": promote}
+            ".github/workflows/runbook-soak.yml": soak, ".github/workflows/runbook-promote.yml": promote,
+            ".github/workflows/runbook-fleet-drift.yml": fleet}
 
 
 def _json_map(envs: list[dict[str, Any]]) -> str:
@@ -227,6 +261,8 @@ def gitlab(project_file: Path) -> dict[str, str]:
         return _indent("\n".join(rows), 6)
 
     targets = [e for e in envs if e["promote"]] or [envs[-1]]
+    # each environment's DSN variable from its read-only CI/CD variable, by name (never a value)
+    every_export = _indent("\n".join(f'- export "{e["dsn_var"]}=${e["readonly"]}"' for e in envs), 4)
     text = f"""\
 # pg-runbook jobs; include from .gitlab-ci.yml:   include: [{{local: .gitlab-ci.runbook.yml}}]
 # CI/CD variables: one per environment and purpose, named in each job's matrix (DSN_SECRET);
@@ -267,6 +303,20 @@ runbook-drift:
 {matrix("readonly")}
   script:
     - runbook drift --env "$RUNBOOK_ENV" --output markdown > drift.md && code=0 || code=$?
+    - cat drift.md; exit "$code"
+
+# A fleet too large for one job per environment: {SHARDS} jobs, each running its share of every
+# environment (`--shard` with GitLab's 1-based CI_NODE_INDEX of CI_NODE_TOTAL).
+runbook-fleet-drift:
+  extends: .runbook
+  rules:
+    - if: $CI_PIPELINE_SOURCE == "schedule" && $RUNBOOK_JOB == "fleet-drift"
+  parallel: {SHARDS}
+  before_script:
+    - pip install --quiet pg-runbook   # add [aws] or [gcp] for rds/ecs or cloudsql/cloudrun
+{every_export}
+  script:
+    - runbook drift --env '*' --shard "$CI_NODE_INDEX/$CI_NODE_TOTAL" --parallel {FLEET_PARALLEL} --output markdown > drift.md && code=0 || code=$?
     - cat drift.md; exit "$code"
 
 runbook-soak:

@@ -38,6 +38,7 @@ class _Opts:
     output: Output = Output.text
     debug: bool = False
     quiet: bool = False
+    shard: Optional[str] = None
 
 
 OPTS = _Opts()
@@ -75,6 +76,9 @@ StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: s
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or report on stderr; errors, the exit "
                                                               "code and --output json still come")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="I/N", envvar="RUNBOOK_SHARD",
+    help="fleets: run only shard I of N of the environments matched (stable by name; a CI matrix runs 1/N…N/N)")]
 
 
 def _version(value: bool) -> None:
@@ -92,11 +96,13 @@ def _global(
     output: OutOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    shard: ShardOpt = None,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
                                           help="print the version and exit")] = False,
 ) -> None:
     # every invocation starts from the defaults: main() may run several times in one process
     OPTS.file, OPTS.state, OPTS.debug = file, state, debug
+    OPTS.shard = shard
     OPTS.output = output if output is not None else Output.text
     if OPTS.quiet and not quiet:     # an earlier in-process invocation's --quiet
         from runbook import render
@@ -120,12 +126,14 @@ _AFTER_VERB = {
     "output": (OutOpt, None),
     "quiet": (QuietOpt, False),
     "debug": (DebugOpt, False),
+    "shard": (ShardOpt, None),          # only on the verbs that run fleets (they take --parallel)
 }
 
 
 def _with_global_options(fn):
     own = inspect.signature(fn, eval_str=True)
-    added = [name for name in _AFTER_VERB if name not in own.parameters]
+    added = [name for name in _AFTER_VERB if name not in own.parameters
+             and (name != "shard" or "parallel" in own.parameters)]
 
     @functools.wraps(fn)
     def command(**kw):
@@ -138,6 +146,8 @@ def _with_global_options(fn):
             OPTS.output = given["output"]
         if given.get("debug"):
             OPTS.debug = True
+        if given.get("shard") is not None:
+            OPTS.shard = given["shard"]
         _set_quiet(bool(given.get("quiet")) or bool(kw.get("quiet")))
         return fn(**kw)
 
@@ -224,12 +234,12 @@ def _fleet(verb: str, env: list[str], parallel: int, output: Optional[Output], *
     summary; None for one plain name, which takes the single-environment path unchanged."""
     from runbook import fleet
 
-    if not fleet.is_fleet(env):
+    if not fleet.is_fleet(env) and OPTS.shard is None:
         return None
     from runbook import render
 
     project = _load()
-    envs = fleet.select(project, env)
+    envs = fleet.shard(fleet.select(project, env), OPTS.shard)
     is_json = _json(output)
     if mutating and not yes:
         from runbook.errors import ConfigError

@@ -24,12 +24,14 @@ import fnmatch
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook.errors import ConfigError, RunbookError
 from runbook.secret import redact
+
+if TYPE_CHECKING:       # every verb imports this module to ask is_fleet(); only a fleet needs threads
+    from concurrent.futures import Future
 
 MAX_PARALLEL = 32
 GLOB_CHARS = "*?["
@@ -77,6 +79,36 @@ def select(project: Any, values: Sequence[str]) -> list[str]:
             hits = [part]
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`--shard I/N` → (I, N), 1 ≤ I ≤ N (GitLab's CI_NODE_INDEX/CI_NODE_TOTAL are already this)."""
+    index, sep, total = value.strip().partition("/")
+    try:
+        i, n = int(index), int(total)
+    except ValueError:
+        i = n = 0
+    if not sep or not 1 <= i <= n:
+        raise ConfigError(f"--shard {value!r}: I/N with 1 ≤ I ≤ N, e.g. --shard 2/4")
+    return i, n
+
+
+def shard_of(name: str, total: int) -> int:
+    """The shard (1…total) an environment belongs to: rendezvous hashing of its name, so it depends
+    on the name and the shard count alone. Adding or removing an environment moves no other one,
+    and going from N to N+1 shards moves only the ~1/(N+1) that the new shard wins."""
+    import hashlib
+
+    return max(range(1, total + 1),
+               key=lambda s: hashlib.blake2b(f"{s}\0{name}".encode(), digest_size=8).digest())
+
+
+def shard(envs: Sequence[str], value: str | None) -> list[str]:
+    """The share of `envs` that `--shard I/N` selects, in the same order (all of them without it)."""
+    if value is None:
+        return list(envs)
+    i, n = parse_shard(value)
+    return [e for e in envs if shard_of(e, n) == i]
 
 
 def worst(codes: Sequence[int]) -> int:
@@ -207,7 +239,11 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
         raise ConfigError(f"--parallel {parallel}: between 1 and {MAX_PARALLEL}")
     envs = list(envs)
     fleet = FleetResult(command, envs, parallel)
-    with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared:
+    # environments journalling to one central store share its connections (the runtime's pool), and
+    # the environments of one platform account share its HTTP clients (providers.clients)
+    from providers import shared_clients
+
+    with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared, shared_clients():
         kwargs = {**kwargs, "runtime": shared}
         warming = None
         if command in MUTATING and shared.pool is not None:   # each environment journals: connect while the first wave starts
@@ -235,6 +271,8 @@ def _run_all(fleet: FleetResult, fn: Callable[..., Any], project: Any,
     envs, parallel = fleet.envs, fleet.parallel
     started = time.perf_counter()
     done: dict[str, Outcome] = {}
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(envs))), thread_name_prefix="runbook-fleet")
     futures: dict[Future[Outcome], str] = {pool.submit(run_one, fn, project, env, kwargs): env for env in envs}
     pending = set(futures)

@@ -64,6 +64,8 @@ def _esc(text: str) -> str:
 
 
 def step_line(report) -> None:
+    if QUIET:               # nothing would be printed: do not load rich (~40 ms) to print nothing
+        return
     out = console()
     style = _STATUS_STYLE.get(report.status, "white")
     out.print(f"[{style}]{report.status:>9}[/] [bold]{_esc(report.step)}[/]")
@@ -76,6 +78,8 @@ def step_line(report) -> None:
 
 
 def result(res, *, streamed: bool = False, show_sql: bool = False) -> None:
+    if QUIET:
+        return
     out = console()
     if res.steps and not streamed:
         for report in res.steps:
