@@ -104,6 +104,7 @@ class DatabaseInfo:
     credentials: CredentialMode = "sql"   # "api": the platform creates logins (Heroku)
     password_auth: bool = True        # False: the role logs in without a password (RDS IAM auth)
     role_grants: tuple[str, ...] = ()  # platform roles the app role must be in (e.g. rds_iam)
+    login_role_api: bool = False      # the platform must create the login role (`create_login_role`: Cloud SQL IAM users)
     details: Mapping[str, str] = field(default_factory=dict)   # shown by plan / diagnose
 
 
