@@ -158,3 +158,25 @@ def test_the_iam_flag_must_be_on(world, fake, tmp_path, pg, admin, account):
 def test_a_service_account_name_needs_auth_iam(tmp_path, pg, admin, account):
     with pytest.raises(ConfigError, match="needs database.provider: cloudsql with auth: iam"):
         write_project(tmp_path, pg, admin, account, auth="password")
+
+
+def test_an_iam_admin_whose_token_the_database_refuses_changes_nothing(fake, tmp_path, pg, account):
+    """admin_auth: iam — the admin's password is the OAuth access token the tool runs with; the
+    database here takes only the token it was given (Cloud SQL asks IAM), so a token it refuses
+    ends in one line before any change."""
+    from runbook.errors import RunbookError
+    from tests.logins import create_login
+    from tests.providers.cloudsql.conftest import GROUP
+    from tests.providers.conftest import Login
+
+    name = f"{pg.role('ops')}@example.com"
+    create_login(pg, name, "ya29.the-token-iam-would-take", "CREATEROLE CREATEDB")
+    pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(name)))
+    fake.instances[(PROJECT, INSTANCE)]["settings"]["databaseFlags"] = [
+        {"name": "cloudsql.iam_authentication", "value": "on"}]
+    project = write_project(tmp_path, pg, Login(name, ""), account, admin_auth="iam", admin_password_env=None)
+    with pytest.raises(RunbookError) as err:
+        commands.provision(project, "staging", yes=True, environ=fake.environ())
+    assert "\n" not in err.value.message and "password authentication failed" in err.value.message
+    assert fake.token not in err.value.message
+    assert fake.sqladmin.calls("POST") == [] and not role_exists(pg, account)
