@@ -180,3 +180,36 @@ def test_an_iam_admin_whose_token_the_database_refuses_changes_nothing(fake, tmp
     assert "\n" not in err.value.message and "password authentication failed" in err.value.message
     assert fake.token not in err.value.message
     assert fake.sqladmin.calls("POST") == [] and not role_exists(pg, account)
+
+
+def test_an_iam_user_made_outside_the_tool_is_adopted_only_when_asked(world, fake, tmp_path, pg, admin, account):
+    """`gcloud sql users create … --type=cloud_iam_service_account` before the tool came (or a run
+    killed between users.insert and the mark): refused until role.adopt, then taken over without a
+    second users.insert."""
+    import httpx
+
+    httpx.post(f"{fake.sqladmin.url}/v1/projects/{PROJECT}/instances/{INSTANCE}/users",
+               headers={"authorization": f"Bearer {fake.token}"},
+               json={"name": account, "type": "CLOUD_IAM_SERVICE_ACCOUNT"}).raise_for_status()
+    for op in list(fake.sql_ops):
+        while httpx.get(f"{fake.sqladmin.url}/v1/projects/{PROJECT}/operations/{op}",
+                        headers={"authorization": f"Bearer {fake.token}"}).json()["status"] != "DONE":
+            pass
+    assert role_exists(pg, account)
+    fake.sqladmin.clear()
+
+    with pytest.raises(Refused, match="role.adopt: true"):
+        commands.provision(write_project(tmp_path, pg, admin, account), "staging", yes=True, environ=world)
+    path = write_runbook(tmp_path, account, {
+        "provider": "cloudsql",
+        "database": {"project": PROJECT, "instance": INSTANCE, "admin_user": admin.name,
+                     "admin_password_env": PASSWORD_ENV, "database": pg.dbname, "sslmode": "disable",
+                     "connect": {"host": "127.0.0.1", "port": pg.port}, "poll_interval": "10ms", "auth": "iam",
+                     "app_host": "127.0.0.1", "app_port": 5432, "app_sslmode": "disable"},
+        "app": {"region": REGION, "service": SERVICE, "url_secret": SECRET, "poll_interval": "10ms"},
+    }, url_var=URL_VAR, flag=FLAG)
+    text = path.read_text().replace(f"name: {account}", f"name: {account}\n  adopt: true", 1)
+    path.write_text(text)
+    ran_ok(commands.provision, projects.load(path), world)
+    assert fake.sqladmin.calls("POST") == []
+    diagnosed_clean(projects.load(path), world)
