@@ -173,6 +173,7 @@ class DatabaseInfo:
     credentials: CredentialMode = "sql"   # "api": the platform creates logins (Heroku)
     password_auth: bool = True        # False: the role logs in without a password (RDS IAM auth)
     role_grants: tuple[str, ...] = ()  # platform roles the app role must be in (e.g. rds_iam)
+    login_role_api: bool = False      # the platform must create the login role (`create_login_role`: Cloud SQL IAM users)
     details: Mapping[str, str] = field(default_factory=dict)   # shown by plan / diagnose
 
 
@@ -248,6 +249,11 @@ class DatabaseProvider(Protocol):
         """The server the tool runs itself, where it does (local without a DSN)."""
         ...
 
+    def create_login_role(self, conn: Any, role: str) -> None:
+        """Make the login role through the platform's API, where only the API can
+        (`DatabaseInfo.login_role_api`: Cloud SQL IAM users); attributes and grants follow in SQL."""
+        ...
+
     def close(self) -> None: ...
 
     def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
@@ -308,6 +314,9 @@ class DatabaseBase:
 
     def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
         return None        # no database log the tool can read
+
+    def create_login_role(self, conn: Any, role: str) -> None:
+        raise NotImplementedError(f"{self.key} login roles are made in SQL")
 
     def close(self) -> None:
         return None

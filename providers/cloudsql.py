@@ -29,7 +29,18 @@ business: such an instance is refused unless both endpoints go through one. `ssl
 / `verify-full` verify the server with the instance's CA from the API (`serverCaCert`, else
 `instances.listServerCas`), written beside the project file under .runbook/.
 
-Base URL: CLOUDSQL_API_URL (default https://sqladmin.googleapis.com); token: see providers.gcp_auth.
+IAM database authentication for the app (`auth: iam`): `role.name` is the app's service account
+as Cloud SQL names its database user (the email without .gserviceaccount.com), and it must be
+one of this project's. The role is created through `users.insert` (type CLOUD_IAM_SERVICE_ACCOUNT:
+Cloud SQL logs a role in with IAM only if it made it), then marked and granted in SQL like any
+other. The app's URL has no password: the app reaches the instance through the Cloud SQL Auth
+Proxy with `--auto-iam-authn` (or a connector with IAM authentication), which logs in with the
+service account's token. Verify proves that login over the tool's endpoint with a short-lived
+token for the service account from the IAM Credentials API (generateAccessToken, which needs
+roles/iam.serviceAccountTokenCreator on the account) as the password.
+
+Base URLs: CLOUDSQL_API_URL (default https://sqladmin.googleapis.com), IAMCREDENTIALS_API_URL
+(default https://iamcredentials.googleapis.com); token: see providers.gcp_auth.
 """
 
 from __future__ import annotations
@@ -51,9 +62,13 @@ from runbook.errors import ConfigError, ProviderError, Refused
 from runbook.secret import Secret
 
 DEFAULT_API = "https://sqladmin.googleapis.com"
+DEFAULT_IAMCREDENTIALS_API = "https://iamcredentials.googleapis.com"
 SUPERUSER_GROUP = "cloudsqlsuperuser"
+IAM_SERVICE_ACCOUNT_GROUP = "cloudsqliamserviceaccount"   # where Cloud SQL puts the users it makes for service accounts
+LOGIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.login"   # what an IAM database login's token must carry
 
 _INSTANCE = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
+_SA_SUFFIX = ".gserviceaccount.com"
 
 
 class CloudSqlDatabaseConfig(BaseModel):
@@ -69,6 +84,11 @@ class CloudSqlDatabaseConfig(BaseModel):
         default="password", description="how the admin logs in: its password, or IAM database authentication "
         "(admin_user is an IAM principal, e.g. ops@example.com or sa@project.iam, and the OAuth access token "
         "is its password)")
+    auth: Literal["password", "iam"] = Field(
+        default="password", description="how the app role logs in: a password in its URL, or IAM database "
+        "authentication (role.name is the app's service account without .gserviceaccount.com, e.g. "
+        "raxx-api@raxx-prod-123.iam; the app runs the Cloud SQL Auth Proxy with --auto-iam-authn or a connector "
+        "with IAM authentication, and its URL has no password)")
     database: str = Field(default="postgres", description="database the role is granted in")
     sslmode: SslMode = Field(default="require", description="sslmode of the tool's session, and of the app's "
                              "URL when there is no app_host (disable behind the Cloud SQL Auth Proxy, which "
@@ -230,13 +250,16 @@ class CloudSqlDatabase(DatabaseBase):
                           f"patch {self.config.instance} --activation-policy=ALWAYS` and rerun")
         ssl_mode = self.ssl_mode()
         self._refuse_unreachable_tls(where, ssl_mode)
-        if self.config.admin_auth == "iam":
+        if self.config.auth == "iam":
+            self._refuse_unless_service_account_user(where)
+        iam_keys = [k for k, on in (("admin_auth", self.config.admin_auth == "iam"), ("auth", self.config.auth == "iam")) if on]
+        if iam_keys:
             flags = {f.get("name"): f.get("value") for f in settings.get("databaseFlags") or []}
             if flags.get("cloudsql.iam_authentication") != "on":
                 raise Refused(f"{where} does not accept IAM logins (database flag cloudsql.iam_authentication is "
-                              "not on) but database.admin_auth is iam; turn the flag on (`gcloud sql instances patch "
+                              f"not on) but database.{' and database.'.join(iam_keys)} is iam; turn the flag on (`gcloud sql instances patch "
                               f"{self.config.instance} --database-flags=cloudsql.iam_authentication=on`, listing "
-                              "the instance's other flags too: the list is replaced) or use admin_auth: password")
+                              "the instance's other flags too: the list is replaced) or use password logins")
         installed = str(inst.get("databaseInstalledVersion") or version)
         app = self.credential_for("app", None)
         details = {
@@ -249,13 +272,35 @@ class CloudSqlDatabase(DatabaseBase):
             "admin": f"{self.config.admin_user}@{self._host()}:{self._port()}",
             "app_endpoint": (app.options.get("host") or f"{app.host}:{app.port}") + f" (sslmode {app.sslmode})",
         }
+        iam = self.config.auth == "iam"
+        if iam:
+            details["auth"] = f"IAM database authentication as {self.ctx.role_name}{_SA_SUFFIX}"
+            details["note_iam"] = ("the app must log in through the Cloud SQL Auth Proxy with --auto-iam-authn "
+                                   f"(`cloud-sql-proxy --auto-iam-authn {self._connection_name()}`) or a Cloud SQL "
+                                   "connector with IAM authentication, running as that service account")
         return DatabaseInfo(
             engine="postgres",
             version=installed.removeprefix("POSTGRES_").replace("_", "."),
             plan=str(settings.get("tier") or "") or None,
             credentials="sql",
+            password_auth=not iam,
+            role_grants=(IAM_SERVICE_ACCOUNT_GROUP,) if iam else (),
+            login_role_api=iam,
             details={k: v for k, v in details.items() if v},
         )
+
+    def _refuse_unless_service_account_user(self, where: str) -> None:
+        """auth: iam logs in a service account of this project, named as Cloud SQL names its user."""
+        role = self.ctx.role_name or ""
+        shape = re.fullmatch(r"([a-z][a-z0-9-]{4,28}[a-z0-9])@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam", role)
+        if not shape or shape.group(2) != self.config.project:
+            raise Refused(f"database.auth: iam logs in one of project {self.config.project}'s service accounts, so "
+                          f"role.name must be its email without {_SA_SUFFIX} (e.g. raxx-api@{self.config.project}.iam), "
+                          f"not {role!r}")
+        if self.config.app_host == "socket" or (self.config.app_host or "").startswith("/"):
+            raise Refused(f"{where}: Cloud Run's /cloudsql socket does not log in with IAM; run the Cloud SQL Auth "
+                          f"Proxy beside the app (`cloud-sql-proxy --auto-iam-authn {self._connection_name()}`) and set "
+                          "database.app_host to its address (app_port, app_sslmode: disable)")
 
     def ssl_mode(self) -> str:
         """The instance's SSL enforcement, as `sslMode` names it. `requireSsl` is the legacy field:
@@ -280,7 +325,8 @@ class CloudSqlDatabase(DatabaseBase):
                 raise Refused(f"{where} only accepts encrypted connections (sslMode {ssl_mode}) but "
                               f"database.sslmode is {c.sslmode}; use require, or connect through "
                               "the Cloud SQL Auth Proxy with database.connect")
-        if c.app_host and c.app_host != "socket" and not c.app_host.startswith("/"):
+        if c.app_host and c.app_host != "socket" and not c.app_host.startswith("/") and c.auth != "iam":
+            # (auth: iam: the app is behind the Auth Proxy or a connector, which brings its own TLS)
             if ssl_mode == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED":
                 raise Refused(f"{where} requires client certificates (sslMode {ssl_mode}) but the app's URL names "
                               f"{c.app_host} directly; use app_host: socket (Cloud Run's Cloud SQL connection) or "
@@ -414,14 +460,53 @@ class CloudSqlDatabase(DatabaseBase):
             parts = conninfo_to_dict(url.reveal())
         except Exception:
             return url    # a malformed URL fails its login as it is
-        app = self.credential_for(str(parts.get("user") or ""), None)
+        user = str(parts.get("user") or "")
+        app = self.credential_for(user, None)
         expected = (app.options.get("host") or app.host, str(app.port))
         if (str(parts.get("host") or ""), str(parts.get("port") or "5432")) != expected:
             return url
-        if expected == (self._host(), str(self._port())):
-            return url
         keep = {k: str(parts[k]) for k in ("user", "password", "dbname") if parts.get(k)}
+        if self.config.auth == "iam" and not parts.get("password") and user == self.ctx.role_name:
+            # what the Auth Proxy does for the app: the service account's token as the password
+            keep["password"] = self.service_account_token(user).reveal()
+        elif expected == (self._host(), str(self._port())):
+            return url
         return Secret(make_conninfo(host=self._host(), port=str(self._port()), **keep, **self._tls()))
+
+    def service_account_token(self, user: str) -> Secret:
+        """A short-lived access token of the service account behind Cloud SQL user `user`, with the
+        scope an IAM database login needs (IAM Credentials API generateAccessToken)."""
+        from urllib.parse import quote
+
+        email = user + _SA_SUFFIX
+        client = api_client(self.ctx, self.auth, self._budget, title="IAM Service Account Credentials API",
+                            url_env="IAMCREDENTIALS_API_URL", default_url=DEFAULT_IAMCREDENTIALS_API)
+        try:
+            response = client.request(
+                "POST", f"/v1/projects/-/serviceAccounts/{quote(email, safe='@.')}:generateAccessToken",
+                headers=self.auth.headers(), json={"scope": [LOGIN_SCOPE], "lifetime": "300s"})
+        except ProviderError as exc:
+            raise ProviderError(f"no login token for {email}: {exc.message.rsplit(' failed: ', 1)[-1]}; the tool proves "
+                                f"{user}'s IAM login with one, which needs roles/iam.serviceAccountTokenCreator on it: "
+                                f"`gcloud iam service-accounts add-iam-policy-binding {email} "
+                                f"--project={self.config.project} --member=user:YOU "
+                                "--role=roles/iam.serviceAccountTokenCreator`") from None
+        finally:
+            client.close()
+        token = json_body(response, "IAM Credentials API: generateAccessToken").get("accessToken")
+        if not isinstance(token, str) or not token:
+            raise ProviderError(f"IAM Credentials API: generateAccessToken for {email} returned no accessToken")
+        return Secret(token)
+
+    def create_login_role(self, conn: Any, role: str) -> None:
+        """auth: iam — the service account's Cloud SQL user, made through users.insert (only a user
+        Cloud SQL made logs in with IAM); it appears in PostgreSQL as a LOGIN role in
+        cloudsqliamserviceaccount, which the engine then marks and grants like any other."""
+        operation = self._call("POST", f"{self._base}/instances/{self.config.instance}/users",
+                               json={"name": role, "type": "CLOUD_IAM_SERVICE_ACCOUNT"})
+        self.wait_operation(operation, f"creating IAM user {role}")
+        if self._facts(conn, role) is None:
+            raise ProviderError(f"Cloud SQL: the operation creating IAM user {role} finished but the role does not exist")
 
     def _connection_name(self) -> str:
         inst = self.instance()
@@ -442,6 +527,12 @@ class CloudSqlDatabase(DatabaseBase):
                     f"address {self._instance_address()} directly (database.connect is the tool's own way in); set "
                     "database.app_host to the app's Auth Proxy (e.g. app_host: 127.0.0.1, app_sslmode: disable) "
                     "or to socket on Cloud Run"]
+        if self.config.auth == "iam":
+            # verify will need a token for the app's account: find out now, before anything changes
+            try:
+                self.service_account_token(self.ctx.role_name)
+            except ProviderError as exc:
+                return [exc.message]
         return []
 
     # -- roles created through the Admin API -----------------------------------------------

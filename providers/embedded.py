@@ -85,6 +85,7 @@ def _open_path_for(path: Path) -> None:
 class Cluster:
     bin_dir: Path
     data_dir: Path
+    admin_user: str = ADMIN_USER     # the bootstrap superuser initdb makes (tests model RDS's rdsadmin)
 
     @property
     def socket_dir(self) -> Path:
@@ -132,7 +133,7 @@ class Cluster:
             _open_path_for(self.bin_dir)
         self.data_dir.chmod(0o700)
         res = self._run([
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", ADMIN_USER,
+            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.admin_user,
             "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C",
             "--no-sync",
         ])
@@ -202,7 +203,7 @@ class Cluster:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def admin_conninfo(self, dbname: str = "postgres") -> str:
-        return f"host={self.socket_dir} port={self.port} user={ADMIN_USER} dbname={dbname}"
+        return f"host={self.socket_dir} port={self.port} user={self.admin_user} dbname={dbname}"
 
     def wait_ready(self, timeout: float = 30) -> None:
         import psycopg

@@ -63,6 +63,10 @@ _RESERVED_ROLES = {
     "authenticated", "service_role", "all",
 }
 _RESERVED_PREFIXES = ("pg_", "rds_", "cloudsql", "supabase_", "heroku")
+# Cloud SQL's database user for a service account (IAM database authentication): the account's
+# email without .gserviceaccount.com. Not a plain identifier, so only `auth: iam` on Cloud SQL
+# takes it; psycopg.sql quotes it wherever it goes.
+IAM_SERVICE_ACCOUNT_USER = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]{4,28}[a-z0-9]\.iam$")
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
@@ -170,6 +174,10 @@ class RoleSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
+        if isinstance(v, str) and IAM_SERVICE_ACCOUNT_USER.match(v):
+            if len(v.encode()) > 63:
+                raise ValueError(f"role name {v!r} is longer than PostgreSQL's 63-byte limit")
+            return v
         return check_role_name(v)
 
     @field_validator("owner")
@@ -633,7 +641,19 @@ def parse(located: Located) -> Project:
         raise ConfigError(_format_errors(exc, located, (), ProjectSpec)) from None
     envs = {name: _resolve_env(name, env, located) for name, env in spec.environments.items()}
     _refuse_secret_pass_env(spec, located)
+    _iam_user_names_need_iam(spec, envs, located)
     return Project(spec, Path(located.path).resolve(), envs)
+
+
+def _iam_user_names_need_iam(spec: ProjectSpec, envs: dict[str, Environment], located: Located) -> None:
+    """A service account's Cloud SQL user name is a role name only where Cloud SQL logs it in with IAM."""
+    if not IAM_SERVICE_ACCOUNT_USER.match(spec.role.name):
+        return
+    for name, env in envs.items():
+        if getattr(env.database, "provider", None) != "cloudsql" or getattr(env.database, "auth", None) != "iam":
+            raise ConfigError(f"{located.where(('role', 'name'))}: {spec.role.name!r} is a service account's Cloud SQL "
+                              f"user (IAM database authentication); environment {name} needs database.provider: "
+                              "cloudsql with auth: iam, or give role.name a plain identifier")
 
 
 def _refuse_secret_pass_env(spec: ProjectSpec, located: Located) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from providers.embedded import Cluster, embedded_bin_dir
+from providers.embedded import ADMIN_USER, Cluster, embedded_bin_dir
 
 DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
 
@@ -56,8 +56,8 @@ class RunningCluster:
 _clusters: dict[str, RunningCluster] = {}
 
 
-def _start(label: str, bin_dir: Path, base: Path) -> RunningCluster:
-    cluster = Cluster(bin_dir, base / label)
+def _start(label: str, bin_dir: Path, base: Path, admin_user: str = ADMIN_USER) -> RunningCluster:
+    cluster = Cluster(bin_dir, base / label, admin_user)
     cluster.start(settings={"log_statement": "all", "log_min_messages": "warning"})
     cluster.wait_ready()
     rc = RunningCluster(label, cluster, cluster.version())

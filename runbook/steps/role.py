@@ -66,6 +66,10 @@ class EnsureRole(Step[RoleObserved]):
             # `rls: bypass` where the admin cannot give BYPASSRLS is refused before anything changes
             raise Refused(f"role.rls: bypass: {observed.bypass_refused}; write policies for {role.name} instead "
                           f"(CREATE POLICY … TO {role.name}) and drop `rls: bypass`")
+        if not facts.exists and info.login_role_api:
+            # the platform makes the login (Cloud SQL IAM users); attributes and grants follow in apply
+            return [Change(f"create login role {role.name} through the {ctx.db.key} API (IAM database authentication)",
+                           data={"platform_create": True}), roles.mark(role.name, ident)]
         if not facts.exists:
             password = roles.generate_password() if info.password_auth else None
             changes.append(roles.create(role, password, no_superuser_clause=no_su))
@@ -94,6 +98,13 @@ class EnsureRole(Step[RoleObserved]):
             state.credential = ctx.db.create_credential(ctx.role.name)
             return
         conn = ctx.admin()
+        if any(c.data.get("platform_create") for c in changes):
+            ctx.db.create_login_role(conn, ctx.role.name)
+            made = roles.facts(conn, ctx.role.name)
+            no_su = ctx.info.details.get("no_superuser_clause") == "1"
+            changes = [c for c in changes if not c.data.get("platform_create")]
+            changes += roles.fix_attributes(ctx.role, made, no_superuser_clause=no_su)
+            changes += roles.grant_memberships(ctx.role.name, ctx.info.role_grants, made)
         if any(c.data.get("platform_adjust") for c in changes):
             for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
                 ctx.note(sentence)

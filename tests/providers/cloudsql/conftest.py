@@ -1,5 +1,11 @@
 """Fixtures for the cloudsql and cloudrun providers: the Google fakes (with and without
-PostgreSQL behind them), contexts pointing at them, and a Cloud SQL-like admin in the test DB."""
+PostgreSQL behind them), contexts pointing at them, and a Cloud SQL-like admin in the test DB.
+
+The PostgreSQL behind them is laid out as Cloud SQL lays it out: a cluster per version whose
+bootstrap superuser is `cloudsqladmin` (initdb -U cloudsqladmin: the customer never gets a
+superuser), `cloudsqlsuperuser` NOLOGIN CREATEROLE CREATEDB, the IAM groups
+`cloudsqliamserviceaccount` / `cloudsqliamuser`, and an admin that is NOSUPERUSER CREATEROLE
+CREATEDB in cloudsqlsuperuser, as `postgres` is there."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import pytest
 from psycopg import errors, sql
 
 from providers.base import OpenContext
+from tests.conftest import VERSIONS, _clusters, _retire_cluster, _start
 from providers.cloudrun import CloudRunApp, CloudRunAppConfig
 from providers.cloudsql import CloudSqlDatabase, CloudSqlDatabaseConfig
 from tests.logins import create_login
@@ -68,6 +75,35 @@ def open_app(tmp_path, sleeps):
 # -- a Cloud SQL-like cluster: cloudsqlsuperuser and a non-superuser admin --------------------------
 
 GROUP = "cloudsqlsuperuser"
+BOOTSTRAP = "cloudsqladmin"
+LAYOUT = """
+DO $layout$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudsqlsuperuser') THEN
+    CREATE ROLE cloudsqlsuperuser NOLOGIN CREATEROLE CREATEDB;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudsqliamserviceaccount') THEN
+    CREATE ROLE cloudsqliamserviceaccount NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudsqliamuser') THEN
+    CREATE ROLE cloudsqliamuser NOLOGIN;
+  END IF;
+END $layout$
+"""
+
+
+@pytest.fixture(scope="session", params=[v[0] for v in VERSIONS])
+def cluster(request: pytest.FixtureRequest, cluster_base):
+    """Overrides tests/conftest.py's: one Cloud SQL-like cluster per version and worker."""
+    label = f"cloudsql-{request.param}"
+    if label not in _clusters:
+        import psycopg
+
+        rc = _clusters[label] = _start(label, dict(VERSIONS)[request.param], cluster_base, admin_user=BOOTSTRAP)
+        with psycopg.connect(rc.admin(), autocommit=True) as conn:
+            conn.execute(LAYOUT)
+        request.addfinalizer(lambda: _retire_cluster(label))
+    yield _clusters[label]
 
 
 def ensure_group(pg) -> None:
@@ -83,7 +119,7 @@ def admin(pg, canary_password) -> Login:
     """Like Cloud SQL's postgres: LOGIN CREATEROLE CREATEDB, member of cloudsqlsuperuser, no SUPERUSER.
     From PG 16 it also holds ADMIN OPTION on the group (so it can pass membership on)."""
     ensure_group(pg)
-    admin = new_login(pg, "csadmin", canary_password, "CREATEROLE CREATEDB")
+    admin = new_login(pg, "postgres", canary_password, "NOSUPERUSER CREATEROLE CREATEDB")
     ident = sql.Identifier(admin.name)
     with_admin = sql.SQL(" WITH ADMIN OPTION") if pg.major >= 16 else sql.SQL("")
     pg.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), ident) + with_admin)

@@ -1,8 +1,9 @@
 """Contract fakes of the Google APIs the cloudsql/cloudrun providers use, on 127.0.0.1.
 
-Three servers (so a provider that sends a call to the wrong base URL gets a 404):
-- sqladmin:       instances.get, instances.listServerCas, users.delete, operations.get (PENDING →
-                  RUNNING → DONE over polls)
+Four servers (so a provider that sends a call to the wrong base URL gets a 404):
+- sqladmin:       instances.get, instances.listServerCas, users.insert (CLOUD_IAM_SERVICE_ACCOUNT),
+                  users.delete, operations.get (PENDING → RUNNING → DONE over polls)
+- iamcredentials: serviceAccounts.generateAccessToken (tokens for the instance's IAM users)
 - secretmanager:  see fake_secrets (secrets, versions, aliases, IAM policies)
 - run (v2):       services.get, services.patch (→ a long-running operation, a new revision),
                   operations.get, revisions.get
@@ -12,6 +13,13 @@ Cloud Run rollouts as the v2 Service resource reports them: a PATCH creates a re
 revision becomes ready (or fails) only as its operation is polled to `done`. Then `latestReadyRevision`,
 `observedGeneration`, `trafficStatuses` and `terminalCondition` say how it ended. Until then the
 previous ready revision serves, so a PATCH whose answer was lost leaves the service reconciling.
+
+IAM database authentication, with a real PostgreSQL behind: users.insert of a service account
+creates its role as Cloud SQL does (LOGIN, in cloudsqliamserviceaccount, no password, so nothing
+logs it in yet). Cloud SQL would check each login's token with IAM; here generateAccessToken is
+the only place a token is born, so when it issues one with the sqlservice.login scope for such a
+user it makes that token the role's password, VALID UNTIL its expireTime: the latest unexpired
+token logs in, a wrong or expired one fails as PostgreSQL's own password error.
 
 Backed by the real PostgreSQL when an admin DSN is given: users.delete really drops the role
 (its PostgreSQL error becomes the operation's error), and every revision Cloud Run "starts"
@@ -43,9 +51,10 @@ PROJECT = "raxx-prod-123"
 INSTANCE = "raxx-pg"
 REGION = "europe-west1"
 SERVICE = "raxx-api"
-PUBLIC_IP = "34.78.1.2"
+PUBLIC_IP = "203.0.113.7"     # TEST-NET-3 (RFC 5737): never routed, so a stray login cannot leave the machine
 PRIVATE_IP = "10.20.0.3"
 LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+IAM_GROUP = "cloudsqliamserviceaccount"        # Cloud SQL's group of the users it makes for service accounts
 
 
 def gerror(code: int, status: str, message: str, reason: str | None = None) -> tuple[int, dict]:
@@ -89,7 +98,7 @@ def default_instance(project: str = PROJECT, instance: str = INSTANCE, region: s
         "instanceType": "CLOUD_SQL_INSTANCE",
         "connectionName": f"{project}:{region}:{instance}",
         "backendType": "SECOND_GEN",
-        "ipAddresses": [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}, {"type": "OUTGOING", "ipAddress": "35.1.1.1"}],
+        "ipAddresses": [{"type": "PRIMARY", "ipAddress": PUBLIC_IP}, {"type": "OUTGOING", "ipAddress": "198.51.100.1"}],
         "settings": {
             "kind": "sql#settings",
             "tier": "db-custom-2-7680",
@@ -153,6 +162,9 @@ class FakeGoogle:
         self.sqladmin = GoogleServer("sqladmin", "sqladmin.v1", self.violations)
         self.secretmanager = GoogleServer("secretmanager", "secretmanager.v1", self.violations)
         self.run = GoogleServer("run", "run.v2", self.violations)
+        self.iamcredentials = GoogleServer("iamcredentials", "iamcredentials.v1", self.violations)
+        self.token_creator_denied: set[str] = set()    # service accounts the caller may not mint tokens for
+        self.issued: list[dict[str, Any]] = []          # every generateAccessToken answer, with its request
         self.instances: dict[tuple[str, str], dict[str, Any]] = {(PROJECT, INSTANCE): default_instance()}
         self.sql_ops: dict[str, dict[str, Any]] = {}
         self.server_cas: list[str] = []                # PEMs instances.listServerCas answers
@@ -185,8 +197,8 @@ class FakeGoogle:
             server.stop()
 
     @property
-    def servers(self) -> tuple[FakeServer, FakeServer, FakeServer]:
-        return self.sqladmin, self.secretmanager, self.run
+    def servers(self) -> tuple[FakeServer, ...]:
+        return self.sqladmin, self.secretmanager, self.run, self.iamcredentials
 
     @property
     def errors(self) -> list[str]:
@@ -194,7 +206,8 @@ class FakeGoogle:
 
     def environ(self) -> dict[str, str]:
         return {"CLOUDSQL_API_URL": self.sqladmin.url, "SECRETMANAGER_API_URL": self.secretmanager.url,
-                "CLOUDRUN_API_URL": self.run.url, "GOOGLE_OAUTH_ACCESS_TOKEN": self.token}
+                "CLOUDRUN_API_URL": self.run.url, "IAMCREDENTIALS_API_URL": self.iamcredentials.url,
+                "GOOGLE_OAUTH_ACCESS_TOKEN": self.token}
 
     def add_service(self, service: dict[str, Any]) -> None:
         """A deployed service: its template is what its ready revision runs (edits to the template
@@ -262,13 +275,23 @@ class FakeGoogle:
             name = req.query.get("name")
             if not name:
                 return gerror(400, "INVALID_ARGUMENT", "Missing parameter: name.", "required")
-            op_id = str(uuid.uuid4())
-            op = {"kind": "sql#operation", "name": op_id, "status": "PENDING", "operationType": "DELETE_USER",
-                  "targetId": m["i"], "targetProject": m["p"], "insertTime": "2024-05-01T10:00:00Z",
-                  "selfLink": f"https://sqladmin.googleapis.com/v1/projects/{m['p']}/operations/{op_id}"}
-            self.sql_ops[op_id] = {"op": op, "polls": 0, "action": ("drop_role", name),
-                                   "error": self.fail_next_operation}
-            self.fail_next_operation = None
+            return 200, self._sql_op(m["p"], m["i"], "DELETE_USER", ("drop_role", name))
+
+        @sa.route("POST", rf"/v1/projects/{p}/instances/{seg.format('i')}/users")
+        def insert_user(req: Request, m: re.Match[str]):
+            if denied := self._authed(req):
+                return denied
+            if (m["p"], m["i"]) not in self.instances:
+                return gerror(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            body = req.body or {}
+            name, kind = body.get("name"), body.get("type") or "BUILT_IN"
+            if kind != "CLOUD_IAM_SERVICE_ACCOUNT":
+                return gerror(400, "INVALID_ARGUMENT", f"this fake makes CLOUD_IAM_SERVICE_ACCOUNT users, not {kind}")
+            # the user of a service account of this project: its email without .gserviceaccount.com
+            if not re.fullmatch(rf"[a-z][a-z0-9-]{{4,28}}[a-z0-9]@{re.escape(m['p'])}\.iam", str(name or "")):
+                return gerror(400, "INVALID_ARGUMENT", f"Invalid request: {name!r} is not a service account "
+                              "email without the .gserviceaccount.com suffix.", "invalid")
+            op = self._sql_op(m["p"], m["i"], "CREATE_USER", ("create_iam_user", name))
             return 200, op
 
         @sa.route("GET", rf"/v1/projects/{p}/operations/{seg.format('op')}")
@@ -292,6 +315,27 @@ class FakeGoogle:
             return 200, op
 
         self.store.routes(sm, self._authed)
+
+        @self.iamcredentials.route("POST", r"/v1/projects/-/serviceAccounts/(?P<sa>[^/:]+):generateAccessToken")
+        def generate_access_token(req: Request, m: re.Match[str]):
+            import datetime
+            import secrets as tokens
+
+            if denied := self._authed(req):
+                return denied
+            email = m["sa"]
+            if email in self.token_creator_denied:
+                return gerror(403, "PERMISSION_DENIED", "Permission 'iam.serviceAccounts.getAccessToken' denied on "
+                              f"resource (or it may not exist).", "forbidden")
+            body = req.body or {}
+            lifetime = int(str(body.get("lifetime") or "3600s").removesuffix("s"))
+            expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
+            token = "ya29.sa-" + tokens.token_urlsafe(24)
+            answer = {"accessToken": token, "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            self.issued.append({"serviceAccount": email, "scope": list(body.get("scope") or []), **answer})
+            if "https://www.googleapis.com/auth/sqlservice.login" in (body.get("scope") or []):
+                self._accept_token(email.removesuffix(".gserviceaccount.com"), token, expires)
+            return 200, answer
 
         service_rx = rf"/v2/(?P<name>projects/{p}/locations/(?P<r>[^/]+)/services/(?P<s>[^/]+))"
 
@@ -411,10 +455,52 @@ class FakeGoogle:
 
     # -- behaviour -------------------------------------------------------------------------
 
+    def _sql_op(self, project: str, instance: str, kind: str, action: tuple[str, str]) -> dict[str, Any]:
+        op_id = str(uuid.uuid4())
+        op = {"kind": "sql#operation", "name": op_id, "status": "PENDING", "operationType": kind,
+              "targetId": instance, "targetProject": project, "insertTime": "2024-05-01T10:00:00Z",
+              "selfLink": f"https://sqladmin.googleapis.com/v1/projects/{project}/operations/{op_id}"}
+        self.sql_ops[op_id] = {"op": op, "polls": 0, "action": action, "error": self.fail_next_operation}
+        self.fail_next_operation = None
+        return op
+
+    def _accept_token(self, user: str, token: str, expires) -> None:
+        """What Cloud SQL's IAM check would let in: `token` for `user`, until it expires (only for a
+        user Cloud SQL made for a service account)."""
+        if self.admin_dsn is None:
+            return
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            if not conn.execute(
+                    """SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                       JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = %s AND g.rolname = %s""",
+                    (user, IAM_GROUP)).fetchone():
+                return
+            verifier = conn.pgconn.encrypt_password(token.encode(), user.encode(), b"scram-sha-256").decode()
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {} VALID UNTIL {}").format(
+                sql.Identifier(user), sql.Literal(verifier), sql.Literal(expires.isoformat())))
+
     def _finish_sql_op(self, entry: dict[str, Any]) -> None:
         error = entry["error"]
         kind, name = entry["action"]
-        if error is None and kind == "drop_role":
+        if error is None and kind == "create_iam_user":
+            if self.admin_dsn is None:
+                error = "no database behind this fake"
+            else:
+                try:
+                    with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (IAM_GROUP,)).fetchone():
+                            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(IAM_GROUP)))
+                        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                            sql.Identifier(name), sql.Identifier(IAM_GROUP)))
+                        if conn.info.server_version >= 160000:
+                            # an assumption, stated: Cloud SQL leaves its users manageable by postgres
+                            # (alter, comment, drop) through cloudsqlsuperuser's ADMIN OPTION, without
+                            # handing cloudsqlsuperuser the user's privileges
+                            conn.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE").format(
+                                sql.Identifier(name), sql.Identifier("cloudsqlsuperuser")))
+                except psycopg.Error as exc:
+                    error = f"Cannot create user {name}: {str(exc).splitlines()[0]}"
+        elif error is None and kind == "drop_role":
             if self.admin_dsn is None:
                 error = "no database behind this fake"
             else:

@@ -1,16 +1,21 @@
-"""moto (in-process, no network) for RDS, Secrets Manager, SSM and ECS; the SQL side on the real
-PostgreSQL clusters from tests/conftest.py, with a non-superuser "master" as on RDS."""
+"""moto (in-process, no network) for RDS, Secrets Manager, SSM and ECS; the SQL side on real
+PostgreSQL clusters laid out as RDS lays them out (tests/providers/rds/rds_server.py): bootstrap
+superuser rdsadmin, a NOSUPERUSER CREATEROLE CREATEDB master in rds_superuser, and the server's
+front door enforcing rds.restrict_password_commands. `pg.port` is that front door's port."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from psycopg import sql
 
 from providers.base import OpenContext, RetryPolicy
+from tests.conftest import VERSIONS, PgTarget, _clusters, _retire_cluster, _start
+from tests.providers.rds.rds_server import ADMIN, LAYOUT, RdsFront
 from tests.providers.conftest import FLAG, URL_VAR  # noqa: F401 (tests import them from here)
 from tests.providers.conftest import Login, fake_context, new_login
 
@@ -24,6 +29,66 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": REGION,
 }
 
+
+# -- the RDS-like server ---------------------------------------------------------------------------
+
+_fronts: dict[str, RdsFront] = {}
+
+
+@pytest.fixture(scope="session", params=[v[0] for v in VERSIONS])
+def cluster(request: pytest.FixtureRequest, cluster_base):
+    """Overrides tests/conftest.py's: one cluster per version and worker whose bootstrap
+    superuser is rdsadmin, with RDS's roles, behind the front door."""
+    label = f"rds-{request.param}"
+    if label not in _clusters:
+        import psycopg
+
+        rc = _clusters[label] = _start(label, dict(VERSIONS)[request.param], cluster_base, admin_user=ADMIN)
+        with psycopg.connect(rc.admin(), autocommit=True) as conn:
+            conn.execute(LAYOUT)
+        _fronts[label] = RdsFront(rc.cluster, cluster_base / label)
+
+        def retire() -> None:
+            _fronts.pop(label).close()
+            _retire_cluster(label)
+
+        request.addfinalizer(retire)
+    yield _clusters[label]
+
+
+@dataclass
+class RdsTarget(PgTarget):
+    """The test's database, reached (`port`, `tcp_dsn`) through RDS's front door."""
+    front: RdsFront | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.front is not None
+        return self.front.port
+
+
+@pytest.fixture
+def pg(pg, cluster) -> RdsTarget:
+    """Overrides tests/conftest.py's: the same fresh database, behind the front, with the RDS
+    role layout as the cluster started (a test may have dropped rds_iam and made it again)."""
+    pg.execute(LAYOUT)
+    return RdsTarget(pg.rc, pg.dbname, pg.suffix, pg.roles, front=_fronts[cluster.label])
+
+
+def restrict_password_commands(pg, on: bool = True) -> None:
+    """What a parameter group's rds.restrict_password_commands means on the server: the setting
+    the front's guard reads, for the test's database."""
+    pg.execute(sql.SQL("ALTER DATABASE {} SET rds.restrict_password_commands = {}").format(
+        sql.Identifier(pg.dbname), sql.Literal("1" if on else "0")))
+
+
+def outside_rds_superuser(pg, login) -> None:
+    """An admin login that is not (or no longer) in rds_superuser: not the master RDS made, but a
+    CREATEROLE user given as master_secret, which is how a tool meets a master without rds_password."""
+    pg.execute(sql.SQL("REVOKE rds_superuser FROM {}").format(sql.Identifier(login.name)))
+
+
+# -- AWS ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def aws_environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -73,7 +138,7 @@ Master = Login        # RDS calls its admin login the master user
 
 
 def ensure_role(pg, name: str) -> None:
-    """rds_password / rds_iam are cluster-wide, as on RDS; created once, never dropped."""
+    """rds_password / rds_iam are cluster-wide, as on RDS (LAYOUT makes them)."""
     with pg.connect() as conn:
         conn.execute(sql.SQL("""
             DO $$ BEGIN
@@ -86,10 +151,10 @@ def ensure_role(pg, name: str) -> None:
 
 @pytest.fixture
 def master(pg, canary_password) -> Master:
-    """A non-superuser master with CREATEROLE and a password, as RDS gives you; rds_password exists."""
-    ensure_role(pg, "rds_password")
-    master = new_login(pg, "master", canary_password, "CREATEROLE")
+    """The master user as RDS makes it: NOSUPERUSER CREATEROLE CREATEDB, a member of rds_superuser."""
+    master = new_login(pg, "postgres", canary_password, "NOSUPERUSER CREATEROLE CREATEDB")
     ident = sql.Identifier(master.name)
+    pg.execute(sql.SQL("GRANT rds_superuser TO {}").format(ident))
     pg.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg.dbname), ident))
     pg.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
     return master
@@ -106,8 +171,9 @@ def create_parameter_group(name: str, family: str = "postgres16", **params: str)
 
 def create_instance(ident: str = "raptor-staging", *, engine: str = "postgres", version: str = "16.3",
                     parameter_group: str | None = None, dbname: str | None = "raptor", iam: bool = False,
-                    master: Master | None = None) -> dict[str, Any]:
-    """An RDS instance with an RDS-managed master secret; the secret holds `master`'s login."""
+                    master: Master | None = None, pg=None) -> dict[str, Any]:
+    """An RDS instance with an RDS-managed master secret; the secret holds `master`'s login. With
+    `pg` (the database behind it), the server enforces the group's rds.restrict_password_commands."""
     rds = client("rds")
     kwargs: dict[str, Any] = dict(
         DBInstanceIdentifier=ident, DBInstanceClass="db.t4g.micro", Engine=engine, EngineVersion=version,
@@ -123,6 +189,10 @@ def create_instance(ident: str = "raptor-staging", *, engine: str = "postgres", 
         client("secretsmanager").put_secret_value(
             SecretId=db["MasterUserSecret"]["SecretArn"],
             SecretString=json.dumps({"username": master.name, "password": master.password}))
+    if pg is not None and parameter_group:
+        values = {p["ParameterName"]: p.get("ParameterValue") for page in rds.get_paginator(
+            "describe_db_parameters").paginate(DBParameterGroupName=parameter_group) for p in page["Parameters"]}
+        restrict_password_commands(pg, values.get("rds.restrict_password_commands") == "1")
     return db
 
 

@@ -15,7 +15,9 @@ from runbook.errors import Refused
 from tests.providers.conftest import (
     ORDERS, as_login, assert_not_shown, diagnosed_clean, free_port, ran_ok, write_project as write_runbook,
 )
-from tests.providers.rds.conftest import FLAG, REGION, URL_VAR, client, create_instance, create_parameter_group
+from tests.providers.rds.conftest import (
+    FLAG, REGION, URL_VAR, client, create_instance, create_parameter_group, outside_rds_superuser,
+)
 
 SECRET = "raptor/staging/database-url"
 PARAM = "/raptor/staging/FLAG"
@@ -36,7 +38,7 @@ def world(aws, pg, master):
     """An RDS instance whose parameter group restricts password commands, an ECS service, and a
     table the master owns."""
     create_parameter_group("raptor-pg", **{"rds.restrict_password_commands": "1"})
-    create_instance(parameter_group="raptor-pg", master=master)
+    create_instance(parameter_group="raptor-pg", master=master, pg=pg)
     ecs = client("ecs")
     ecs.create_cluster(clusterName="raptor")
     ecs.register_task_definition(family="raptor-web", containerDefinitions=[
@@ -54,22 +56,23 @@ def secret_versions(stage: str) -> dict:
     return json.loads(client("secretsmanager").get_secret_value(SecretId=SECRET, VersionStage=stage)["SecretString"])
 
 
-def role_state(pg, role: str) -> list[tuple]:
+def role_state(pg, role: str, master) -> list[tuple]:
     return pg.execute(sql.SQL("""
         SELECT r.rolname, m.roleid::regrole::text FROM pg_roles r
         LEFT JOIN pg_auth_members m ON m.member = r.oid
-        WHERE r.rolname = {} OR r.rolname LIKE 'master\\_%' ORDER BY 1, 2""").format(sql.Literal(role)))
+        WHERE r.rolname IN ({}, {}) ORDER BY 1, 2""").format(sql.Literal(role), sql.Literal(master.name)))
 
 
 def test_restricted_password_commands_refuse_provision_and_change_nothing(world, tmp_path, pg, master, aws_environ):
+    outside_rds_superuser(pg, master)     # a master_secret login without rds_password
     role = pg.role("raptor_app")
     project = write_project(tmp_path, pg, role)
-    before_roles, before_deployment = role_state(pg, role), deployment_id(world)
+    before_roles, before_deployment = role_state(pg, role, master), deployment_id(world)
     with pytest.raises(Refused) as err:
         commands.provision(project, "staging", yes=True, environ=aws_environ)
     assert err.value.exit_code == 2
     assert f'GRANT rds_password TO "{master.name}";' in err.value.message
-    assert role_state(pg, role) == before_roles           # no role, no membership
+    assert role_state(pg, role, master) == before_roles           # no role, no membership
     assert client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": [SECRET]}])["SecretList"] == []
     assert client("ssm").describe_parameters()["Parameters"] == []
     assert deployment_id(world) == before_deployment       # no restart

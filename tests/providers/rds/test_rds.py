@@ -24,6 +24,7 @@ from tests.providers.rds.conftest import (
     create_instance,
     create_parameter_group,
     ensure_role,
+    outside_rds_superuser,
 )
 
 
@@ -299,7 +300,8 @@ def _snapshot(pg) -> list[tuple]:
 
 def test_preflight_stops_when_password_commands_are_restricted(aws, ctx, pg, master, db_config, caplog):
     create_parameter_group("raptor-pg", **{"rds.restrict_password_commands": "1"})
-    create_instance(parameter_group="raptor-pg", master=master)
+    create_instance(parameter_group="raptor-pg", master=master, pg=pg)
+    outside_rds_superuser(pg, master)     # a master_secret login without rds_password
     db = RdsDatabaseConfig.model_validate(db_config()).open(ctx)
     before = _snapshot(pg)
     info = db.describe()
@@ -321,6 +323,7 @@ def test_preflight_stops_when_password_commands_are_restricted(aws, ctx, pg, mas
 
 def test_preflight_reads_the_server_setting_when_the_group_is_unreadable(aws, ctx, pg, master, db_config):
     create_instance(master=master)    # default group: moto cannot describe it
+    outside_rds_superuser(pg, master)
     pg.execute(sql.SQL("ALTER DATABASE {} SET rds.restrict_password_commands = 'on'").format(sql.Identifier(pg.dbname)))
     db = RdsDatabaseConfig.model_validate(db_config()).open(ctx)
     db.describe()
@@ -333,7 +336,8 @@ def test_preflight_reads_the_server_setting_when_the_group_is_unreadable(aws, ct
 
 def test_preflight_passes_when_unrestricted(aws, ctx, pg, master, db_config):
     create_parameter_group("raptor-pg", **{"rds.restrict_password_commands": "0"})
-    create_instance(parameter_group="raptor-pg", master=master)
+    create_instance(parameter_group="raptor-pg", master=master, pg=pg)
+    outside_rds_superuser(pg, master)     # unrestricted: rds_password membership is not needed
     db = RdsDatabaseConfig.model_validate(db_config()).open(ctx)
     with psycopg.connect(db.admin_dsn().reveal()) as conn:
         assert db.preflight_sql(conn) == []
@@ -341,7 +345,8 @@ def test_preflight_passes_when_unrestricted(aws, ctx, pg, master, db_config):
 
 def test_preflight_iam_needs_rds_iam_not_rds_password(aws, ctx, pg, master, db_config):
     create_parameter_group("raptor-pg", **{"rds.restrict_password_commands": "1"})
-    create_instance(parameter_group="raptor-pg", master=master, iam=True)
+    create_instance(parameter_group="raptor-pg", master=master, iam=True, pg=pg)
+    outside_rds_superuser(pg, master)     # neither rds_password nor rds_iam's admin option
     db = RdsDatabaseConfig.model_validate(db_config(auth="iam", sslmode="require")).open(ctx)
     pg.execute("DROP ROLE IF EXISTS rds_iam")    # cluster-wide; only these tests use it
     with psycopg.connect(db.admin_dsn().reveal(), sslmode="disable") as conn:

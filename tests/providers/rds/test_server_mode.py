@@ -19,8 +19,9 @@ from psycopg import sql
 from tests.providers.conftest import new_login, owned_database, role_exists, write_project
 from tests.providers.rds.conftest import ACCOUNT, AWS_ENV, FLAG, REGION, URL_VAR, ensure_role
 from tests.providers.rds.server_world import (
-    CIRCUIT_BREAKER, EcsDeployments, IamFront, Tunnel, install_modify_db_proxy,
+    CIRCUIT_BREAKER, EcsDeployments, Tunnel, install_modify_db_proxy,
 )
+from tests.providers.rds.rds_server import IamCheck, RdsFront
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -352,7 +353,7 @@ def test_iam_auth_is_proven_with_a_signed_token_as_the_task_would_log_in(world, 
     """auth: iam end to end: RDS's front (IamFront) accepts a member of rds_iam only with a valid
     SigV4 token for the instance's endpoint, checked as RDS checks it; the tool's verify signs one
     for the role (generate_db_auth_token) and logs in with it, and so does the task."""
-    front = IamFront(pg.rc.cluster, tmp_path, region=REGION, credentials=AWS_ENV)
+    front = RdsFront(pg.rc.cluster, tmp_path, iam=IamCheck(REGION, AWS_ENV))
     try:
         rds = aws("rds")
         master_secret = rds.describe_db_instances(DBInstanceIdentifier="raptor-staging")["DBInstances"][0][
