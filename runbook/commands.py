@@ -299,6 +299,15 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         for f in every:
             if f.who != ctx.role.name:
                 result.say(f.summary())
+        if snap.role_exists and not found:
+            from runbook import probe      # the catalog agrees: prove it on a future table too
+
+            status, detail, fix_line = probe.check(ctx)
+            result.data["probe"] = {"status": status, "detail": detail}
+            if status != "pass":
+                result.checks.append(CheckResult("probe", status, detail, fix_line))
+                result.status, result.exit_code = "check-failed", CheckFailed.exit_code
+                return result
         if blocked and not found:
             # a policy is the operator's rule to write: --fix has nothing to grant
             result.status, result.exit_code = "check-failed", CheckFailed.exit_code

@@ -10,7 +10,7 @@ from psycopg import errors as pg_errors, sql
 
 from runbook import catalog, grants, roles
 from runbook.engine import Step, Verdict
-from runbook.errors import RunbookError
+from runbook.errors import Refused, RunbookError
 
 
 def _contended(exc: Exception) -> str | None:
@@ -64,7 +64,7 @@ def apply_statements(ctx, statements: list[sql.Composable]) -> None:
 
 def deny_gap_note(ctx) -> str:
     # ALTER DEFAULT PRIVILEGES has no "except these names": PostgreSQL grants every future table
-    shown = ", ".join(ctx.role.deny[:3]) + (", …" if len(ctx.role.deny) > 3 else "")
+    shown = ", ".join(ctx.role.denied[:3]) + (", …" if len(ctx.role.denied) > 3 else "")
     return (f"default privileges cannot exclude a name: a deny-listed table ({shown}) created after this run "
             f"is reachable by {ctx.role.name} until `runbook drift --env {ctx.env.name} --fix` revokes it; "
             "verify, diagnose, drift and every soak checkpoint report it (README: an event trigger closes the gap)")
@@ -84,8 +84,15 @@ class Grants(Step):
     def plan(self, ctx, snap):
         for finding in grants.unfixable(ctx.role, snap):
             ctx.note(finding.detail)
+        for finding in grants.refused_creators(ctx.role, snap, ctx.admin().info.user):
+            if not ctx.plan_only:
+                raise Refused(finding.detail)     # a creator's future tables would stay out of reach
+            ctx.note(finding.detail)
         changes = grants.plan(ctx.role, snap)
-        if ctx.role.deny and any(g.tables for g in ctx.role.schemas.values()) and (
+        if ctx.plan_only and grants.presets_found(ctx.role, snap):
+            ctx.note(f"deny presets ({', '.join(ctx.role.deny_presets)}) found and deny: "
+                     + ", ".join(grants.presets_found(ctx.role, snap)))
+        if ctx.role.denied and any(g.tables for g in ctx.role.schemas.values()) and (
                 ctx.plan_only or any(c.summary.startswith("default privileges:") for c in changes)):
             ctx.note(deny_gap_note(ctx))
         return changes

@@ -6,6 +6,7 @@ from __future__ import annotations
 from runbook import catalog, grants
 from runbook.engine import Step, Verdict
 from runbook.login import connect_as_app, login_route
+from runbook.probe import step_verdict as future_tables
 from runbook.rls import check as rls_verdict
 from runbook.secret import Secret
 from runbook.steps.app_config import WRITE_ONLY_PROOF, expected_endpoint, url_in_hand, url_state
@@ -37,6 +38,9 @@ class VerifyFromApp(Step):
             blocked = rls_verdict(ctx)
             if blocked is not None:
                 return blocked
+            probed = future_tables(ctx)
+            if probed.status != "pass":
+                return probed
             from providers.base import Digest
 
             if isinstance(state.value, Digest):
@@ -58,4 +62,7 @@ class VerifyFromApp(Step):
         blocked = rls_verdict(ctx)
         if blocked is not None:
             return blocked
+        probed = future_tables(ctx)       # default privileges proved on a table made and rolled back
+        if probed.status != "pass":
+            return probed
         return Verdict.ok(f"logged in as {ctx.role.name}; {len(snap.relations)} relations reachable exactly as specified")
