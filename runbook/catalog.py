@@ -63,11 +63,21 @@ class SchemaFacts:
     by_creator: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
     # creator → objtype → privileges the role gets WITH GRANT OPTION on future objects here
     grantable: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    create_direct: bool = True    # CREATE granted to the role itself (else through PUBLIC or a membership)
 
     def defaults_of(self, creator: str, owner: str) -> dict[str, frozenset[str]]:
         if creator in self.by_creator:
             return self.by_creator[creator]
         return self.defaults if creator == owner else {}
+
+
+class ForeignGrants(NamedTuple):
+    """On one relation: what its owner granted the role, and who else did. A REVOKE by the admin
+    (acting as the owner) removes only the owner's grants; PostgreSQL before 19 cannot revoke as
+    another grantor."""
+
+    own: frozenset[str]
+    grantors: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class Snapshot:
     # creator → objtype → privileges granted to the role by a default ACL without IN SCHEMA (every schema)
     global_defaults: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
     grant_options: list[Relation] = field(default_factory=list)   # the role may pass these on: beyond any spec
+    # relations where a role other than the owner granted the role something (GRANTED BY it)
+    foreign: dict[str, "ForeignGrants"] = field(default_factory=dict)
 
     def creator_names(self) -> tuple[str, ...]:
         return tuple(self.creators) or (self.owner,)
@@ -115,7 +127,11 @@ SELECT g.nspname, g.relkind::text, pg_get_userbyid(g.relowner),
                         ELSE coalesce(has_table_privilege({roid}::oid, g.rep, p), false) END),
        ARRAY(SELECT DISTINCT a.privilege_type FROM aclexplode(g.relacl) AS a WHERE a.grantee = {roid}::oid),
        g.names,
-       EXISTS (SELECT 1 FROM aclexplode(g.relacl) AS a WHERE a.grantee = {roid}::oid AND a.is_grantable)
+       EXISTS (SELECT 1 FROM aclexplode(g.relacl) AS a WHERE a.grantee = {roid}::oid AND a.is_grantable),
+       ARRAY(SELECT DISTINCT a.privilege_type FROM aclexplode(g.relacl) AS a
+             WHERE a.grantee = {roid}::oid AND a.grantor = g.relowner),
+       ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantor) FROM aclexplode(g.relacl) AS a
+             WHERE a.grantee = {roid}::oid AND a.grantor <> g.relowner)
 FROM (SELECT n.nspname, c.relkind, c.relowner, c.relacl, min(c.oid) AS rep, array_agg(c.relname::text) AS names
       FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -145,7 +161,8 @@ FROM (SELECT n.nspname, p.proowner, p.proacl, min(p.oid) AS rep,
 _SCHEMAS = sql.SQL("""
 SELECT s.name, n.oid IS NOT NULL, pg_get_userbyid(n.nspowner),
        coalesce(has_schema_privilege({roid}::oid, n.oid, 'USAGE'), false),
-       coalesce(has_schema_privilege({roid}::oid, n.oid, 'CREATE'), false)
+       coalesce(has_schema_privilege({roid}::oid, n.oid, 'CREATE'), false),
+       EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = {roid}::oid AND a.privilege_type = 'CREATE')
 FROM unnest({schemas}::text[]) AS s(name)
 LEFT JOIN pg_namespace n ON n.nspname = s.name
 """)
@@ -180,7 +197,8 @@ ORDER BY c.i
 """)
 
 
-def _relations(groups: list[tuple], grantable: list[Relation] | None = None) -> list[Relation]:
+def _relations(groups: list[tuple], grantable: list[Relation] | None = None,
+               foreign: dict[str, "ForeignGrants"] | None = None) -> list[Relation]:
     """Expand the per-ACL groups into relations sorted by schema and name. Members of a group
     share its frozensets, so 50,000 relations cost a handful of them. Relations whose ACL gives
     the role a grant option are added to `grantable`."""
@@ -195,6 +213,10 @@ def _relations(groups: list[tuple], grantable: list[Relation] | None = None) -> 
             out.extend([new(Relation, (schema, name, kind, owner, held, direct)) for name in names])
             if option and option[0] and grantable is not None:
                 grantable.extend(out[-len(names):])
+            if len(option) == 3 and option[2] and foreign is not None:
+                mine = frozenset(option[1])
+                for rel in out[-len(names):]:
+                    foreign[rel.qualified] = ForeignGrants(mine, tuple(sorted(option[2])))
         # stable sorts: by name (merging the groups' sorted runs), then by schema if there are several
         out.sort(key=_NAME)
         if len({g[0] for g in groups}) > 1:
@@ -245,7 +267,8 @@ def snapshot(conn: Connection, spec: RoleSpec, owner: str) -> Snapshot:
         "seqp": sql.Literal(list(SEQUENCE_PRIVILEGES)),
     }
     grantable: list[Relation] = []
-    relations = _relations(conn.execute(_RELATIONS.format(**params)).fetchall(), grantable)
+    foreign: dict[str, ForeignGrants] = {}
+    relations = _relations(conn.execute(_RELATIONS.format(**params)).fetchall(), grantable, foreign)
     routines = _routines(conn.execute(_ROUTINES.format(**params)).fetchall())
     creators = {name: CreatorFacts(name, bool(exists), bool(alter), bool(set_))
                 for name, exists, alter, set_ in conn.execute(_CREATORS.format(**params)).fetchall()}
@@ -259,11 +282,12 @@ def snapshot(conn: Connection, spec: RoleSpec, owner: str) -> Snapshot:
             if passable:
                 options.setdefault(schema, {}).setdefault(creator, {})[objtype] = frozenset(passable)
     facts: dict[str, SchemaFacts] = {}
-    for name, exists, sowner, usage, create in conn.execute(_SCHEMAS.format(**params)).fetchall():
+    for name, exists, sowner, usage, create, create_direct in conn.execute(_SCHEMAS.format(**params)).fetchall():
         by_creator = {c: per.get(name, {}).get(c, {}) for c in names}
         facts[name] = SchemaFacts(
             name=name, exists=bool(exists), owner=sowner if exists else None, usage=bool(usage),
             create=bool(create), defaults=by_creator[owner], by_creator=by_creator, grantable=options.get(name, {}),
+            create_direct=bool(create_direct),
         )
     database, can_connect = conn.execute(sql.SQL("""
         SELECT d.datname,
@@ -274,4 +298,4 @@ def snapshot(conn: Connection, spec: RoleSpec, owner: str) -> Snapshot:
     """).format(**params)).fetchone()
     return Snapshot(spec.name, roid is not None, owner, facts, relations, routines, database, bool(can_connect),
                     creators, {c: per.get("", {}).get(c, {}) for c in names},
-                    sorted(grantable, key=attrgetter("schema", "name")))
+                    sorted(grantable, key=attrgetter("schema", "name")), foreign)

@@ -64,14 +64,20 @@ def _by_schema(snap: Snapshot) -> dict[str, list[Relation]]:
     return out
 
 
-def _compare(objs: list[Relation], wanted: frozenset[str], fresh: bool) -> tuple[int, set[str]]:
+def _compare(objs: list[Relation], wanted: frozenset[str], fresh: bool, foreign=None) -> tuple[int, set[str]]:
     """How many objects lack part of `wanted`, and the direct privileges beyond it; each distinct
-    (held, direct) pair is compared once (a catalog snapshot shares them between objects)."""
+    (held, direct) pair is compared once (a catalog snapshot shares them between objects).
+    Where another grantor gave the role privileges, only the owner's are ours to revoke."""
     if fresh:
         return len(objs), set()
     lacking, extra = 0, set()
     seen: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
     for r in objs:
+        other = foreign.get(r.qualified) if foreign else None
+        if other is not None:
+            lacking += bool(wanted - r.held)
+            extra |= other.own - wanted
+            continue
         key = (r.held, r.direct)
         short = seen.get(key)
         if short is None:
@@ -98,7 +104,10 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
         if wants_any and not facts.usage:
             out.append(Finding("schema-usage", schema, (), f"{role} lacks USAGE on schema {schema}"))
         if facts.create:
-            out.append(Finding("schema-create", schema, (), f"{role} can CREATE objects in schema {schema}"))
+            how = "" if facts.create_direct else (
+                f" through PUBLIC or a membership (REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC, or the granting "
+                "role, by hand)")
+            out.append(Finding("schema-create", schema, (), f"{role} can CREATE objects in schema {schema}{how}"))
         missing: dict[str, list[str]] = {}
         extra: list[str] = []
         denied: list[str] = []
@@ -119,7 +128,10 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
             if lacking:
                 missing.setdefault(lacking, []).append(rel.qualified)
             if beyond:
-                extra.append(f"{rel.qualified} ({beyond})")
+                other = snap.foreign.get(rel.qualified)
+                by = f"; granted by {', '.join(other.grantors)}: revoke as them" if other and \
+                    set(beyond.split(", ")) - other.own else ""
+                extra.append(f"{rel.qualified} ({beyond}{by})")
         for privs, objs in missing.items():
             out.append(Finding("unreachable", schema, tuple(objs), f"{role} lacks {privs} on {len(objs)} object(s) in {schema}"))
         if extra:
@@ -218,7 +230,7 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
         if (grants.tables or grants.sequences or grants.functions) and (fresh or not facts.usage):
             changes.append(Change(f"grant USAGE on schema {schema}",
                                   sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(nsp, role)))
-        if facts.create and not fresh:
+        if facts.create and facts.create_direct and not fresh:
             changes.append(Change(f"revoke CREATE on schema {schema}",
                                   sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(nsp, role)))
         rels = by_schema.get(schema, [])
@@ -226,7 +238,7 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
         for is_seq, word, wanted_list in ((False, "TABLES", grants.tables), (True, "SEQUENCES", grants.sequences)):
             wanted = frozenset(wanted_list)
             objs = [r for r in rels if (r.kind == "S") == is_seq and not is_denied(r)]
-            lacking, extra = _compare(objs, wanted, fresh)
+            lacking, extra = _compare(objs, wanted, fresh, snap.foreign)
             surplus = sorted(extra)
             if wanted and lacking:
                 changes.append(Change(
@@ -260,8 +272,9 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
         # deny list: revoke whenever an ON ALL grant above could have touched it, or it is reachable now
         for rel in rels:
             if is_denied(rel) and (rel.direct or rel.held or granted_all):
-                if rel.held and not rel.direct and not granted_all:
-                    continue  # reachable only through PUBLIC or a membership: revoking from the role cannot help
+                mine = _own(snap, rel)
+                if rel.held and not mine and not granted_all:
+                    continue  # reachable only through PUBLIC, a membership or another grantor: our REVOKE cannot help
                 revokes.append(Change(
                     f"revoke everything on deny-listed {rel.qualified}",
                     sql.SQL("REVOKE ALL ON {} {}.{} FROM {}").format(
@@ -309,14 +322,26 @@ def _default_changes(spec: RoleSpec, snap: Snapshot, schema: str, grants, creato
     return out
 
 
+def _own(snap: Snapshot, rel: Relation) -> frozenset[str]:
+    """What the relation's owner granted the role: all a REVOKE by the admin can take back."""
+    other = snap.foreign.get(rel.qualified)
+    return rel.direct if other is None else other.own
+
+
 def unfixable(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
-    """Deny-listed objects reachable through PUBLIC or another role: revoking from ours cannot help."""
-    return [
-        Finding("denied-reachable", r.schema, (r.qualified,),
-                f"{r.qualified} is reachable by {spec.name} through PUBLIC or a role membership; "
-                f"REVOKE ALL ON TABLE {r.qualified} FROM PUBLIC (or the granting role) by hand")
-        for r in snap.relations if _denied(spec, r) and r.held and not r.direct
-    ]
+    """Deny-listed objects reachable through PUBLIC, another role, or another grantor's GRANT:
+    revoking from ours cannot help."""
+    out = []
+    for r in snap.relations:
+        if not (_denied(spec, r) and r.held and not _own(snap, r)):
+            continue
+        other = snap.foreign.get(r.qualified)
+        how = (f"granted by {', '.join(other.grantors)}; REVOKE ALL ON TABLE {r.qualified} FROM {spec.name} as them"
+               if other and r.direct else
+               f"through PUBLIC or a role membership; REVOKE ALL ON TABLE {r.qualified} FROM PUBLIC (or the granting role)")
+        out.append(Finding("denied-reachable", r.schema, (r.qualified,),
+                           f"{r.qualified} is reachable by {spec.name} {how} by hand"))
+    return out
 
 
 def presets_found(spec: RoleSpec, snap: Snapshot) -> list[str]:

@@ -336,3 +336,42 @@ def test_settles_after_grants_with_grant_option(env):
     with env.app_conn() as conn:
         assert conn.execute("SELECT has_table_privilege('orders', 'SELECT WITH GRANT OPTION')").fetchone() == (False,)
     assert [r.status for r in run_probe(env)] == ["pass"]
+
+
+def test_plan_settles_when_another_grantor_gave_the_role_privileges(env):
+    """A role holding a grant option grants ours something beyond the spec: the admin's REVOKE
+    (as the owner) cannot take it back, so plan must not propose it for ever; drift names the grantor."""
+    helper = env.pg.role("helper")
+    env.pg.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(helper)))
+    provision(env)
+    env.as_owner(f"GRANT SELECT, TRUNCATE ON orders TO {helper} WITH GRANT OPTION")
+    env.as_owner(f"GRANT ALL ON alembic_version TO {helper} WITH GRANT OPTION")
+    with env.pg.connect() as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(helper)))
+        conn.execute(sql.SQL("GRANT SELECT, TRUNCATE ON orders, alembic_version TO {}").format(sql.Identifier(env.role)))
+    assert planned(env) == []
+    res = drift(env)
+    assert res.exit_code == 4
+    detail = " ".join(c.detail for c in res.checks)
+    assert f"public.orders (TRUNCATE; granted by {helper}: revoke as them)" in " ".join(
+        o for f in res.data["findings"] for o in f["objects"])
+    assert "deny-listed" in detail
+    notes = " ".join(n for s in commands.plan(env.project(), "staging", environ=env.environ).steps for n in s.notes)
+    assert f"public.alembic_version is reachable by {env.role} granted by {helper}" in notes
+
+
+def test_plan_settles_with_create_granted_to_public(env):
+    as_su(env, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    with pytest.raises(CheckFailed) as err:          # a role that can run DDL is not provisioned
+        provision(env)
+    assert err.value.exit_code == 4 and "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in err.value.message
+    res = commands.plan(env.project(), "staging", environ=env.environ)
+    grants_step = [c.summary for s in res.steps if s.step == "grants" for c in s.changes]
+    assert grants_step == []         # REVOKE … FROM the role could not take PUBLIC's CREATE away
+    res = drift(env)
+    assert res.exit_code == 4
+    assert any("can CREATE objects in schema public through PUBLIC" in c.detail
+               and "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in c.detail for c in res.checks)
+    as_su(env, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    provision(env)
+    settled(env)
