@@ -306,8 +306,12 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
             result.data["probe"] = {"status": status, "detail": detail}
             if status != "pass":
                 result.checks.append(CheckResult("probe", status, detail, fix_line))
+            if status == "fail":
                 result.status, result.exit_code = "check-failed", CheckFailed.exit_code
                 return result
+            if status == "inconclusive":
+                # a catalog-only DSN (a CI drift check) cannot create the probe's table: said, not passed
+                result.say(f"{detail} (fix: {fix_line})" if fix_line else detail)
         if blocked and not found:
             # a policy is the operator's rule to write: --fix has nothing to grant
             result.status, result.exit_code = "check-failed", CheckFailed.exit_code

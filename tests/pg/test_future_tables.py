@@ -375,3 +375,14 @@ def test_plan_settles_with_create_granted_to_public(env):
     as_su(env, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     provision(env)
     settled(env)
+
+
+def test_drift_says_what_the_probe_could_not_look_at_and_never_calls_it_a_pass(su_env):
+    env = su_env
+    provision(env)
+    as_su(env, "REVOKE CREATE ON SCHEMA public FROM {owner}")      # the owner can no longer create tables
+    res = drift(env)
+    assert res.data["probe"]["status"] == "inconclusive"
+    assert [(c.name, c.status) for c in res.checks] == [("probe", "inconclusive")]
+    assert any("no creator can create tables in any covered schema" in m for m in res.messages)
+    assert res.exit_code == 0          # the catalog comparison passed; nothing is drift
