@@ -303,6 +303,12 @@ def soak_check(ctx, spec) -> CheckResult:
     if kind == "drift":
         def run():
             r = check_grants(ctx)
+            if r.status == "pass":      # the catalog agrees: prove it on a future table too
+                from runbook import probe
+
+                status, detail, fix = probe.check(ctx)
+                if status != "pass":
+                    return CheckResult("drift", status, detail, fix)
             return CheckResult("drift", r.status, r.detail, r.fix)
         return _guard("drift", run)
     if kind == "errors":

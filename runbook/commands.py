@@ -167,6 +167,19 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         for f in every:
             if f.who != ctx.role.name:
                 result.say(f.summary())
+        if snap.role_exists and not found:
+            from runbook import probe      # the catalog agrees: prove it on a future table too
+
+            status, detail, fix_line = probe.check(ctx)
+            result.data["probe"] = {"status": status, "detail": detail}
+            if status != "pass":
+                result.checks.append(CheckResult("probe", status, detail, fix_line))
+            if status == "fail":
+                result.status = "check-failed"
+                return result
+            if status == "inconclusive":
+                # a catalog-only DSN (a CI drift check) cannot create the probe's table: said, not passed
+                result.say(f"{detail} (fix: {fix_line})" if fix_line else detail)
         if not found:
             # a blocking policy is the operator's rule to write: --fix has nothing to grant
             result.status = "check-failed" if blocked else "ok"

@@ -74,7 +74,7 @@ def _privs(privs: list[str] | frozenset[str]) -> sql.Composable:
 
 
 def _denied(spec: RoleSpec, rel: Relation) -> bool:
-    for entry in spec.deny:
+    for entry in spec.denied:
         if "." in entry:
             if entry == rel.qualified:
                 return True
@@ -85,8 +85,8 @@ def _denied(spec: RoleSpec, rel: Relation) -> bool:
 
 def _deny_test(spec: RoleSpec):
     """_denied as one set lookup per relation (the deny list is matched tens of thousands of times)."""
-    names = frozenset(e for e in spec.deny if "." not in e)
-    qualified = frozenset(e for e in spec.deny if "." in e)
+    names = frozenset(e for e in spec.denied if "." not in e)
+    qualified = frozenset(e for e in spec.denied if "." in e)
     if not qualified:
         return lambda rel: rel.name in names
     return lambda rel: rel.name in names or rel.qualified in qualified
@@ -99,14 +99,20 @@ def _by_schema(snap: Snapshot) -> dict[str, list[Relation]]:
     return out
 
 
-def _compare(objs: list[Relation], wanted: frozenset[str], fresh: bool) -> tuple[int, set[str]]:
+def _compare(objs: list[Relation], wanted: frozenset[str], fresh: bool, foreign=None) -> tuple[int, set[str]]:
     """How many objects lack part of `wanted`, and the direct privileges beyond it; each distinct
-    (held, direct) pair is compared once (a catalog snapshot shares them between objects)."""
+    (held, direct) pair is compared once (a catalog snapshot shares them between objects).
+    Where another grantor gave the role privileges, only the owner's are ours to revoke."""
     if fresh:
         return len(objs), set()
     lacking, extra = 0, set()
     seen: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
     for r in objs:
+        other = foreign.get(r.qualified) if foreign else None
+        if other is not None:
+            lacking += bool(wanted - r.held)
+            extra |= other.own - wanted
+            continue
         key = (r.held, r.direct)
         short = seen.get(key)
         if short is None:
@@ -146,7 +152,10 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
         if wants_any and not facts.usage:
             out.append(Finding("schema-usage", schema, (), f"{role} lacks USAGE on schema {schema}"))
         if facts.create:
-            out.append(Finding("schema-create", schema, (), f"{role} can CREATE objects in schema {schema}"))
+            how = "" if facts.create_direct else (
+                f" through PUBLIC or a membership (REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC, or the granting "
+                "role, by hand)")
+            out.append(Finding("schema-create", schema, (), f"{role} can CREATE objects in schema {schema}{how}"))
         missing: dict[str, list[str]] = {}
         extra: list[str] = []
         denied: list[str] = []
@@ -167,42 +176,95 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
             if lacking:
                 missing.setdefault(lacking, []).append(rel.qualified)
             if beyond:
-                extra.append(f"{rel.qualified} ({beyond})")
+                other = snap.foreign.get(rel.qualified)
+                by = f"; granted by {', '.join(other.grantors)}: revoke as them" if other and \
+                    set(beyond.split(", ")) - other.own else ""
+                extra.append(f"{rel.qualified} ({beyond}{by})")
         for privs, objs in missing.items():
             out.append(Finding("unreachable", schema, tuple(objs), f"{role} lacks {privs} on {len(objs)} object(s) in {schema}"))
         if extra:
             out.append(Finding("extra-privilege", schema, tuple(extra), f"{role} holds privileges beyond the spec in {schema}"))
         if denied:
             out.append(Finding("denied-reachable", schema, tuple(denied), f"{role} can reach deny-listed table(s) in {schema}"))
+        passable = [r.qualified for r in snap.grant_options if r.schema == schema]
+        if passable:
+            out.append(Finding("extra-privilege", schema, tuple(passable),
+                               f"{role} holds privileges WITH GRANT OPTION (it may pass them on) in {schema}"))
         if grants.functions:
             blocked = [r.signature for r in snap.routines if r.schema == schema and not r.executable]
             if blocked:
                 out.append(Finding("routine", schema, tuple(blocked), f"{role} lacks EXECUTE on {len(blocked)} routine(s) in {schema}"))
-        for objtype, word in DEFAULT_OBJTYPES.items():
-            want = frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
-            have = facts.defaults.get(objtype, frozenset())
-            if objtype == "f" and not want:
-                continue
-            if want - have:
-                out.append(Finding(
-                    "default-missing", schema, (),
-                    f"future {word} in {schema} created by {snap.owner} will not be granted to {role} "
-                    f"(default privileges lack {', '.join(sorted(want - have))})"))
-            elif have - want and objtype != "f":
-                out.append(Finding(
-                    "extra-privilege", schema, (),
-                    f"default privileges on future {word} in {schema} grant {', '.join(sorted(have - want))} beyond the spec"))
+        for creator in snap.creator_names():
+            out.extend(_default_findings(spec, snap, schema, grants, creator))
+    out.extend(_global_default_findings(spec, snap))
     return out
+
+
+def _wanted(grants, objtype: str) -> frozenset[str]:
+    return frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
+
+
+def _default_findings(spec: RoleSpec, snap: Snapshot, schema: str, grants, creator: str) -> list[Finding]:
+    """What future objects `creator` makes in `schema` will lack, or give beyond the spec."""
+    facts = snap.schemas[schema]
+    who = snap.creators.get(creator)
+    if who is not None and not who.exists:
+        return [Finding("creator-missing", schema, (creator,),
+                        f"creator {creator} does not exist: no default privileges can be set for it")]
+    out: list[Finding] = []
+    held = facts.defaults_of(creator, snap.owner)
+    every = snap.global_defaults.get(creator, {})
+    options = facts.grantable.get(creator, {})
+    for objtype, word in DEFAULT_OBJTYPES.items():
+        want = _wanted(grants, objtype)
+        have = held.get(objtype, frozenset()) | every.get(objtype, frozenset())
+        if objtype == "f" and not want:
+            continue
+        if want - have:
+            out.append(Finding(
+                "default-missing", schema, (creator,),
+                f"future {word} in {schema} created by {creator} will not be granted to {spec.name} "
+                f"(default privileges lack {', '.join(sorted(want - have))})"))
+        elif held.get(objtype, frozenset()) - want and objtype != "f":
+            out.append(Finding(
+                "extra-privilege", schema, (creator,),
+                f"default privileges on future {word} in {schema} by {creator} grant "
+                f"{', '.join(sorted(held.get(objtype, frozenset()) - want))} beyond the spec"))
+        if options.get(objtype):
+            out.append(Finding(
+                "extra-privilege", schema, (creator,),
+                f"default privileges on future {word} in {schema} by {creator} grant "
+                f"{', '.join(sorted(options[objtype]))} WITH GRANT OPTION"))
+    return out
+
+
+def _global_default_findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
+    """Default privileges without IN SCHEMA reach every schema, covered or not: beyond any per-schema spec."""
+    return [Finding("extra-privilege", "", (creator,),
+                    f"default privileges by {creator} in every schema (no IN SCHEMA) grant {spec.name} "
+                    f"{', '.join(sorted(privs))} on future {DEFAULT_OBJTYPES[objtype]}")
+            for creator in snap.creator_names()
+            for objtype, privs in sorted(snap.global_defaults.get(creator, {}).items()) if privs]
+
+
+def refused_creators(spec: RoleSpec, snap: Snapshot, admin: str) -> list[Finding]:
+    """Creators whose default privileges need a change the reading session may not make."""
+    wanted = {f.objects[0] for f in findings(spec, snap) if f.kind in ("default-missing", "extra-privilege")
+              and f.objects and f.objects[0] in snap.creators}
+    return [Finding("creator-refused", "", (c,),
+                    f"{admin} cannot ALTER DEFAULT PRIVILEGES FOR ROLE {c} (not a member of it); "
+                    f"fix: GRANT {c} TO {admin}, or run as a member of {c}")
+            for c in snap.creator_names() if c in wanted and not snap.creators[c].can_alter]
 
 
 def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -> list[Change]:
     """The statements that converge the role's privileges, in the order they must run."""
     role = sql.Identifier(spec.name)
-    owner = sql.Identifier(snap.owner)
     changes: list[Change] = []
     revokes: list[Change] = []
     by_schema = _by_schema(snap)
     is_denied = _deny_test(spec)
+    fresh_role = assume_role_missing or not snap.role_exists
     if not snap.can_connect and snap.database:
         # a hardened database (REVOKE CONNECT … FROM PUBLIC) needs it granted by name
         changes.append(Change(f"grant CONNECT on database {snap.database}",
@@ -216,7 +278,7 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
         if (grants.tables or grants.sequences or grants.functions) and (fresh or not facts.usage):
             changes.append(Change(f"grant USAGE on schema {schema}",
                                   sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(nsp, role)))
-        if facts.create and not fresh:
+        if facts.create and facts.create_direct and not fresh:
             changes.append(Change(f"revoke CREATE on schema {schema}",
                                   sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(nsp, role)))
         rels = by_schema.get(schema, [])
@@ -224,7 +286,7 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
         for is_seq, word, wanted_list in ((False, "TABLES", grants.tables), (True, "SEQUENCES", grants.sequences)):
             wanted = frozenset(wanted_list)
             objs = [r for r in rels if (r.kind == "S") == is_seq and not is_denied(r)]
-            lacking, extra = _compare(objs, wanted, fresh)
+            lacking, extra = _compare(objs, wanted, fresh, snap.foreign)
             surplus = sorted(extra)
             if wanted and lacking:
                 if _strategy(lacking, len(objs)) == "named":
@@ -257,37 +319,96 @@ def plan(spec: RoleSpec, snap: Snapshot, *, assume_role_missing: bool = False) -
                     f"grant EXECUTE on {len(blocked)} routines in {schema}",
                     sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {} TO {}").format(nsp, role),
                     count=len(blocked)))
-        for objtype, word in _OBJ_WORD.items():
-            want = frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
-            have = frozenset() if fresh else facts.defaults.get(objtype, frozenset())
-            if want - have:
+        for creator in snap.creator_names():
+            who = snap.creators.get(creator)
+            if who is not None and not (who.exists and who.can_alter):
+                continue      # refused_creators says why; the others still converge
+            changes.extend(_default_changes(spec, snap, schema, grants, creator, fresh))
+        for rel in snap.grant_options:
+            if rel.schema == schema and not fresh:
+                # CASCADE: what the role passed on goes with its grant option
                 changes.append(Change(
-                    f"default privileges: future {word.lower()} in {schema} by {snap.owner} get {', '.join(sorted(want))}",
-                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
-                        owner, nsp, _privs(want), sql.SQL(word), role)))
-            if objtype != "f" and have - want:
-                changes.append(Change(
-                    f"default privileges: stop granting {', '.join(sorted(have - want))} on future {word.lower()} in {schema}",
-                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE {} ON {} FROM {}").format(
-                        owner, nsp, _privs(have - want), sql.SQL(word), role)))
+                    f"revoke the grant option on {rel.qualified}",
+                    sql.SQL("REVOKE GRANT OPTION FOR ALL PRIVILEGES ON {} {}.{} FROM {} CASCADE").format(
+                        sql.SQL("SEQUENCE" if rel.is_sequence else "TABLE"), nsp, sql.Identifier(rel.name), role)))
         # deny list: revoke whenever an ON ALL grant above could have touched it, or it is reachable now
         for rel in rels:
             if is_denied(rel) and (rel.direct or rel.held or granted_all):
-                if rel.held and not rel.direct and not granted_all:
-                    continue  # reachable only through PUBLIC or a membership: revoking from the role cannot help
+                mine = _own(snap, rel)
+                if rel.held and not mine and not granted_all:
+                    continue  # reachable only through PUBLIC, a membership or another grantor: our REVOKE cannot help
                 revokes.append(Change(
                     f"revoke everything on deny-listed {rel.qualified}",
                     sql.SQL("REVOKE ALL ON {} {}.{} FROM {}").format(
                         sql.SQL("SEQUENCE" if rel.is_sequence else "TABLE"),
                         nsp, sql.Identifier(rel.name), role)))
+    for creator in snap.creator_names():
+        who = snap.creators.get(creator)
+        if fresh_role or (who is not None and not (who.exists and who.can_alter)):
+            continue
+        for objtype, privs in sorted(snap.global_defaults.get(creator, {}).items()):
+            if privs:     # the per-schema grants above do not rely on them; what is left is beyond the spec
+                changes.append(Change(
+                    f"default privileges: stop granting {', '.join(sorted(privs))} on future "
+                    f"{_OBJ_WORD[objtype].lower()} in every schema by {creator}",
+                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE {} ON {} FROM {}").format(
+                        sql.Identifier(creator), _privs(privs), sql.SQL(_OBJ_WORD[objtype]), role)))
     return changes + revokes
 
 
+def _default_changes(spec: RoleSpec, snap: Snapshot, schema: str, grants, creator: str, fresh: bool) -> list[Change]:
+    facts = snap.schemas[schema]
+    role, nsp, who = sql.Identifier(spec.name), sql.Identifier(schema), sql.Identifier(creator)
+    held = {} if fresh else facts.defaults_of(creator, snap.owner)
+    options = {} if fresh else facts.grantable.get(creator, {})
+    out: list[Change] = []
+    for objtype, word in _OBJ_WORD.items():
+        want = _wanted(grants, objtype)
+        have = held.get(objtype, frozenset())      # global ones are revoked below: not relied on
+        if want - have:
+            out.append(Change(
+                f"default privileges: future {word.lower()} in {schema} by {creator} get {', '.join(sorted(want))}",
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
+                    who, nsp, _privs(want), sql.SQL(word), role)))
+        if objtype != "f" and have - want:
+            out.append(Change(
+                f"default privileges: stop granting {', '.join(sorted(have - want))} on future {word.lower()} in {schema}"
+                + ("" if creator == snap.owner else f" by {creator}"),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE {} ON {} FROM {}").format(
+                    who, nsp, _privs(have - want), sql.SQL(word), role)))
+        if options.get(objtype):
+            out.append(Change(
+                f"default privileges: future {word.lower()} in {schema} by {creator} without grant option",
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE GRANT OPTION FOR {} ON {} FROM {}").format(
+                    who, nsp, _privs(options[objtype]), sql.SQL(word), role)))
+    return out
+
+
+def _own(snap: Snapshot, rel: Relation) -> frozenset[str]:
+    """What the relation's owner granted the role: all a REVOKE by the admin can take back."""
+    other = snap.foreign.get(rel.qualified)
+    return rel.direct if other is None else other.own
+
+
 def unfixable(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
-    """Deny-listed objects reachable through PUBLIC or another role: revoking from ours cannot help."""
-    return [
-        Finding("denied-reachable", r.schema, (r.qualified,),
-                f"{r.qualified} is reachable by {spec.name} through PUBLIC or a role membership; "
-                f"REVOKE ALL ON TABLE {r.qualified} FROM PUBLIC (or the granting role) by hand")
-        for r in snap.relations if _denied(spec, r) and r.held and not r.direct
-    ]
+    """Deny-listed objects reachable through PUBLIC, another role, or another grantor's GRANT:
+    revoking from ours cannot help."""
+    out = []
+    for r in snap.relations:
+        if not (_denied(spec, r) and r.held and not _own(snap, r)):
+            continue
+        other = snap.foreign.get(r.qualified)
+        how = (f"granted by {', '.join(other.grantors)}; REVOKE ALL ON TABLE {r.qualified} FROM {spec.name} as them"
+               if other and r.direct else
+               f"through PUBLIC or a role membership; REVOKE ALL ON TABLE {r.qualified} FROM PUBLIC (or the granting role)")
+        out.append(Finding("denied-reachable", r.schema, (r.qualified,),
+                           f"{r.qualified} is reachable by {spec.name} {how} by hand"))
+    return out
+
+
+def presets_found(spec: RoleSpec, snap: Snapshot) -> list[str]:
+    """The covered relations a deny preset (not `deny:` itself) matches, for plan to list."""
+    from runbook.project import DENY_PRESETS
+
+    preset = {n for p in spec.deny_presets for n in DENY_PRESETS[p]} - set(spec.deny)
+    return [r.qualified for r in snap.relations if r.name in preset and r.kind != "S"]

@@ -72,6 +72,19 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFEREN
 SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
 FUNCTION_PRIVILEGES = ("EXECUTE",)
 
+# `deny_presets: [migrations]`: the bookkeeping tables of common migration tools. TypeORM's
+# plain `migrations` is left out on purpose (apps use that name for their own data): name it in
+# `deny:`. "SequelizeMeta" is a quoted mixed-case name; it is only ever matched against
+# pg_class.relname and rendered with sql.Identifier.
+DENY_PRESETS: dict[str, tuple[str, ...]] = {
+    "migrations": (
+        "alembic_version", "schema_migrations", "ar_internal_metadata", "flyway_schema_history",
+        "databasechangelog", "databasechangeloglock", "knex_migrations", "knex_migrations_lock",
+        "_prisma_migrations", "django_migrations", "goose_db_version", "atlas_schema_revisions",
+        "__diesel_schema_migrations", "SequelizeMeta", "gorp_migrations",
+    ),
+}
+
 
 def check_identifier(value: str, what: str, *, pattern: re.Pattern[str] = _IDENT) -> str:
     if not isinstance(value, str) or not value:
@@ -170,6 +183,17 @@ class RoleSpec(Strict):
         default="enforce",
         description="row-level security: `enforce` (default; verify fails on an RLS table without a policy for "
         "the role) or `bypass` (the role gets BYPASSRLS, where the admin may grant it)")
+    creators: list[str] = Field(
+        default_factory=list,
+        description="Roles that create tables (the owner, a migration login, …): default privileges are set FOR "
+        "ROLE each of them in each covered schema; the owner is always one; default: the owner alone",
+        examples=[["app_owner", "migrator"]])
+    deny_presets: list[Literal["migrations"]] = Field(
+        default_factory=lambda: ["migrations"],
+        description="Named deny lists added to `deny:`; `migrations` (default) covers the bookkeeping tables of "
+        "alembic, Rails, Flyway, Liquibase, knex, Prisma, Django, goose, Atlas, Diesel, Sequelize and gorp "
+        "(TypeORM's `migrations` only when `deny:` names it); `[]` turns them off",
+        examples=[["migrations"], []])
 
     @field_validator("name")
     @classmethod
@@ -199,6 +223,20 @@ class RoleSpec(Strict):
                 raise ValueError(f"schema {name!r} is a system or pg-runbook schema")
         return v
 
+    @field_validator("creators")
+    @classmethod
+    def _creators(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_identifier(name, "creator")   # like the owner: only the shape; `postgres` may create tables
+        if len(set(v)) != len(v):
+            raise ValueError("creators lists a role twice")
+        return v
+
+    @field_validator("deny_presets")
+    @classmethod
+    def _presets(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
     @field_validator("deny")
     @classmethod
     def _deny(cls, v: list[str]) -> list[str]:
@@ -214,13 +252,29 @@ class RoleSpec(Strict):
     def _not_owner(self) -> "RoleSpec":
         if self.owner is not None and self.owner == self.name:
             raise ValueError(f"role.name {self.name!r} is the owner; the app needs a role of its own")
+        if self.name in self.creators:
+            raise ValueError(f"role.creators names the role itself ({self.name!r}); it must not create tables")
         return self
+
+    @property
+    def denied(self) -> tuple[str, ...]:
+        """`deny:` plus every preset's names, each once, in that order."""
+        names = dict.fromkeys(self.deny)
+        for preset in self.deny_presets:
+            names.update(dict.fromkeys(DENY_PRESETS[preset]))
+        return tuple(names)
+
+    def creators_for(self, owner: str) -> tuple[str, ...]:
+        """Every role whose future tables the role must reach: the owner first, then `creators:`."""
+        return tuple(dict.fromkeys((owner, *self.creators)))
 
     def digest(self) -> str:
         """A stable digest of the role section: a soak is valid only for the spec it soaked.
         `adopt` says how the role came under management, not what it may do: left out."""
         # a key added later enters the digest only when a file sets it: an old file keeps its soak
-        leave_out = {"adopt"} | ({"rls"} if self.rls == "enforce" else set())
+        leave_out = {"adopt"} | ({"rls"} if self.rls == "enforce" else set()) \
+            | ({"creators"} if not self.creators else set()) \
+            | ({"deny_presets"} if self.deny_presets == ["migrations"] else set())
         body = json.dumps(self.model_dump(mode="json", exclude=leave_out), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 

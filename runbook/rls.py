@@ -113,7 +113,7 @@ def _commands(polcmds: list[str]) -> frozenset[str]:
 
 
 def _denied(spec: RoleSpec, table: RlsTable) -> bool:
-    return table.name in spec.deny or table.qualified in spec.deny
+    return table.name in spec.denied or table.qualified in spec.denied
 
 
 def findings(spec: RoleSpec, facts: RlsFacts, *, bypass: bool | None = None) -> list[RlsFinding]:

@@ -14,7 +14,7 @@ from runbook import catalog, grants, roles
 from runbook.changes import Change
 from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
-from runbook.errors import RunbookError
+from runbook.errors import Refused, RunbookError
 
 
 def _contended(exc: BaseException) -> str | None:
@@ -68,7 +68,7 @@ def apply_statements(ctx: StepContext, statements: list[sql.SQL | sql.Composed])
 
 def deny_gap_note(ctx: StepContext) -> str:
     # ALTER DEFAULT PRIVILEGES has no "except these names": PostgreSQL grants every future table
-    shown = ", ".join(ctx.role.deny[:3]) + (", …" if len(ctx.role.deny) > 3 else "")
+    shown = ", ".join(ctx.role.denied[:3]) + (", …" if len(ctx.role.denied) > 3 else "")
     return (f"default privileges cannot exclude a name: a deny-listed table ({shown}) created after this run "
             f"is reachable by {ctx.role.name} until `runbook drift --env {ctx.env.name} --fix` revokes it; "
             "verify, diagnose, drift and every soak checkpoint report it (README: an event trigger closes the gap)")
@@ -83,13 +83,23 @@ class Grants(Step[catalog.Snapshot]):
             # "privileges beyond the spec" revokes would strip the owner's own tables
             roles.refuse_unless_managed(roles.facts(ctx.admin(), ctx.role.name), roles.identity(ctx), owner=ctx.owner,
                                         action="change the privileges of", adopting=ctx.plan_only and ctx.role.adopt)
-        return catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
+        if any(not c.can_alter for c in snap.creators.values()):
+            # read here, not in plan: a creator whose future tables would stay out of reach
+            for finding in grants.refused_creators(ctx.role, snap, ctx.admin().info.user):
+                if not ctx.plan_only:
+                    raise Refused(finding.detail)
+                ctx.note(finding.detail)
+        return snap
 
     def plan(self, ctx: StepContext, observed: catalog.Snapshot) -> list[Change]:
         for finding in grants.unfixable(ctx.role, observed):
             ctx.note(finding.detail)
         changes = grants.plan(ctx.role, observed)
-        if ctx.role.deny and any(g.tables for g in ctx.role.schemas.values()) and (
+        found = grants.presets_found(ctx.role, observed)
+        if ctx.plan_only and found:
+            ctx.note(f"deny presets ({', '.join(ctx.role.deny_presets)}) found and deny: " + ", ".join(found))
+        if ctx.role.denied and any(g.tables for g in ctx.role.schemas.values()) and (
                 ctx.plan_only or any(c.summary.startswith("default privileges:") for c in changes)):
             ctx.note(deny_gap_note(ctx))
         return changes

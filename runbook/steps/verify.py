@@ -11,6 +11,7 @@ from runbook.changes import Change
 from runbook.context import StepContext
 from runbook.engine import Step, Verdict
 from runbook.login import connect_as_app, login_route
+from runbook.probe import step_verdict as future_tables
 from runbook.rls import check as rls_check
 from runbook.secret import Secret
 
@@ -47,6 +48,9 @@ class VerifyFromApp(Step[RlsPreview]):
             blocked = rls_verdict(ctx)
             if blocked is not None:
                 return blocked
+            probed = future_tables(ctx)
+            if probed.status != "pass":
+                return probed
             from providers.base import Digest
 
             if isinstance(state.value, Digest):
@@ -68,6 +72,9 @@ class VerifyFromApp(Step[RlsPreview]):
         blocked = rls_verdict(ctx)
         if blocked is not None:
             return blocked
+        probed = future_tables(ctx)       # default privileges proved on a table made and rolled back
+        if probed.status != "pass":
+            return probed
         return Verdict.ok(f"logged in as {ctx.role.name}; {len(snap.relations)} relations reachable exactly as specified")
 
 
