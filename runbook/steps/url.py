@@ -68,7 +68,7 @@ class WriteUrl(Step[UrlObserved]):
         ctx.forget_url()
 
     def verify(self, ctx: StepContext) -> Verdict:
-        state = ctx.url_state(refresh=True)
+        state = ctx.url_state()        # read afresh after any apply (engine), else this run's one login
         if state.logs_in is False:
             return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
         written = url_in_hand(ctx.state.written, state)

@@ -35,7 +35,7 @@ class VerifyFromApp(Step[RlsPreview]):
         return []
 
     def verify(self, ctx: StepContext) -> Verdict:
-        state = ctx.url_state(refresh=True)
+        state = ctx.url_state()        # read afresh after any apply (engine), else this run's one login
         if state.logs_in is False:
             return Verdict("fail", state.reason, fix=f"runbook provision --env {ctx.env.name}")
         login = Secret(state.value) if state.logs_in and isinstance(state.value, str) else url_in_hand(ctx.state.written, state)
