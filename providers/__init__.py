@@ -39,12 +39,12 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def shared_clients() -> Any:
-    """While open, the ApiClients of this process share one httpx client per account (a fleet's;
+def shared_clients(runtime: Any) -> Any:
+    """While open, the runtime's ApiClients share one httpx client per account (a fleet's;
     providers/clients.py). Here so that runbook/ reaches it through the registry."""
     from providers.clients import shared_clients as sharing
 
-    return sharing()
+    return sharing(runtime)
 
 
 def database_config(key: str) -> Any:

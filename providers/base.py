@@ -9,6 +9,7 @@ with getattr to find out what it can do.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Mapping, MutableMapping, Protocol, runtime_checkable
@@ -575,6 +576,41 @@ def _no_progress(_event: Progress) -> None:
     return None
 
 
+class ProviderRuntime:
+    """What the provider objects of one runtime share (runbook.run.Runtime holds one; a fleet's
+    environments share it): each account's rate budget and write count, the TLS context, and a
+    fleet's HTTP clients. Passed in on OpenContext instead of living in module globals, so two
+    runtimes in one process (tests, an embedding program) never draw on each other's budgets."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.budgets: dict[str, Any] = {}       # account key → providers.http.RateBudget
+        self.writes: dict[str, int] = {}        # account key → writes sent (Heroku: staleness of reads)
+        self.tls: Any = None                    # httpx's default SSL context, built once
+        self.clients: Any = None                # providers.clients.SharedClients while a fleet runs
+
+    def budget(self, key: str, build: Callable[[], Any]) -> Any:
+        with self.lock:
+            found = self.budgets.get(key)
+            if found is None:
+                found = self.budgets[key] = build()
+            return found
+
+    def count_write(self, key: str) -> None:
+        with self.lock:
+            self.writes[key] = self.writes.get(key, 0) + 1
+
+    def writes_of(self, key: str) -> int:
+        with self.lock:
+            return self.writes.get(key, 0)
+
+    def tls_context(self, build: Callable[[], Any]) -> Any:
+        with self.lock:
+            if self.tls is None:
+                self.tls = build()
+            return self.tls
+
+
 @dataclass(frozen=True)
 class OpenContext:
     """What a provider may know about where it runs: never the engine, only these facts."""
@@ -593,3 +629,5 @@ class OpenContext:
     # what the database and app sides of one environment share (one Heroku API object, so one
     # client, one rate budget and one read cache): the Context hands both sides the same mapping
     shared: MutableMapping[str, object] = field(default_factory=dict)
+    # what the provider objects of the whole runtime share (rate budgets, a fleet's clients)
+    runtime: ProviderRuntime = field(default_factory=ProviderRuntime)

@@ -1,8 +1,8 @@
 """HTTP clients shared across a fleet: one per platform account instead of one per environment.
 
 Its own module, without httpx at import time, so runbook.fleet can open the sharing for any
-fleet without loading httpx for one that only has local/dotenv environments; providers.http
-asks `sharing()` when it builds an ApiClient.
+fleet without loading httpx for one that only has local/dotenv environments; the sharing is
+held on the runtime's ProviderRuntime, which providers.http reads when it builds an ApiClient.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
+
+    from providers.base import ProviderRuntime
 
 
 class SharedClients:
@@ -42,25 +44,17 @@ class SharedClients:
             client.close()
 
 
-_SHARING: SharedClients | None = None
-
-
-def sharing() -> SharedClients | None:
-    """The fleet's shared clients, when a fleet is running in this process."""
-    return _SHARING
-
-
 @contextmanager
-def shared_clients() -> Iterator[SharedClients]:
-    """While open (runbook.fleet.run holds it for a fleet), ApiClients share their httpx clients;
-    outside it every ApiClient owns its own, as before. Nested opens share the outer one."""
-    global _SHARING
-    if _SHARING is not None:
-        yield _SHARING
+def shared_clients(runtime: ProviderRuntime) -> Iterator[SharedClients]:
+    """While open (runbook.fleet.run holds it for a fleet), the runtime's ApiClients share their
+    httpx clients; outside it every ApiClient owns its own, as before. Nested opens share the
+    outer one."""
+    if runtime.clients is not None:
+        yield runtime.clients
         return
-    pool = _SHARING = SharedClients()
+    pool = runtime.clients = SharedClients()
     try:
         yield pool
     finally:
-        _SHARING = None
+        runtime.clients = None
         pool.close()

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BeforeValidator
 
 from providers.base import OpenContext
 from providers.gcp_auth import GoogleAuth, google_error
-from providers.http import ApiClient, RateBudget, shared_budget
+from providers.http import UNDECLARED, ApiClient, RateBudget, shared_budget
 from runbook.durations import format_duration, parse_duration
 from runbook.errors import ProviderError
 
@@ -41,7 +41,7 @@ def api_client(ctx: OpenContext, auth: GoogleAuth, budget: RateBudget | None, *,
     return ApiClient(
         title, ctx.environ.get(url_env) or default_url, headers={"Accept": "application/json"},
         retry=ctx.retry, transport=ctx.http_transport,   # type: ignore[arg-type]
-        budget=budget or shared_budget(ctx.budget_key or auth.account_key),
+        budget=budget or shared_budget(ctx.budget_key or auth.account_key, UNDECLARED, ctx.runtime), runtime=ctx.runtime,
         describe_error=google_error,
     )
 

@@ -278,11 +278,6 @@ def _q(segment: str) -> str:
 RATE = RateModel("Heroku Platform API", "bucket", limit=4500, window_seconds=3600,
                  remaining_headers=("RateLimit-Remaining",))
 
-# writes sent to each account by this process: an answer read before the latest one is stale
-_WRITES: dict[str, int] = {}
-_WRITES_LOCK = threading.Lock()
-
-
 class HerokuApi:
     """The Platform API and Data API clients of one provider object (same token, same budget)."""
 
@@ -295,10 +290,12 @@ class HerokuApi:
         headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token.reveal()}"}
         self._basic = "Basic " + base64.b64encode(f":{token.reveal()}".encode()).decode()
         account = ctx.budget_key or "heroku:" + hashlib.sha256(token.reveal().encode()).hexdigest()[:16]
-        budget = budget or shared_budget(account, RATE)
+        budget = budget or shared_budget(account, RATE, ctx.runtime)
         self.account = account
+        # writes sent to each account by this runtime: an answer read before the latest one is stale
+        self.runtime = ctx.runtime
         common = dict(headers=headers, retry=ctx.retry, transport=ctx.http_transport, budget=budget,
-                      describe_error=heroku_error, sleep=sleep)
+                      describe_error=heroku_error, sleep=sleep, runtime=ctx.runtime)
         self.platform = ApiClient("heroku", self.platform_url, **common)
         self.data = ApiClient("heroku data", self.data_url, **common)
         self.closed = False
@@ -318,13 +315,11 @@ class HerokuApi:
         """Every change goes through here. Counted before it is sent: one whose answer is lost
         still changed things. (A credential change also changes the config vars it is attached as,
         so the database and app sides of one account share the count.)"""
-        with _WRITES_LOCK:
-            _WRITES[self.account] = _WRITES.get(self.account, 0) + 1
+        self.runtime.count_write(self.account)
         return client.request(method, path, **kw)
 
     def writes(self) -> int:
-        with _WRITES_LOCK:
-            return _WRITES.get(self.account, 0)
+        return self.runtime.writes_of(self.account)
 
     def _named(self, app: str, ref: str) -> tuple[dict[str, Any], bool]:
         """What `ref` names on `app`: (the add-on, False) by add-on name/id, else (the

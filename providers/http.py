@@ -29,8 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from providers import clients as _clients
-from providers.base import RetryPolicy
+from providers.base import ProviderRuntime, RetryPolicy
 from runbook.errors import ProviderError
 from runbook.secret import redact
 
@@ -251,38 +250,17 @@ class RateBudget:
             self._cond.notify_all()
 
 
-_BUDGETS: dict[str, RateBudget] = {}
-_BUDGETS_LOCK = threading.Lock()
-
-
 # for a platform that declares no model (Google's APIs announce no remaining count): paced only if
 # an answer ever says what is left, and then as a bucket refilling at one request a second
 UNDECLARED = RateModel("API", "bucket", limit=60, window_seconds=60,
                        remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"))
 
 
-def shared_budget(account_key: str, model: RateModel = UNDECLARED) -> RateBudget:
-    """The one budget of an account in this process (every client of a fleet draws on it), paced
+def shared_budget(account_key: str, model: RateModel, runtime: ProviderRuntime) -> RateBudget:
+    """The one budget of an account in this runtime (every client of a fleet draws on it), paced
     by the platform's model."""
-    with _BUDGETS_LOCK:
-        budget = _BUDGETS.get(account_key)
-        if budget is None:
-            budget = _BUDGETS[account_key] = RateBudget(model)
-        return budget
-
-
-_TLS: Any = None
-
-
-def _tls_context() -> Any:
-    """httpx's default TLS context, built once per process: building it loads the CA bundle (~20 ms
-    of CPU, under the GIL), and a fleet opens two clients per environment."""
-    global _TLS
-    if _TLS is None:
-        with _BUDGETS_LOCK:
-            if _TLS is None:
-                _TLS = httpx.create_ssl_context()
-    return _TLS
+    found: RateBudget = runtime.budget(account_key, lambda: RateBudget(model))
+    return found
 
 
 def _client_key(base_url: str, headers: dict[str, str], timeout: float, transport: Any) -> tuple[Any, ...]:
@@ -315,6 +293,7 @@ class ApiClient:
         describe_error: ErrorFormatter = default_error,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        runtime: ProviderRuntime | None = None,
     ) -> None:
         self.name = name
         self.retry = retry
@@ -333,10 +312,14 @@ class ApiClient:
                 timeout=httpx.Timeout(retry.timeout_seconds, connect=min(10.0, retry.timeout_seconds)),
                 transport=transport,
                 follow_redirects=False,
-                verify=_tls_context() if transport is None else True,
+                # the CA bundle is loaded once per runtime (~20 ms of CPU under the GIL; a fleet
+                # opens two clients per environment)
+                verify=(True if transport is not None else
+                        runtime.tls_context(httpx.create_ssl_context) if runtime is not None else
+                        httpx.create_ssl_context()),
             )
 
-        pool = _clients.sharing()
+        pool = runtime.clients if runtime is not None else None      # a fleet's (providers/clients.py)
         self._owned = pool is None
         self.client = build() if pool is None else pool.get(
             _client_key(base_url.rstrip("/"), headers, retry.timeout_seconds, transport), build)

@@ -104,7 +104,8 @@ class _Management:
             "Supabase Management API", ctx.environ.get("SUPABASE_API_URL") or DEFAULT_API,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             retry=ctx.retry, transport=ctx.http_transport,   # type: ignore[arg-type]
-            budget=budget or shared_budget(key, RATE), rate=RATE, describe_error=supabase_error,
+            budget=budget or shared_budget(key, RATE, ctx.runtime), rate=RATE, describe_error=supabase_error,
+            runtime=ctx.runtime,
         )
 
     def json(self, method: str, path: str, **kw: Any) -> Any:

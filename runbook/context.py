@@ -17,7 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from providers.base import AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, Progress, RetryPolicy
+from providers.base import (AppPlatform, Credential, DatabaseInfo, DatabaseProvider, OpenContext, Progress,
+                            ProviderRuntime, RetryPolicy)
 from runbook.errors import ConfigError, RunbookError
 from runbook.extras import require as require_extras
 from runbook.project import Environment, FlagSpec, Project, RoleSpec, SettingsSpec
@@ -70,6 +71,8 @@ class Context:
     command: str
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     http_transport: Any = None
+    # what the providers of the whole runtime share: rate budgets, a fleet's HTTP clients (runbook/run.py's Runtime)
+    providers: ProviderRuntime = field(default_factory=ProviderRuntime)
     store: Any = None                     # StateStore | None
     run_id: int | None = None
     run_started_at: float | None = None   # wall clock when this mutating run took its lock
@@ -124,7 +127,7 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
-            progress=self.report_progress, shared=self._shared,
+            progress=self.report_progress, shared=self._shared, runtime=self.providers,
         )
 
     def report_progress(self, event: Progress) -> None:

@@ -243,7 +243,8 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
     # the environments of one platform account share its HTTP clients (providers.clients)
     from providers import shared_clients
 
-    with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared, shared_clients():
+    with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared, \
+            shared_clients(shared.providers):
         kwargs = {**kwargs, "runtime": shared}
         warming = None
         if command in MUTATING and shared.pool is not None:   # each environment journals: connect while the first wave starts

@@ -76,8 +76,11 @@ class Runtime:
     share them with) and the local journal's in-process drain registry."""
 
     def __init__(self, *, pool: ConnectionPool | None = None) -> None:
+        from providers.base import ProviderRuntime
+
         self.pool = pool
         self.local = Registry()
+        self.providers = ProviderRuntime()   # rate budgets, write counts, a fleet's HTTP clients
 
     @classmethod
     @contextmanager
@@ -119,7 +122,7 @@ def context(project: Project, env: str, command: str, invocation: Invocation) ->
 
     environ = dict(os.environ) if invocation.environ is None else dict(invocation.environ)
     return Context(project=project, env=project.env(env), command=command, environ=environ,
-                   http_transport=invocation.transport)
+                   http_transport=invocation.transport, providers=invocation.runtime.providers)
 
 
 class Run:

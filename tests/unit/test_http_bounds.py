@@ -17,6 +17,7 @@ import pytest
 
 from providers import heroku, supabase
 from providers.base import RetryPolicy
+from providers.base import ProviderRuntime
 from providers.http import ApiClient, NoTimeLeft, RateBudget, RateModel, shared_budget
 from runbook.errors import ProviderError
 
@@ -237,8 +238,11 @@ def test_a_spent_window_is_waited_for_before_sending_and_only_on_its_endpoint():
     assert heroku_budget().scope("GET", "/a") is heroku_budget().scope("POST", "/b")    # one account-wide bucket
 
 
+ONE_RUNTIME = ProviderRuntime()
+
+
 def heroku_budget() -> RateBudget:
-    return shared_budget("heroku:test-one-account", heroku.RATE)
+    return shared_budget("heroku:test-one-account", heroku.RATE, ONE_RUNTIME)
 
 
 def test_a_spent_window_past_the_deadline_is_refused_without_sending():

@@ -3,12 +3,14 @@ an OpenContext pointing at it, and providers opened with a recording, non-sleepi
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from providers.base import OpenContext
+from providers.base import OpenContext, ProviderRuntime
 from providers.heroku import HerokuApp, HerokuAppConfig, HerokuDatabase, HerokuDatabaseConfig
 from tests.providers.conftest import closing_all, fake_context, quick_budget, serving
 from tests.providers.heroku.fake_heroku import FakeHeroku, start_fake
@@ -33,9 +35,14 @@ def bare_fake() -> Iterator[FakeHeroku]:
     yield from serving(f)
 
 
+# one ProviderRuntime per test, as the database and app sides of one run share theirs
+_RUNTIMES: dict[Path, ProviderRuntime] = {}
+
+
 def context(fake: FakeHeroku, tmp_path: Path, **extra: str) -> OpenContext:
-    return fake_context({**fake.environ(), "HOME": str(tmp_path), **extra}, tmp_path, app_name="raxx",
-                        url_var=URL_VAR, flag=FLAG)
+    ctx = fake_context({**fake.environ(), "HOME": str(tmp_path), **extra}, tmp_path, app_name="raxx",
+                       url_var=URL_VAR, flag=FLAG)
+    return dataclasses.replace(ctx, runtime=_RUNTIMES.setdefault(tmp_path, ProviderRuntime()))
 
 
 def database_config(**block) -> HerokuDatabaseConfig:
