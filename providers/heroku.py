@@ -23,7 +23,6 @@ import ipaddress
 import logging
 import netrc
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
