@@ -257,11 +257,12 @@ class DatabaseProvider(Protocol):
 
     def close(self) -> None: ...
 
-    def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None) -> "LogLines | None":
         """The database's own log since `since` (epoch seconds): `role`'s records only, read
         with runbook.dblog's caps. None when the platform has no log the tool can read, and,
         when not `asked` (the soak check nobody wrote), wherever reading it needs more than the
-        tool already uses (another API, another permission)."""
+        tool already uses (another API, another permission). `admin_dsn`: the run's own, for a
+        provider that reads the log over SQL (asked for once per run)."""
         ...
 
     # credentials == "api" only
@@ -313,7 +314,7 @@ class DatabaseBase:
     def embedded_server(self) -> EmbeddedServer | None:
         return None
 
-    def read_log(self, since: float, role: str, *, asked: bool = True) -> "LogLines | None":
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None) -> "LogLines | None":
         return None        # no database log the tool can read
 
     def create_login_role(self, conn: Any, role: str) -> None:

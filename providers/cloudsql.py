@@ -183,7 +183,7 @@ class CloudSqlDatabase(DatabaseBase):
             self._logging.close()
             self._logging = None
 
-    def read_log(self, since: float, role: str, *, asked: bool = True):
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None):
         if not asked:
             return None      # the log API and its permission are the operator's to grant: on when written
         from providers import cloudsql_logs

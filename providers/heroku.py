@@ -451,7 +451,7 @@ class HerokuDatabase(DatabaseBase):
             self._addon, self._attachment = self.api.resolve_addon(self.app, self.config.addon)
         return self._addon
 
-    def read_log(self, since: float, role: str, *, asked: bool = True):
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None):
         if not asked:
             return None      # the log API and its permission are the operator's to grant: on when written
         from providers import heroku_logs

@@ -147,16 +147,17 @@ class LocalDatabase(DatabaseBase):
             password=password, sslmode=sslmode,
         )
 
-    def read_log(self, since: float, role: str, *, asked: bool = True):
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None):
         from providers import local_logs
 
+        dsn = admin_dsn or self.admin_dsn()       # the run's own, when it hands it over
         if self.config.server_log:
             path = Path(self.config.server_log).expanduser()
             path = path if path.is_absolute() else Path(str(self.ctx.base_dir)) / path
-            return local_logs.read_file(self.admin_dsn(), path, since, role)
+            return local_logs.read_file(dsn, path, since, role)
         if self.embedded:
-            return local_logs.read_file(self.admin_dsn(), self._cluster().log_file, since, role)
-        return local_logs.read_collector(self.admin_dsn(), since, role)
+            return local_logs.read_file(dsn, self._cluster().log_file, since, role)
+        return local_logs.read_collector(dsn, since, role)
 
     def stop_embedded(self) -> bool:
         if not self.embedded:

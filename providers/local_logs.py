@@ -59,8 +59,17 @@ def _settings(conn) -> dict[str, str]:
 def _connect(dsn: Secret):
     import psycopg
 
-    return psycopg.connect(dsn.reveal(), autocommit=True, connect_timeout=10, application_name="runbook:log",
-                           options="-c statement_timeout=20000")
+    # settings by SET after connecting, never startup `options` (PgBouncer at its defaults refuses
+    # them), no prepared statements (a transaction pooler moves them), search_path pinned
+    conn = psycopg.connect(dsn.reveal(), autocommit=True, connect_timeout=10, application_name="runbook:log",
+                           prepare_threshold=None)
+    try:
+        conn.execute("SELECT pg_catalog.set_config('statement_timeout', '20000', false), "
+                     "pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def read_file(dsn: Secret, path: Path, since: float, role: str) -> LogLines:

@@ -433,7 +433,7 @@ class RdsDatabase(DatabaseBase):
                             f"restricted ({source}). Fix: GRANT rds_password TO {ident};")
         return problems
 
-    def read_log(self, since: float, role: str, *, asked: bool = True):
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None):
         if not asked:
             return None      # the log API and its permission are the operator's to grant: on when written
         from providers import rds_logs

@@ -306,7 +306,7 @@ class SupabaseDatabase(_UsesManagement, DatabaseBase):
                     "role; connect as postgres (database.admin_user)"]
         return []
 
-    def read_log(self, since: float, role: str, *, asked: bool = True):
+    def read_log(self, since: float, role: str, *, asked: bool = True, admin_dsn: Secret | None = None):
         if not asked:
             return None      # the log API and its permission are the operator's to grant: on when written
         from providers import supabase_logs

@@ -194,7 +194,7 @@ def check_errors(ctx, max_errors: int = 0, *, required: bool = True) -> CheckRes
 
     role = ctx.role.name
     since, when = _errors_since(ctx)
-    log = ctx.db.read_log(since, role, asked=required)
+    log = ctx.db.read_log(since, role, asked=required, admin_dsn=ctx.admin_dsn())
     if log is None or log.problem:
         if not required:
             return None

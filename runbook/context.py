@@ -86,6 +86,7 @@ class Context:
     _app: AppPlatform | None = None
     _info: DatabaseInfo | None = None
     _admin: Any = None
+    _admin_dsn: Secret | None = None     # fetched once per run (a provider may read it from a secret manager)
     _owner: str | None = None
     pooler: Any = None                    # runbook.pooler.Detection, once the tool's first session is open
     _shared: dict[str, object] = field(default_factory=dict)   # what both adapters share (OpenContext.shared)
@@ -176,10 +177,17 @@ class Context:
         return self.credential_memo[0]
 
     # --- SQL -----------------------------------------------------------------------------
+    def admin_dsn(self) -> Secret:
+        """The provider's admin DSN, asked for once per run."""
+        if self._admin_dsn is None:
+            found: Secret = self.db.admin_dsn()
+            self._admin_dsn = found
+        return self._admin_dsn
+
     def admin(self) -> Connection[Any]:
         """The owner/master connection (autocommit; grant steps open their own transactions)."""
         if self._admin is None or self._admin.closed:
-            self._admin = connect(self.db.admin_dsn(), self, purpose=self.command)
+            self._admin = connect(self.admin_dsn(), self, purpose=self.command)
         return self._admin      # type: ignore[no-any-return]  # held as Any: psycopg is imported lazily
 
     def check_pooler(self, conn: Connection[Any], open_another: Callable[[], Connection[Any]], dsn: Secret) -> None:

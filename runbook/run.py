@@ -158,10 +158,7 @@ class Run:
         return self.state_url in (None, "", "database")
 
     def admin_dsn(self) -> Secret:
-        if self._dsn is None:
-            dsn: Secret = self.ctx.db.admin_dsn()
-            self._dsn = dsn
-        return self._dsn
+        return self.ctx.admin_dsn()       # cached on the run's Context: steps and checks ask it too
 
     def admin(self) -> Any:
         """The admin session, opened with the run's one DSN; the Context's steps reuse it."""
