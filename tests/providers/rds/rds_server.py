@@ -34,6 +34,8 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from tests.providers.wire import read_exact, relay
+
 ADMIN = "rdsadmin"
 RESTRICTED_MESSAGE = "must be a member of rds_password to alter passwords"
 
@@ -155,16 +157,6 @@ def guarded_statement(text: str) -> str:
 
 # -- the wire ------------------------------------------------------------------------------------
 
-def read_exact(sock, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("peer went away")
-        data += chunk
-    return data
-
-
 def read_packet(sock) -> bytes:
     head = read_exact(sock, 4)
     return head + read_exact(sock, struct.unpack("!I", head)[0] - 4)
@@ -191,19 +183,6 @@ def _relay_guarded(client, upstream) -> None:
     finally:
         try:
             upstream.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-def _relay_raw(src, dst) -> None:
-    try:
-        while chunk := src.recv(65536):
-            dst.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
@@ -292,7 +271,7 @@ class RdsFront:
             upstream.connect(str(self.cluster.socket_dir / f".s.PGSQL.{self.cluster.port}"))
         upstream.sendall(startup)
         pipes = [threading.Thread(target=_relay_guarded, args=(client, upstream), daemon=True),
-                 threading.Thread(target=_relay_raw, args=(upstream, client), daemon=True)]
+                 threading.Thread(target=relay, args=(upstream, client), daemon=True)]
         for pipe in pipes:
             pipe.start()
         for pipe in pipes:

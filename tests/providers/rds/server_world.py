@@ -27,6 +27,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.providers.wire import relay
+
 CIRCUIT_BREAKER = "ECS deployment circuit breaker: tasks failed to start."
 
 
@@ -171,8 +173,8 @@ class Tunnel:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 with socket.create_connection(target) as upstream:
-                    pipes = [threading.Thread(target=_pipe, args=(self.request, upstream), daemon=True),
-                             threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)]
+                    pipes = [threading.Thread(target=relay, args=(self.request, upstream), daemon=True),
+                             threading.Thread(target=relay, args=(upstream, self.request), daemon=True)]
                     for pipe in pipes:
                         pipe.start()
                     for pipe in pipes:
@@ -188,19 +190,6 @@ class Tunnel:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while chunk := src.recv(65536):
-            dst.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def install_modify_db_proxy(monkeypatch, account: str, region: str) -> list[list[dict[str, str]]]:

@@ -15,20 +15,12 @@ import struct
 import threading
 from typing import Any
 
+from tests.providers.wire import read_exact
+
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
 _CANCEL = 80877102
 _PROTOCOL_3 = 196608
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("closed")
-        out += chunk
-    return out
 
 
 def _error(message: str, code: str = "XX000") -> bytes:
@@ -107,8 +99,8 @@ class FrontDoor:
 
     def _session(self, client: socket.socket) -> None:
         while True:
-            length, code = struct.unpack("!II", _read_exact(client, 8))
-            body = _read_exact(client, length - 8)
+            length, code = struct.unpack("!II", read_exact(client, 8))
+            body = read_exact(client, length - 8)
             if code in (_SSL_REQUEST, _GSS_REQUEST):
                 client.sendall(b"N")       # no TLS on loopback: the client goes on in the clear
                 continue

@@ -18,6 +18,7 @@ from runbook import commands
 from runbook.login import try_login
 from runbook.secret import Secret
 from tests.projects import dotenv
+from tests.providers.wire import read_exact
 
 
 class Thief:
@@ -48,31 +49,21 @@ class Thief:
         try:
             conn.settimeout(5)
             while True:
-                (length,) = struct.unpack("!I", self._read(conn, 4))
-                body = self._read(conn, length - 4)
+                (length,) = struct.unpack("!I", read_exact(conn, 4))
+                body = read_exact(conn, length - 4)
                 if body[:4] in (struct.pack("!I", 80877103), struct.pack("!I", 80877104)):   # SSL / GSS request
                     conn.sendall(b"N")
                     continue
                 break
             conn.sendall(b"R" + struct.pack("!II", 8, 3))            # AuthenticationCleartextPassword
-            kind = self._read(conn, 1)
+            kind = read_exact(conn, 1)
             if kind == b"p":
-                (length,) = struct.unpack("!I", self._read(conn, 4))
-                self.passwords.append(self._read(conn, length - 4))
+                (length,) = struct.unpack("!I", read_exact(conn, 4))
+                self.passwords.append(read_exact(conn, length - 4))
         except (OSError, struct.error):
             pass
         finally:
             conn.close()
-
-    @staticmethod
-    def _read(conn: socket.socket, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise OSError("closed")
-            data += chunk
-        return data
 
     def close(self) -> None:
         self.sock.close()
