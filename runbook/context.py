@@ -433,5 +433,5 @@ class StepContext:
         return expected_endpoint(self.session, self.platform_credential())
 
     def forget_url(self) -> None:
-        """After an apply that changed the app's URL or the role's password: observe it afresh."""
+        """After any apply (the engine calls it): observe the app's URL afresh."""
         self.session.url_memo = None

@@ -165,7 +165,7 @@ def run(steps: list[Step[Any]], session: Context, *, plan_only: bool, journal: J
                 step.apply(ctx, changes, state)
                 # what the app's URL does is observed again after any change (a restart or a
                 # command step can change what the app receives); unchanged, the run's one read stands
-                session.url_memo = None
+                ctx.forget_url()
                 _changed(state, step, changes)
                 _fault_kill(step.name)
                 extra = {k: v for c in changes for k, v in c.data.items()}

@@ -192,7 +192,6 @@ class RotatePassword(Step[RotateObserved]):
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
             state.credential = ctx.db.rotate(ctx.role.name)
-            ctx.forget_url()
             return
         conn = ctx.admin()
         with conn.transaction():
@@ -203,7 +202,6 @@ class RotatePassword(Step[RotateObserved]):
         password = _password(changes)
         if password is not None:
             state.new_password = password.password
-        ctx.forget_url()
 
 
 def raise_missing(ctx: StepContext) -> NoReturn:

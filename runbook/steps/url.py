@@ -65,7 +65,6 @@ class WriteUrl(Step[UrlObserved]):
         cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
         ctx.app.put_url(cred)
         state.written = cred
-        ctx.forget_url()
 
     def verify(self, ctx: StepContext) -> Verdict:
         state = ctx.url_state()        # read afresh after any apply (engine), else this run's one login
@@ -115,7 +114,6 @@ class UnsetUrl(Step[ConfiguredUrl]):
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         ctx.app.remove_url(ctx.role.name)
-        ctx.forget_url()
 
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok() if _configured_url(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")
