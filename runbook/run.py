@@ -161,13 +161,8 @@ class Run:
         return self.ctx.admin_dsn()       # cached on the run's Context: steps and checks ask it too
 
     def admin(self) -> Any:
-        """The admin session, opened with the run's one DSN; the Context's steps reuse it."""
-        from runbook.context import connect
-
-        ctx = self.ctx
-        if ctx._admin is None or ctx._admin.closed:
-            ctx._admin = connect(self.admin_dsn(), ctx, purpose=self.command)
-        return ctx._admin
+        """The admin session (the Context's, opened with the run's one DSN; the steps reuse it)."""
+        return self.ctx.admin()
 
     def open_store(self, *, timeout: int = 10, read_only: bool = False) -> StateStore:
         """The journal; `read_only` runs never create it (runbook.readonly: an absent one reads empty)."""
