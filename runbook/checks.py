@@ -21,10 +21,11 @@ class CheckResult:
     status: str             # pass | fail | inconclusive
     detail: str
     fix: str | None = None
+    role: str | None = None     # the managed role checked (set by the verb that ran the check)
 
     def to_json(self) -> dict[str, Any]:
         return {"check": self.name, "status": self.status, "detail": redact(self.detail),
-                "fix": redact(self.fix) if self.fix else None}
+                "fix": redact(self.fix) if self.fix else None, "role": self.role}
 
 
 def _guard(name: str, fn) -> CheckResult:
@@ -59,7 +60,7 @@ def check_role(ctx) -> CheckResult:
         return CheckResult("role", "fail", f"role {name}'s password has expired (VALID UNTIL)", f"runbook rotate --env {ctx.env.name}")
     if facts.unsafe_attributes(ctx.role):
         return CheckResult("role", "fail", f"role {name} has {', '.join(facts.unsafe_attributes(ctx.role))}", fix)
-    extra = roles.drift_findings(ctx.role, facts, ctx.info.role_grants)
+    extra = roles.drift_findings(ctx.role, facts, ctx.role_grants)
     if extra:
         return CheckResult("role", "fail", "; ".join(f.detail for f in extra), f"runbook drift --env {ctx.env.name} --fix")
     from runbook.app_url import url_state
@@ -82,7 +83,7 @@ def check_grants(ctx) -> CheckResult:
     if not ctx.api_credentials:
         from runbook import roles
 
-        found = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants) + found
+        found = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.role_grants) + found
     if found:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),
@@ -161,7 +162,7 @@ def four_checks(ctx) -> list[CheckResult]:
         _guard("role", lambda: check_role(ctx)),
         _guard("grants", lambda: check_grants(ctx)),
         _guard("url", lambda: check_url(ctx)),
-        _guard("flag", lambda: check_flag(ctx)),
+        *([_guard("flag", lambda: check_flag(ctx))] if ctx.flag is not None else []),
     ]
 
 

@@ -39,6 +39,7 @@ class _Opts:
     debug: bool = False
     quiet: bool = False
     shard: Optional[str] = None
+    role: Optional[str] = None
 
 
 OPTS = _Opts()
@@ -73,6 +74,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", envvar="RUNBOOK_YES",
                                       help="do not ask; required without a terminal (also RUNBOOK_YES=1)")]
 OutOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="text (stderr), json or markdown (stdout)")]
 StateOpt = Annotated[Optional[str], typer.Option("--state", help="state store: sqlite:///path, postgresql://…, env:VAR")]
+RoleOpt = Annotated[Optional[str], typer.Option("--role", help="one role of the project's roles: (default: every role)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or report on stderr; errors, the exit "
                                                               "code and --output json still come")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")]
@@ -97,12 +99,14 @@ def _global(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     shard: ShardOpt = None,
+    role: RoleOpt = None,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
                                           help="print the version and exit")] = False,
 ) -> None:
     # every invocation starts from the defaults: main() may run several times in one process
     OPTS.file, OPTS.state, OPTS.debug = file, state, debug
     OPTS.shard = shard
+    OPTS.role = role
     OPTS.output = output if output is not None else Output.text
     if OPTS.quiet and not quiet:     # an earlier in-process invocation's --quiet
         from runbook import render
@@ -127,13 +131,19 @@ _AFTER_VERB = {
     "quiet": (QuietOpt, False),
     "debug": (DebugOpt, False),
     "shard": (ShardOpt, None),          # only on the verbs that run fleets (they take --parallel)
+    "role": (RoleOpt, None),            # only on the verbs about roles (they take --env, and status)
 }
+
+
+_ROLE_VERBS = {"plan", "provision", "diagnose", "drift", "rollback", "retire", "rotate", "soak", "promote", "status",
+               "history"}
 
 
 def _with_global_options(fn):
     own = inspect.signature(fn, eval_str=True)
     added = [name for name in _AFTER_VERB if name not in own.parameters
-             and (name != "shard" or "parallel" in own.parameters)]
+             and (name != "shard" or "parallel" in own.parameters)
+             and (name != "role" or fn.__name__ in _ROLE_VERBS)]
 
     @functools.wraps(fn)
     def command(**kw):
@@ -148,6 +158,8 @@ def _with_global_options(fn):
             OPTS.debug = True
         if given.get("shard") is not None:
             OPTS.shard = given["shard"]
+        if given.get("role") is not None:
+            OPTS.role = given["role"]
         _set_quiet(bool(given.get("quiet")) or bool(kw.get("quiet")))
         return fn(**kw)
 
@@ -289,6 +301,8 @@ def _verb(verb: str, env: list[str], output: Optional[Output], *, parallel: int 
           yes: bool = False, streamed: bool = False, show_sql: bool = False, **kw) -> int:
     """Every per-environment verb: a fleet through runbook.fleet, one name through
     `commands.<verb>` (asking first when a person is there and --yes was not given)."""
+    if OPTS.role is not None:
+        kw["role"] = OPTS.role
     code = _fleet(verb, env, parallel, output, mutating=mutating, yes=yes, show_sql=show_sql, **kw)
     if code is not None:
         return code
@@ -370,7 +384,8 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
         from runbook.errors import ConfigError
 
         raise ConfigError("soak --wait takes one environment; for a fleet, run `runbook soak` from cron")
-    code = _fleet("soak", env, parallel, output, mutating=False, yes=True, show_sql=False, state=state or OPTS.state)
+    code = _fleet("soak", env, parallel, output, mutating=False, yes=True, show_sql=False, state=state or OPTS.state,
+                  role=OPTS.role)
     if code is not None:
         return code
     project = _load()
@@ -379,7 +394,7 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
     from providers.base import Progress
 
     while True:
-        res = commands.soak(project, env[0], state=state or OPTS.state)
+        res = commands.soak(project, env[0], state=state or OPTS.state, role=OPTS.role)
         view = res.data.get("soak", {})
         pending = [p for p in view.get("checkpoints", []) if p["status"] == "pending"]
         if not wait or res.exit_code != 3 or not view.get("started_at") or not pending:
@@ -414,7 +429,7 @@ def status(output: OutOpt = None, state: StateOpt = None) -> int:
     """Every environment: role present, flag value, soak state, last run."""
     from runbook import commands
 
-    return _finish(commands.status(_load(), state=state or OPTS.state), output)
+    return _finish(commands.status(_load(), state=state or OPTS.state, role=OPTS.role), output)
 
 
 @_command
@@ -423,7 +438,7 @@ def history(env: Annotated[Optional[str], typer.Option("--env", "-e")] = None, o
     """The audit journal: runs, events, approvals."""
     from runbook import commands
 
-    return _finish(commands.history(_load(), env, state=state or OPTS.state, limit=limit), output)
+    return _finish(commands.history(_load(), env, state=state or OPTS.state, limit=limit, role=OPTS.role), output)
 
 
 @_command
@@ -433,12 +448,14 @@ def validate(output: OutOpt = None) -> int:
     from runbook import render
 
     summary = {"file": str(project.path), "role": project.role.name, "digest": project.role.digest(),
+               "roles": {name: r.digest() for name, r in project.roles.items()},
                "environments": {n: {"database": e.database.provider, "app": e.app.platform} for n, e in project.environments.items()}}
     if _json(output):
         render.emit_json({"valid": True, **summary})
     else:
         envs = ", ".join(f"{n} ({d['database']}/{d['app']})" for n, d in summary["environments"].items())
-        render.console().print(f"{project.path}: valid; role {project.role.name} (spec {summary['digest']}); environments: {envs}")
+        roles = ", ".join(f"{name} (spec {digest})" for name, digest in summary["roles"].items())
+        render.console().print(f"{project.path}: valid; role{'s' if project.several else ''} {roles}; environments: {envs}")
     return 0
 
 

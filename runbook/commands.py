@@ -5,6 +5,7 @@ handed travels there as one Invocation."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,24 +39,45 @@ def _refuse_transaction_pooler(run: Run) -> None:
         pass
 
 
-def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result) -> None:
-    if not run.confirmed_apply(playbooks.load(name, run.project).steps, journal, result, f"{name} {run.env}"):
-        return
+def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result, role: str | None = None) -> None:
+    """`name` applied for each selected role in turn, in one run (one lock, one journal run)."""
+    started = False
+    for managed in run.for_each_role(role):
+        what = f"{name} {run.env}" + (f" (role {managed.name})" if run.project.several else "")
+        if not run.confirmed_apply(playbooks.load(name, run.project).steps, journal, result, what):
+            return
+        started = started or run.state.soak_started
+    if started:
+        result.data["soak_started"] = True
     changed = any(s.status == "applied" for s in result.steps)
     result.status = "ok" if changed else "unchanged"
     if not changed:
         result.say(f"{run.env} already matches the spec; nothing changed")
 
 
+def _tag_checks(checks: list[CheckResult], name: str) -> list[CheckResult]:
+    return [dataclasses.replace(check, role=name) for check in checks]
+
+
+# the status of a verb over several roles: the one that says most (its exit code wins)
+_WORST = ("check-failed", "not-recorded", "waiting", "cancelled", "planned", "ok", "unchanged")
+
+
+def _worst(statuses: list[str]) -> str:
+    return min(statuses, key=lambda s: _WORST.index(s) if s in _WORST else 0) if statuses else "ok"
+
+
 # --- verbs ---------------------------------------------------------------------------------
 
 def plan(project: Project, env: str, *, playbook: str = "provision", environ: Mapping[str, str] | None = None,
-         transport: Any = None, runtime: Runtime | None = None) -> Result:
+         transport: Any = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
     """What `provision` (or another playbook) would change. Read-only: no lock, no journal."""
     result = Result("plan", env)
+    project.select(role)
     with Run(project, env, "plan", _invocation(environ=environ, transport=transport, runtime=runtime),
              ) as run:
-        result.steps = run.preview(playbooks.load(playbook, project).steps)
+        for _ in run.for_each_role(role):
+            result.steps += run.preview(playbooks.load(playbook, project).steps)
         result.status = "planned" if any(s.changes for s in result.steps) else "unchanged"
         if result.status == "unchanged":
             result.say(f"{env} already matches the spec; provision would change nothing")
@@ -68,42 +90,44 @@ def plan(project: Project, env: str, *, playbook: str = "provision", environ: Ma
 
 def provision(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
               environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-              on_step: StepSink | None = None, runtime: Runtime | None = None, playbook: str = "provision") -> Result:
+              on_step: StepSink | None = None, runtime: Runtime | None = None, playbook: str = "provision",
+              role: str | None = None) -> Result:
     inv = _invocation(environ=environ, transport=transport, state=state, yes=yes, confirm=confirm, on_step=on_step,
                       runtime=runtime)
     inv.need_yes("provision")
+    project.select(role)
     result = Result(playbook, env)
     with Run(project, env, playbook, inv) as run, mutating(run, result) as journal:
-        _playbook(run, playbook, journal, result)
-        if run.state.soak_started:
-            result.data["soak_started"] = True
+        _playbook(run, playbook, journal, result, role)
     return result
 
 
 def rotate(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
            environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-           on_step: StepSink | None = None, runtime: Runtime | None = None) -> Result:
+           on_step: StepSink | None = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
     return provision(project, env, yes=yes, confirm=confirm, environ=environ, state=state, transport=transport,
-                     on_step=on_step, runtime=runtime, playbook="rotate")
+                     on_step=on_step, runtime=runtime, playbook="rotate", role=role)
 
 
 def retire(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
            environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-           on_step: StepSink | None = None, runtime: Runtime | None = None) -> Result:
+           on_step: StepSink | None = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
     inv = _invocation(environ=environ, transport=transport, state=state, yes=yes, confirm=confirm, on_step=on_step,
                       runtime=runtime)
     inv.need_yes("retire")
+    project.select(role)
     result = Result("retire", env)
     with Run(project, env, "retire", inv) as run, mutating(run, result) as journal:
-        _playbook(run, "retire", journal, result)
+        _playbook(run, "retire", journal, result, role)
     return result
 
 
 def diagnose(project: Project, env: str, *, environ: Mapping[str, str] | None = None, transport: Any = None,
-             state: str | None = None, runtime: Runtime | None = None) -> Result:
-    """The runbook's four checks, in order, each with its fix. Read-only."""
+             state: str | None = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """The runbook's four checks, in order, each with its fix, for each selected role. Read-only."""
     from runbook.checks import diagnose as run_checks
 
+    project.select(role)
     result = Result("diagnose", env)
     with Run(project, env, "diagnose", _invocation(environ=environ, transport=transport, state=state,
                                                    runtime=runtime)) as run:
@@ -119,7 +143,8 @@ def diagnose(project: Project, env: str, *, environ: Mapping[str, str] | None = 
         except RunbookError:
             ctx.store = None     # diagnose works without a journal (write-only URL stores read as unknown)
         try:
-            result.checks = run_checks(ctx)
+            for managed in run.for_each_role(role):
+                result.checks += _tag_checks(run_checks(ctx), managed.name)
         finally:
             if ctx.store is not None:
                 ctx.store.close()
@@ -129,88 +154,141 @@ def diagnose(project: Project, env: str, *, environ: Mapping[str, str] | None = 
 
 def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, confirm: Confirm | None = None,
           environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-          runtime: Runtime | None = None) -> Result:
-    """Tables, sequences and functions the role should reach but cannot, and denied ones it can."""
-    from runbook import catalog, grants, rls, roles
-    from runbook.steps.grants import Grants
-    from runbook.steps.role import RoleDrift
-
+          runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """Tables, sequences and functions each selected role should reach but cannot, and denied ones it can."""
     inv = _invocation(environ=environ, transport=transport, state=state, yes=yes, confirm=confirm, runtime=runtime)
     if fix:
         inv.need_yes("drift --fix")
+    selected = project.select(role)
     result = Result("drift", env)
     with Run(project, env, "drift", inv) as run:
-        ctx = run.ctx
-
-        def role_drift() -> list[Any]:
-            if ctx.api_credentials:
-                return []
-            return list(roles.drift_findings(ctx.role, roles.facts(run.admin(), ctx.role.name), ctx.info.role_grants))
-
-        started = time.perf_counter()
-        snap = catalog.snapshot(run.admin(), ctx.role, ctx.owner)
-        found = grants.findings(ctx.role, snap)
-        if snap.role_exists:
-            found = role_drift() + found
-        result.data["catalog_seconds"] = round(time.perf_counter() - started, 4)
-        result.data["relations"] = len(snap.relations)
-        result.data["routines"] = len(snap.routines)
-        result.data["findings"] = [{"kind": f.kind, "schema": f.schema, "detail": f.detail, "objects": list(f.objects)}
-                                   for f in found]
-        result.checks = [CheckResult("drift", "fail", f.summary(), f"runbook drift --env {env} --fix") for f in found]
-        if not snap.role_exists:
-            raise ConfigError(f"role {ctx.role.name} does not exist in {env}; run `runbook provision --env {env}`")
-        every = rls.findings(ctx.role, rls.read(run.admin(), ctx.role))
-        result.data["rls"] = [{"table": f.table, "who": f.who, "commands": list(f.commands)} for f in every]
-        blocked = [f for f in every if f.who == ctx.role.name]
-        result.checks += [CheckResult("rls", "fail", f.summary(), rls.fix(ctx.role, [f], run.admin())) for f in blocked]
-        for f in every:
-            if f.who != ctx.role.name:
-                result.say(f.summary())
-        if snap.role_exists and not found:
-            from runbook import probe      # the catalog agrees: prove it on a future table too
-
-            status, detail, fix_line = probe.check(ctx)
-            result.data["probe"] = {"status": status, "detail": detail}
-            if status != "pass":
-                result.checks.append(CheckResult("probe", status, detail, fix_line))
-            if status == "fail":
-                result.status = "check-failed"
-                return result
-            if status == "inconclusive":
-                # a catalog-only DSN (a CI drift check) cannot create the probe's table: said, not passed
-                result.say(f"{detail} (fix: {fix_line})" if fix_line else detail)
-        if not found:
-            # a blocking policy is the operator's rule to write: --fix has nothing to grant
-            result.status = "check-failed" if blocked else "ok"
-            if not blocked:
-                result.say(f"no drift: {len(snap.relations)} relations and {len(snap.routines)} routines as specified")
-            return result
-        if not fix:
-            result.status = "check-failed"
-            return result
-        with mutating(run, result) as journal:
-            if not run.confirmed_apply([RoleDrift(), Grants()], journal, result, f"drift --fix {env}"):
-                return result
-        # the grants step's verify just read the catalog after the fix; no second read
-        left = role_drift() + grants.findings(ctx.role, run.state.verified.get("grants") or catalog.snapshot(run.admin(), ctx.role,
-                                                                                              ctx.owner))
-        result.checks = [CheckResult("drift", "fail", f.summary()) for f in left] + [
-            c for c in result.checks if c.name == "rls"]
-        result.status = "ok" if not left and not blocked else "check-failed"
-        result.say("drift fixed" if not left else "drift remains after --fix (see above)")
+        drifted: list[str] = []        # roles whose findings --fix converges
+        statuses: list[str] = []
+        for managed in run.for_each_role(role):
+            found = _drift_role(run, result, env)
+            if found is None:
+                statuses.append(result.status)
+            else:
+                drifted.append(managed.name)
+        if drifted and fix:
+            _drift_fix(run, result, env, drifted)
+            statuses.append(result.status)
+        elif drifted:
+            statuses.append("check-failed")
+        result.status = _worst(statuses)
+        if len(selected) > 1 or project.several:
+            result.data["roles"] = {m.name: ("drift" if m.name in drifted else "ok") for m in selected}
     return result
+
+
+def _role_drift(run: Run) -> list[Any]:
+    from runbook import membership, roles
+
+    ctx = run.ctx
+    if ctx.api_credentials:
+        return []
+    facts = roles.facts(run.admin(), ctx.role.name)
+    return [*roles.drift_findings(ctx.role, facts, ctx.role_grants),
+            *membership.findings(run.admin(), ctx.role.name, ctx.managed.member_of, set(ctx.project.roles))]
+
+
+def _drift_role(run: Run, result: Result, env: str) -> list[Any] | None:
+    """One role's drift into `result` (its checks tagged with the role): the findings --fix would
+    converge, or None when there are none (result.status then says how the role stands)."""
+    from runbook import catalog, grants, rls
+
+    ctx = run.ctx
+    name = ctx.role.name
+    several = run.project.several
+    started = time.perf_counter()
+    snap = catalog.snapshot(run.admin(), ctx.role, ctx.owner)
+    found = grants.findings(ctx.role, snap)
+    if snap.role_exists:
+        found = _role_drift(run) + found
+    data = result.data.setdefault("by_role", {}).setdefault(name, {}) if several else result.data
+    data["catalog_seconds"] = round(time.perf_counter() - started, 4)
+    data["relations"] = len(snap.relations)
+    data["routines"] = len(snap.routines)
+    findings = [{"kind": f.kind, "schema": f.schema, "detail": f.detail, "objects": list(f.objects),
+                 **({"role": name} if several else {})} for f in found]
+    result.data.setdefault("findings", []).extend(findings)
+    result.checks += _tag_checks([CheckResult("drift", "fail", f.summary(), f"runbook drift --env {env}"
+                                              + (f" --role {name}" if several else "") + " --fix") for f in found], name)
+    if not snap.role_exists:
+        raise ConfigError(f"role {name} does not exist in {env}; run `runbook provision --env {env}`")
+    every = rls.findings(ctx.role, rls.read(run.admin(), ctx.role))
+    data["rls"] = [{"table": f.table, "who": f.who, "commands": list(f.commands)} for f in every]
+    blocked = [f for f in every if f.who == name]
+    result.checks += _tag_checks([CheckResult("rls", "fail", f.summary(), rls.fix(ctx.role, [f], run.admin()))
+                                  for f in blocked], name)
+    for f in every:
+        if f.who != name:
+            result.say(f.summary())
+    if snap.role_exists and not found:
+        from runbook import probe      # the catalog agrees: prove it on a future table too
+
+        status, detail, fix_line = probe.check(ctx)
+        data["probe"] = {"status": status, "detail": detail}
+        if status != "pass":
+            result.checks += _tag_checks([CheckResult("probe", status, detail, fix_line)], name)
+        if status == "fail":
+            result.status = "check-failed"
+            return None
+        if status == "inconclusive":
+            # a catalog-only DSN (a CI drift check) cannot create the probe's table: said, not passed
+            result.say(f"{detail} (fix: {fix_line})" if fix_line else detail)
+    if not found:
+        # a blocking policy is the operator's rule to write: --fix has nothing to grant
+        result.status = "check-failed" if blocked else "ok"
+        if not blocked:
+            result.say(f"no drift{f' for {name}' if several else ''}: {len(snap.relations)} relations and "
+                       f"{len(snap.routines)} routines as specified")
+        return None
+    result.status = "check-failed"
+    return found
+
+
+def _drift_fix(run: Run, result: Result, env: str, drifted: list[str]) -> None:
+    """--fix: the role and grants steps (and memberships) for the drifted roles only, in one run."""
+    from runbook import catalog, grants
+    from runbook.steps.grants import Grants
+    from runbook.steps.membership import Memberships
+    from runbook.steps.role import RoleDrift
+
+    ctx = run.ctx
+    with mutating(run, result) as journal:
+        left_all: list[CheckResult] = []
+        for name in drifted:
+            run.ctx.select_role(run.project.roles[name])
+            if not run.confirmed_apply([RoleDrift(), Memberships(), Grants()], journal, result,
+                                       f"drift --fix {env}" + (f" (role {name})" if run.project.several else "")):
+                return
+            # the grants step's verify just read the catalog after the fix; no second read
+            left = _role_drift(run) + grants.findings(
+                ctx.role, run.state.verified.get("grants") or catalog.snapshot(run.admin(), ctx.role, ctx.owner))
+            left_all += _tag_checks([CheckResult("drift", "fail", f.summary()) for f in left], name)
+        result.checks = left_all + [c for c in result.checks if c.name == "rls" or c.role not in drifted]
+        failed = any(c.status == "fail" for c in result.checks)
+        result.status = "check-failed" if failed else "ok"
+        result.say("drift fixed" if not left_all else "drift remains after --fix (see above)")
 
 
 def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
              environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-             runtime: Runtime | None = None) -> Result:
-    """Flag off (+ restart). No lock, no state store needed; the database may be down."""
+             runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """Flag off (+ restart) for each selected role that has a flag. No lock, no state store
+    needed; the database may be down."""
     from runbook import soak as soaks
+    from runbook.context import role_store
     from runbook.steps.flag import ROLLBACK_MARK
 
     inv = _invocation(environ=environ, transport=transport, state=state, yes=yes, confirm=confirm, runtime=runtime)
     inv.need_yes("rollback")
+    selected = project.select(role)
+    flagged = [m for m in selected if m.flag is not None]
+    if not flagged:
+        raise ConfigError(f"{', '.join(m.name for m in selected)} ha{'s' if len(selected) == 1 else 've'} no flag: "
+                          "rollback turns a flag off, and there is none to turn (retire takes a role out)")
     result = Result("rollback", env)
     with Run(project, env, "rollback", inv) as run:
         journal = LocalFirst(run)
@@ -221,19 +299,33 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
             journal("rollback", "marker", "rolled back: runs started before now must not turn the flag on again",
                     {ROLLBACK_MARK: time.time()})
 
-        if not run.confirmed_apply(playbooks.load("rollback", project).steps, journal, result, f"rollback {env}",
-                                   before=mark):
-            return result
+        marked = False
+        for managed in run.for_each_role(role):
+            if managed.flag is None:
+                continue
+            if not run.confirmed_apply(playbooks.load("rollback", project).steps, journal, result,
+                                       f"rollback {env}" + (f" (role {managed.name})" if project.several else ""),
+                                       before=None if marked else mark):
+                return result
+            marked = True
         changed = any(s.status == "applied" for s in result.steps)
         result.status = "ok" if changed else "unchanged"
-        result.say(f"{project.spec.flag.name}={project.spec.flag.off_value!r}: the app is back on its previous URL"
-                   + ("" if changed else " (it already was)"))
-        result.data["journal"] = to_store(run, journal, result, end_soak=soaks.end_by_rollback)
+        flags = ", ".join(f"{m.flag.name}={m.flag.off_value!r}" for m in flagged if m.flag is not None)
+        result.say(f"{flags}: the app is back on its previous URL" + ("" if changed else " (it already was)"))
+
+        def end_soaks(store: Any, name: str) -> bool:
+            ended = [soaks.end_by_rollback(role_store(store, project, m), name) for m in flagged]
+            return any(ended)
+
+        result.data["journal"] = to_store(run, journal, result, end_soak=end_soaks)
     return result
 
 
 def history(project: Project, env: str | None, *, environ: Mapping[str, str] | None = None, state: str | None = None,
-            limit: int = 50, transport: Any = None, runtime: Runtime | None = None) -> Result:
+            limit: int = 50, transport: Any = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
+    from runbook.context import role_store
+
+    selected = project.select(role)
     result = Result("history", env)
     inv = _invocation(environ=environ, transport=transport, state=state, runtime=runtime)
     for name in [env] if env else list(project.environments):
@@ -245,11 +337,15 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
                 continue
         try:
             result.data.setdefault("runs", []).extend(store.runs(name, limit))
-            result.data.setdefault("events", []).extend(store.events(name, limit=limit * 4))
+            events = store.events(name, limit=limit * 4)
+            if role is not None:     # the role's own records and the run's (which name no role)
+                events = [e for e in events if e.get("role") in (None, role)]
+            result.data.setdefault("events", []).extend(events)
             result.data.setdefault("approvals", []).extend(store.approvals(name, limit))
-            soak = store.latest_soak(name)
-            if soak:
-                result.data.setdefault("soaks", []).append(soak)
+            for managed in selected:
+                soak = role_store(store, project, managed).latest_soak(name)
+                if soak:
+                    result.data.setdefault("soaks", []).append(soak)
         finally:
             store.close()
     local = [r for r in inv.runtime.local_journal(project).records() if env is None or r.get("env") == env]
@@ -260,41 +356,64 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
 
 
 def soak(project: Project, env: str, *, environ: Mapping[str, str] | None = None, state: str | None = None,
-         transport: Any = None, runtime: Runtime | None = None) -> Result:
-    """Evaluate the checkpoints that are due; exit 0 passed, 3 pending, 4 failed."""
+         transport: Any = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """Evaluate the checkpoints that are due, for each selected role's soak; exit 0 passed, 3
+    pending, 4 failed (the role that says most decides)."""
     from runbook import soak as soaks
+    from runbook.context import role_store
 
     inv = _invocation(environ=environ, transport=transport, state=state, runtime=runtime)
+    selected = project.select(role)
     result = Result("soak", env)
+    views: dict[str, Any] = {}
     with Run(project, env, "soak", inv) as run:
         ctx = run.ctx
         # a soak never creates the journal: without one, no soak was ever started here
         store = ctx.store = run.open_store(read_only=True)
         try:
-            view = soaks.evaluate(ctx, store)
+            for managed in run.for_each_role(role):
+                views[managed.name] = soaks.evaluate(ctx, role_store(store, project, managed))
         finally:
             store.close()
             ctx.store = None
-    result.data["soak"] = view.to_json()
-    if view.message:
-        result.say(view.message)
-    result.status, said = soaks.outcome(view, store.location)
-    for line in said:
-        result.say(line)
-    if view.state == "failed" and project.spec.soak.auto_rollback and not any(p.unrecorded for p in view.checkpoints):
-        rb = rollback(project, env, yes=True, environ=environ, state=state, transport=transport, runtime=runtime)
-        result.steps = rb.steps
-        result.say("soak.auto_rollback: rolled back")
-        result.messages.extend(rb.messages)
+    several = project.several
+    first = next(iter(views.values()))
+    result.data["soak"] = first.to_json()
+    if several:
+        result.data["roles"] = {name: view.to_json() for name, view in views.items()}
+    statuses = []
+    failed: list[str] = []
+    for name, view in views.items():
+        prefix = f"{name}: " if several else ""
+        if view.message:
+            result.say(prefix + view.message)
+        status, said = soaks.outcome(view, store.location)
+        statuses.append(status)
+        for line in said:
+            result.say(prefix + line)
+        if view.state == "failed" and not any(p.unrecorded for p in view.checkpoints):
+            failed.append(name)
+    result.status = _worst(statuses)
+    flagged_failed = [n for n in failed if project.roles[n].flag is not None]
+    if flagged_failed and project.spec.soak.auto_rollback:
+        rolled = [rollback(project, env, yes=True, environ=environ, state=state, transport=transport, runtime=runtime,
+                           role=name if several else None) for name in flagged_failed]
+        for rb in rolled:
+            result.steps += rb.steps
+        result.say("soak.auto_rollback: rolled back" + (f" {', '.join(flagged_failed)}" if several else ""))
+        for rb in rolled:
+            result.messages.extend(rb.messages)
     return result
 
 
 def promote(project: Project, env: str, *, sign_off: str | None, force: bool = False, reason: str | None = None,
             yes: bool = False, confirm: Confirm | None = None, environ: Mapping[str, str] | None = None,
             state: str | None = None, transport: Any = None, on_step: StepSink | None = None,
-            runtime: Runtime | None = None) -> Result:
-    """Provision `env` only once its promote_from environment has a passed, current soak."""
+            runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """Provision `env` only once its promote_from environment has a passed, current soak of each
+    selected role's spec. Several roles: a role whose spec `env` was last promoted with needs none."""
     from runbook import soak as soaks
+    from runbook.context import role_store
 
     inv = _invocation(environ=environ, transport=transport, state=state, yes=yes, confirm=confirm, on_step=on_step,
                       runtime=runtime)
@@ -306,66 +425,108 @@ def promote(project: Project, env: str, *, sign_off: str | None, force: bool = F
         raise ConfigError("--force needs --reason TEXT; both are journalled")
     if source is None:
         raise ConfigError(f"{env} has no promote_from in runbook.yaml; promote is for environments promoted from another")
+    selected = project.select(role)
+    several = project.several
+    # role → (the passed soak or None, why not, needs no soak: the target took this very spec last)
+    gates: dict[str, tuple[dict[str, Any] | None, str, bool]] = {}
     with Run(project, source, "promote-gate", inv) as gate:
         src_store = gate.open_store()
     try:
-        passed, why = soaks.passed_soak(src_store, source, project.role.digest(), project.spec.soak.valid_for)
+        for managed in selected:
+            passed, why = soaks.passed_soak(role_store(src_store, project, managed), source, managed.digest(),
+                                            project.spec.soak.valid_for)
+            gates[managed.name] = (passed, why, False)
     finally:
         src_store.close()
-    if passed is None and not force:
-        raise GateClosed(f"promotion of {env} is not allowed yet: {why}")
+    if several and any(p is None for p, _, _ in gates.values()):
+        with Run(project, env, "promote-gate", inv) as target:
+            tgt_store = target.open_store(timeout=5, read_only=True)
+        try:
+            for managed in selected:
+                passed, why, _ = gates[managed.name]
+                last = tgt_store.last_approval(env, managed.name) if passed is None else None
+                if last is not None and last["digest"] == managed.digest():
+                    gates[managed.name] = (None, f"{managed.name}'s spec is unchanged since {env} last took it", True)
+        finally:
+            tgt_store.close()
+    closed = [(name, why) for name, (passed, why, same) in gates.items() if passed is None and not same]
+    if closed and not force:
+        what = "; ".join(f"{name}: {why}" for name, why in closed) if several else closed[0][1]
+        raise GateClosed(f"promotion of {env} is not allowed yet: {what}")
     result = Result("promote", env)
     with Run(project, env, "promote", inv) as run, mutating(run, result) as journal:
-        run.ctx.store.approve(env, source, passed["id"] if passed else None, run.ctx.digest, sign_off.strip(), force,
-                              reason.strip() if force and reason else None)
+        store = run.ctx.store
+        clean = reason.strip() if force and reason else None
+        if several:
+            for managed in selected:
+                passed, _, _ = gates[managed.name]
+                store.approve(env, source, passed["id"] if passed else None, managed.digest(), sign_off.strip(),
+                              force and managed.name in dict(closed), clean if managed.name in dict(closed) else None,
+                              role=managed.name)
+        else:
+            passed = gates[selected[0].name][0]
+            store.approve(env, source, passed["id"] if passed else None, run.ctx.digest, sign_off.strip(), force, clean)
+        forced_past = "; ".join(why for _, why in closed)
+        unchanged = [name for name, (_, _, same) in gates.items() if same]
         msg = (f"promotion of {env} signed off by {sign_off.strip()}" +
-               (f"; FORCED past the gate ({why}): {reason.strip()}" if passed is None and reason
+               (f"; FORCED past the gate ({forced_past}): {reason.strip()}" if closed and reason
                 else f"; {source}'s soak passed"))
-        journal("gate", "info", msg, {"forced": passed is None, "from": source})
+        if unchanged:
+            msg += f" ({', '.join(unchanged)} unchanged since {env} last took {'it' if len(unchanged) == 1 else 'them'})"
+        journal("gate", "info", msg, {"forced": bool(closed), "from": source,
+                                      **({"unchanged": unchanged} if several else {})})
         result.say(msg)
-        _playbook(run, "promote", journal, result)
+        _playbook(run, "promote", journal, result, role)
     return result
 
 
 def status(project: Project, *, environ: Mapping[str, str] | None = None, state: str | None = None,
-           transport: Any = None, runtime: Runtime | None = None) -> Result:
-    """Every environment at a glance: role present, flag value, soak state, last run."""
+           transport: Any = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
+    """Every environment (and, with several roles, every role) at a glance: role present, flag
+    value, soak state, last run."""
     from runbook import roles, soak as soaks
+    from runbook.context import role_store
 
     inv = _invocation(environ=environ, transport=transport, state=state, runtime=runtime)
+    selected = project.select(role)
     result = Result("status", None)
     rows = []
-    flag = project.spec.flag
     for name in project.environments:
-        row: dict[str, Any] = {"env": name}
         with Run(project, name, "status", inv) as run:
             ctx = run.ctx
-            try:
-                value = ctx.app.received_flag()
-                row["flag"] = ("on" if value == flag.on_value else "off" if value == flag.off_value
-                               else ("unset" if value is None else "other"))
-            except RunbookError as exc:
-                row["flag"] = f"? ({exc.message})"
-            try:
-                if ctx.api_credentials:
-                    row["role"] = "present" if ctx.db.credential(project.role.name) else "absent"
-                else:
-                    row["role"] = "present" if roles.facts(run.admin(), project.role.name).exists else "absent"
-                store = run.open_store(timeout=5, read_only=True)
+            for managed in run.for_each_role(role):
+                row: dict[str, Any] = {"env": name, **({"role_name": managed.name} if project.several else {})}
+                flag = managed.flag
                 try:
-                    view = soaks.view(store, name, project.spec.soak, ctx.digest)
-                    row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")
-                    runs = store.runs(name, 1)
-                    row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
-                                       f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"
-                finally:
-                    store.close()
-            except RunbookError as exc:
-                row.setdefault("role", "?")
-                row.setdefault("soak", "?")
-                row["last_run"] = f"? ({exc.message})"
-        rows.append(row)
+                    if flag is None:
+                        row["flag"] = "none"
+                    else:
+                        value = ctx.app.received_flag()
+                        row["flag"] = ("on" if value == flag.on_value else "off" if value == flag.off_value
+                                       else ("unset" if value is None else "other"))
+                except RunbookError as exc:
+                    row["flag"] = f"? ({exc.message})"
+                try:
+                    if ctx.api_credentials:
+                        row["role"] = "present" if ctx.db.credential(managed.name) else "absent"
+                    else:
+                        row["role"] = "present" if roles.facts(run.admin(), managed.name).exists else "absent"
+                    store = run.open_store(timeout=5, read_only=True)
+                    try:
+                        view = soaks.view(role_store(store, project, managed), name, project.spec.soak, ctx.digest)
+                        row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")
+                        runs = store.runs(name, 1)
+                        row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
+                                           f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"
+                    finally:
+                        store.close()
+                except RunbookError as exc:
+                    row.setdefault("role", "?")
+                    row.setdefault("soak", "?")
+                    row["last_run"] = f"? ({exc.message})"
+                rows.append(row)
     result.data["environments"] = rows
+    del selected
     return result
 
 

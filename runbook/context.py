@@ -21,7 +21,7 @@ from providers.base import (AppPlatform, Credential, DatabaseInfo, DatabaseProvi
                             ProviderRuntime, RetryPolicy)
 from runbook.errors import ConfigError, RunbookError
 from runbook.extras import require as require_extras
-from runbook.project import Environment, FlagSpec, Project, RoleSpec, SettingsSpec
+from runbook.project import Environment, FlagSpec, ManagedRole, Project, RoleSpec, SettingsSpec
 from runbook.secret import Secret, redact
 
 if TYPE_CHECKING:
@@ -47,6 +47,41 @@ class SoakJournal(Protocol):
     def latest_soak(self, env: str) -> dict[str, Any] | None: ...
     def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int: ...
     def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool: ...
+
+
+class RoleJournal:
+    """The store as one role of a several-roles project sees it: its own soaks (and soaks from
+    before the role column of its very spec). Everything else passes through."""
+
+    def __init__(self, store: Any, scope: tuple[str, str]) -> None:
+        self.store = store
+        self.scope = scope
+
+    def open_soak(self, env: str) -> dict[str, Any] | None:
+        return self.store.open_soak(env, self.scope)      # type: ignore[no-any-return]
+
+    def latest_soak(self, env: str) -> dict[str, Any] | None:
+        return self.store.latest_soak(env, self.scope)    # type: ignore[no-any-return]
+
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int:
+        return self.store.start_soak(env, digest, run_id, at, self.scope)   # type: ignore[no-any-return]
+
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool:
+        return self.store.end_soak(env, status, reason, at, include_passed=include_passed,   # type: ignore[no-any-return]
+                                   role=self.scope)
+
+    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None) -> None:
+        self.store.event(run_id, env, step, kind, summary, data, role=self.scope[0])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def role_store(store: Any, project: Project, managed: ManagedRole) -> Any:
+    """`store` scoped to `managed`'s soaks where the project has several roles; as it is for `role:`."""
+    if store is None or not project.several:
+        return store
+    return RoleJournal(store, (managed.name, managed.digest()))
 
 
 @dataclass
@@ -82,6 +117,8 @@ class Context:
     url_memo: UrlState | None = None
     credential_memo: tuple[Credential | None] | None = None     # (the platform's credential for the role,)
 
+    selected: ManagedRole | None = None   # the role this part of the run is about (default: the first)
+    _opened_for: str | None = None        # the role the adapters were opened for (their names come from it)
     _db: DatabaseProvider | None = None
     _app: AppPlatform | None = None
     _info: DatabaseInfo | None = None
@@ -93,8 +130,35 @@ class Context:
 
     # --- facts about the project ---------------------------------------------------------
     @property
+    def managed(self) -> ManagedRole:
+        if self.selected is None:
+            return next(iter(self.project.roles.values()))
+        return self.selected
+
+    def select_role(self, managed: ManagedRole) -> None:
+        """The rest of the run is about `managed`: what was observed of another role is dropped,
+        and adapters (opened with a role's URL variable and flag) reopen on next use. The admin
+        session, the lock and the journal stay."""
+        if self.managed.name == managed.name:
+            self.selected = managed
+            return
+        self.selected = managed
+        self.url_memo = None
+        self.credential_memo = None
+        self._owner = None
+        if self._opened_for is not None and self._opened_for != managed.name:
+            for adapter in (self._db, self._app):
+                if adapter is not None:
+                    try:
+                        adapter.close()
+                    except Exception:
+                        pass
+            self._db = self._app = None
+            self._opened_for = None
+
+    @property
     def role(self) -> RoleSpec:
-        return self.project.role
+        return self.managed.spec
 
     @property
     def settings(self) -> SettingsSpec:
@@ -102,15 +166,20 @@ class Context:
 
     @property
     def url_var(self) -> str:
-        return self.project.spec.config.url_var
+        return self.managed.url_var
 
     @property
-    def flag(self) -> FlagSpec:
-        return self.project.spec.flag
+    def flag(self) -> FlagSpec | None:
+        return self.managed.flag
 
     @property
     def digest(self) -> str:
-        return self.project.role.digest()
+        return self.managed.digest()
+
+    @property
+    def soak_store(self) -> Any:
+        """The journal as this role sees its soaks (runbook.context.role_store)."""
+        return role_store(self.store, self.project, self.managed)
 
     def note(self, text: str) -> None:
         self.notes.append(redact(text))
@@ -127,7 +196,8 @@ class Context:
             environ=self.environ,
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
-            http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var, flag_name=self.flag.name,
+            http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var,
+            flag_name=self.flag.name if self.flag is not None else "",
             progress=self.report_progress, shared=self._shared, runtime=self.providers,
         )
 
@@ -151,6 +221,7 @@ class Context:
         if self._db is None:
             self.require_extras()
             self._db = self.env.database.open(self.open_context())
+            self._opened_for = self.managed.name
         return self._db
 
     @property
@@ -158,6 +229,7 @@ class Context:
         if self._app is None:
             self.require_extras(app_only=True)
             self._app = self.env.app.open(self.open_context())
+            self._opened_for = self.managed.name
         return self._app
 
     @property
@@ -169,6 +241,11 @@ class Context:
     @property
     def api_credentials(self) -> bool:
         return self.info.credentials == "api"
+
+    @property
+    def role_grants(self) -> tuple[str, ...]:
+        """The memberships the role may hold: the platform's (rds_iam, …) and its member_of."""
+        return tuple(dict.fromkeys((*self.info.role_grants, *self.managed.member_of)))
 
     def platform_credential(self) -> Credential | None:
         """The credential the platform holds for the role (API credentials), read once per run."""
@@ -366,7 +443,7 @@ class StepContext:
         return self.session.url_var
 
     @property
-    def flag(self) -> FlagSpec:
+    def flag(self) -> FlagSpec | None:
         return self.session.flag
 
     @property
@@ -375,7 +452,8 @@ class StepContext:
 
     @property
     def store(self) -> SoakJournal | None:
-        return self.session.store       # type: ignore[no-any-return]  # the runtime's store, typed where it is opened
+        # the runtime's store (typed where it is opened), as the selected role sees its soaks
+        return self.session.soak_store  # type: ignore[no-any-return]
 
     @property
     def run_id(self) -> int | None:
@@ -400,6 +478,14 @@ class StepContext:
     @property
     def api_credentials(self) -> bool:
         return self.session.api_credentials
+
+    @property
+    def managed(self) -> ManagedRole:
+        return self.session.managed
+
+    @property
+    def role_grants(self) -> tuple[str, ...]:
+        return self.session.role_grants
 
     @property
     def owner(self) -> str:

@@ -45,10 +45,12 @@ class StepReport:
     status: str = "pending"        # planned | applied | unchanged | failed | skipped
     verdict: Verdict | None = None
     notes: list[str] = field(default_factory=list)
+    role: str | None = None        # the managed role the step ran for (runbook.run.Run.for_each_role sets it)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "role": self.role,
             "status": self.status,
             "changes": [c.to_json() for c in self.changes],
             "verify": None if self.verdict is None else {"status": self.verdict.status, "detail": redact(self.verdict.detail)},

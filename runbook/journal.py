@@ -61,25 +61,32 @@ def host() -> str:
     return socket.gethostname()
 
 
+# (role name, its spec digest): how a several-roles project scopes soak reads and writes
+RoleScope = tuple[str, str]
+
+
 class StateStore(Protocol):
     location: str
 
     def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int: ...
-    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None) -> None: ...
+    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None,
+              role: str | None = None) -> None: ...
     def finish(self, run_id: int, status: str, detail: dict[str, Any] | None = None) -> None: ...
     def interrupted(self, env: str, current: int) -> list[dict[str, Any]]: ...
     def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
     def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]: ...
-    def open_soak(self, env: str) -> dict[str, Any] | None: ...
-    def latest_soak(self, env: str) -> dict[str, Any] | None: ...
-    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int: ...
-    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool: ...
+    def open_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None: ...
+    def latest_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None: ...
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float, role: RoleScope | None = None) -> int: ...
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False,
+                 role: RoleScope | None = None) -> bool: ...
     def checkpoints(self, soak_id: int) -> list[dict[str, Any]]: ...
     def record_checkpoint(self, soak_id: int, offset_s: float, at: float, late: bool, status: str, details: Any) -> bool: ...
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
-                forced: bool, reason: str | None) -> int: ...
+                forced: bool, reason: str | None, role: str | None = None) -> int: ...
+    def last_approval(self, env: str, role: str) -> dict[str, Any] | None: ...
     def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
-    def journal(self, env: str, run_id: int | None) -> "RunJournal": ...
+    def journal(self, env: str, run_id: int | None, role: str | None = None) -> "RunJournal": ...
     def close(self) -> None: ...
 
 
@@ -91,9 +98,16 @@ class RunJournal:
     store: Any                  # StateStore
     env: str
     run_id: int | None
+    role: str | None = None     # the managed role the records are about (several roles: each its own)
 
     def __call__(self, step: str, kind: str, summary: str, data: Any = None) -> None:
-        self.store.event(self.run_id, self.env, step, kind, summary, data)
+        if self.role is None:
+            self.store.event(self.run_id, self.env, step, kind, summary, data)
+        else:
+            self.store.event(self.run_id, self.env, step, kind, summary, data, role=self.role)
+
+    def for_role(self, role: str | None) -> "RunJournal":
+        return RunJournal(self.store, self.env, self.run_id, role)
 
 
 _PG_DDL = [
@@ -105,11 +119,11 @@ _PG_DDL = [
         finished_at double precision, digest text, detail text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.events (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id bigint, env text NOT NULL,
-        at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text, app text)""",
+        at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text, app text, role text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.soaks (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, digest text NOT NULL,
         run_id bigint, started_at double precision NOT NULL, ended_at double precision,
-        status text NOT NULL DEFAULT 'running', end_reason text, app text)""",
+        status text NOT NULL DEFAULT 'running', end_reason text, app text, role text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, soak_id bigint NOT NULL, offset_s double precision NOT NULL,
         at double precision NOT NULL, late boolean NOT NULL, status text NOT NULL, details text,
@@ -117,7 +131,7 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.approvals (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, from_env text, soak_id bigint,
         digest text, sign_off text NOT NULL, actor text, host text, at double precision NOT NULL,
-        forced boolean NOT NULL, reason text, app text)""",
+        forced boolean NOT NULL, reason text, app text, role text)""",
     "CREATE INDEX IF NOT EXISTS events_env_idx ON {schema}.events (env, id)",
     "CREATE INDEX IF NOT EXISTS runs_env_idx ON {schema}.runs (env, id)",
 ]
@@ -127,16 +141,16 @@ _SQLITE_DDL = [
         status TEXT NOT NULL, actor TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL,
         digest TEXT, detail TEXT, app TEXT)""",
     """CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, env TEXT NOT NULL,
-        at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT, app TEXT)""",
+        at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT, app TEXT, role TEXT)""",
     """CREATE TABLE IF NOT EXISTS soaks (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, digest TEXT NOT NULL,
         run_id INTEGER, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT 'running', end_reason TEXT,
-        app TEXT)""",
+        app TEXT, role TEXT)""",
     """CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, soak_id INTEGER NOT NULL,
         offset_s REAL NOT NULL, at REAL NOT NULL, late BOOLEAN NOT NULL, status TEXT NOT NULL, details TEXT,
         UNIQUE (soak_id, offset_s))""",
     """CREATE TABLE IF NOT EXISTS approvals (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, from_env TEXT,
         soak_id INTEGER, digest TEXT, sign_off TEXT NOT NULL, actor TEXT, host TEXT, at REAL NOT NULL,
-        forced BOOLEAN NOT NULL, reason TEXT, app TEXT)""",
+        forced BOOLEAN NOT NULL, reason TEXT, app TEXT, role TEXT)""",
 ]
 
 # Tables keyed by app (checkpoints hang off a soak). A journal written before the key existed gets
@@ -144,13 +158,17 @@ _SQLITE_DDL = [
 # a SQLite file) gives its old rows to the app that opens it, a central one leaves them unkeyed:
 # there is no telling whose they were, so they open no gate for anyone.
 KEYED = ("runs", "events", "soaks", "approvals")
+# Tables whose rows say which managed role they are about (`roles:`). A row from before the column
+# has none: it is the shorthand role's, and a `roles:` entry with that spec digest claims its soaks.
+ROLE_SCOPED = ("events", "soaks", "approvals")
 
 _COLUMNS = {
     "runs": ("id", "env", "command", "status", "actor", "host", "pid", "started_at", "finished_at", "digest", "detail"),
-    "events": ("id", "run_id", "env", "at", "step", "kind", "summary", "data"),
-    "soaks": ("id", "env", "digest", "run_id", "started_at", "ended_at", "status", "end_reason"),
+    "events": ("id", "run_id", "env", "at", "step", "kind", "summary", "data", "role"),
+    "soaks": ("id", "env", "digest", "run_id", "started_at", "ended_at", "status", "end_reason", "role"),
     "checkpoints": ("id", "soak_id", "offset_s", "at", "late", "status", "details"),
-    "approvals": ("id", "env", "from_env", "soak_id", "digest", "sign_off", "actor", "host", "at", "forced", "reason"),
+    "approvals": ("id", "env", "from_env", "soak_id", "digest", "sign_off", "actor", "host", "at", "forced", "reason",
+                  "role"),
 }
 
 
@@ -168,6 +186,13 @@ class _SqlStore:
         if self.app is None:
             return where, params
         return f"({where}) AND app = %s", (*params, self.app)
+
+    @staticmethod
+    def _role_scoped(where: str, params: tuple, role: RoleScope | None) -> tuple[str, tuple]:
+        """One role's soaks: its own rows, and rows from before the role column of its very spec."""
+        if role is None:
+            return where, params
+        return f"({where}) AND (role = %s OR (role IS NULL AND digest = %s))", (*params, *role)
 
     # --- dialect hooks -------------------------------------------------------------------
     def _q(self, template: str, **idents: str) -> Any:
@@ -206,8 +231,8 @@ class _SqlStore:
         return int(self._exec(self._q(text, t=table), tuple(values.values()))[0][0])
 
     # --- StateStore ------------------------------------------------------------------------
-    def journal(self, env: str, run_id: int | None) -> RunJournal:
-        return RunJournal(self, env, run_id)
+    def journal(self, env: str, run_id: int | None, role: str | None = None) -> RunJournal:
+        return RunJournal(self, env, run_id, role)
 
     def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int:
         return self._insert("runs", {
@@ -215,9 +240,11 @@ class _SqlStore:
             "pid": os.getpid(), "started_at": time.time(), "digest": digest, "detail": _json(detail),
         })
 
-    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None) -> None:
+    def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None,
+              role: str | None = None) -> None:
         self._insert("events", {"run_id": run_id, "env": env, "at": time.time(), "step": step, "kind": kind,
-                                "summary": redact(summary), "data": _json(data)})
+                                "summary": redact(summary), "data": _json(data),
+                                **({"role": role} if role is not None else {})})
 
     def event_many(self, rows: list[tuple[int | None, str, str, str, str, Any]]) -> None:
         """Several `event(run_id, env, step, kind, summary, data)` rows in one statement per 100: for
@@ -260,24 +287,26 @@ class _SqlStore:
             return list(reversed(self._select("events", "1 = 1", (), limit=limit)))
         return list(reversed(self._select("events", "env = %s", (env,), limit=limit)))
 
-    def open_soak(self, env: str) -> dict[str, Any] | None:
-        rows = self._select("soaks", "env = %s AND status = 'running'", (env,), limit=1)
+    def open_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None:
+        rows = self._select("soaks", *self._role_scoped("env = %s AND status = 'running'", (env,), role), limit=1)
         return rows[0] if rows else None
 
-    def latest_soak(self, env: str) -> dict[str, Any] | None:
-        rows = self._select("soaks", "env = %s", (env,), limit=1)
+    def latest_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None:
+        rows = self._select("soaks", *self._role_scoped("env = %s", (env,), role), limit=1)
         return rows[0] if rows else None
 
-    def start_soak(self, env: str, digest: str, run_id: int | None, at: float) -> int:
-        where, params = self._scoped("env = %s AND status = 'running'", (env,))
+    def start_soak(self, env: str, digest: str, run_id: int | None, at: float, role: RoleScope | None = None) -> int:
+        where, params = self._scoped(*self._role_scoped("env = %s AND status = 'running'", (env,), role))
         self._exec(self._q(f"UPDATE {{t}} SET status = 'superseded', ended_at = %s, end_reason = %s WHERE {where}",
                            t="soaks"), (at, "a new soak started", *params))
-        return self._insert("soaks", {"env": env, "digest": digest, "run_id": run_id, "started_at": at, "status": "running"})
+        return self._insert("soaks", {"env": env, "digest": digest, "run_id": run_id, "started_at": at, "status": "running",
+                                      **({"role": role[0]} if role is not None else {})})
 
-    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False) -> bool:
+    def end_soak(self, env: str, status: str, reason: str, at: float, *, include_passed: bool = False,
+                 role: RoleScope | None = None) -> bool:
         """End the running soak (and, for a rollback, void a passed one too). True if one changed."""
         states = "('running', 'passed')" if include_passed else "('running')"
-        latest, latest_params = self._scoped("env = %s", (env,))
+        latest, latest_params = self._scoped(*self._role_scoped("env = %s", (env,), role))
         rows = self._exec(self._q("UPDATE {t} SET status = %s, ended_at = %s, end_reason = %s "
                                   f"WHERE env = %s AND status IN {states} "
                                   f"AND id = (SELECT max(id) FROM {{t}} WHERE {latest}) RETURNING id", t="soaks"),
@@ -293,12 +322,17 @@ class _SqlStore:
         return bool(self._exec(self._q(text, t="checkpoints"), (soak_id, offset_s, at, late, status, _json(details))))
 
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
-                forced: bool, reason: str | None) -> int:
+                forced: bool, reason: str | None, role: str | None = None) -> int:
         return self._insert("approvals", {
             "env": env, "from_env": from_env, "soak_id": soak_id, "digest": digest, "sign_off": redact(sign_off),
             "actor": redact(actor()), "host": host(), "at": time.time(), "forced": forced,
-            "reason": redact(reason) if reason else None,
+            "reason": redact(reason) if reason else None, **({"role": role} if role is not None else {}),
         })
+
+    def last_approval(self, env: str, role: str) -> dict[str, Any] | None:
+        """The latest promotion of `env` that took `role` (several roles: one approval row each)."""
+        rows = self._select("approvals", "env = %s AND role = %s", (env, role), limit=1)
+        return rows[0] if rows else None
 
     def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]:
         if env is None:
@@ -366,7 +400,7 @@ class PostgresStore(_SqlStore):
     def _upgrade_or_refuse_unkeyed(conn: Any, location: str, *, app: str | None) -> None:
         """A journal from before the app key, opened by a read-only run: its owner (the admin
         DSN, run read-only) upgrades it as a writer would; anyone else cannot, and says so."""
-        if not _unkeyed(conn):
+        if not _unkeyed(conn) and not _role_unscoped(conn):
             return
         owns = conn.execute("SELECT n.nspowner = r.oid FROM pg_catalog.pg_namespace n, pg_catalog.pg_roles r "
                             "WHERE n.nspname = %s AND r.rolname = CURRENT_USER", (SCHEMA,)).fetchone()
@@ -504,10 +538,32 @@ def _unkeyed(conn: Any) -> list[str]:
         "WHERE a.attrelid = c.oid AND a.attname = 'app' AND NOT a.attisdropped)", (SCHEMA, list(KEYED))).fetchall()]
 
 
-def _migrate(conn: Any, app: str | None) -> None:
-    """Add the app key to a journal written before it existed (see KEYED)."""
+def _role_unscoped(conn: Any) -> list[str]:
+    """The journal tables written before the role column existed (see ROLE_SCOPED)."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attname = 'role' AND NOT a.attisdropped)", (SCHEMA, list(ROLE_SCOPED))).fetchall()]
+
+
+def _add_role_column(conn: Any) -> None:
+    """Old rows keep a NULL role: they are the shorthand role's (see ROLE_SCOPED)."""
     from psycopg import sql
 
+    missing = _role_unscoped(conn)
+    if not missing:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(8675309, 1)")
+        for table in missing:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS role text").format(sql.Identifier(SCHEMA, table)))
+
+
+def _migrate(conn: Any, app: str | None) -> None:
+    """Add the app key to a journal written before it existed (see KEYED), and the role column."""
+    from psycopg import sql
+
+    _add_role_column(conn)
     missing = _unkeyed(conn)
     if not missing:
         return
@@ -538,6 +594,9 @@ class SqliteStore(_SqlStore):
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN app TEXT")
                     if app is not None:
                         self.conn.execute(f"UPDATE {table} SET app = ? WHERE app IS NULL", (app,))
+            for table in ROLE_SCOPED:     # a file written before the role column: its rows are the shorthand role's
+                if not any(col[1] == "role" for col in self.conn.execute(f"PRAGMA table_info({table})")):
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN role TEXT")
         except sqlite3.DatabaseError as exc:
             raise RunbookError(f"state store {self.location} unusable: {exc}") from None
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-OUTPUT_VERSION = 1
+# 2: every step and check names the role it is about (`roles:`; for `role:` its one role)
+OUTPUT_VERSION = 2
 
 _STR_OR_NULL = {"type": ["string", "null"]}
 _TIME = {"type": ["number", "null"], "description": "seconds since the epoch (UTC)"}
@@ -30,8 +31,10 @@ def _obj(properties: dict[str, Any], *, required: list[str] | None = None, extra
 
 _CHANGE = _obj({"summary": {"type": "string"}, "reversible": {"type": "boolean"}, "count": {"type": ["integer", "null"]}},
                description="one change a step made or would make")
+_ROLE = {"type": ["string", "null"], "description": "the managed role the step or check is about", "examples": ["raptor_app"]}
 _STEP = _obj({
     "step": {"type": "string"},
+    "role": _ROLE,
     "status": {"enum": ["planned", "unchanged", "applied", "failed", "pending", "skipped"]},
     "changes": {"type": "array", "items": {"$ref": "#/$defs/change"}},
     "verify": {"anyOf": [{"type": "null"}, _obj({"status": {"enum": ["pass", "fail", "inconclusive"]},
@@ -39,7 +42,8 @@ _STEP = _obj({
     "notes": {"type": "array", "items": {"type": "string"}},
 }, description="one step of a playbook run")
 _CHECK = _obj({"check": {"type": "string"}, "status": {"enum": ["pass", "fail", "inconclusive"]},
-               "detail": {"type": "string"}, "fix": _STR_OR_NULL}, description="one check (diagnose, drift, soak)")
+               "detail": {"type": "string"}, "fix": _STR_OR_NULL, "role": _ROLE},
+              description="one check (diagnose, drift, soak)")
 _CHECKPOINT = _obj({
     "checkpoint": {"type": "string", "examples": ["24h"]},
     "status": {"enum": ["pass", "fail", "inconclusive", "pending"]},
@@ -71,6 +75,8 @@ _DATA = {
         "findings": {"type": "array", "items": {"$ref": "#/$defs/finding"}, "description": "drift"},
         "relations": {"type": "integer"}, "routines": {"type": "integer"}, "catalog_seconds": {"type": "number"},
         "soak": {"$ref": "#/$defs/soak"},
+        "roles": {"type": "object", "description": "several roles: soak → each role's soak; drift → each role's state"},
+        "by_role": {"type": "object", "description": "drift with several roles: each role's catalog counts, rls, probe"},
         "journal": {"type": "string", "description": "rollback: where its records went (a store, or local:path)"},
         "environments": {"type": "array", "description": "status: one row per environment",
                          "items": _obj({"env": {"type": "string"}, "role": {"type": "string"}, "flag": {"type": "string"},
@@ -114,6 +120,8 @@ _FLEET = _obj({
 _VALIDATE = _obj({
     "output_version": _VERSION, "valid": {"const": True}, "file": {"type": "string"}, "role": {"type": "string"},
     "digest": {"type": "string"},
+    "roles": {"type": "object", "additionalProperties": {"type": "string"},
+              "description": "every managed role → its spec digest (the shorthand's one role too)"},
     "environments": {"type": "object", "additionalProperties": _obj({"database": {"type": "string"}, "app": {"type": "string"}})},
 }, description="runbook validate")
 _INIT = {"anyOf": [

@@ -324,6 +324,72 @@ class FlagSpec(Strict):
         return self
 
 
+class RoleEntry(RoleSpec):
+    """One role of `roles:`: every field of `role:` (its key is its name), plus where the app
+    reads its URL, its own flag (optional) and the memberships the spec grants it."""
+
+    url_var: str = Field(description="The config variable the role's URL is written to (distinct across roles)",
+                         examples=["RAPTOR_READONLY_DATABASE_URL"])
+    flag: FlagSpec | None = Field(default=None, description="The feature flag that switches the app to this role; "
+                                  "none: the soak starts when provision first makes the URL live")
+    member_of: list[str] = Field(
+        default_factory=list,
+        description="Roles this one is granted (GRANT owner TO migrator): what it creates then belongs to the owner; "
+        "drift checks them, --fix revokes a membership the spec no longer names",
+        examples=[["app_owner"]])
+
+    @field_validator("url_var")
+    @classmethod
+    def _url_var(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
+            raise ValueError(f"url_var {v!r} must be an UPPER_SNAKE_CASE variable name")
+        return v
+
+    @field_validator("member_of")
+    @classmethod
+    def _member_of(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_identifier(name, "member_of")
+            if name in _RESERVED_ROLES or name.startswith(_RESERVED_PREFIXES):
+                raise ValueError(f"member_of names {name!r}, a superuser or platform admin role")
+        if len(set(v)) != len(v):
+            raise ValueError("member_of lists a role twice")
+        return v
+
+    def digest(self) -> str:
+        """The role's spec digest: the RoleSpec fields digest exactly as `role:` does (a role moved
+        from the shorthand into the map keeps its soak), plus member_of when it grants anything.
+        Where the URL and the flag live is not what the role may do: left out, as for `role:`."""
+        base = RoleSpec.model_validate(self.model_dump(exclude={"url_var", "flag", "member_of"})).digest()
+        if not self.member_of:
+            return base
+        body = json.dumps({"role": base, "member_of": sorted(self.member_of)}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+class ManagedRole:
+    """A role the project manages, whichever way the file wrote it: `role:` + `config:` +
+    `flag:` (the one-role shorthand) or an entry of `roles:`."""
+
+    def __init__(self, spec: RoleSpec, url_var: str, flag: FlagSpec | None, member_of: tuple[str, ...] = (),
+                 *, shorthand: bool = False) -> None:
+        self.spec = spec
+        self.url_var = url_var
+        self.flag = flag
+        self.member_of = member_of
+        self.shorthand = shorthand
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def digest(self) -> str:
+        return self.spec.digest()
+
+    def __repr__(self) -> str:
+        return f"ManagedRole({self.name!r})"
+
+
 class ConnectionsCheck(Strict):
     application_name: str | None = Field(default=None, description="Only sessions with this application_name count",
                                          examples=["raptor-web"])
@@ -519,14 +585,39 @@ class ProjectSpec(Strict):
     version: Literal[1] = Field(default=1, description="The project file's format version")
     app: str = Field(description="The application's name; used in application_name and journal entries",
                      examples=["raptor"])
-    role: RoleSpec = Field(description="The application's role: its name, owner, privileges per schema, deny list")
-    config: ConfigSpec = Field(default_factory=ConfigSpec, description="Where the app reads the role's URL")
-    flag: FlagSpec = Field(description="The feature flag that switches the app to the role")
+    role: RoleSpec | None = Field(default=None, description="The application's role (the one-role shorthand): its name, "
+                                  "owner, privileges per schema, deny list")
+    roles: dict[str, RoleEntry] | None = Field(
+        default=None, description="Several roles: PostgreSQL role name → its privileges (every `role:` key), url_var, "
+        "optional flag and member_of; instead of role:/config:/flag:",
+        examples=[{"raptor_app": {"url_var": "APP_DATABASE_URL", "flag": {"name": "FLAG_ROLE_SEPARATION"}},
+                   "raptor_readonly": {"url_var": "READONLY_DATABASE_URL",
+                                       "schemas": {"public": {"tables": ["SELECT"], "sequences": ["SELECT"]}}}}])
+    config: ConfigSpec = Field(default_factory=ConfigSpec, description="Where the app reads the role's URL (with role:)")
+    flag: FlagSpec | None = Field(default=None, description="The feature flag that switches the app to the role "
+                                  "(with role:)")
     soak: SoakSpec = Field(default_factory=SoakSpec, description="The soak after flag on: duration, checkpoints, checks")
     settings: SettingsSpec = Field(default_factory=SettingsSpec, description="Timeouts and retries of the tool itself")
     playbooks: dict[str, str] = Field(default_factory=dict, description="name → path of a project playbook",
                                       examples=[{"provision": "playbooks/provision.yaml"}])
     environments: dict[str, EnvironmentSpec] = Field(description="Environment name → its database and app")
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _role_names(cls, v: Any) -> Any:
+        """The key is the role's name: handed to each entry as `name`, never written inside it."""
+        if not isinstance(v, dict):
+            return v
+        if not v:
+            raise ValueError("roles: needs at least one role")
+        out = {}
+        for key, entry in v.items():
+            if isinstance(entry, dict):
+                if "name" in entry:
+                    raise ValueError(f"roles.{key}: the key is the role's name; drop its `name:`")
+                entry = {"name": key, **entry}
+            out[key] = entry
+        return out
 
     @field_validator("app")
     @classmethod
@@ -552,6 +643,15 @@ class ProjectSpec(Strict):
         return v
 
 
+def _managed_roles(spec: ProjectSpec) -> dict[str, ManagedRole]:
+    """The shorthand (`role:` + `config:` + `flag:`) and `roles:` in one shape."""
+    if spec.roles is None:
+        assert spec.role is not None
+        return {spec.role.name: ManagedRole(spec.role, spec.config.url_var, spec.flag, shorthand=True)}
+    return {name: ManagedRole(entry, entry.url_var, entry.flag, tuple(entry.member_of))
+            for name, entry in spec.roles.items()}
+
+
 class Project:
     """A validated project file."""
 
@@ -560,10 +660,28 @@ class Project:
         self.path = path
         self.base_dir = path.parent
         self.environments = environments
+        self.roles = _managed_roles(spec)     # every managed role by name, in file order
+
+    @property
+    def several(self) -> bool:
+        """The file uses `roles:` (the journal then scopes soaks by role)."""
+        return self.spec.roles is not None
 
     @property
     def role(self) -> RoleSpec:
-        return self.spec.role
+        """The first role (the shorthand's only one); per-role code reads Context.role."""
+        return next(iter(self.roles.values())).spec
+
+    def select(self, name: str | None) -> list[ManagedRole]:
+        """`--role NAME`: that role; None: every role, in file order."""
+        every = self.roles
+        if name is None:
+            return list(every.values())
+        if name not in every:
+            hint = difflib.get_close_matches(name, list(every), n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{self.path}: no role {name!r} (have: {', '.join(every)}){more}")
+        return [every[name]]
 
     def env(self, name: str) -> Environment:
         try:
@@ -693,19 +811,67 @@ def parse(located: Located) -> Project:
         spec = ProjectSpec.model_validate(located.data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, located, (), ProjectSpec)) from None
+    _check_roles(spec, located)
     envs = {name: _resolve_env(name, env, located) for name, env in spec.environments.items()}
     _refuse_secret_pass_env(spec, located)
     _iam_user_names_need_iam(spec, envs, located)
     return Project(spec, Path(located.path).resolve(), envs)
 
 
+def _check_roles(spec: ProjectSpec, located: Located) -> None:
+    """`role:` or `roles:`, never both; the map's roles apart from each other and from their owners."""
+    if spec.role is not None and spec.roles is not None:
+        raise ConfigError(f"{located.where(('roles',))}: role: and roles: together; use role: (with config: and flag:) "
+                          "for one role or roles: for several")
+    if spec.role is None and spec.roles is None:
+        raise ConfigError(f"{located.where(())}: role is required (or roles: for several roles)")
+    if spec.role is not None:
+        if spec.flag is None:
+            raise ConfigError(f"{located.where(())}: flag is required")
+        return
+    assert spec.roles is not None
+    for key in ("config", "flag"):
+        if key in spec.model_fields_set:
+            raise ConfigError(f"{located.where((key,))}: {key}: is for the one-role role: shorthand; with roles: each "
+                              f"role has its own {'url_var' if key == 'config' else 'flag'}")
+    names = set(spec.roles)
+    seen_var: dict[str, str] = {}
+    seen_flag: dict[str, str] = {}
+    for name, entry in spec.roles.items():
+        where = located.where(("roles", name))
+        owner = entry.owner
+        if entry.url_var in seen_var:
+            raise ConfigError(f"{located.where(('roles', name, 'url_var'))}: url_var {entry.url_var} is also "
+                              f"{seen_var[entry.url_var]}'s; each role needs its own")
+        seen_var[entry.url_var] = name
+        if entry.flag is not None:
+            if entry.flag.name in seen_flag:
+                raise ConfigError(f"{located.where(('roles', name, 'flag', 'name'))}: flag {entry.flag.name} is also "
+                                  f"{seen_flag[entry.flag.name]}'s; each role needs its own")
+            seen_flag[entry.flag.name] = name
+        if owner is not None and owner in names:
+            raise ConfigError(f"{where}: owner {owner!r} is a managed role of this project; the owner never is")
+    for var, name in seen_var.items():
+        if var in seen_flag:
+            raise ConfigError(f"{located.where(('roles', name, 'url_var'))}: {var} is also {seen_flag[var]}'s flag")
+    for name, entry in spec.roles.items():
+        for target in entry.member_of:
+            if target in names:
+                # the other role's own drift check revokes members it does not know (they would get its
+                # DML); memberships between managed roles would also tie their soaks together
+                raise ConfigError(f"{located.where(('roles', name, 'member_of'))}: member_of names {target}, a managed "
+                                  "role of this project; a role is a member of the owner (or another role outside "
+                                  "the project), never of another managed role")
+
+
 def _iam_user_names_need_iam(spec: ProjectSpec, envs: dict[str, Environment], located: Located) -> None:
     """A service account's Cloud SQL user name is a role name only where Cloud SQL logs it in with IAM."""
-    if not IAM_SERVICE_ACCOUNT_USER.match(spec.role.name):
+    role = spec.role if spec.role is not None else None
+    if role is None or not IAM_SERVICE_ACCOUNT_USER.match(role.name):
         return
     for name, env in envs.items():
         if getattr(env.database, "provider", None) != "cloudsql" or getattr(env.database, "auth", None) != "iam":
-            raise ConfigError(f"{located.where(('role', 'name'))}: {spec.role.name!r} is a service account's Cloud SQL "
+            raise ConfigError(f"{located.where(('role', 'name'))}: {role.name!r} is a service account's Cloud SQL "
                               f"user (IAM database authentication); environment {name} needs database.provider: "
                               "cloudsql with auth: iam, or give role.name a plain identifier")
 

@@ -15,7 +15,8 @@ from runbook.errors import ConfigError, RunbookError
 # read_only_sql_transaction (a standby, default_transaction_read_only)
 _DENIED = {"42501"}
 _READ_ONLY = {"42501", "25006"}
-_READS = frozenset({"runs", "events", "open_soak", "latest_soak", "checkpoints", "approvals", "interrupted"})
+_READS = frozenset({"runs", "events", "open_soak", "latest_soak", "checkpoints", "approvals", "interrupted",
+                    "last_approval"})
 
 
 def cannot_write(exc: BaseException) -> bool:
@@ -47,10 +48,13 @@ class EmptyJournal:
     def checkpoints(self, soak_id: int) -> list[dict[str, Any]]:
         return []
 
-    def open_soak(self, env: str) -> None:
+    def open_soak(self, env: str, role: Any = None) -> None:
         return None
 
-    def latest_soak(self, env: str) -> None:
+    def last_approval(self, env: str, role: str) -> None:
+        return None
+
+    def latest_soak(self, env: str, role: Any = None) -> None:
         return None
 
     def interrupted(self, env: str, current: int) -> list[dict[str, Any]]:

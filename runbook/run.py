@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from runbook.checks import CheckResult
     from runbook.context import Context
     from runbook.journal import StateStore
-    from runbook.project import Project
+    from runbook.project import ManagedRole, Project
 
 Confirm = Callable[[str, list[engine.StepReport]], bool]
 StepSink = Callable[[engine.StepReport], None]
@@ -183,16 +183,45 @@ class Run:
     def local_journal(self) -> LocalJournal:
         return self.invocation.runtime.local_journal(self.project)
 
+    # --- the roles: one run, the playbook applied for each selected role in turn --------------
+    def for_each_role(self, name: str | None) -> Iterator[ManagedRole]:
+        """Select each role `--role` names (None: every role, in file order) on the run's Context
+        in turn; the lock, the admin session and the journal are the run's, shared by all."""
+        for managed in self.project.select(name):
+            self.ctx.select_role(managed)
+            yield managed
+
+    def role_journal(self, journal: engine.Journal) -> engine.Journal:
+        """The run's journal with the selected role on each record (several roles only: a
+        `role:` project writes exactly what it always wrote)."""
+        for_role = getattr(journal, "for_role", None)
+        if not self.project.several or for_role is None:
+            return journal
+        scoped: engine.Journal = for_role(self.ctx.role.name)
+        return scoped
+
+    def _tag(self, reports: list[engine.StepReport]) -> list[engine.StepReport]:
+        for report in reports:
+            report.role = self.ctx.role.name
+        return reports
+
     # --- the step engine: every call into it ------------------------------------------------
     def preview(self, steps: list[engine.Step[Any]]) -> list[engine.StepReport]:
         """What `steps` would change, with nothing journalled. Plans are pure and a preview runs on
         a RunState of its own, so nothing it learns reaches the apply that follows."""
-        return engine.run(steps, self.ctx, plan_only=True, journal=_nowhere)
+        return self._tag(engine.run(steps, self.ctx, plan_only=True, journal=_nowhere))
 
     def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal) -> list[engine.StepReport]:
         self.state = RunState()
-        return engine.run(steps, self.ctx, plan_only=False, journal=journal, on_step=self.invocation.on_step,
-                          state=self.state)
+        sink, role = self.invocation.on_step, self.ctx.role.name
+
+        def on_step(report: engine.StepReport) -> None:
+            report.role = role
+            if sink is not None:
+                sink(report)
+
+        return self._tag(engine.run(steps, self.ctx, plan_only=False, journal=self.role_journal(journal),
+                                    on_step=on_step, state=self.state))
 
     def confirmed_apply(self, steps: list[engine.Step[Any]], journal: engine.Journal, result: Result, what: str, *,
                         before: Callable[[], None] | None = None) -> bool:
@@ -204,12 +233,15 @@ class Run:
             if not any(s.changes for s in preview):
                 result.say("nothing to change")
             elif not confirm(what, preview):
-                result.status, result.steps = "cancelled", preview
-                result.say("cancelled; nothing was changed")
+                earlier = any(s.status == "applied" for s in result.steps)    # another role's, this run
+                result.status = "cancelled"
+                result.steps += preview
+                result.say(f"cancelled at role {self.ctx.role.name}; nothing more was changed" if earlier
+                           else "cancelled; nothing was changed")
                 return False
         if before is not None:
             before()
-        result.steps = self.apply(steps, journal)
+        result.steps += self.apply(steps, journal)
         return True
 
 

@@ -49,9 +49,20 @@ class SetFlag(Step[FlagObserved]):
         return f"flag {self.target}"
 
     def _value(self, ctx: StepContext) -> str:
+        assert ctx.flag is not None
         return ctx.flag.on_value if self.target == "on" else ctx.flag.off_value
 
     def observe(self, ctx: StepContext) -> FlagObserved:
+        if ctx.flag is None:
+            # a role without a flag (`roles:` entry): its soak starts with the provision that makes
+            # its URL live; a rollback has no flag of it to turn off and leaves its soak alone
+            store = ctx.store
+            if store is None or self.target == "off":
+                return FlagObserved(None)
+            from runbook import soak
+            reason = soak.start_reason(store, ctx.env.name, ctx.digest, flag_changed=False)
+            return FlagObserved(None, soak_start=None if reason is None else
+                                ("its URL is live (no flag)" if reason == "flag on" else reason))
         value = ctx.app.received_flag()
         store = ctx.store
         if store is None:
@@ -63,9 +74,14 @@ class SetFlag(Step[FlagObserved]):
         return FlagObserved(value, soak_start=soak.start_reason(store, ctx.env.name, ctx.digest, flag_changed=changing))
 
     def plan(self, ctx: StepContext, observed: FlagObserved) -> list[Change]:
+        changes: list[Change] = []
+        if ctx.flag is None:
+            if observed.soak_start is not None:
+                changes.append(SoakChange(f"start the soak clock ({observed.soak_start})", touches_app=False,
+                                          reason=observed.soak_start))
+            return changes
         want = self._value(ctx)
         current = observed.value
-        changes: list[Change] = []
         if not _matches(current, want):
             was = "unset" if current is None else ("(write-only)" if isinstance(current, Digest) else repr(current))
             changes.append(Change(f"set {ctx.flag.name}={want!r} (was {was})", reversible=True))
@@ -95,6 +111,7 @@ class SetFlag(Step[FlagObserved]):
                 ctx.note("soak ended: the flag is off (a rolled-back soak does not allow promotion)")
 
     def _set(self, ctx: StepContext) -> None:
+        assert ctx.flag is not None
         if self.target == "on":
             self._refuse_after_rollback(ctx)
         ctx.app.set_flag(self._value(ctx))
@@ -107,6 +124,7 @@ class SetFlag(Step[FlagObserved]):
                 raise
 
     def _refuse_after_rollback(self, ctx: StepContext) -> None:
+        assert ctx.flag is not None
         since = ctx.run_started_at
         if since is None:
             return
@@ -119,6 +137,8 @@ class SetFlag(Step[FlagObserved]):
                              f"{ctx.env.name}` again to turn it back on")
 
     def verify(self, ctx: StepContext) -> Verdict:
+        if ctx.flag is None:
+            return Verdict.ok(f"{ctx.role.name} has no flag: the app reads {ctx.url_var} directly")
         current = ctx.app.received_flag()
         want = self._value(ctx)
         if not _matches(current, want):

@@ -89,6 +89,13 @@ class Preflight(Step[PreflightFacts]):
         if facts.missing_schemas:
             problems.append(f"schema(s) {', '.join(facts.missing_schemas)} named in role.schemas do not exist")
         problems.extend(ctx.db.preflight_sql(conn))
+        if ctx.managed.member_of:       # `roles:` member_of: what the platform and the targets allow
+            if ctx.api_credentials:
+                problems.append(f"role {ctx.role.name}: member_of needs SQL roles; {ctx.db.key} credentials are made "
+                                "and granted by the platform (drop member_of, or use another platform for a migrator)")
+            else:
+                from runbook import membership
+                membership.refuse_unsafe(conn, ctx.role.name, ctx.managed.member_of)
         if not facts.superuser:
             for schema, count in facts.foreign_owned.items():
                 ctx.note(f"{count} object(s) in {schema} are owned by roles {facts.user} cannot act for; "

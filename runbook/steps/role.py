@@ -74,7 +74,7 @@ class EnsureRole(Step[RoleObserved]):
             password = roles.generate_password() if info.password_auth else None
             changes.append(roles.create(role, password, no_superuser_clause=no_su))
             changes.append(roles.mark(role.name, ident))      # same transaction as the CREATE
-            changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
+            changes.extend(roles.grant_memberships(role.name, ctx.role_grants, facts))
             return changes
         if observed.adopting:
             changes.append(roles.mark(role.name, ident))
@@ -84,10 +84,10 @@ class EnsureRole(Step[RoleObserved]):
             changes.append(Change(f"take {ctx.db.key}'s admin group and CREATEROLE/CREATEDB away from {role.name} "
                                   "(it was created through the platform's API)", data={"platform_adjust": True}))
         changes.extend(roles.fix_attributes(role, facts, no_superuser_clause=no_su))
-        changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
+        changes.extend(roles.grant_memberships(role.name, ctx.role_grants, facts))
         # the platform's own adjustment takes its admin group away; the rest is drift we revoke
         left_to_platform = ("cloudsqlsuperuser",) if any(c.data.get("platform_adjust") for c in changes) else ()
-        changes.extend(roles.membership_drift(role.name, info.role_grants + left_to_platform, facts))
+        changes.extend(roles.membership_drift(role.name, ctx.role_grants + left_to_platform, facts))
         url = observed.url
         if info.password_auth and url is not None and url.logs_in is False:
             changes.append(roles.set_password(role.name, roles.generate_password(), url.reason))
@@ -104,7 +104,7 @@ class EnsureRole(Step[RoleObserved]):
             no_su = ctx.info.details.get("no_superuser_clause") == "1"
             changes = [c for c in changes if not c.data.get("platform_create")]
             changes += roles.fix_attributes(ctx.role, made, no_superuser_clause=no_su)
-            changes += roles.grant_memberships(ctx.role.name, ctx.info.role_grants, made)
+            changes += roles.grant_memberships(ctx.role.name, ctx.role_grants, made)
         if any(c.data.get("platform_adjust") for c in changes):
             for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
                 ctx.note(sentence)
@@ -125,7 +125,7 @@ class EnsureRole(Step[RoleObserved]):
             return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
         if facts.unsafe_attributes(ctx.role):
             return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes(ctx.role))}")
-        left = roles.membership_drift(ctx.role.name, ctx.info.role_grants + ("cloudsqlsuperuser",), facts)
+        left = roles.membership_drift(ctx.role.name, ctx.role_grants + ("cloudsqlsuperuser",), facts)
         if left:
             return Verdict("fail", f"role {ctx.role.name}: still needed: {left[0].summary}")
         if facts.marked_for != roles.identity(ctx):
@@ -146,7 +146,7 @@ class RoleDrift(Step[roles.RoleFacts]):
     def plan(self, ctx: StepContext, observed: roles.RoleFacts) -> list[Change]:
         if ctx.api_credentials:
             return []
-        return roles.drift_fixes(ctx.role, observed, ctx.info.role_grants,
+        return roles.drift_fixes(ctx.role, observed, ctx.role_grants,
                                  no_superuser_clause=ctx.info.details.get("no_superuser_clause") == "1")
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
@@ -155,7 +155,7 @@ class RoleDrift(Step[roles.RoleFacts]):
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
             return Verdict.ok()
-        left = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants)
+        left = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.role_grants)
         return Verdict("fail", left[0].detail) if left else Verdict.ok()
 
 
