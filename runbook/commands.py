@@ -42,9 +42,14 @@ def _refuse_transaction_pooler(run: Run) -> None:
 def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result, role: str | None = None) -> None:
     """`name` applied for each selected role in turn, in one run (one lock, one journal run)."""
     started = False
+    if len(run.project.select(role)) > 1:
+        # every role's plan first: a refusal of any role (its preflight, a hostile name) comes
+        # before the first role changes anything
+        for _ in run.for_each_role(role):
+            run.preview(_steps_for(run, name))
     for managed in run.for_each_role(role):
         what = f"{name} {run.env}" + (f" (role {managed.name})" if run.project.several else "")
-        if not run.confirmed_apply(playbooks.load(name, run.project).steps, journal, result, what):
+        if not run.confirmed_apply(_steps_for(run, name), journal, result, what):
             return
         started = started or run.state.soak_started
     if started:
@@ -53,6 +58,19 @@ def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result,
     result.status = "ok" if changed else "unchanged"
     if not changed:
         result.say(f"{run.env} already matches the spec; nothing changed")
+
+
+def _steps_for(run: Run, name: str) -> list[Any]:
+    """The playbook's steps for the selected role: a role with member_of gets its memberships
+    right after the role step (a role without one, and every `role:` project, runs the playbook
+    exactly as written)."""
+    steps = playbooks.load(name, run.project).steps
+    if not run.ctx.managed.member_of:
+        return steps
+    from runbook.steps.membership import Memberships
+
+    at = next((i + 1 for i, step in enumerate(steps) if step.kind == "role"), None)
+    return steps if at is None else [*steps[:at], Memberships(), *steps[at:]]
 
 
 def _tag_checks(checks: list[CheckResult], name: str) -> list[CheckResult]:
@@ -189,7 +207,7 @@ def _role_drift(run: Run) -> list[Any]:
         return []
     facts = roles.facts(run.admin(), ctx.role.name)
     return [*roles.drift_findings(ctx.role, facts, ctx.role_grants),
-            *membership.findings(run.admin(), ctx.role.name, ctx.managed.member_of, set(ctx.project.roles))]
+            *membership.findings(run.admin(), ctx.role.name, ctx.managed.member_of)]
 
 
 def _drift_role(run: Run, result: Result, env: str) -> list[Any] | None:

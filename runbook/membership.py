@@ -9,6 +9,7 @@ through the target's own memberships. Found in one set-based read, before anythi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -36,11 +37,36 @@ SELECT t.name, r.oid IS NOT NULL, coalesce(r.rolsuper, false), coalesce(r.rolcre
   LEFT JOIN pg_catalog.pg_roles m ON m.rolname = %(role)s
 """
 
-_DIRECT = """
-SELECT g.rolname::text FROM pg_catalog.pg_auth_members a
+# what the role holds of each role it is a member of: (INHERIT, SET). Before PostgreSQL 16 a
+# membership has no options: INHERIT is the member's attribute, SET ROLE is always allowed.
+_HELD_16 = """
+SELECT g.rolname::text, bool_or(a.inherit_option), bool_or(a.set_option), bool_or(u.rolinherit)
+  FROM pg_catalog.pg_auth_members a
+  JOIN pg_catalog.pg_roles g ON g.oid = a.roleid JOIN pg_catalog.pg_roles u ON u.oid = a.member
+ WHERE u.rolname = %s GROUP BY 1 ORDER BY 1
+"""
+_HELD_15 = """
+SELECT g.rolname::text, u.rolinherit, true, u.rolinherit
+  FROM pg_catalog.pg_auth_members a
   JOIN pg_catalog.pg_roles g ON g.oid = a.roleid JOIN pg_catalog.pg_roles u ON u.oid = a.member
  WHERE u.rolname = %s ORDER BY 1
 """
+_INHERITS = "SELECT rolinherit FROM pg_catalog.pg_roles WHERE rolname = %s"
+
+
+@dataclass(frozen=True)
+class Held:
+    """The role's memberships in its member_of targets, as the catalog has them."""
+
+    options: dict[str, tuple[bool, bool]]     # target → (INHERIT, SET)
+    role_inherits: bool                       # the role's own INHERIT attribute
+    options_per_grant: bool                   # PostgreSQL 16+: INHERIT / SET are per membership
+
+    def missing(self, member_of: Iterable[str]) -> list[str]:
+        return [g for g in member_of if g not in self.options or not self.options[g][1]]
+
+    def inheriting(self, member_of: Iterable[str]) -> list[str]:
+        return [g for g in member_of if g in self.options and self.options[g][0]]
 
 
 def refuse_unsafe(conn: Any, role: str, member_of: Iterable[str]) -> None:
@@ -72,26 +98,45 @@ def refuse_unsafe(conn: Any, role: str, member_of: Iterable[str]) -> None:
                           "plain owner role")
 
 
-def current(conn: Any, role: str) -> tuple[str, ...]:
-    """The roles `role` is directly a member of."""
-    return tuple(r[0] for r in conn.execute(_DIRECT, (role,)).fetchall())
+def held(conn: Any, role: str) -> Held:
+    modern = conn.info.server_version >= 160000
+    rows = conn.execute(_HELD_16 if modern else _HELD_15, (role,)).fetchall()
+    row = conn.execute(_INHERITS, (role,)).fetchone()
+    return Held({r[0]: (bool(r[1]), bool(r[2])) for r in rows}, bool(row[0]) if row else False, modern)
 
 
-def missing(conn: Any, role: str, member_of: Iterable[str]) -> list[str]:
-    have = set(current(conn, role))
-    return [g for g in member_of if g not in have]
+def changes(role: str, member_of: Iterable[str], current: Held) -> list[Change]:
+    """member_of is a SET ROLE path, never inherited privileges: the role reaches the owner's
+    objects only as the owner (so what it creates belongs to the owner), and its own privileges
+    are what its spec says. PostgreSQL 16+: the membership's options; before: NOINHERIT on it."""
+    targets = list(member_of)
+    out: list[Change] = []
+    name = sql.Identifier(role)
+    if not current.options_per_grant:
+        if current.role_inherits:
+            out.append(Change(f"make {role} NOINHERIT (member_of is SET ROLE only on PostgreSQL 15 and older)",
+                              sql.SQL("ALTER ROLE {} NOINHERIT").format(name)))
+        out += [Change(f"grant {g} to {role} (member_of)", sql.SQL("GRANT {} TO {}").format(sql.Identifier(g), name))
+                for g in current.missing(targets)]
+        return out
+    for g in targets:
+        if g in current.missing(targets) or g in current.inheriting(targets):
+            out.append(Change(f"grant {g} to {role} WITH INHERIT FALSE, SET TRUE (member_of)",
+                              sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(sql.Identifier(g), name)))
+    return out
 
 
-def grants(role: str, targets: Iterable[str]) -> list[Change]:
-    return [Change(f"grant {g} to {role} (member_of)", sql.SQL("GRANT {} TO {}").format(sql.Identifier(g),
-                                                                                         sql.Identifier(role)))
-            for g in targets]
-
-
-def findings(conn: Any, role: str, member_of: Iterable[str], managed: set[str]) -> list[Any]:
-    """Drift: a membership member_of gives that the role lacks (an extra one is the role's own
-    drift finding, runbook.roles.drift_findings)."""
+def findings(conn: Any, role: str, member_of: Iterable[str]) -> list[Any]:
+    """Drift: a membership member_of gives that the role lacks, or holds with its privileges
+    inherited (an extra membership is the role's own drift finding, runbook.roles.drift_findings)."""
     from runbook.grants import Finding
 
-    return [Finding("membership", "", (g,), f"{role} is not a member of {g}, which its member_of gives it")
-            for g in missing(conn, role, member_of)]
+    targets = list(member_of)
+    if not targets:
+        return []
+    current = held(conn, role)
+    out = [Finding("membership", "", (g,), f"{role} is not a member of {g}, which its member_of gives it")
+           for g in current.missing(targets)]
+    out += [Finding("membership", "", (g,), f"{role} inherits {g}'s privileges; member_of is SET ROLE only")
+            for g in current.inheriting(targets)]
+    return out

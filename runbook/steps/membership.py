@@ -1,5 +1,6 @@
-"""`member_of:` for `drift --fix`: grant the memberships the spec gives and the role lacks (the
-role step grants them on provision and revokes those the spec no longer names)."""
+"""`member_of:` — the memberships a role's spec gives it, as SET ROLE paths (runbook.membership).
+Run after the role step for a role with member_of (and by `drift --fix`); the role step revokes a
+membership the spec no longer names."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 
 
-class Memberships(Step[tuple[str, ...]]):
+class Memberships(Step[membership.Held | None]):
     kind = "memberships"
 
-    def observe(self, ctx: StepContext) -> tuple[str, ...]:
+    def observe(self, ctx: StepContext) -> membership.Held | None:
         if ctx.api_credentials or not ctx.managed.member_of:
-            return ()
+            return None
         conn = ctx.admin()
         membership.refuse_unsafe(conn, ctx.role.name, ctx.managed.member_of)
-        return tuple(membership.missing(conn, ctx.role.name, ctx.managed.member_of))
+        return membership.held(conn, ctx.role.name)
 
-    def plan(self, ctx: StepContext, observed: tuple[str, ...]) -> list[Change]:
-        return membership.grants(ctx.role.name, observed)
+    def plan(self, ctx: StepContext, observed: membership.Held | None) -> list[Change]:
+        if observed is None:
+            return []
+        return membership.changes(ctx.role.name, ctx.managed.member_of, observed)
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         roles.apply_all(ctx.admin(), changes)
@@ -28,5 +31,6 @@ class Memberships(Step[tuple[str, ...]]):
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials or not ctx.managed.member_of:
             return Verdict.ok()
-        left = membership.missing(ctx.admin(), ctx.role.name, ctx.managed.member_of)
-        return Verdict("fail", f"{ctx.role.name} is still not a member of {left[0]}") if left else Verdict.ok()
+        left = membership.findings(ctx.admin(), ctx.role.name, ctx.managed.member_of)
+        return Verdict("fail", left[0].detail) if left else Verdict.ok(
+            f"{ctx.role.name}: SET ROLE {', '.join(ctx.managed.member_of)} (not inherited)")

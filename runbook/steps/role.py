@@ -74,7 +74,7 @@ class EnsureRole(Step[RoleObserved]):
             password = roles.generate_password() if info.password_auth else None
             changes.append(roles.create(role, password, no_superuser_clause=no_su))
             changes.append(roles.mark(role.name, ident))      # same transaction as the CREATE
-            changes.extend(roles.grant_memberships(role.name, ctx.role_grants, facts))
+            changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
             return changes
         if observed.adopting:
             changes.append(roles.mark(role.name, ident))
@@ -84,7 +84,7 @@ class EnsureRole(Step[RoleObserved]):
             changes.append(Change(f"take {ctx.db.key}'s admin group and CREATEROLE/CREATEDB away from {role.name} "
                                   "(it was created through the platform's API)", data={"platform_adjust": True}))
         changes.extend(roles.fix_attributes(role, facts, no_superuser_clause=no_su))
-        changes.extend(roles.grant_memberships(role.name, ctx.role_grants, facts))
+        changes.extend(roles.grant_memberships(role.name, info.role_grants, facts))
         # the platform's own adjustment takes its admin group away; the rest is drift we revoke
         left_to_platform = ("cloudsqlsuperuser",) if any(c.data.get("platform_adjust") for c in changes) else ()
         changes.extend(roles.membership_drift(role.name, ctx.role_grants + left_to_platform, facts))
@@ -104,7 +104,7 @@ class EnsureRole(Step[RoleObserved]):
             no_su = ctx.info.details.get("no_superuser_clause") == "1"
             changes = [c for c in changes if not c.data.get("platform_create")]
             changes += roles.fix_attributes(ctx.role, made, no_superuser_clause=no_su)
-            changes += roles.grant_memberships(ctx.role.name, ctx.role_grants, made)
+            changes += roles.grant_memberships(ctx.role.name, ctx.info.role_grants, made)
         if any(c.data.get("platform_adjust") for c in changes):
             for sentence in ctx.db.adjust_existing_role(conn, ctx.role.name):
                 ctx.note(sentence)
