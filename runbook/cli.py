@@ -178,7 +178,11 @@ def _command(fn):
 def _load():
     from runbook import project
 
-    return project.load(OPTS.file)
+    loaded = project.load(OPTS.file)
+    from runbook import render
+
+    render.ROLE_HEADINGS = loaded.several       # steps and checks under a heading of their role
+    return loaded
 
 
 def _json(output: Optional[Output]) -> bool:

@@ -63,10 +63,22 @@ def _esc(text: str) -> str:
     return escape(clean(redact(text)))
 
 
+# `roles:` projects: steps and checks are shown under a heading of their role (the CLI sets it)
+ROLE_HEADINGS = False
+_shown_role: list[str | None] = [None]
+
+
+def _role_heading(out, role: str | None) -> None:
+    if ROLE_HEADINGS and role is not None and role != _shown_role[0]:
+        out.print(f"[bold cyan]role {_esc(role)}[/]")
+    _shown_role[0] = role
+
+
 def step_line(report) -> None:
     if QUIET:               # nothing would be printed: do not load rich (~40 ms) to print nothing
         return
     out = console()
+    _role_heading(out, getattr(report, "role", None))
     style = _STATUS_STYLE.get(report.status, "white")
     out.print(f"[{style}]{report.status:>9}[/] [bold]{_esc(report.step)}[/]")
     for change in report.changes:
@@ -82,6 +94,7 @@ def result(res, *, streamed: bool = False, show_sql: bool = False) -> None:
         return
     out = console()
     if res.steps and not streamed:
+        _shown_role[0] = None
         for report in res.steps:
             step_line(report)
     if show_sql and res.data.get("sql"):
@@ -89,13 +102,18 @@ def result(res, *, streamed: bool = False, show_sql: bool = False) -> None:
         for text in res.data["sql"]:
             out.print(f"  [dim]{_esc(text)};[/]")
     if res.checks:
+        _shown_role[0] = None
         for check in res.checks:
+            _role_heading(out, check.role)
             style = _STATUS_STYLE.get(check.status, "white")
             out.print(f"[{style}]{check.status:>12}[/] [bold]{_esc(check.name)}[/]: {_esc(check.detail)}")
             if check.fix and check.status != "pass":
                 out.print(f"               [dim]fix:[/] {_esc(check.fix)}")
     soak = res.data.get("soak")
-    if soak:
+    if res.command == "soak" and isinstance(res.data.get("roles"), dict):
+        for name, view in res.data["roles"].items():       # several roles: each one's soak
+            _soak(out, view, role=name)
+    elif soak:
         _soak(out, soak)
     for key, fn in (("environments", _status_table), ("runs", _history)):
         if key in res.data:
@@ -104,10 +122,10 @@ def result(res, *, streamed: bool = False, show_sql: bool = False) -> None:
         out.print(_esc(message))
 
 
-def _soak(out, soak: dict[str, Any]) -> None:
+def _soak(out, soak: dict[str, Any], *, role: str | None = None) -> None:
     from rich.table import Table
 
-    title = f"soak of {soak['env']}: {soak['state']}"
+    title = f"soak of {soak['env']}{f' (role {role})' if role else ''}: {soak['state']}"
     if soak.get("remaining") and soak["state"] == "running":
         title += f", {soak['remaining']} remaining"
     title = _esc(title)
@@ -129,10 +147,12 @@ def _status_table(out, data: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(show_edge=False)
-    for col in ("env", "role", "flag", "soak", "last_run"):
-        table.add_column(col)
+    cols = ("env", "role_name", "role", "flag", "soak", "last_run") if any(
+        "role_name" in row for row in data["environments"]) else ("env", "role", "flag", "soak", "last_run")
+    for col in cols:
+        table.add_column({"role_name": "role", "role": "present"}.get(col, col) if "role_name" in cols else col)
     for row in data["environments"]:
-        table.add_row(*[_esc(str(row.get(c, "-"))) for c in ("env", "role", "flag", "soak", "last_run")])
+        table.add_row(*[_esc(str(row.get(c, "-"))) for c in cols])
     out.print(table)
 
 
