@@ -348,6 +348,9 @@ class AppPlatform(Protocol):
     can_restart: bool
     #: True when the URL the platform writes names its pooler, not the credential's endpoint.
     url_is_pooled: bool
+    #: The one setting that holds the URL where the platform keeps one per environment (ECS
+    #: `app.url_name`): a project with several roles cannot run there. None: one per variable.
+    one_url: str | None
 
     def received_url(self) -> str | Digest | None:
         """What the app process will receive for the URL (the resolved ECS task-definition
@@ -396,6 +399,7 @@ class AppBase:
     config_change_restarts: bool = False
     can_restart: bool = True
     url_is_pooled: bool = False
+    one_url: str | None = None
     ctx: OpenContext
 
     # the key → value store; a keyed platform implements these three

@@ -216,6 +216,7 @@ class CloudRunApp(IntentApp):
     key = "cloudrun"
     other_keys = True       # any other key is a plain env var of the container
     config_change_restarts = True
+    one_url = "app.url_secret"      # one Secret Manager secret for the URL, whatever url_var says
 
     def __init__(self, config: CloudRunAppConfig, ctx: OpenContext, *,
                  sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:

@@ -256,6 +256,7 @@ class EcsApp(IntentApp):
     key = "ecs"
     #: config lives in Secrets Manager / SSM; tasks only see it after a new deployment
     config_change_restarts = False
+    one_url = "app.url_name"        # one secret / parameter for the URL, whatever url_var says
 
     def __init__(self, config: EcsAppConfig, ctx: OpenContext, *, session: Any = None,
                  sleep: Callable[[float], None] = time.sleep,

@@ -115,8 +115,10 @@ def provision(project: Project, env: str, *, yes: bool = False, confirm: Confirm
     inv.need_yes("provision")
     project.select(role)
     result = Result(playbook, env)
-    with Run(project, env, playbook, inv) as run, mutating(run, result) as journal:
-        _playbook(run, playbook, journal, result, role)
+    with Run(project, env, playbook, inv) as run:
+        run.roles(role)
+        with mutating(run, result) as journal:
+            _playbook(run, playbook, journal, result, role)
     return result
 
 
@@ -135,8 +137,10 @@ def retire(project: Project, env: str, *, yes: bool = False, confirm: Confirm | 
     inv.need_yes("retire")
     project.select(role)
     result = Result("retire", env)
-    with Run(project, env, "retire", inv) as run, mutating(run, result) as journal:
-        _playbook(run, "retire", journal, result, role)
+    with Run(project, env, "retire", inv) as run:
+        run.roles(role)
+        with mutating(run, result) as journal:
+            _playbook(run, "retire", journal, result, role)
     return result
 
 
@@ -472,6 +476,8 @@ def promote(project: Project, env: str, *, sign_off: str | None, force: bool = F
         what = "; ".join(f"{name}: {why}" for name, why in closed) if several else closed[0][1]
         raise GateClosed(f"promotion of {env} is not allowed yet: {what}")
     result = Result("promote", env)
+    with Run(project, env, "promote", inv) as run:
+        run.roles(role)
     with Run(project, env, "promote", inv) as run, mutating(run, result) as journal:
         store = run.ctx.store
         clean = reason.strip() if force and reason else None
@@ -512,6 +518,11 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
     for name in project.environments:
         with Run(project, name, "status", inv) as run:
             ctx = run.ctx
+            try:
+                run.roles(role)
+            except RunbookError as exc:     # this environment cannot hold the project's roles: said in its row
+                rows.append({"env": name, "role": "?", "flag": "?", "soak": "?", "last_run": f"? ({exc.message})"})
+                continue
             for managed in run.for_each_role(role):
                 row: dict[str, Any] = {"env": name, **({"role_name": managed.name} if project.several else {})}
                 flag = managed.flag

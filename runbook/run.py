@@ -187,9 +187,21 @@ class Run:
     def for_each_role(self, name: str | None) -> Iterator[ManagedRole]:
         """Select each role `--role` names (None: every role, in file order) on the run's Context
         in turn; the lock, the admin session and the journal are the run's, shared by all."""
-        for managed in self.project.select(name):
+        for managed in self.roles(name):
             self.ctx.select_role(managed)
             yield managed
+
+    def roles(self, name: str | None) -> list[ManagedRole]:
+        """`--role NAME` (None: every role), refused before any change where the app platform
+        keeps one URL per environment and the project has several roles."""
+        selected = self.project.select(name)
+        one_url = self.ctx.app.one_url if len(self.project.roles) > 1 else None
+        if one_url:
+            # a second role's URL would overwrite the first's in the platform's one setting
+            raise ConfigError(f"{self.env}: the {self.ctx.app.key} platform keeps one URL per environment ({one_url}); "
+                              f"a roles: project with {len(self.project.roles)} roles cannot run there (give this "
+                              "environment another app platform, or keep one role)")
+        return selected
 
     def role_journal(self, journal: engine.Journal) -> engine.Journal:
         """The run's journal with the selected role on each record (several roles only: a
