@@ -53,6 +53,8 @@ def check_role(ctx) -> CheckResult:
     facts = roles.facts(ctx.admin(), name)
     if not facts.exists:
         return CheckResult("role", "fail", f"role {name} does not exist", fix)
+    if ctx.role.rotation == "alternating":
+        return _check_logins(ctx, facts, fix)
     if not facts.can_login:
         return CheckResult("role", "fail", f"role {name} exists but has NOLOGIN", f"ALTER ROLE {name} LOGIN, or {fix}")
     if facts.valid_until_past:
@@ -72,6 +74,35 @@ def check_role(ctx) -> CheckResult:
     return CheckResult("role", "pass", f"role {name} {how}")
 
 
+def _check_logins(ctx, group, fix: str) -> CheckResult:
+    """`rotation: alternating`: the group, its two logins, and which one the app is on."""
+    from runbook import roles
+    from runbook.alternating import journal_turn, url_user
+    from runbook.app_url import url_state
+
+    spec = ctx.role
+    extra = roles.role_findings(ctx.admin(), spec, ctx.info.role_grants)
+    if extra:
+        return CheckResult("role", "fail", "; ".join(f.detail for f in extra[:3]), f"runbook drift --env {ctx.env.name} --fix")
+    logins = {n: roles.facts(ctx.admin(), n) for n in spec.logins}
+    live = [n for n, f in logins.items() if f.can_login] + ([spec.name] if group.can_login else [])
+    turn = journal_turn(ctx.journal_history(), spec) if ctx.store is not None else None
+    state = url_state(ctx)
+    user = url_user(state.value) if state.logs_in else None
+    if state.logs_in is False and state.value is not None:
+        return CheckResult("role", "fail", f"the app's URL does not log in as a login of {spec.name}: {state.reason}",
+                           f"runbook rotate --env {ctx.env.name}")
+    if not live:
+        return CheckResult("role", "fail", f"none of {', '.join(spec.logins)} can log in", fix)
+    journal = "" if turn is None else (f"; the journal says {turn.current} is current" if turn.current else
+                                       "; the journal names no current login yet")
+    if turn is not None and turn.pending:
+        journal += f"; a rotation to {turn.pending} is half-way (rerun `runbook rotate --env {ctx.env.name}`)"
+    made = ", ".join(f"{n} ({'LOGIN' if f.can_login else 'NOLOGIN'})" for n, f in logins.items() if f.exists)
+    on = f"the app logs in as {user}" if user else "login not tried: " + (state.reason or "no URL")
+    return CheckResult("role", "pass", f"group {spec.name} with logins {made}; {on}{journal}")
+
+
 def check_grants(ctx) -> CheckResult:
     from runbook import catalog, grants
 
@@ -82,7 +113,7 @@ def check_grants(ctx) -> CheckResult:
     if not ctx.api_credentials:
         from runbook import roles
 
-        found = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.info.role_grants) + found
+        found = roles.role_findings(ctx.admin(), ctx.role, ctx.info.role_grants) + found
     if found:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),

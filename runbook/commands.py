@@ -145,7 +145,7 @@ def drift(project: Project, env: str, *, fix: bool = False, yes: bool = False, c
         def role_drift() -> list[Any]:
             if ctx.api_credentials:
                 return []
-            return list(roles.drift_findings(ctx.role, roles.facts(run.admin(), ctx.role.name), ctx.info.role_grants))
+            return list(roles.role_findings(run.admin(), ctx.role, ctx.info.role_grants))
 
         started = time.perf_counter()
         snap = catalog.snapshot(run.admin(), ctx.role, ctx.owner)
