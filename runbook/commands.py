@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from runbook import playbook as playbooks
@@ -82,7 +83,11 @@ def provision(project: Project, env: str, *, yes: bool = False, confirm: Confirm
 
 def rotate(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
            environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-           on_step: StepSink | None = None, runtime: Runtime | None = None) -> Result:
+           on_step: StepSink | None = None, runtime: Runtime | None = None,
+           drain_timeout: timedelta | None = None) -> Result:
+    if drain_timeout is not None:      # `rotate --drain-timeout`: this run's wait, over settings.drain_timeout
+        settings = project.spec.settings.model_copy(update={"drain_timeout": drain_timeout})
+        project = Project(project.spec.model_copy(update={"settings": settings}), project.path, project.environments)
     return provision(project, env, yes=yes, confirm=confirm, environ=environ, state=state, transport=transport,
                      on_step=on_step, runtime=runtime, playbook="rotate")
 
