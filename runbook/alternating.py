@@ -38,21 +38,37 @@ class Turn:
 
     current: str | None = None      # the login the last finished rotation (or provision) made current
     pending: str | None = None      # a rotation began towards this login and has not finished
+    written: str | None = None      # the login of the URL the url step last wrote (for write-only stores)
 
 
 def journal_turn(history: list[dict[str, Any]], spec: RoleSpec) -> Turn:
-    current = pending = None
+    current = pending = written = None
     for event in history:
         data = event.get("data")
         if event.get("kind") != "result" or not isinstance(data, dict):
             continue
+        if event.get("step") == "url" and data.get("url_digest"):
+            written = data.get("url_login") if data.get("url_login") in spec.logins else None
         target = data.get("rotating_to")
         if target in spec.logins:
             pending = target
         done = data.get("current_login")
         if done in spec.logins:
             current, pending = done, None
-    return Turn(current, pending)
+    return Turn(current, pending, written)
+
+
+def app_login(spec: RoleSpec, url: object, turn: Turn) -> str | None:
+    """The login the app's URL logs in as: read from the URL, or, where the store is write-only and
+    its digest is the one pg-runbook wrote (UrlState.logs_in None), the login that write named."""
+    from providers.base import Digest
+
+    logs_in, value = getattr(url, "logs_in", None), getattr(url, "value", None)
+    if logs_in:
+        return url_login(spec, value)
+    if logs_in is None and isinstance(value, Digest):
+        return turn.written
+    return None
 
 
 def url_user(value: object) -> str | None:
@@ -68,13 +84,24 @@ def url_user(value: object) -> str | None:
     return str(user) if user else None
 
 
+def url_login(spec: RoleSpec, value: object) -> str | None:
+    """Which of the role's logins (or the role itself) a URL names: the user, or a pooler's
+    `{login}.{tenant}` form of it (Supavisor)."""
+    user = url_user(value)
+    if user is None:
+        return None
+    for login in (*spec.logins, spec.name):
+        if user == login or user.startswith(login + "."):
+            return login
+    return None
+
+
 def expected_login(spec: RoleSpec, value: object) -> str:
     """The login a URL of the app must log in as: for `alternating`, whichever of the two logins it
     names (or the role itself while a `single` role is being converted); else the role."""
     if not alternating(spec):
         return spec.name
-    user = url_user(value)
-    return user if user in (*spec.logins, spec.name) else spec.logins[0]
+    return url_login(spec, value) or spec.logins[0]
 
 
 def refuse_login(facts: RoleFacts, spec: RoleSpec, ident: Identity, allowed_groups: tuple[str, ...]) -> None:

@@ -77,7 +77,7 @@ def check_role(ctx) -> CheckResult:
 def _check_logins(ctx, group, fix: str) -> CheckResult:
     """`rotation: alternating`: the group, its two logins, and which one the app is on."""
     from runbook import roles
-    from runbook.alternating import journal_turn, url_user
+    from runbook.alternating import app_login, journal_turn, url_login
     from runbook.app_url import url_state
 
     spec = ctx.role
@@ -88,7 +88,7 @@ def _check_logins(ctx, group, fix: str) -> CheckResult:
     live = [n for n, f in logins.items() if f.can_login] + ([spec.name] if group.can_login else [])
     turn = journal_turn(ctx.journal_history(), spec) if ctx.store is not None else None
     state = url_state(ctx)
-    user = url_user(state.value) if state.logs_in else None
+    user = app_login(spec, state, turn) if turn is not None else (url_login(spec, state.value) if state.logs_in else None)
     if state.logs_in is False and state.value is not None:
         return CheckResult("role", "fail", f"the app's URL does not log in as a login of {spec.name}: {state.reason}",
                            f"runbook rotate --env {ctx.env.name}")
@@ -99,7 +99,8 @@ def _check_logins(ctx, group, fix: str) -> CheckResult:
     if turn is not None and turn.pending:
         journal += f"; a rotation to {turn.pending} is half-way (rerun `runbook rotate --env {ctx.env.name}`)"
     made = ", ".join(f"{n} ({'LOGIN' if f.can_login else 'NOLOGIN'})" for n, f in logins.items() if f.exists)
-    on = f"the app logs in as {user}" if user else "login not tried: " + (state.reason or "no URL")
+    on = (f"the app logs in as {user}" if state.logs_in else f"the app's URL is {user}'s ({state.reason})") if user \
+        else "login not tried: " + (state.reason or "no URL")
     return CheckResult("role", "pass", f"group {spec.name} with logins {made}; {on}{journal}")
 
 

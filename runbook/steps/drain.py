@@ -46,9 +46,8 @@ def observe_logins(ctx: StepContext, *, adopt: bool) -> Logins:
     for login in logins:
         alt.refuse_login(login, spec, ident, ctx.info.role_grants)
     url = ctx.url_state() if group.exists else None
-    user = alt.url_user(url.value) if url is not None and url.logs_in else None
-    app_user = user if user in (*spec.logins, spec.name) else None
     turn = alt.journal_turn(ctx.journal_history(), spec)
+    app_user = alt.app_login(spec, url, turn) if url is not None else None
     if app_user in spec.logins:
         current = app_user
     else:
@@ -168,7 +167,8 @@ class Drain(Step[DrainObserved]):
             return DrainObserved(target, tuple((n, 0) for n in (alt.other(spec, target),)) if target else ())
         conn = ctx.admin()
         url = ctx.url_state()
-        user = alt.url_user(url.value) if url.logs_in else None
+        turn = alt.journal_turn(ctx.journal_history(), spec)
+        user = alt.app_login(spec, url, turn)
         target = ctx.state.login or (user if user in spec.logins else None)
         if target is None:
             return DrainObserved()
@@ -182,7 +182,6 @@ class Drain(Step[DrainObserved]):
                 roles.refuse_unless_managed(facts, ident, owner=ctx.owner, action="invalidate")
             if facts.exists and facts.can_login:
                 old.append((name, alt.sessions(conn, name)))
-        turn = alt.journal_turn(ctx.journal_history(), spec)
         return DrainObserved(target, tuple(old), turn.current != target)
 
     def plan(self, ctx: StepContext, observed: DrainObserved) -> list[Change]:

@@ -59,8 +59,10 @@ class WriteUrl(Step[UrlObserved]):
             raise ConfigError(observed.missing or f"no credential for {ctx.role.name} to write")
         cred = observed.credential
         verb = "attach" if ctx.api_credentials else "set"
-        return [CredentialChange(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})",
-                                 data={"url_digest": Digest.of(cred.url()).sha256}, credential=cred)]
+        data = {"url_digest": Digest.of(cred.url()).sha256}
+        if ctx.state.login:
+            data["url_login"] = ctx.state.login      # alternating: which login a write-only store now holds
+        return [CredentialChange(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})", data=data, credential=cred)]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
