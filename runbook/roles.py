@@ -243,7 +243,8 @@ def invalidate(name: str, why: str, data: dict[str, str] | None = None) -> Chang
                   data=dict(data or {}))
 
 
-def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool, login: bool = True) -> list[Change]:
+def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool, login: bool = True,
+                   limit: bool | None = None) -> list[Change]:
     """One ALTER ROLE naming only what differs: PostgreSQL 16+ refuses a CREATEROLE admin any
     mention of SUPERUSER, REPLICATION or BYPASSRLS, even to switch them off on a role without them.
     BYPASSRLS is given, not dropped, when the spec says `rls: bypass`."""
@@ -255,7 +256,9 @@ def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: b
     # login=False: a group role or an idle login of an alternating role, whose NOLOGIN is wanted
     if login and not current.can_login:
         clauses.append(sql.SQL("LOGIN"))
-    limit = login and spec.connection_limit is not None and spec.connection_limit != current.connection_limit
+    # limit (default: as login): an idle login keeps the spec's connection limit; a group has none
+    limit = (login if limit is None else limit) and spec.connection_limit is not None \
+        and spec.connection_limit != current.connection_limit
     if limit:
         clauses.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(spec.connection_limit)))
     if not clauses:
@@ -382,7 +385,7 @@ def login_drift_fixes(spec: RoleSpec, logins: tuple[RoleFacts, ...], allowed: tu
         if not login.exists or login.marked_for is None:
             continue          # an unmarked login is refused by provision and rotate, never fixed
         lspec = spec.model_copy(update={"name": login.name})
-        out += fix_attributes(lspec, login, no_superuser_clause=no_superuser_clause, login=login.can_login)
+        out += fix_attributes(lspec, login, no_superuser_clause=no_superuser_clause, login=login.can_login, limit=True)
         out += grant_memberships(login.name, (spec.name,), login)
         out += membership_drift(login.name, (spec.name, *allowed), login)
     return out

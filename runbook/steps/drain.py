@@ -87,7 +87,8 @@ def plan_role(ctx: StepContext, seen: Logins, adopting: bool) -> list[Change]:
             changes.append(roles.mark(login.name, ident))
             changes += roles.grant_memberships(login.name, wanted, login)
             continue
-        changes += roles.fix_attributes(lspec, login, no_superuser_clause=no_su, login=is_current and login.can_login)
+        changes += roles.fix_attributes(lspec, login, no_superuser_clause=no_su, login=is_current and login.can_login,
+                                        limit=True)
         changes += roles.grant_memberships(login.name, wanted, login)
         if is_current and seen.app_user != login.name:
             why = "the app's URL does not log in as it" if seen.app_user is None else f"the app is on {seen.app_user}"

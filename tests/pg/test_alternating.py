@@ -192,3 +192,27 @@ def test_rotation_is_left_out_of_the_digest(pg, tmp_path):
     alternate(env)
     assert env.project().role.digest() == single_limit
     assert before != single_limit       # the connection limit is part of what the role may do
+
+
+def test_drift_sees_the_idle_login_and_fix_repairs_it(alt_env):
+    env = alt_env
+    run(env, "provision")
+    run(env, "rotate")                      # a is idle now, b current
+    a = f"{env.role}_a"
+    (grantor,) = env.pg.execute("SELECT m.grantor::regrole::text FROM pg_auth_members m WHERE m.roleid = %s::regrole "
+                                "AND m.member = %s::regrole", (env.role, a))[0]
+    env.pg.execute(sql.SQL("REVOKE {} FROM {} GRANTED BY {}").format(
+        sql.Identifier(env.role), sql.Identifier(a), sql.SQL(grantor)))
+    env.pg.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 3").format(sql.Identifier(a)))
+    found = commands.drift(env.project(), "staging", environ=env.environ)
+    assert found.status != "ok"
+    details = " ".join(f["detail"] for f in found.data["findings"])
+    assert f"login {a} is not a member of {env.role}" in details and "CONNECTION LIMIT 3" in details
+    diag = commands.diagnose(env.project(), "staging", environ=env.environ)
+    assert any(c.status == "fail" and a in c.detail for c in diag.checks)
+    fixed = commands.drift(env.project(), "staging", fix=True, yes=True, environ=env.environ)
+    assert fixed.exit_code == 0, fixed.messages
+    assert commands.drift(env.project(), "staging", environ=env.environ).status == "ok"
+    assert login_state(env)[a] == (False, 20)           # still idle: fixed, not logged in
+    assert run(env, "rotate").status == "ok"
+    assert app_user(env) == a
