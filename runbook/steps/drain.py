@@ -164,8 +164,7 @@ class Drain(Step[DrainObserved]):
         if not alt.alternating(spec) or ctx.api_credentials:
             return DrainObserved()
         if ctx.plan_only:
-            target = ctx.state.login
-            return DrainObserved(target, tuple((n, 0) for n in (alt.other(spec, target),)) if target else ())
+            return self._preview(ctx)
         conn = ctx.admin()
         url = ctx.url_state()
         turn = alt.journal_turn(ctx.journal_history(), spec)
@@ -184,6 +183,24 @@ class Drain(Step[DrainObserved]):
             if facts.exists and facts.can_login:
                 old.append((name, alt.sessions(conn, name)))
         return DrainObserved(target, tuple(old), turn.current != target)
+
+    def _preview(self, ctx: StepContext) -> DrainObserved:
+        """What a run would drain, from what the steps before it would change (a preview applies
+        nothing, so no login has its new password yet): read-only, like every observe."""
+        spec = ctx.role
+        rotating = "rotate_password" in ctx.state.changed
+        if not rotating and "role" not in ctx.state.changed:
+            return DrainObserved()
+        seen = observe_logins(ctx, adopt=spec.adopt)
+        if rotating:
+            on = seen.app_user if seen.app_user in spec.logins else seen.current
+            target = seen.turn.pending or alt.other(spec, on)
+        else:
+            target = seen.current
+        able = {f.name: f.can_login for f in (*seen.logins, seen.group)}
+        conn = ctx.admin()
+        old = tuple((n, alt.sessions(conn, n)) for n in (alt.other(spec, target), spec.name) if able.get(n))
+        return DrainObserved(target, old, seen.turn.current != target)
 
     def plan(self, ctx: StepContext, observed: DrainObserved) -> list[Change]:
         target = observed.target

@@ -216,3 +216,19 @@ def test_drift_sees_the_idle_login_and_fix_repairs_it(alt_env):
     assert login_state(env)[a] == (False, 20)           # still idle: fixed, not logged in
     assert run(env, "rotate").status == "ok"
     assert app_user(env) == a
+
+
+def test_plan_shows_the_group_the_logins_and_the_drain(alt_env):
+    env = alt_env
+    planned = commands.plan(env.project(), "staging", environ=env.environ)
+    text = [c.summary for s in planned.steps for c in s.changes]
+    assert any(t.startswith(f"create group role {env.role} ") for t in text)
+    assert any(t.startswith(f"create login role {env.role}_a") for t in text)
+    assert not env.pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (env.role,))
+    run(env, "provision")
+    rotation = commands.plan(env.project(), "staging", environ=env.environ, playbook="rotate")
+    text = [c.summary for s in rotation.steps for c in s.changes]
+    assert any(t.startswith(f"set a new password for {env.role}_b") or t.startswith(f"create login role {env.role}_b")
+               for t in text), text
+    assert any(t.startswith(f"invalidate {env.role}_a's password") for t in text), text
+    assert login_state(env)[f"{env.role}_a"][0] is True and f"{env.role}_b" not in login_state(env)
