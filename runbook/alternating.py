@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from runbook.roles import Identity, RoleFacts
 
 
+# how far back the journal is read for the rotation's state: a rotate writes about fifteen events,
+# so this covers more than a hundred runs since the last rotation or url write
+JOURNAL_WINDOW = 2000
+
+
 def alternating(spec: RoleSpec) -> bool:
     return spec.rotation == "alternating"
 

@@ -360,6 +360,12 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
                 try:
                     view = soaks.view(store, name, project.spec.soak, ctx.digest)
                     row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")
+                    if project.role.rotation == "alternating" and row["role"] == "present":
+                        from runbook.alternating import JOURNAL_WINDOW, journal_turn
+
+                        turn = journal_turn(list(store.events(name, limit=JOURNAL_WINDOW)), project.role)
+                        row["role"] += f" (current login {turn.current or '?'}" + (
+                            f"; rotation to {turn.pending} half-way)" if turn.pending else ")")
                     runs = store.runs(name, 1)
                     row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
                                        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"

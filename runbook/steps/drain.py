@@ -46,7 +46,7 @@ def observe_logins(ctx: StepContext, *, adopt: bool) -> Logins:
     for login in logins:
         alt.refuse_login(login, spec, ident, ctx.info.role_grants)
     url = ctx.url_state() if group.exists else None
-    turn = alt.journal_turn(ctx.journal_history(), spec)
+    turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
     app_user = alt.app_login(spec, url, turn) if url is not None else None
     if app_user in spec.logins:
         current = app_user
@@ -167,7 +167,7 @@ class Drain(Step[DrainObserved]):
             return self._preview(ctx)
         conn = ctx.admin()
         url = ctx.url_state()
-        turn = alt.journal_turn(ctx.journal_history(), spec)
+        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
         user = alt.app_login(spec, url, turn)
         target = ctx.state.login or (user if user in spec.logins else None)
         if target is None:

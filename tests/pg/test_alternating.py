@@ -232,3 +232,11 @@ def test_plan_shows_the_group_the_logins_and_the_drain(alt_env):
                for t in text), text
     assert any(t.startswith(f"invalidate {env.role}_a's password") for t in text), text
     assert login_state(env)[f"{env.role}_a"][0] is True and f"{env.role}_b" not in login_state(env)
+
+
+def test_status_names_the_current_login(pg, tmp_path):
+    env = alternating_env(pg, tmp_path)
+    run(env, "provision")
+    run(env, "rotate")
+    rows = commands.status(env.project(), environ=env.environ).data["environments"]
+    assert rows[0]["role"] == f"present (current login {env.role}_b)"
