@@ -14,6 +14,7 @@ from runbook.context import RunState, StepContext
 from runbook.durations import format_duration
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, DrainTimeout
+from runbook.project import Project, RoleSpec
 
 
 def refuse_unsupported(ctx: StepContext) -> None:
@@ -55,7 +56,8 @@ def observe_logins(ctx: StepContext, *, adopt: bool) -> Logins:
     return Logins(group, logins, current, app_user, turn)
 
 
-def _login_spec(ctx: StepContext, name: str):
+def _login_spec(ctx: StepContext, name: str) -> RoleSpec:
+    """The spec as it applies to one login (its name; the attributes and connection limit are the role's)."""
     return ctx.role.model_copy(update={"name": name})
 
 
@@ -100,10 +102,13 @@ def plan_rotate(ctx: StepContext, seen: Logins) -> list[Change]:
     """rotate: a new password on the idle login, unless a rotation is half-way (then finish that
     one: its target gets a password only if the app's URL is not on it yet)."""
     spec = ctx.role
-    if not seen.group.exists or not any(login.exists for login in seen.logins):
+    if not seen.group.exists:
         from runbook.steps.role import raise_missing
 
         raise_missing(ctx)
+    if not any(login.exists for login in seen.logins):
+        raise ConfigError(f"{spec.name} has neither login {' nor '.join(spec.logins)} yet; run `runbook provision "
+                          f"--env {ctx.env.name}` first (it moves a single role to alternating without downtime)")
     pending = seen.turn.pending
     if pending is not None and pending == seen.app_user:
         ctx.note(f"finishing the rotation of {spec.name} to {pending} that an earlier run began")
@@ -156,8 +161,9 @@ class Drain(Step[DrainObserved]):
     kind = "drain"
 
     @staticmethod
-    def applies(project) -> bool:
-        return any(getattr(r, "rotation", "single") == "alternating" for r in _role_specs(project))
+    def applies(project: Project) -> bool:
+        """Left out of the playbook unless a role rotates alternating (runbook/playbook.py)."""
+        return any(r.rotation == "alternating" for r in _role_specs(project))
 
     def observe(self, ctx: StepContext) -> DrainObserved:
         spec = ctx.role
@@ -245,6 +251,5 @@ class Drain(Step[DrainObserved]):
         return Verdict.ok(f"{live[0]} is the current login of {spec.name}")
 
 
-
-def _role_specs(project) -> list:
+def _role_specs(project: Project) -> list[RoleSpec]:
     return [project.role]
