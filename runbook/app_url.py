@@ -38,14 +38,15 @@ def written_digest(ctx: Context) -> str | None:
     return None
 
 
-def expected_endpoint(ctx: Context, issued: Credential | None = None) -> Credential | None:
+def expected_endpoint(ctx: Context, issued: Credential | None = None, login: str | None = None) -> Credential | None:
     """The role's credential as the tool would write it (no password): the only place a login
     with the app's URL may go. Where the platform issues credentials itself (Heroku), `issued`:
     the one it gave (None when the run knows of none; the other rules of login.py still hold)."""
     if ctx.api_credentials:
         # with the platform's connection pooling its attachment names the pooler, not the credential's host
         return None if ctx.app.url_is_pooled or issued is None else issued.as_app()
-    return ctx.db.credential_for(ctx.role.name, None)
+    # alternating rotation: the URL may name either login of the role (runbook/alternating.py)
+    return ctx.db.credential_for(login or ctx.role.name, None)
 
 
 def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False) -> UrlState:
@@ -67,7 +68,10 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
     elif not ctx.info.password_auth and login_route(ctx.db) is None:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx, issued), route=login_route(ctx.db))
+        from runbook.alternating import expected_login
+
+        login = expected_login(ctx.role, value)
+        ok, why = try_login(Secret(value), login, expected_endpoint(ctx, issued, login), route=login_route(ctx.db))
         state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
     ctx.url_memo = state
     return state

@@ -54,6 +54,8 @@ def check_role(ctx) -> CheckResult:
     facts = roles.facts(ctx.admin(), name)
     if not facts.exists:
         return CheckResult("role", "fail", f"role {name} does not exist", fix)
+    if ctx.role.rotation == "alternating":
+        return _check_logins(ctx, facts, fix)
     if not facts.can_login:
         return CheckResult("role", "fail", f"role {name} exists but has NOLOGIN", f"ALTER ROLE {name} LOGIN, or {fix}")
     if facts.valid_until_past:
@@ -73,6 +75,36 @@ def check_role(ctx) -> CheckResult:
     return CheckResult("role", "pass", f"role {name} {how}")
 
 
+def _check_logins(ctx, group, fix: str) -> CheckResult:
+    """`rotation: alternating`: the group, its two logins, and which one the app is on."""
+    from runbook import roles
+    from runbook.alternating import JOURNAL_WINDOW, app_login, journal_turn, url_login
+    from runbook.app_url import url_state
+
+    spec = ctx.role
+    extra = roles.role_findings(ctx.admin(), spec, ctx.role_grants)
+    if extra:
+        return CheckResult("role", "fail", "; ".join(f.detail for f in extra[:3]), f"runbook drift --env {ctx.env.name} --fix")
+    logins = {n: roles.facts(ctx.admin(), n) for n in spec.logins}
+    live = [n for n, f in logins.items() if f.can_login] + ([spec.name] if group.can_login else [])
+    turn = journal_turn(ctx.journal_history(JOURNAL_WINDOW), spec) if ctx.store is not None else None
+    state = url_state(ctx)
+    user = app_login(spec, state, turn) if turn is not None else (url_login(spec, state.value) if state.logs_in else None)
+    if state.logs_in is False and state.value is not None:
+        return CheckResult("role", "fail", f"the app's URL does not log in as a login of {spec.name}: {state.reason}",
+                           f"runbook rotate --env {ctx.env.name}")
+    if not live:
+        return CheckResult("role", "fail", f"none of {', '.join(spec.logins)} can log in", fix)
+    journal = "" if turn is None else (f"; the journal says {turn.current} is current" if turn.current else
+                                       "; the journal names no current login yet")
+    if turn is not None and turn.pending:
+        journal += f"; a rotation to {turn.pending} is half-way (rerun `runbook rotate --env {ctx.env.name}`)"
+    made = ", ".join(f"{n} ({'LOGIN' if f.can_login else 'NOLOGIN'})" for n, f in logins.items() if f.exists)
+    on = (f"the app logs in as {user}" if state.logs_in else f"the app's URL is {user}'s ({state.reason})") if user \
+        else "login not tried: " + (state.reason or "no URL")
+    return CheckResult("role", "pass", f"group {spec.name} with logins {made}; {on}{journal}")
+
+
 def check_grants(ctx) -> CheckResult:
     from runbook import catalog, grants
 
@@ -83,7 +115,7 @@ def check_grants(ctx) -> CheckResult:
     if not ctx.api_credentials:
         from runbook import roles
 
-        found = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.role_grants) + found
+        found = roles.role_findings(ctx.admin(), ctx.role, ctx.role_grants) + found
     if found:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in found[:3])
                            + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""),
@@ -137,8 +169,8 @@ def _app_sessions_since_write(ctx, digest: Digest) -> int:
         return 0
     # backend_start is NULL for sessions the admin may not see in full (pg_read_all_stats lets it)
     row = ctx.admin().execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND application_name NOT LIKE 'runbook:%%' "
-        "AND backend_start >= to_timestamp(%s)", (ctx.role.name, float(written))).fetchone()
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s) AND application_name NOT LIKE 'runbook:%%' "
+        "AND backend_start >= to_timestamp(%s)", (list(ctx.role.logins), float(written))).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -187,43 +219,51 @@ def _errors_since(ctx) -> tuple[float, str]:
 
 
 def check_errors(ctx, max_errors: int = 0, *, required: bool = True) -> CheckResult | None:
-    """The role's "permission denied" and authentication failures in the database's own log.
+    """The role's "permission denied" and authentication failures in the database's own log
+    (`rotation: alternating`: each login's, added up; the group never logs in).
 
     `required` False (the check nobody wrote, on by default): None where the platform has no
     log the tool can read, instead of an inconclusive that no operator asked for."""
     from runbook import dblog
 
-    role = ctx.role.name
     since, when = _errors_since(ctx)
-    log = ctx.db.read_log(since, role, asked=required, admin_dsn=ctx.admin_dsn())
-    if log is None or log.problem:
-        if not required:
-            return None
-        if log is None:
-            return CheckResult("errors", "inconclusive", f"{ctx.db.key}: no database log the tool can read",
-                               "on local, set database.server_log to the server's log file")
-        return CheckResult("errors", "inconclusive", f"{log.source}: {log.problem}", log.fix)
-    if log.text:
-        # a text log attributes lines through log_line_prefix: names with spaces could forge them
-        rows = ctx.admin().execute("SELECT rolname FROM pg_catalog.pg_roles UNION ALL "
-                                   "SELECT datname FROM pg_catalog.pg_database").fetchall()
-        problem = dblog.names_problem((r[0] for r in rows), role)
-        if problem:
-            return CheckResult("errors", "inconclusive", f"{log.source}: {problem}")
-    if log.by_message:
-        row = ctx.admin().execute("SELECT pg_catalog.current_setting('lc_messages')").fetchone()
-        problem = dblog.locale_problem(str(row[0]) if row else "")
-        if problem:
-            return CheckResult("errors", "inconclusive", f"{log.source}: {problem}", dblog.LOCALE_FIX)
-    found = dblog.count(log.records, role, since)
-    summary = (f"{found.permission_denied} permission denied, {found.auth_failed} authentication failure(s) for "
-               f"{role} {when} (max {max_errors}) in {log.source}")
-    if found.total > max_errors:
-        return CheckResult("errors", "fail", redact(summary + ": " + " | ".join(found.first)),
+    permission_denied = auth_failed = 0
+    first: list[str] = []
+    partial = source = ""
+    for role in ctx.role.logins:
+        log = ctx.db.read_log(since, role, asked=required, admin_dsn=ctx.admin_dsn())
+        if log is None or log.problem:
+            if not required:
+                return None
+            if log is None:
+                return CheckResult("errors", "inconclusive", f"{ctx.db.key}: no database log the tool can read",
+                                   "on local, set database.server_log to the server's log file")
+            return CheckResult("errors", "inconclusive", f"{log.source}: {log.problem}", log.fix)
+        if log.text:
+            # a text log attributes lines through log_line_prefix: names with spaces could forge them
+            rows = ctx.admin().execute("SELECT rolname FROM pg_catalog.pg_roles UNION ALL "
+                                       "SELECT datname FROM pg_catalog.pg_database").fetchall()
+            problem = dblog.names_problem((r[0] for r in rows), role)
+            if problem:
+                return CheckResult("errors", "inconclusive", f"{log.source}: {problem}")
+        if log.by_message:
+            row = ctx.admin().execute("SELECT pg_catalog.current_setting('lc_messages')").fetchone()
+            problem = dblog.locale_problem(str(row[0]) if row else "")
+            if problem:
+                return CheckResult("errors", "inconclusive", f"{log.source}: {problem}", dblog.LOCALE_FIX)
+        found = dblog.count(log.records, role, since)
+        permission_denied, auth_failed = permission_denied + found.permission_denied, auth_failed + found.auth_failed
+        first += list(found.first)
+        partial, source = partial or (log.partial or ""), log.source
+    who = " and ".join(ctx.role.logins)
+    summary = (f"{permission_denied} permission denied, {auth_failed} authentication failure(s) for "
+               f"{who} {when} (max {max_errors}) in {source}")
+    if permission_denied + auth_failed > max_errors:
+        return CheckResult("errors", "fail", redact(summary + ": " + " | ".join(first)),
                            f"grant what the app needs (`runbook drift --env {ctx.env.name}`), or fix the app's URL "
                            f"(`runbook rotate --env {ctx.env.name}`); raise errors.max only for errors the app expects")
-    if log.partial:
-        return CheckResult("errors", "inconclusive", f"{summary}; {log.partial}, so more may be unread")
+    if partial:
+        return CheckResult("errors", "inconclusive", f"{summary}; {partial}, so more may be unread")
     return CheckResult("errors", "pass", summary)
 
 
@@ -243,12 +283,13 @@ def check_connections(ctx, application_name: str | None, min_sessions: int) -> C
     rows = ctx.admin().execute(
         """
         SELECT usename, count(*) FROM pg_stat_activity
-        WHERE usename IN (%(role)s, %(owner)s) AND (%(app)s::text IS NULL OR application_name = %(app)s)
+        WHERE (usename = ANY(%(logins)s) OR usename = %(owner)s) AND (%(app)s::text IS NULL OR application_name = %(app)s)
           AND pid <> pg_backend_pid() AND application_name NOT LIKE 'runbook:%%'
         GROUP BY 1
-        """, {"role": ctx.role.name, "owner": ctx.owner, "app": application_name}).fetchall()
+        """, {"logins": list(ctx.role.logins), "owner": ctx.owner, "app": application_name}).fetchall()
     counts = dict(rows)
-    as_role, as_owner = counts.get(ctx.role.name, 0), counts.get(ctx.owner, 0)
+    # rotation: alternating: the app connects as either login of the role
+    as_role, as_owner = sum(counts.get(n, 0) for n in ctx.role.logins), counts.get(ctx.owner, 0)
     if as_owner and ctx.owner != ctx.role.name and application_name:
         return CheckResult(label, "fail", f"{as_owner} session(s) of {application_name} still connect as the owner {ctx.owner}",
                            "check the app reads the new URL variable and was restarted")

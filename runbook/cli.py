@@ -369,10 +369,22 @@ def retire(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
 
 @_command
 def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: StateOpt = None,
-           parallel: ParallelOpt = 1) -> int:
+           parallel: ParallelOpt = 1,
+           drain_timeout: Annotated[Optional[str], typer.Option(
+               "--drain-timeout", help="rotation: alternating: how long to wait for the app's sessions on the old "
+               "login to end (default settings.drain_timeout, 5m)")] = None) -> int:
     """A new password (or platform rotation), written where the app reads it, then a restart."""
+    extra = {}
+    if drain_timeout is not None:
+        from runbook.durations import parse_duration
+        from runbook.errors import ConfigError
+
+        try:
+            extra["drain_timeout"] = parse_duration(drain_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"--drain-timeout: {exc}") from None
     return _verb("rotate", env, output, parallel=parallel, mutating=True, yes=yes, streamed=True,
-                 state=state or OPTS.state)
+                 state=state or OPTS.state, **extra)
 
 
 @_command

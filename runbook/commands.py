@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from runbook import playbook as playbooks
@@ -124,7 +125,11 @@ def provision(project: Project, env: str, *, yes: bool = False, confirm: Confirm
 
 def rotate(project: Project, env: str, *, yes: bool = False, confirm: Confirm | None = None,
            environ: Mapping[str, str] | None = None, state: str | None = None, transport: Any = None,
-           on_step: StepSink | None = None, runtime: Runtime | None = None, role: str | None = None) -> Result:
+           on_step: StepSink | None = None, runtime: Runtime | None = None, role: str | None = None,
+           drain_timeout: timedelta | None = None) -> Result:
+    if drain_timeout is not None:      # `rotate --drain-timeout`: this run's wait, over settings.drain_timeout
+        settings = project.spec.settings.model_copy(update={"drain_timeout": drain_timeout})
+        project = Project(project.spec.model_copy(update={"settings": settings}), project.path, project.environments)
     return provision(project, env, yes=yes, confirm=confirm, environ=environ, state=state, transport=transport,
                      on_step=on_step, runtime=runtime, playbook="rotate", role=role)
 
@@ -209,8 +214,7 @@ def _role_drift(run: Run) -> list[Any]:
     ctx = run.ctx
     if ctx.api_credentials:
         return []
-    facts = roles.facts(run.admin(), ctx.role.name)
-    return [*roles.drift_findings(ctx.role, facts, ctx.role_grants),
+    return [*roles.role_findings(run.admin(), ctx.role, ctx.role_grants),
             *membership.findings(run.admin(), ctx.role.name, ctx.managed.member_of)]
 
 
@@ -544,6 +548,12 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
                     try:
                         view = soaks.view(role_store(store, project, managed), name, project.spec.soak, ctx.digest)
                         row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")
+                        if managed.spec.rotation == "alternating" and row["role"] == "present":
+                            from runbook.alternating import JOURNAL_WINDOW, journal_turn
+
+                            turn = journal_turn(list(store.events(name, limit=JOURNAL_WINDOW)), managed.spec)
+                            row["role"] += f" (current login {turn.current or '?'}" + (
+                                f"; rotation to {turn.pending} half-way)" if turn.pending else ")")
                         runs = store.runs(name, 1)
                         row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
                                            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"

@@ -92,6 +92,7 @@ class RunState:
 
     credential: Credential | None = None       # the platform credential created or rotated (Heroku)
     new_password: Secret | None = None          # the password a role step set
+    login: str | None = None                    # alternating rotation: the login new_password is for
     written: Credential | None = None           # the credential the url step wrote to the app
     changed: list[str] = field(default_factory=list)   # steps that applied changes (preview: planned them)
     app_changed: bool = False                   # one of them changed the app's config
@@ -512,11 +513,12 @@ class StepContext:
 
         return url_state(self.session, issued=self.platform_credential(), refresh=refresh)
 
-    def expected_endpoint(self) -> Credential | None:
-        """Where a login with the app's URL may go (runbook/app_url.py)."""
+    def expected_endpoint(self, login: str | None = None) -> Credential | None:
+        """Where a login with the app's URL may go (runbook/app_url.py); `login`: which of an
+        alternating role's logins it names (default: the role)."""
         from runbook.app_url import expected_endpoint
 
-        return expected_endpoint(self.session, self.platform_credential())
+        return expected_endpoint(self.session, self.platform_credential(), login)
 
     def forget_url(self) -> None:
         """After any apply (the engine calls it): observe the app's URL afresh."""

@@ -37,6 +37,11 @@ class GateClosed(RunbookError):
     exit_code = 3
 
 
+class DrainTimeout(GateClosed):
+    """Waiting: an alternating rotation is half-way; the app's sessions on the old login did not
+    end within the drain timeout, so the old login keeps its password. Rerun to finish. Exit 3."""
+
+
 class CheckFailed(RunbookError):
     """A check ran and failed. Exit 4."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -75,7 +75,16 @@ def load(name: str, project=None) -> Playbook:
         path = Path(project.spec.playbooks[name])
         if not path.is_absolute():
             path = project.base_dir / path
-        return parse(load_file(path))
+        return _for(parse(load_file(path)), project)
     if name not in SHIPPED:
         raise ConfigError(f"no playbook {name!r} (shipped: {', '.join(SHIPPED)}; add your own under playbooks: in runbook.yaml)")
-    return parse(_shipped_located(name))
+    return _for(parse(_shipped_located(name)), project)
+
+
+def _for(book: Playbook, project) -> Playbook:
+    """Leave out the steps that say they do not apply to this project (the drain step of a
+    `rotation: single` role), so a project that does not use them reports the same steps as before."""
+    if project is None:
+        return book
+    kept = [s for s in book.steps if getattr(s, "applies", lambda _project: True)(project)]
+    return book if len(kept) == len(book.steps) else replace(book, steps=kept)

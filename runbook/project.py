@@ -194,6 +194,11 @@ class RoleSpec(Strict):
         "alembic, Rails, Flyway, Liquibase, knex, Prisma, Django, goose, Atlas, Diesel, Sequelize and gorp "
         "(TypeORM's `migrations` only when `deny:` names it); `[]` turns them off",
         examples=[["migrations"], []])
+    rotation: Literal["single", "alternating"] = Field(
+        default="single",
+        description="`single` (default): rotate gives the one login a new password; `alternating`: a NOLOGIN group "
+        "role `name` holds every grant, logins `name_a` and `name_b` take turns, and the old one is invalidated "
+        "only after the app moved to the new one and its sessions drained")
 
     @field_validator("name")
     @classmethod
@@ -254,7 +259,17 @@ class RoleSpec(Strict):
             raise ValueError(f"role.name {self.name!r} is the owner; the app needs a role of its own")
         if self.name in self.creators:
             raise ValueError(f"role.creators names the role itself ({self.name!r}); it must not create tables")
+        if self.rotation == "alternating" and len(self.name.encode()) + 2 > 63:
+            raise ValueError(f"role.name {self.name!r} with rotation: alternating needs logins {self.name}_a and "
+                             f"{self.name}_b, longer than PostgreSQL's 63-byte limit; shorten the name")
         return self
+
+    @property
+    def logins(self) -> tuple[str, ...]:
+        """The login roles the app takes turns on (`rotation: alternating`); for `single`, the role itself."""
+        if self.rotation == "alternating":
+            return (f"{self.name}_a", f"{self.name}_b")
+        return (self.name,)
 
     @property
     def denied(self) -> tuple[str, ...]:
@@ -272,7 +287,8 @@ class RoleSpec(Strict):
         """A stable digest of the role section: a soak is valid only for the spec it soaked.
         `adopt` says how the role came under management, not what it may do: left out."""
         # a key added later enters the digest only when a file sets it: an old file keeps its soak
-        leave_out = {"adopt"} | ({"rls"} if self.rls == "enforce" else set()) \
+        # `rotation` says how the password changes hands, not what the role may do: never in it
+        leave_out = {"adopt", "rotation"} | ({"rls"} if self.rls == "enforce" else set()) \
             | ({"creators"} if not self.creators else set()) \
             | ({"deny_presets"} if self.deny_presets == ["migrations"] else set())
         body = json.dumps(self.model_dump(mode="json", exclude=leave_out), sort_keys=True, separators=(",", ":"))
@@ -545,6 +561,9 @@ class SettingsSpec(Strict):
     http_timeout: Timeout = Field(default=timedelta(seconds=30), description="Timeout of one platform API request",
                                    examples=["30s"])
     retry_budget: Duration = Field(default=timedelta(minutes=2), description="total time a provider call may retry")
+    drain_timeout: Duration = Field(default=timedelta(minutes=5), description="How long an alternating rotation "
+                                    "waits for the app's sessions on the old login to end (`rotate --drain-timeout`)",
+                                    examples=["5m"])
 
 
 class EnvironmentSpec(Strict):

@@ -222,7 +222,29 @@ def set_password(name: str, password: Secret, reason: str) -> PasswordChange:
                           login=name, head=head, password=password)
 
 
-def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool) -> list[Change]:
+def create_group(spec: RoleSpec, *, no_superuser_clause: bool = False) -> Change:
+    """CREATE ROLE NAME NOLOGIN: the group an alternating role's logins inherit every grant from."""
+    attrs = ["NOLOGIN", "NOCREATEDB", "NOCREATEROLE", "NOREPLICATION", "INHERIT"]
+    if not no_superuser_clause:
+        attrs.insert(1, "NOSUPERUSER")
+    if spec.rls == "bypass":
+        attrs.append("BYPASSRLS")
+    return Change(f"create group role {spec.name} (NOLOGIN; holds every grant its logins {' and '.join(spec.logins)} "
+                  "inherit)", sql.SQL("CREATE ROLE {} WITH {}").format(sql.Identifier(spec.name),
+                                                                     sql.SQL(" ").join(sql.SQL(a) for a in attrs)))
+
+
+def invalidate(name: str, why: str, data: dict[str, str] | None = None) -> Change:
+    """NOLOGIN and PASSWORD NULL: NOLOGIN holds whatever pg_hba says (trust, cert and peer never ask for
+    the password), and the verifier is gone so nothing can be replayed; a later rotation gives it a
+    new one (ALTER ROLE … LOGIN PASSWORD). Open sessions are not ended: that is the drain's business."""
+    return Change(f"invalidate {name}'s password and stop its logins ({why})",
+                  sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(sql.Identifier(name)),
+                  data=dict(data or {}))
+
+
+def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: bool, login: bool = True,
+                   limit: bool | None = None) -> list[Change]:
     """One ALTER ROLE naming only what differs: PostgreSQL 16+ refuses a CREATEROLE admin any
     mention of SUPERUSER, REPLICATION or BYPASSRLS, even to switch them off on a role without them.
     BYPASSRLS is given, not dropped, when the spec says `rls: bypass`."""
@@ -231,14 +253,17 @@ def fix_attributes(spec: RoleSpec, current: RoleFacts, *, no_superuser_clause: b
     clauses: list[sql.Composable] = [sql.SQL(f"NO{b}") for b in bad]
     if bypass_missing:
         clauses.append(sql.SQL("BYPASSRLS"))
-    if not current.can_login:
+    # login=False: a group role or an idle login of an alternating role, whose NOLOGIN is wanted
+    if login and not current.can_login:
         clauses.append(sql.SQL("LOGIN"))
-    limit = spec.connection_limit is not None and spec.connection_limit != current.connection_limit
+    # limit (default: as login): an idle login keeps the spec's connection limit; a group has none
+    limit = (login if limit is None else limit) and spec.connection_limit is not None \
+        and spec.connection_limit != current.connection_limit
     if limit:
         clauses.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(spec.connection_limit)))
     if not clauses:
         return []
-    why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login else ["allow LOGIN"]),
+    why = ", ".join([*(f"drop {b}" for b in bad), *([] if current.can_login or not login else ["allow LOGIN"]),
                      *(["give BYPASSRLS (rls: bypass)"] if bypass_missing else []),
                      *(["connection limit"] if limit else [])])
     return [Change(f"alter role {spec.name}: {why}",
@@ -270,16 +295,18 @@ def grant_memberships(name: str, roles: tuple[str, ...], current: RoleFacts) -> 
     ]
 
 
-def membership_drift(name: str, allowed: tuple[str, ...], current: RoleFacts) -> list[Change]:
+def membership_drift(name: str, allowed: tuple[str, ...], current: RoleFacts,
+                     members_allowed: tuple[str, ...] = ()) -> list[Change]:
     """Memberships the spec does not give, both ways: roles ours is a member of (it inherits their
-    privileges, CREATEROLE included) and roles that are members of ours (they get its DML)."""
+    privileges, CREATEROLE included) and roles that are members of ours (they get its DML), but for
+    `members_allowed` (an alternating role's own logins)."""
     role = sql.Identifier(name)
     out = [Change(f"revoke membership of {name} in {g} (the spec does not give it)",
                   sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), role))
            for g in current.member_of if g not in allowed]
     out += [Change(f"revoke {name} from {m} (it would reach everything {name} may)",
                    sql.SQL("REVOKE {} FROM {}").format(role, sql.Identifier(m)))
-            for m in current.members]
+            for m in current.members if m not in members_allowed]
     return out
 
 
@@ -288,6 +315,8 @@ def attribute_drift(spec: RoleSpec, current: RoleFacts) -> list[str]:
     out = [f"{spec.name} has {a}" for a in current.unsafe_attributes(spec)]
     if spec.rls == "bypass" and not current.bypassrls:
         out.append(f"{spec.name} lacks BYPASSRLS, which the spec gives it (rls: bypass)")
+    if _is_group(spec, current):
+        return out          # the connection limit is its logins'
     if spec.connection_limit is not None and spec.connection_limit != current.connection_limit:
         out.append(f"{spec.name} has CONNECTION LIMIT {current.connection_limit}, the spec says {spec.connection_limit}")
     return out
@@ -303,12 +332,60 @@ def drift_findings(spec: RoleSpec, current: RoleFacts, allowed: tuple[str, ...])
     out += [Finding("membership", "", (g,), f"{spec.name} is a member of {g}, which the spec does not give "
                     f"(it inherits or can SET ROLE to {g}'s privileges)") for g in current.member_of if g not in allowed]
     out += [Finding("membership", "", (m,), f"{spec.name} is granted to {m}, which reaches everything {spec.name} may")
-            for m in current.members]
+            for m in current.members if not (_is_group(spec, current) and m in spec.logins)]
     return out
+
+
+def _is_group(spec: RoleSpec, current: RoleFacts) -> bool:
+    return spec.rotation == "alternating" and current.name == spec.name
 
 
 def drift_fixes(spec: RoleSpec, current: RoleFacts, allowed: tuple[str, ...], *, no_superuser_clause: bool) -> list[Change]:
     if not current.exists:
         return []
-    return [c for c in fix_attributes(spec, current, no_superuser_clause=no_superuser_clause)
-            if current.can_login] + membership_drift(spec.name, allowed, current)
+    group = _is_group(spec, current)
+    return [c for c in fix_attributes(spec, current, no_superuser_clause=no_superuser_clause, login=not group)
+            if current.can_login or group] + membership_drift(spec.name, allowed, current,
+                                                              spec.logins if group else ())
+
+
+def role_findings(conn: Connection, spec: RoleSpec, allowed: tuple[str, ...]) -> list:
+    """drift_findings for the role and, with `rotation: alternating`, for each of its logins: the
+    group's grants reach the app only through them, so a login that lost its membership, gained
+    another or a member, or an attribute, is drift too."""
+    out = drift_findings(spec, facts(conn, spec.name), allowed)
+    if spec.rotation != "alternating":
+        return out
+    from runbook.grants import Finding
+
+    for login in (facts(conn, name) for name in spec.logins):
+        if not login.exists:
+            continue
+        if login.marked_for is None:
+            out.append(Finding("role", "", (login.name,), f"login {login.name} of {spec.name} carries no pg-runbook mark"))
+        out += [Finding("role", "", (login.name,), f"login {login.name} has {a}") for a in login.unsafe_attributes(spec)]
+        if spec.name not in login.member_of:
+            out.append(Finding("membership", "", (login.name,), f"login {login.name} is not a member of {spec.name}, "
+                               "so it reaches none of the grants"))
+        out += [Finding("membership", "", (g,), f"login {login.name} is a member of {g}, which the spec does not give")
+                for g in login.member_of if g not in (spec.name, *allowed)]
+        out += [Finding("membership", "", (m,), f"login {login.name} is granted to {m}, which reaches everything "
+                        f"{spec.name} may") for m in login.members]
+        if spec.connection_limit is not None and login.connection_limit != spec.connection_limit:
+            out.append(Finding("role", "", (login.name,), f"login {login.name} has CONNECTION LIMIT "
+                               f"{login.connection_limit}, the spec says {spec.connection_limit}"))
+    return out
+
+
+def login_drift_fixes(spec: RoleSpec, logins: tuple[RoleFacts, ...], allowed: tuple[str, ...], *,
+                      no_superuser_clause: bool) -> list[Change]:
+    """`drift --fix` for an alternating role's logins (the group's own fixes are drift_fixes')."""
+    out: list[Change] = []
+    for login in logins:
+        if not login.exists or login.marked_for is None:
+            continue          # an unmarked login is refused by provision and rotate, never fixed
+        lspec = spec.model_copy(update={"name": login.name})
+        out += fix_attributes(lspec, login, no_superuser_clause=no_superuser_clause, login=login.can_login, limit=True)
+        out += grant_memberships(login.name, (spec.name,), login)
+        out += membership_drift(login.name, (spec.name, *allowed), login)
+    return out

@@ -15,6 +15,7 @@ KINDS: dict[str, str] = {
     "url": "runbook.steps.url:WriteUrl",
     "flag": "runbook.steps.flag:SetFlag",
     "restart": "runbook.steps.restart:Restart",
+    "drain": "runbook.steps.drain:Drain",
     "unset_url": "runbook.steps.url:UnsetUrl",
     "verify": "runbook.steps.verify:VerifyFromApp",
     "drop_role": "runbook.steps.retire:DropRole",

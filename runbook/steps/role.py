@@ -13,6 +13,7 @@ from runbook.changes import Change, PasswordChange
 from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, Refused, RunbookError
+from runbook.steps.drain import Logins, apply_logins, observe_logins, plan_role, plan_rotate, refuse_unsupported
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class RoleObserved:
     adopting: bool = False                    # an unmarked role that `role.adopt: true` takes over now
     url: UrlState | None = None               # the app's URL, when the role exists
     bypass_refused: str | None = None         # `rls: bypass` wanted and the admin cannot give it: why
+    logins: Logins | None = None              # `rotation: alternating`: the group and its two logins
 
 
 def _password(changes: list[Change]) -> PasswordChange | None:
@@ -34,8 +36,14 @@ class EnsureRole(Step[RoleObserved]):
 
     def observe(self, ctx: StepContext) -> RoleObserved:
         if ctx.api_credentials:
+            if ctx.role.rotation == "alternating":
+                refuse_unsupported(ctx)
             return RoleObserved(credential=ctx.platform_credential())
         conn = ctx.admin()
+        if ctx.role.rotation == "alternating":
+            seen = observe_logins(ctx, adopt=ctx.role.adopt)
+            adopting = seen.group.exists and seen.group.marked_for is None
+            return RoleObserved(facts=seen.group, identity=roles.identity(ctx), adopting=adopting, logins=seen)
         facts = roles.facts(conn, ctx.role.name)
         ident = roles.identity(ctx)
         adopting = False
@@ -66,6 +74,8 @@ class EnsureRole(Step[RoleObserved]):
             # `rls: bypass` where the admin cannot give BYPASSRLS is refused before anything changes
             raise Refused(f"role.rls: bypass: {observed.bypass_refused}; write policies for {role.name} instead "
                           f"(CREATE POLICY … TO {role.name}) and drop `rls: bypass`")
+        if observed.logins is not None:
+            return plan_role(ctx, observed.logins, observed.adopting)
         if not facts.exists and info.login_role_api:
             # the platform makes the login (Cloud SQL IAM users); attributes and grants follow in apply
             return [Change(f"create login role {role.name} through the {ctx.db.key} API (IAM database authentication)",
@@ -98,6 +108,9 @@ class EnsureRole(Step[RoleObserved]):
             state.credential = ctx.db.create_credential(ctx.role.name)
             return
         conn = ctx.admin()
+        if ctx.role.rotation == "alternating":
+            apply_logins(ctx, changes, state)
+            return
         if any(c.data.get("platform_create") for c in changes):
             ctx.db.create_login_role(conn, ctx.role.name)
             made = roles.facts(conn, ctx.role.name)
@@ -121,6 +134,8 @@ class EnsureRole(Step[RoleObserved]):
             cred = ctx.platform_credential()
             return Verdict.ok() if cred else Verdict("fail", f"credential {ctx.role.name} is missing after create")
         facts = roles.facts(ctx.admin(), ctx.role.name)
+        if ctx.role.rotation == "alternating":
+            return _verify_logins(ctx, facts)
         if not facts.exists or not facts.can_login:
             return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
         if facts.unsafe_attributes(ctx.role):
@@ -133,21 +148,48 @@ class EnsureRole(Step[RoleObserved]):
         return Verdict.ok()
 
 
-class RoleDrift(Step[roles.RoleFacts]):
-    """`drift --fix` for the role itself: attributes and memberships the spec does not give."""
+def _verify_logins(ctx: StepContext, group: roles.RoleFacts) -> Verdict:
+    spec, ident = ctx.role, roles.identity(ctx)
+    if not group.exists or group.marked_for != ident:
+        return Verdict("fail", f"group role {spec.name} is missing or does not carry pg-runbook's mark for {ident}")
+    if group.unsafe_attributes(spec):
+        return Verdict("fail", f"role {spec.name} still has {', '.join(group.unsafe_attributes(spec))}")
+    made = [f for f in (roles.facts(ctx.admin(), n) for n in spec.logins) if f.exists]
+    if not any(f.can_login for f in made) and not group.can_login:
+        return Verdict("fail", f"none of {', '.join(spec.logins)} can log in")
+    for login in made:
+        if login.marked_for != ident or spec.name not in login.member_of or login.unsafe_attributes(spec):
+            return Verdict("fail", f"login {login.name} is not a marked, plain member of {spec.name}")
+    return Verdict.ok(f"group {spec.name} with login(s) {', '.join(f.name for f in made)}")
+
+
+@dataclass(frozen=True)
+class LoginsDrift:
+    group: roles.RoleFacts
+    logins: tuple[roles.RoleFacts, ...]
+
+
+class RoleDrift(Step["roles.RoleFacts | LoginsDrift"]):
+    """`drift --fix` for the role itself: attributes and memberships the spec does not give
+    (`rotation: alternating`: for the group and each of its logins)."""
 
     kind = "role_drift"
 
-    def observe(self, ctx: StepContext) -> roles.RoleFacts:
+    def observe(self, ctx: StepContext) -> roles.RoleFacts | LoginsDrift:
         facts = roles.facts(ctx.admin(), ctx.role.name)
         roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="fix")
+        if ctx.role.rotation == "alternating":
+            return LoginsDrift(facts, tuple(roles.facts(ctx.admin(), n) for n in ctx.role.logins))
         return facts
 
-    def plan(self, ctx: StepContext, observed: roles.RoleFacts) -> list[Change]:
+    def plan(self, ctx: StepContext, observed: roles.RoleFacts | LoginsDrift) -> list[Change]:
         if ctx.api_credentials:
             return []
-        return roles.drift_fixes(ctx.role, observed, ctx.role_grants,
-                                 no_superuser_clause=ctx.info.details.get("no_superuser_clause") == "1")
+        no_su = ctx.info.details.get("no_superuser_clause") == "1"
+        if isinstance(observed, LoginsDrift):
+            return roles.drift_fixes(ctx.role, observed.group, ctx.role_grants, no_superuser_clause=no_su) \
+                + roles.login_drift_fixes(ctx.role, observed.logins, ctx.role_grants, no_superuser_clause=no_su)
+        return roles.drift_fixes(ctx.role, observed, ctx.role_grants, no_superuser_clause=no_su)
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         roles.apply_all(ctx.admin(), changes)
@@ -155,7 +197,7 @@ class RoleDrift(Step[roles.RoleFacts]):
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
             return Verdict.ok()
-        left = roles.drift_findings(ctx.role, roles.facts(ctx.admin(), ctx.role.name), ctx.role_grants)
+        left = roles.role_findings(ctx.admin(), ctx.role, ctx.role_grants)
         return Verdict("fail", left[0].detail) if left else Verdict.ok()
 
 
@@ -163,6 +205,7 @@ class RoleDrift(Step[roles.RoleFacts]):
 class RotateObserved:
     credential: Credential | None = None      # API credentials: the one to rotate
     facts: roles.RoleFacts | None = None      # SQL roles
+    logins: Logins | None = None              # `rotation: alternating`
 
 
 class RotatePassword(Step[RotateObserved]):
@@ -172,7 +215,15 @@ class RotatePassword(Step[RotateObserved]):
 
     def observe(self, ctx: StepContext) -> RotateObserved:
         if ctx.api_credentials:
+            if ctx.role.rotation == "alternating":
+                refuse_unsupported(ctx)
             return RotateObserved(credential=ctx.platform_credential())
+        if ctx.role.rotation == "alternating":
+            seen = observe_logins(ctx, adopt=False)
+            if seen.group.exists and seen.group.marked_for is None:
+                roles.refuse_unless_managed(seen.group, roles.identity(ctx), owner=ctx.owner,
+                                            action="rotate the logins of")
+            return RotateObserved(logins=seen)
         facts = roles.facts(ctx.admin(), ctx.role.name)
         roles.refuse_unless_managed(facts, roles.identity(ctx), owner=ctx.owner, action="rotate the password of")
         return RotateObserved(facts=facts)
@@ -182,6 +233,8 @@ class RotatePassword(Step[RotateObserved]):
             if observed.credential is None:
                 raise_missing(ctx)
             return [Change(f"rotate credential {ctx.role.name} through the {ctx.db.key} API")]
+        if observed.logins is not None:
+            return plan_rotate(ctx, observed.logins)
         if observed.facts is None or not observed.facts.exists:
             raise_missing(ctx)
         if not ctx.info.password_auth:
@@ -192,6 +245,9 @@ class RotatePassword(Step[RotateObserved]):
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
             state.credential = ctx.db.rotate(ctx.role.name)
+            return
+        if ctx.role.rotation == "alternating":
+            apply_logins(ctx, changes, state)
             return
         conn = ctx.admin()
         with conn.transaction():

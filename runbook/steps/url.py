@@ -40,7 +40,8 @@ class WriteUrl(Step[UrlObserved]):
                                                      "the role step must run before url")
             return UrlObserved(url, fresh, cred)
         if ctx.state.new_password is not None or not ctx.info.password_auth:
-            return UrlObserved(url, fresh, ctx.db.credential_for(ctx.role.name, ctx.state.new_password))
+            login = ctx.state.login or ctx.role.name       # alternating: the login the role step gave a password
+            return UrlObserved(url, fresh, ctx.db.credential_for(login, ctx.state.new_password))
         return UrlObserved(url, fresh, None, f"{ctx.url_var} does not log in and no new password was set in this "
                                              "run; the role step must run before url")
 
@@ -58,8 +59,10 @@ class WriteUrl(Step[UrlObserved]):
             raise ConfigError(observed.missing or f"no credential for {ctx.role.name} to write")
         cred = observed.credential
         verb = "attach" if ctx.api_credentials else "set"
-        return [CredentialChange(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})",
-                                 data={"url_digest": Digest.of(cred.url()).sha256}, credential=cred)]
+        data = {"url_digest": Digest.of(cred.url()).sha256}
+        if ctx.state.login:
+            data["url_login"] = ctx.state.login      # alternating: which login a write-only store now holds
+        return [CredentialChange(f"{verb} {ctx.url_var} = {cred.masked_url()} ({why})", data=data, credential=cred)]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
@@ -74,12 +77,12 @@ class WriteUrl(Step[UrlObserved]):
         if written is not None:
             # write-only: the store cannot be read back, so log in with the URL still in memory
             # (the same address and pooler form the app gets) before counting the step done
-            ok, why = try_login(written, ctx.role.name, ctx.expected_endpoint(),
-                                route=login_route(ctx.db))
+            written_login = ctx.state.login or ctx.role.name
+            ok, why = try_login(written, written_login, ctx.expected_endpoint(written_login), route=login_route(ctx.db))
             if not ok:
                 return Verdict("fail", f"the URL just written to {ctx.url_var} does not log in: {why}",
                                fix=f"fix the login (pooler, pg_hba, password), then runbook provision --env {ctx.env.name}")
-            return Verdict.ok(f"{ctx.url_var} logs in as {ctx.role.name} (checked with the URL written, "
+            return Verdict.ok(f"{ctx.url_var} logs in as {written_login} (checked with the URL written, "
                               "before the write-only store took it)")
         return Verdict.ok(state.reason or f"{ctx.url_var} logs in as {ctx.role.name}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runbook import catalog, grants
+from runbook.alternating import JOURNAL_WINDOW, alternating, expected_login, journal_turn
 from runbook.app_url import WRITE_ONLY_PROOF, url_in_hand
 from runbook.changes import Change
 from runbook.context import StepContext
@@ -57,8 +58,15 @@ class VerifyFromApp(Step[RlsPreview]):
                 return Verdict("inconclusive", f"privileges as specified; login not proved ({state.reason})",
                                fix=WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
+        user = ctx.role.name
+        if alternating(ctx.role):
+            user = expected_login(ctx.role, login.reveal())
+            want = ctx.state.login or journal_turn(ctx.journal_history(JOURNAL_WINDOW), ctx.role).current or user
+            if user != want or user not in ctx.role.logins:
+                return Verdict("fail", f"{ctx.url_var} logs in as {user}, not the current login {want} of {ctx.role.name}",
+                               fix=f"runbook provision --env {ctx.env.name}")
         # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
-        with connect_as_app(login, ctx.expected_endpoint(), timeout=10,
+        with connect_as_app(login, ctx.expected_endpoint(user), timeout=10,
                             application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
@@ -75,7 +83,8 @@ class VerifyFromApp(Step[RlsPreview]):
         probed = future_tables(ctx)       # default privileges proved on a table made and rolled back
         if probed.status != "pass":
             return probed
-        return Verdict.ok(f"logged in as {ctx.role.name}; {len(snap.relations)} relations reachable exactly as specified")
+        through = f" (current login of {ctx.role.name})" if user != ctx.role.name else ""
+        return Verdict.ok(f"logged in as {user}{through}; {len(snap.relations)} relations reachable exactly as specified")
 
 
 def rls_verdict(ctx: StepContext, *, planned: bool = False) -> Verdict | None:

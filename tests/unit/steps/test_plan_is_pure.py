@@ -17,6 +17,7 @@ from runbook.engine import Step
 from runbook.secret import Secret
 from runbook.steps import KINDS, step_class
 from runbook.steps.custom import SqlDone
+from runbook.steps.drain import DrainObserved
 from runbook.steps.flag import FlagObserved
 from runbook.steps.grants import Grants
 from runbook.steps.preflight import AdminFacts, PreflightFacts
@@ -50,6 +51,7 @@ FACTS: dict[str, tuple[dict[str, Any], Any]] = {
     "sql": ({"run": "SELECT 1", "unless": "SELECT false"}, SqlDone(False)),
     "command": ({"run": "true"}, None),
     "http_check": ({"url": "http://127.0.0.1:1/"}, None),
+    "drain": ({}, DrainObserved(f"{ROLE}_b", ((f"{ROLE}_a", 2),), record=True)),
 }
 
 
