@@ -588,9 +588,10 @@ class BudgetStore(Protocol):
     the platform's providers.http.RateModel. Every call is atomic across processes and raises
     BudgetStoreDown when the store cannot answer."""
 
-    def take(self, account: str, model: Any) -> tuple[float, int]:
-        """Admit one request: (0, _) if admitted, else (seconds until one may be, requests of all
-        processes admitted and not yet answered) and nothing is taken."""
+    def take(self, account: str, model: Any) -> tuple[float, bool]:
+        """Admit one request: (0, _) if admitted, else (seconds until the refill makes room, and
+        whether an answer may make room sooner: requests are out before the first answer said
+        what is left) and nothing is taken."""
         ...
 
     def observe(self, account: str, model: Any, remaining: float | None, retry_after: float | None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -265,7 +266,7 @@ class StoreBudget(RateBudget):
     the account's limit. Should the store stop answering, this process paces itself as a plain
     RateBudget from then on and says so once through `note`."""
 
-    POLL = 0.25     # while waiting: another shard's answer may refill the bucket before the model's refill does
+    POLL = 0.25     # while the first answers are awaited: how often to look whether one came
 
     def __init__(self, model: RateModel, account: str, store: BudgetStore, *, note: Callable[[str], None],
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
@@ -287,7 +288,7 @@ class StoreBudget(RateBudget):
         deadline = None if time_left is None else self.clock() + time_left
         while not self.alone:
             try:
-                wait, inflight = self.store.take(self.account, self.model)
+                wait, sooner = self.store.take(self.account, self.model)
             except BudgetStoreDown as exc:
                 self._fall_back(exc)
                 break
@@ -297,10 +298,15 @@ class StoreBudget(RateBudget):
                 return
             now = self.clock()
             left = None if deadline is None else deadline - now
-            # nobody's answer can refill it sooner than the model does: refuse now rather than at the deadline
-            if left is not None and (left <= 0 or (wait > left and inflight == 0)):
+            if sooner:      # the first answer will say what is left
+                if left is not None and left <= 0:
+                    raise NoTimeLeft(None, 0.0)
+                pause = min(self.POLL, left if left is not None else self.POLL)
+            elif left is not None and wait > left:
+                # only the refill makes room, and not in time: refused now, not at the deadline
                 raise NoTimeLeft(wait, max(0.0, left))
-            pause = min(wait, self.POLL, left if left is not None else self.POLL)
+            else:
+                pause = wait
             with self._cond:
                 self.waited += pause
             self.sleep(pause)
@@ -326,6 +332,8 @@ class StoreBudget(RateBudget):
             remaining: float | None = max(0.0, float(value)) if value is not None else None
         except ValueError:
             remaining = None
+        if remaining is not None and not math.isfinite(remaining):
+            remaining = None        # "inf" or "nan" says nothing about what is left
         hint = self.model.wait_hint(response) if response.status_code == 429 else None
         try:
             self.store.observe(self.account, self.model, remaining, hint[0] if hint else None)

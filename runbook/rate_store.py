@@ -68,7 +68,7 @@ UPDATE {table} b SET
        inflight = cur.inflight + CASE WHEN cur.usable >= 1 THEN 1 ELSE 0 END,
        inflight_at = CASE WHEN cur.usable >= 1 THEN cur.t ELSE LEAST(cur.inflight_at, cur.t) END
   FROM cur WHERE b.account = cur.account
-RETURNING cur.usable, cur.inflight
+RETURNING cur.usable, cur.blind AND cur.inflight > 0
 """
 
 # %(remaining)s NULL: the answer announced nothing (the request only ends)
@@ -169,7 +169,7 @@ class CentralBudgets:
                 "floor": -float(model.limit), "limit": float(model.limit), "refill": model.refill_per_second,
                 "reserve": float(model.low_water), "stale": IN_FLIGHT_SECONDS, "sync": SYNC_SECONDS, **more}
 
-    def take(self, account: str, model: Any) -> tuple[float, int]:
+    def take(self, account: str, model: Any) -> tuple[float, bool]:
         params = self._params(account, model)
         rows = self._run(_query(_TAKE), params)
         if not rows:
@@ -182,8 +182,8 @@ class CentralBudgets:
                 from providers.base import BudgetStoreDown
 
                 raise BudgetStoreDown(f"{self.location}: the rate budget row vanished")
-        usable, inflight = float(rows[0][0]), int(rows[0][1])
-        return (0.0 if usable >= 1 else (1 - usable) / model.refill_per_second), inflight
+        usable, sooner = float(rows[0][0]), bool(rows[0][1])
+        return (0.0 if usable >= 1 else (1 - usable) / model.refill_per_second), sooner
 
     def observe(self, account: str, model: Any, remaining: float | None, retry_after: float | None) -> None:
         self._run(_query(_OBSERVE), self._params(account, model, remaining=remaining, retry_after=retry_after))
