@@ -107,7 +107,6 @@ class CentralBudgets:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._down: str | None = None
-        self._known: set[str] = set()       # accounts whose row this process has seen
 
     # --- the connection -----------------------------------------------------------------------
     def _connect(self) -> Any:
