@@ -581,6 +581,33 @@ def _no_progress(_event: Progress) -> None:
     return None
 
 
+class BudgetStoreDown(Exception):
+    """The BudgetStore cannot be reached or used; the message is one line with no secret in it."""
+
+
+class BudgetStore(Protocol):
+    """Accounts' buckets kept outside this process, so that several processes (fleet shards)
+    draw on one budget per account (runbook.rate_store keeps them in the central state store).
+    `account` is the provider's key for the account (a store keeps only a hash of it), `model`
+    the platform's providers.http.RateModel. Every call is atomic across processes and raises
+    BudgetStoreDown when the store cannot answer."""
+
+    def take(self, account: str, model: Any) -> tuple[float, bool]:
+        """Admit one request: (0, _) if admitted, else (seconds until the refill makes room, and
+        whether an answer may make room sooner: requests are out before the first answer said
+        what is left) and nothing is taken."""
+        ...
+
+    def observe(self, account: str, model: Any, remaining: float | None, retry_after: float | None) -> None:
+        """One admitted request was answered: with the remaining count it announced (None: none)
+        and, for a 429, how long it was told to wait."""
+        ...
+
+    def cancel(self, account: str, model: Any) -> None:
+        """One admitted request got no answer."""
+        ...
+
+
 class ProviderRuntime:
     """What the provider objects of one runtime share (runbook.run.Runtime holds one; a fleet's
     environments share it): each account's rate budget and write count, the TLS context, and a
@@ -593,6 +620,10 @@ class ProviderRuntime:
         self.writes: dict[str, int] = {}        # account key → writes sent (Heroku: staleness of reads)
         self.tls: Any = None                    # httpx's default SSL context, built once
         self.clients: Any = None                # providers.clients.SharedClients while a fleet runs
+        # a fleet on a central state store: the accounts' buckets there (a BudgetStore, above),
+        # shared with the fleet's other shards, and where a one-line note goes if it stops answering
+        self.budget_store: BudgetStore | None = None
+        self.note: Callable[[str], None] = lambda line: None
 
     def budget(self, key: str, build: Callable[[], Any]) -> Any:
         with self.lock:

@@ -7,7 +7,8 @@
   after it, and the error says which bound ended the call.
 - Paces itself by the platform's own rate model (RateModel, declared by each provider module:
   an account-wide refilling bucket for Heroku, a fixed window per endpoint for Supabase), through
-  a RateBudget that may be shared by every client of one account (fleet runs).
+  a RateBudget that may be shared by every client of one account (fleet runs), or, when the
+  runtime hands in a BudgetStore (fleet shards on one central state store), by every process.
 - Never logs or raises with a response body: provider bodies hold config vars and passwords.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from providers.base import ProviderRuntime, RetryPolicy
+from providers.base import BudgetStore, BudgetStoreDown, ProviderRuntime, RetryPolicy
 from runbook.errors import ProviderError
 from runbook.secret import redact
 
@@ -79,6 +81,7 @@ class RateModel:
     remaining_headers: tuple[str, ...] = ("RateLimit-Remaining",)
     reset_header: str | None = None
     low_water: int = 10      # bucket: kept in reserve for others; both: requests sent blind before the first answer
+    announced: bool = True   # every answer carries the remaining count (a BudgetStore paces only such models)
 
     @property
     def refill_per_second(self) -> float:
@@ -253,13 +256,109 @@ class RateBudget:
 # for a platform that declares no model (Google's APIs announce no remaining count): paced only if
 # an answer ever says what is left, and then as a bucket refilling at one request a second
 UNDECLARED = RateModel("API", "bucket", limit=60, window_seconds=60,
-                       remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"))
+                       remaining_headers=("RateLimit-Remaining", "X-RateLimit-Remaining"), announced=False)
+
+
+class StoreBudget(RateBudget):
+    """One account's bucket kept in a BudgetStore that other processes draw on too. The store
+    counts every process's requests in flight and lowers the bucket to what the platform announces
+    (RateLimit-Remaining, less those in flight, less the reserve), so N shards together stay under
+    the account's limit. Should the store stop answering, this process paces itself as a plain
+    RateBudget from then on and says so once through `note`."""
+
+    POLL = 0.25     # while the first answers are awaited: how often to look whether one came
+
+    def __init__(self, model: RateModel, account: str, store: BudgetStore, *, note: Callable[[str], None],
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(model, sleep=sleep, clock=clock)
+        self.account = account
+        self.store = store
+        self.note = note
+        self.alone = False          # the store failed: the in-process budget from here on
+        self._admitted = 0          # admitted through the store, not yet answered
+
+    def _fall_back(self, exc: BudgetStoreDown) -> None:
+        with self._cond:
+            first, self.alone = not self.alone, True
+        if first:
+            self.note(f"shared rate budget unavailable ({exc}); this process now paces {self.model.name} "
+                      "requests by itself")
+
+    def before_request(self, time_left: float | None = None) -> None:
+        deadline = None if time_left is None else self.clock() + time_left
+        while not self.alone:
+            try:
+                wait, sooner = self.store.take(self.account, self.model)
+            except BudgetStoreDown as exc:
+                self._fall_back(exc)
+                break
+            if wait <= 0:
+                with self._cond:
+                    self._admitted += 1
+                return
+            now = self.clock()
+            left = None if deadline is None else deadline - now
+            if sooner:      # the first answer will say what is left
+                if left is not None and left <= 0:
+                    raise NoTimeLeft(None, 0.0)
+                pause = min(self.POLL, left if left is not None else self.POLL)
+            elif left is not None and wait > left:
+                # only the refill makes room, and not in time: refused now, not at the deadline
+                raise NoTimeLeft(wait, max(0.0, left))
+            else:
+                pause = wait
+            with self._cond:
+                self.waited += pause
+            self.sleep(pause)
+        super().before_request(None if deadline is None else max(0.0, deadline - self.clock()))
+
+    def _ours(self) -> bool:
+        """An answer to a request the store admitted (False: the in-process budget's)."""
+        with self._cond:
+            if self._admitted > 0:
+                self._admitted -= 1
+                return True
+            return False
+
+    def observe(self, response: httpx.Response) -> None:
+        if not self._ours():
+            super().observe(response)
+            return
+        if response.status_code == 429:
+            with self._cond:
+                self.throttled += 1
+        value = next((response.headers[name] for name in self.model.remaining_headers if name in response.headers), None)
+        try:
+            remaining: float | None = max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            remaining = None
+        if remaining is not None and not math.isfinite(remaining):
+            remaining = None        # "inf" or "nan" says nothing about what is left
+        hint = self.model.wait_hint(response) if response.status_code == 429 else None
+        try:
+            self.store.observe(self.account, self.model, remaining, hint[0] if hint else None)
+        except BudgetStoreDown as exc:
+            self._fall_back(exc)
+
+    def cancel(self) -> None:
+        if not self._ours():
+            super().cancel()
+            return
+        try:
+            self.store.cancel(self.account, self.model)
+        except BudgetStoreDown as exc:
+            self._fall_back(exc)
 
 
 def shared_budget(account_key: str, model: RateModel, runtime: ProviderRuntime) -> RateBudget:
     """The one budget of an account in this runtime (every client of a fleet draws on it), paced
-    by the platform's model."""
-    found: RateBudget = runtime.budget(account_key, lambda: RateBudget(model))
+    by the platform's model; kept in the runtime's BudgetStore when it has one and the model is an
+    account-wide bucket whose answers say what is left (other processes then share it)."""
+    store = runtime.budget_store
+    if store is not None and model.kind == "bucket" and model.per == "account" and model.announced:
+        found: RateBudget = runtime.budget(account_key, lambda: StoreBudget(model, account_key, store, note=runtime.note))
+    else:
+        found = runtime.budget(account_key, lambda: RateBudget(model))
     return found
 
 

@@ -214,7 +214,9 @@ jobs:
     fleet = f"""\
 # The same nightly drift for a fleet too large for one job per environment: the environments are
 # split over {SHARDS} machines by `--shard I/N` (a stable hash of each name: adding an environment
-# moves no other one), and each machine runs its share {FLEET_PARALLEL} at a time.
+# moves no other one), and each machine runs its share {FLEET_PARALLEL} at a time. With one central
+# `--state postgresql://…` store (writable by these jobs), the machines share each platform
+# account's rate budget through it; otherwise each paces itself alone.
 name: runbook fleet drift
 on:
   schedule:
@@ -306,7 +308,9 @@ runbook-drift:
     - cat drift.md; exit "$code"
 
 # A fleet too large for one job per environment: {SHARDS} jobs, each running its share of every
-# environment (`--shard` with GitLab's 1-based CI_NODE_INDEX of CI_NODE_TOTAL).
+# environment (`--shard` with GitLab's 1-based CI_NODE_INDEX of CI_NODE_TOTAL). With one central
+# `--state postgresql://…` store (writable by these jobs), the jobs share each platform account's
+# rate budget through it; otherwise each paces itself alone.
 runbook-fleet-drift:
   extends: .runbook
   rules:

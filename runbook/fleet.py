@@ -246,6 +246,8 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
     with (nullcontext(runtime) if runtime is not None else Runtime.shared()) as shared, \
             shared_clients(shared.providers):
         kwargs = {**kwargs, "runtime": shared}
+        # shards in other processes journalling to the same central store share its rate budgets
+        shared.share_rate_budgets(kwargs.get("state") or _one_state(project, envs))
         warming = None
         if command in MUTATING and shared.pool is not None:   # each environment journals: connect while the first wave starts
             warming = shared.pool.prewarm(_store_users(project, envs, kwargs.get("state"), parallel))
@@ -255,6 +257,12 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
             if warming is not None:
                 warming.join()
     return fleet
+
+
+def _one_state(project: Any, envs: Sequence[str]) -> str | None:
+    """The state store every environment names, if they all name the same one."""
+    urls = {project.env(env).spec.state for env in envs}
+    return str(urls.pop()) if len(urls) == 1 and None not in urls else None
 
 
 def _store_users(project: Any, envs: Sequence[str], state: str | None, parallel: int) -> dict[str, int]:

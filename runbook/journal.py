@@ -27,6 +27,7 @@ from runbook.secret import MASK, Secret, redact
 
 SCHEMA = "runbook"
 TABLES = ("runs", "events", "soaks", "checkpoints", "approvals")
+BUDGET_TABLES = ("rate_budgets",)     # made only when a fleet shares its rate budget here (runbook/rate_store.py)
 
 
 def _json(data: Any) -> str:
@@ -521,7 +522,7 @@ def refuse_foreign_journal(conn: Any, location: str, *, reader: bool = False) ->
     itself; only writers — the runs that act on a soak's verdict — insist on owning it."""
     from runbook.errors import Refused
 
-    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": list(TABLES),
+    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": [*TABLES, *BUDGET_TABLES],
                                                               "reader": reader}).fetchall()]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

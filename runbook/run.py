@@ -81,6 +81,8 @@ class Runtime:
         self.pool = pool
         self.local = Registry()
         self.providers = ProviderRuntime()   # rate budgets, write counts, a fleet's HTTP clients
+        self.notes: list[str] = []           # one-line notes said on stderr (each once)
+        self.rate_store: Any = None          # runbook.rate_store.CentralBudgets when a fleet shares its budgets
 
     @classmethod
     @contextmanager
@@ -95,9 +97,33 @@ class Runtime:
     def local_journal(self, project: Project) -> LocalJournal:
         return LocalJournal(project.base_dir / ".runbook" / "journal.jsonl", registry=self.local)
 
+    def share_rate_budgets(self, state_url: str | None) -> None:
+        """A fleet journalling to a central PostgreSQL store keeps each platform account's rate
+        budget there too (runbook.rate_store), so the fleet's shards in other processes draw on
+        the same one. Other stores (SQLite, each environment's own database) keep it in-process."""
+        from runbook.pool import pooled_conninfo
+
+        conninfo = pooled_conninfo(state_url)
+        if conninfo is None or self.rate_store is not None:
+            return
+        from runbook.rate_store import CentralBudgets
+
+        self.providers.budget_store = self.rate_store = CentralBudgets(conninfo)
+        self.providers.note = self.note
+
+    def note(self, line: str) -> None:
+        import sys
+
+        line = redact(line)
+        if line not in self.notes:
+            self.notes.append(line)
+            sys.stderr.write(f"note: {line}\n")
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self.rate_store is not None:
+            self.rate_store.close()
 
 
 @dataclass(frozen=True)
