@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from providers.base import Credential, Digest
-from runbook.login import login_route, try_login
+from runbook.login import login_route, login_session
 from runbook.secret import Secret, mask_url
 
 if TYPE_CHECKING:
@@ -67,8 +67,15 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
     elif not ctx.info.password_auth and login_route(ctx.db) is None:
         state = UrlState(value, None, "IAM authentication: a login needs a token, so it is not tried")
     else:
-        ok, why = try_login(Secret(value), ctx.role.name, expected_endpoint(ctx, issued), route=login_route(ctx.db))
-        state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
+        session, why = login_session(Secret(value), ctx.role.name, expected_endpoint(ctx, issued), route=login_route(ctx.db))
+        state = UrlState(value, session is not None, "" if session is not None else f"{ctx.url_var} does not log in: {why}")
+        ctx.forget_url()
+        ctx.url_memo = state
+        if session is not None:
+            # kept for verify, which would otherwise log in again with the same URL (SCRAM each time)
+            ctx.keep_app_session(state, session)
+        return state
+    ctx.forget_url()
     ctx.url_memo = state
     return state
 

@@ -243,15 +243,15 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
             except RunbookError as exc:
                 result.say(f"{name}: {exc.message}")
                 continue
-        try:
-            result.data.setdefault("runs", []).extend(store.runs(name, limit))
-            result.data.setdefault("events", []).extend(store.events(name, limit=limit * 4))
-            result.data.setdefault("approvals", []).extend(store.approvals(name, limit))
-            soak = store.latest_soak(name)
-            if soak:
-                result.data.setdefault("soaks", []).append(soak)
-        finally:
-            store.close()
+            try:        # inside the run: an in-database journal reads over the run's admin session
+                result.data.setdefault("runs", []).extend(store.runs(name, limit))
+                result.data.setdefault("events", []).extend(store.events(name, limit=limit * 4))
+                result.data.setdefault("approvals", []).extend(store.approvals(name, limit))
+                soak = store.latest_soak(name)
+                if soak:
+                    result.data.setdefault("soaks", []).append(soak)
+            finally:
+                store.close()
     local = [r for r in inv.runtime.local_journal(project).records() if env is None or r.get("env") == env]
     if local:
         result.data["local"] = local
@@ -308,10 +308,10 @@ def promote(project: Project, env: str, *, sign_off: str | None, force: bool = F
         raise ConfigError(f"{env} has no promote_from in runbook.yaml; promote is for environments promoted from another")
     with Run(project, source, "promote-gate", inv) as gate:
         src_store = gate.open_store()
-    try:
-        passed, why = soaks.passed_soak(src_store, source, project.role.digest(), project.spec.soak.valid_for)
-    finally:
-        src_store.close()
+        try:    # inside the run: an in-database journal reads over the run's admin session
+            passed, why = soaks.passed_soak(src_store, source, project.role.digest(), project.spec.soak.valid_for)
+        finally:
+            src_store.close()
     if passed is None and not force:
         raise GateClosed(f"promotion of {env} is not allowed yet: {why}")
     result = Result("promote", env)

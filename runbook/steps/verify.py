@@ -58,8 +58,10 @@ class VerifyFromApp(Step[RlsPreview]):
                                fix=WRITE_ONLY_PROOF.format(var=ctx.url_var, env=ctx.env.name))
             return Verdict.ok(f"privileges as specified; login not tried ({state.reason})")
         # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
-        with connect_as_app(login, ctx.expected_endpoint(), timeout=10,
-                            application_name="runbook:verify", route=login_route(ctx.db)) as conn:
+        # the session url_state logged in with, when this is the URL it proved and nothing changed since
+        kept = ctx.session.take_app_session(state) if state.logs_in else None
+        with kept or connect_as_app(login, ctx.expected_endpoint(), timeout=10,
+                                    application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \
