@@ -48,8 +48,10 @@ def expected_endpoint(ctx: Context, issued: Credential | None = None) -> Credent
     return ctx.db.credential_for(ctx.role.name, None)
 
 
-def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False) -> UrlState:
-    """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it)."""
+def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False, keep: bool = False) -> UrlState:
+    """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it).
+    `keep` (a run's steps, whose verify logs in with the same URL): the login that proved it stays
+    open, outside any transaction, for verify to take (Context.take_app_session)."""
     if ctx.url_memo is not None and not refresh:
         return ctx.url_memo
     value = ctx.app.received_url()
@@ -72,12 +74,25 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
         ctx.forget_url()
         ctx.url_memo = state
         if session is not None:
-            # kept for verify, which would otherwise log in again with the same URL (SCRAM each time)
-            ctx.keep_app_session(state, session)
+            if keep and _idle(session):
+                # kept for verify, which would otherwise log in again with the same URL (SCRAM each time)
+                ctx.keep_app_session(state, session)
+            else:
+                session.close()
         return state
     ctx.forget_url()
     ctx.url_memo = state
     return state
+
+
+def _idle(session: object) -> bool:
+    """End the login's transaction (it read CURRENT_USER): a transaction pooler in front of the
+    app's URL must not keep a server connection for us while the steps in between run."""
+    try:
+        session.commit()           # type: ignore[attr-defined]
+        return True
+    except Exception:
+        return False
 
 
 def url_in_hand(written: Credential | None, state: UrlState) -> Secret | None:

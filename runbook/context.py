@@ -238,14 +238,15 @@ class Context:
 
     def take_app_session(self, state: UrlState) -> Any:
         """The session that logged in for `state` (this run's current observation of the URL,
-        unchanged since), handed over once and checked with a round trip; else None."""
+        unchanged since), handed over once, its new transaction pinned as connect_as_app pins
+        one (that round trip also proves it alive); else None."""
         kept = self._app_session
         if kept is None or kept[0] is not state or state is not self.url_memo:
             return None
         self._app_session = None
         conn = kept[1]
         try:
-            conn.execute("SELECT 1")
+            pin_session(conn, local=True)
         except Exception:
             _close_quietly(conn)      # the server ended it meanwhile: the caller logs in afresh
             return None
@@ -475,7 +476,7 @@ class StepContext:
     def url_state(self, *, refresh: bool = False) -> UrlState:
         from runbook.app_url import url_state
 
-        return url_state(self.session, issued=self.platform_credential(), refresh=refresh)
+        return url_state(self.session, issued=self.platform_credential(), refresh=refresh, keep=not self.plan_only)
 
     def expected_endpoint(self) -> Credential | None:
         """Where a login with the app's URL may go (runbook/app_url.py)."""
