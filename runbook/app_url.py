@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from providers.base import Credential, Digest
-from runbook.login import login_route, try_login
+from runbook.login import login_route, login_session
 from runbook.secret import Secret, mask_url
 
 if TYPE_CHECKING:
@@ -49,8 +49,10 @@ def expected_endpoint(ctx: Context, issued: Credential | None = None, login: str
     return ctx.db.credential_for(login or ctx.role.name, None)
 
 
-def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False) -> UrlState:
-    """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it)."""
+def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool = False, keep: bool = False) -> UrlState:
+    """What the app's URL does, observed once per run unless `refresh` (or an apply forgot it).
+    `keep` (a run's steps, whose verify logs in with the same URL): the login that proved it stays
+    open, outside any transaction, for verify to take (Context.take_app_session)."""
     if ctx.url_memo is not None and not refresh:
         return ctx.url_memo
     value = ctx.app.received_url()
@@ -71,10 +73,30 @@ def url_state(ctx: Context, *, issued: Credential | None = None, refresh: bool =
         from runbook.alternating import expected_login
 
         login = expected_login(ctx.role, value)
-        ok, why = try_login(Secret(value), login, expected_endpoint(ctx, issued, login), route=login_route(ctx.db))
-        state = UrlState(value, ok, "" if ok else f"{ctx.url_var} does not log in: {why}")
+        session, why = login_session(Secret(value), login, expected_endpoint(ctx, issued, login), route=login_route(ctx.db))
+        state = UrlState(value, session is not None, "" if session is not None else f"{ctx.url_var} does not log in: {why}")
+        ctx.forget_url()
+        ctx.url_memo = state
+        if session is not None:
+            if keep and _idle(session):
+                # kept for verify, which would otherwise log in again with the same URL (SCRAM each time)
+                ctx.keep_app_session(state, session)
+            else:
+                session.close()
+        return state
+    ctx.forget_url()
     ctx.url_memo = state
     return state
+
+
+def _idle(session: object) -> bool:
+    """End the login's transaction (it read CURRENT_USER): a transaction pooler in front of the
+    app's URL must not keep a server connection for us while the steps in between run."""
+    try:
+        session.commit()           # type: ignore[attr-defined]
+        return True
+    except Exception:
+        return False
 
 
 def url_in_hand(written: Credential | None, state: UrlState) -> Secret | None:

@@ -567,6 +567,43 @@ def embedded(action: Annotated[str, typer.Argument(help="status | start | stop")
     return 0
 
 
+def _verb_in(args: list[str]) -> str | None:
+    """The verb `args` run: the first word that is neither a global option nor its value."""
+    from typing import get_args
+
+    takes_value = set()
+    for param in inspect.signature(_global, eval_str=True).parameters.values():
+        kind, info = get_args(param.annotation)[:2]
+        if kind is not bool:       # typer keeps the first declaration apart from the others
+            first = info.default if isinstance(info.default, str) and info.default.startswith("-") else None
+            takes_value.update({f"--{param.name.replace('_', '-')}", *info.param_decls, *([first] if first else [])})
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if not word.startswith("-"):
+            return word
+        if word in takes_value:
+            next(words, None)
+    return None
+
+
+def _click_command(args: list[str]):
+    """The click group for `args`, with only the verb they run in it: typer resolves every
+    command's signature and builds every option of each (≈40 ms) when the whole group is built.
+    The whole group for anything else: --help, an unknown verb, shell completion."""
+    verb = _verb_in(args)
+    registered = app.registered_commands
+    chosen = [c for c in registered if (c.name or c.callback.__name__.replace("_", "-")) == verb]
+    if len(chosen) != 1 or any(k.endswith("_COMPLETE") for k in os.environ):
+        return typer.main.get_command(app)
+    app.registered_commands = chosen
+    try:
+        return typer.main.get_command(app)
+    finally:
+        app.registered_commands = registered
+
+
 def main(argv: list[str] | None = None) -> None:
     try:  # typer ≥ 0.20 carries its own click
         from typer._click import exceptions as click_exc
@@ -582,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         from runbook.secret import install_log_hygiene
 
         install_log_hygiene()
-        command = typer.main.get_command(app)
+        command = _click_command(args)
         rv = command.main(args=args, prog_name="runbook", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as exc:

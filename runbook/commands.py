@@ -361,19 +361,19 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
             except RunbookError as exc:
                 result.say(f"{name}: {exc.message}")
                 continue
-        try:
-            result.data.setdefault("runs", []).extend(store.runs(name, limit))
-            events = store.events(name, limit=limit * 4)
-            if role is not None:     # the role's own records and the run's (which name no role)
-                events = [e for e in events if e.get("role") in (None, role)]
-            result.data.setdefault("events", []).extend(events)
-            result.data.setdefault("approvals", []).extend(store.approvals(name, limit))
-            for managed in selected:
-                soak = role_store(store, project, managed).latest_soak(name)
-                if soak:
-                    result.data.setdefault("soaks", []).append(soak)
-        finally:
-            store.close()
+            try:        # inside the run: an in-database journal reads over the run's admin session
+                result.data.setdefault("runs", []).extend(store.runs(name, limit))
+                events = store.events(name, limit=limit * 4)
+                if role is not None:     # the role's own records and the run's (which name no role)
+                    events = [e for e in events if e.get("role") in (None, role)]
+                result.data.setdefault("events", []).extend(events)
+                result.data.setdefault("approvals", []).extend(store.approvals(name, limit))
+                for managed in selected:
+                    soak = role_store(store, project, managed).latest_soak(name)
+                    if soak:
+                        result.data.setdefault("soaks", []).append(soak)
+            finally:
+                store.close()
     local = [r for r in inv.runtime.local_journal(project).records() if env is None or r.get("env") == env]
     if local:
         result.data["local"] = local
@@ -457,24 +457,24 @@ def promote(project: Project, env: str, *, sign_off: str | None, force: bool = F
     gates: dict[str, tuple[dict[str, Any] | None, str, bool]] = {}
     with Run(project, source, "promote-gate", inv) as gate:
         src_store = gate.open_store()
-    try:
-        for managed in selected:
-            passed, why = soaks.passed_soak(role_store(src_store, project, managed), source, managed.digest(),
-                                            project.spec.soak.valid_for)
-            gates[managed.name] = (passed, why, False)
-    finally:
-        src_store.close()
+        try:    # inside the run: an in-database journal reads over the run's admin session
+            for managed in selected:
+                passed, why = soaks.passed_soak(role_store(src_store, project, managed), source, managed.digest(),
+                                                project.spec.soak.valid_for)
+                gates[managed.name] = (passed, why, False)
+        finally:
+            src_store.close()
     if several and any(p is None for p, _, _ in gates.values()):
         with Run(project, env, "promote-gate", inv) as target:
             tgt_store = target.open_store(timeout=5, read_only=True)
-        try:
-            for managed in selected:
-                passed, why, _ = gates[managed.name]
-                last = tgt_store.last_approval(env, managed.name) if passed is None else None
-                if last is not None and last["digest"] == managed.digest():
-                    gates[managed.name] = (None, f"{managed.name}'s spec is unchanged since {env} last took it", True)
-        finally:
-            tgt_store.close()
+            try:
+                for managed in selected:
+                    passed, why, _ = gates[managed.name]
+                    last = tgt_store.last_approval(env, managed.name) if passed is None else None
+                    if last is not None and last["digest"] == managed.digest():
+                        gates[managed.name] = (None, f"{managed.name}'s spec is unchanged since {env} last took it", True)
+            finally:
+                tgt_store.close()
     closed = [(name, why) for name, (passed, why, same) in gates.items() if passed is None and not same]
     if closed and not force:
         what = "; ".join(f"{name}: {why}" for name, why in closed) if several else closed[0][1]

@@ -120,6 +120,8 @@ class Context:
 
     selected: ManagedRole | None = None   # the role this part of the run is about (default: the first)
     _opened_for: str | None = None        # the role the adapters were opened for (their names come from it)
+    _app_session: tuple[UrlState, Any] | None = None   # the login that proved url_memo, kept for verify
+
     _db: DatabaseProvider | None = None
     _app: AppPlatform | None = None
     _info: DatabaseInfo | None = None
@@ -127,6 +129,8 @@ class Context:
     _admin_dsn: Secret | None = None     # fetched once per run (a provider may read it from a secret manager)
     _owner: str | None = None
     pooler: Any = None                    # runbook.pooler.Detection, once the tool's first session is open
+    admin_label: str | None = None        # the admin session's application_name purpose (a mutating run's lock label)
+    lock: Any = None                      # runbook.locks.EnvLock held on the admin session, while it is
     _shared: dict[str, object] = field(default_factory=dict)   # what both adapters share (OpenContext.shared)
 
     # --- facts about the project ---------------------------------------------------------
@@ -144,7 +148,7 @@ class Context:
             self.selected = managed
             return
         self.selected = managed
-        self.url_memo = None
+        self.forget_url()            # and the app-role session that proved the other role's URL
         self.credential_memo = None
         self._owner = None
         if self._opened_for is not None and self._opened_for != managed.name:
@@ -263,10 +267,22 @@ class Context:
         return self._admin_dsn
 
     def admin(self) -> Connection[Any]:
-        """The owner/master connection (autocommit; grant steps open their own transactions)."""
+        """The owner/master connection (autocommit; grant steps open their own transactions). A
+        mutating run's environment lock and its in-database journal live on it too (`lock`)."""
         if self._admin is None or self._admin.closed:
-            self._admin = connect(self.admin_dsn(), self, purpose=self.command)
+            reopened = self._admin is not None
+            self._admin = connect(self.admin_dsn(), self, purpose=self.admin_label or self.command)
+            if reopened and self.lock is not None and self.lock.held:
+                self.lock.reacquire(self._admin)     # the lock went with the old session
         return self._admin      # type: ignore[no-any-return]  # held as Any: psycopg is imported lazily
+
+    def label_admin(self, label: str) -> None:
+        """Name the admin session `label` (a mutating run's lock label, which a second run shows as
+        the holder), whether it is open already (a drift --fix read first) or opens later."""
+        self.admin_label = label
+        if self._admin is not None and not self._admin.closed:
+            self._admin.execute("SELECT pg_catalog.set_config('application_name', %s, false)",
+                                (application_name(self.project, label),))
 
     def check_pooler(self, conn: Connection[Any], open_another: Callable[[], Connection[Any]], dsn: Secret) -> None:
         """Find out once per run what the tool's session goes through; refuse a transaction pooler."""
@@ -286,6 +302,34 @@ class Context:
             self._owner = self.role.owner or str(row[0] if row else "")
         return self._owner
 
+    def forget_url(self) -> None:
+        """Drop what this run observed of the app's URL, and the login that proved it."""
+        self.url_memo = None
+        kept, self._app_session = self._app_session, None
+        if kept is not None:
+            _close_quietly(kept[1])
+
+    def keep_app_session(self, state: UrlState, conn: Any) -> None:
+        if self._app_session is not None:
+            _close_quietly(self._app_session[1])
+        self._app_session = (state, conn)
+
+    def take_app_session(self, state: UrlState) -> Any:
+        """The session that logged in for `state` (this run's current observation of the URL,
+        unchanged since), handed over once, its new transaction pinned as connect_as_app pins
+        one (that round trip also proves it alive); else None."""
+        kept = self._app_session
+        if kept is None or kept[0] is not state or state is not self.url_memo:
+            return None
+        self._app_session = None
+        conn = kept[1]
+        try:
+            pin_session(conn, local=True)
+        except Exception:
+            _close_quietly(conn)      # the server ended it meanwhile: the caller logs in afresh
+            return None
+        return conn
+
     def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
         """This env's journal, oldest first: the store's events, then records journalled only
         locally (a rollback that failed before it reached the store)."""
@@ -296,6 +340,7 @@ class Context:
         return events + [r for r in local.records() if r.get("env") == self.env.name]
 
     def close(self) -> None:
+        self.forget_url()
         if self._admin is not None and not self._admin.closed:
             self._admin.close()
         for adapter in (self._db, self._app):
@@ -309,6 +354,13 @@ class Context:
 _CONFIG_FAULTS = ("could not translate host name", "Name or service not known", "password authentication failed",
                   "does not exist", "invalid ", "no password supplied", "unrecognized", "SSL is not enabled",
                   "could not parse network address", "missing \"=\"")
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
 
 
 def application_name(project: Project, purpose: str) -> str:
@@ -511,7 +563,7 @@ class StepContext:
     def url_state(self, *, refresh: bool = False) -> UrlState:
         from runbook.app_url import url_state
 
-        return url_state(self.session, issued=self.platform_credential(), refresh=refresh)
+        return url_state(self.session, issued=self.platform_credential(), refresh=refresh, keep=not self.plan_only)
 
     def expected_endpoint(self, login: str | None = None) -> Credential | None:
         """Where a login with the app's URL may go (runbook/app_url.py); `login`: which of an
@@ -522,4 +574,4 @@ class StepContext:
 
     def forget_url(self) -> None:
         """After any apply (the engine calls it): observe the app's URL afresh."""
-        self.session.url_memo = None
+        self.session.forget_url()

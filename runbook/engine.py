@@ -140,7 +140,8 @@ def run(steps: list[Step[Any]], session: Context, *, plan_only: bool, journal: J
     one place a preview is decided; `state` (a fresh one by default) is where the caller reads
     what the run produced (the soak started, the grants step's last snapshot)."""
     state = RunState() if state is None else state
-    session.url_memo = session.credential_memo = None    # a preview's observations are not the run's
+    session.forget_url()                                  # a preview's observations are not the run's
+    session.credential_memo = None
     ctx = StepContext(session, state, plan_only)
     reports: list[StepReport] = []
     for step in steps:

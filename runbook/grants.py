@@ -73,18 +73,9 @@ def _privs(privs: list[str] | frozenset[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL(p) for p in sorted(privs))
 
 
-def _denied(spec: RoleSpec, rel: Relation) -> bool:
-    for entry in spec.denied:
-        if "." in entry:
-            if entry == rel.qualified:
-                return True
-        elif entry == rel.name:
-            return True
-    return False
-
-
 def _deny_test(spec: RoleSpec):
-    """_denied as one set lookup per relation (the deny list is matched tens of thousands of times)."""
+    """Whether the deny list names a relation (by name, or schema-qualified), as one set lookup per
+    relation: it is matched tens of thousands of times."""
     names = frozenset(e for e in spec.denied if "." not in e)
     qualified = frozenset(e for e in spec.denied if "." in e)
     if not qualified:
@@ -394,8 +385,9 @@ def unfixable(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
     """Deny-listed objects reachable through PUBLIC, another role, or another grantor's GRANT:
     revoking from ours cannot help."""
     out = []
+    denied = _deny_test(spec)
     for r in snap.relations:
-        if not (_denied(spec, r) and r.held and not _own(snap, r)):
+        if not (denied(r) and r.held and not _own(snap, r)):
             continue
         other = snap.foreign.get(r.qualified)
         how = (f"granted by {', '.join(other.grantors)}; REVOKE ALL ON TABLE {r.qualified} FROM {spec.name} as them"

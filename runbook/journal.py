@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from runbook.errors import ConfigError, RunbookError
 from runbook.pool import ConnectionPool, close_quietly
@@ -347,18 +347,30 @@ class PostgresStore(_SqlStore):
 
     def __init__(self, conninfo: str | Secret, *, location: str, connect_timeout: int = 10,
                  pool: ConnectionPool | None = None, app: str | None = None, claim_legacy: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, session: Callable[[], Any] | None = None) -> None:
         self.location = location
         self.app = app
         self._pool = pool
         self._key = conninfo.reveal() if isinstance(conninfo, Secret) else conninfo
         self._closed = False
-        self.conn = pool.take(self._key) if pool is not None else None
-        if self.conn is None:
-            self.conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
-                                     claim_legacy=claim_legacy, create=create)
+        # `session`: the run's own admin session on the same DSN (a journal in the environment's
+        # database), asked for on every statement so a reopened session is followed; the run,
+        # not the store, closes it. Every write is its own autocommit statement, so nothing the
+        # journal writes waits on a step's transaction or dies with it.
+        self._session = session
+        if session is not None:
+            self.prepare(session(), location=location, app=app, claim_legacy=claim_legacy, create=create)
+            return
+        self._conn = pool.take(self._key) if pool is not None else None
+        if self._conn is None:
+            self._conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
+                                      claim_legacy=claim_legacy, create=create)
             if pool is not None:
                 pool.count_opened()
+
+    @property
+    def conn(self) -> Any:
+        return self._session() if self._session is not None else self._conn
 
     @staticmethod
     def connect(conninfo: str, *, location: str, connect_timeout: int = 10, app: str | None = None,
@@ -378,19 +390,26 @@ class PostgresStore(_SqlStore):
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
         try:
             pin_session(conn)
-            if create:
-                PostgresStore._ensure(conn, location=location, app=app if claim_legacy else None)
-            elif not PostgresStore._present(conn):
-                raise JournalMissing(location)
-            else:
-                # a read-only run trusts the journal no more than a writing one (a forged soak
-                # row reads as passed), and cannot add the app key to a journal older than it
-                refuse_foreign_journal(conn, location, reader=True)
-                PostgresStore._upgrade_or_refuse_unkeyed(conn, location, app=app if claim_legacy else None)
+            PostgresStore.prepare(conn, location=location, app=app, claim_legacy=claim_legacy, create=create)
         except BaseException:
             close_quietly(conn)
             raise
         return conn
+
+    @staticmethod
+    def prepare(conn: Any, *, location: str, app: str | None = None, claim_legacy: bool = False,
+                create: bool = True) -> None:
+        """The journal on an open, pinned session: created (or JournalMissing with create=False),
+        and refused if someone else made or changed it."""
+        if create:
+            PostgresStore._ensure(conn, location=location, app=app if claim_legacy else None)
+        elif not PostgresStore._present(conn):
+            raise JournalMissing(location)
+        else:
+            # a read-only run trusts the journal no more than a writing one (a forged soak
+            # row reads as passed), and cannot add the app key to a journal older than it
+            refuse_foreign_journal(conn, location, reader=True)
+            PostgresStore._upgrade_or_refuse_unkeyed(conn, location, app=app if claim_legacy else None)
 
     @staticmethod
     def _present(conn: Any) -> bool:
@@ -443,10 +462,12 @@ class PostgresStore(_SqlStore):
         if self._closed:
             return             # a second close must not hand the connection out twice
         self._closed = True
+        if self._session is not None:
+            return             # the run's admin session: the run closes it
         if self._pool is not None:
-            self._pool.give(self._key, self.conn)
+            self._pool.give(self._key, self._conn)
         else:
-            self.conn.close()
+            self._conn.close()
 
 
 # Whatever in the journal schema could run someone else's code as the tool, or let someone else
@@ -498,7 +519,8 @@ SELECT problem FROM (
    WHERE t.relkind = 'r' AND y.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace
   UNION ALL
   SELECT 13, 'generated column ' || t.name || '.' || a.attname
-    FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid WHERE a.attgenerated <> ''
+    FROM t, LATERAL (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.oid AND a.attgenerated <> ''
+                     OFFSET 0) a
   UNION ALL
   SELECT 14, 'constraint ' || k.conname || ' on ' || t.name FROM t JOIN pg_catalog.pg_constraint k ON k.conrelid = t.oid
    WHERE k.contype NOT IN ('p', 'u', 'n')
@@ -522,8 +544,15 @@ def refuse_foreign_journal(conn: Any, location: str, *, reader: bool = False) ->
     itself; only writers — the runs that act on a soak's verdict — insist on owning it."""
     from runbook.errors import Refused
 
-    problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": [*TABLES, *BUDGET_TABLES],
-                                                              "reader": reader}).fetchall()]
+    with conn.transaction():
+        # the journal's handful of relations, looked up through the catalogs' indexes: hash joins
+        # made the planner read all of pg_attribute and pg_attrdef, which grow with every table
+        # of the database (a tenth of a no-op provision's server time at 1,000 tables)
+        # (and no JIT: the estimates for a whole database's catalogs make it compile for ~60 ms)
+        conn.execute("SELECT pg_catalog.set_config('enable_hashjoin', 'off', true), "
+                     "pg_catalog.set_config('enable_mergejoin', 'off', true), pg_catalog.set_config('jit', 'off', true)")
+        problems = [r[0] for r in conn.execute(_FOREIGN_JOURNAL, {"schema": SCHEMA, "tables": [*TABLES, *BUDGET_TABLES],
+                                                                  "reader": reader}).fetchall()]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise Refused(f"state store {location}: {problems[0]}{more}; pg-runbook did not make its journal that way "
@@ -624,17 +653,19 @@ class JournalMissing(RunbookError):
 
 
 def open_store(url: str | None, *, admin_dsn: Secret | None, base_dir: Path, env: str, connect_timeout: int = 10,
-               app: str | None = None, create: bool = True, pool: ConnectionPool | None = None) -> StateStore:
+               app: str | None = None, create: bool = True, pool: ConnectionPool | None = None,
+               admin_session: Callable[[], Any] | None = None) -> StateStore:
     """`None`: the env database's `runbook` schema. `sqlite:///path` or `postgresql://…` otherwise.
     `app` scopes every read and write to that project (None: a script reading every app's rows).
     `create=False` (read-only runs) never creates the journal and raises JournalMissing instead.
     `pool` (a fleet's, from its runtime) lends a central PostgreSQL store its connection; a store
-    in an environment's own database is never pooled: no other environment could reuse it."""
+    in an environment's own database is never pooled: no other environment could reuse it; it
+    runs on `admin_session` (the run's admin session on `admin_dsn`) when one is given."""
     if url is None or url in ("", "database"):
         if admin_dsn is None:
             raise ConfigError("no state store: the environment's database is not reachable and no --state was given")
         return PostgresStore(admin_dsn, location=f"schema {SCHEMA} in {env}'s database", connect_timeout=connect_timeout,
-                             app=app, claim_legacy=True, create=create)
+                             app=app, claim_legacy=True, create=create, session=admin_session)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():

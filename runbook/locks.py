@@ -20,12 +20,17 @@ def lock_key(app: str, env: str) -> int:
 
 
 class EnvLock:
-    def __init__(self, dsn: Secret, *, app: str, env: str, label: str, connect) -> None:
+    """`connect(dsn, label)` opens a session of the lock's own; `session` instead is one the run
+    already holds on the same DSN (its admin session), which the lock then neither opens nor
+    closes: it unlocks on release and leaves the session to its owner. Either way the session's
+    application_name carries the label, so that a second run can name the holder."""
+
+    def __init__(self, dsn: Secret, *, app: str, env: str, label: str, connect=None, session=None) -> None:
         self.key = lock_key(app, env)
         self.env = env
         self.held = False
-        # the label travels as application_name so a second run can name the holder
-        self.conn = connect(dsn, label)
+        self.owned = session is None
+        self.conn = connect(dsn, label) if session is None else session
 
     def acquire(self) -> None:
         if self._held_here():
@@ -49,6 +54,12 @@ class EnvLock:
             SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
                            AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)
             """, (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0]
+
+    def reacquire(self, conn) -> None:
+        """The run's session was reopened (the old one is gone, and the server freed its lock with
+        it): take the lock again on the new one, or stop with Locked if another run got it first."""
+        self.conn, self.held = conn, False
+        self.acquire()
 
     def holder(self) -> str:
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
@@ -78,7 +89,8 @@ class EnvLock:
             pass
         finally:
             try:
-                self.conn.close()
+                if self.owned:
+                    self.conn.close()
             except Exception:
                 pass
 

@@ -110,23 +110,45 @@ def connect_as_app(url: str | Secret, expected: Any, *, timeout: int = 5, applic
 def try_login(url: str | Secret, role: str, expected: Any, *, timeout: int = 5,
               route: Route | None = None) -> tuple[bool, str]:
     """(True, "") when the URL logs in as `role`; (False, why) otherwise. Never raises."""
+    conn, why = login_session(url, role, expected, timeout=timeout, route=route)
+    if conn is not None:
+        conn.close()
+    return conn is not None, why
+
+
+def login_session(url: str | Secret, role: str, expected: Any, *, timeout: int = 5,
+                  route: Route | None = None) -> tuple[Any, str]:
+    """try_login, keeping the session: (the open session, "") when the URL logs in as `role`, its
+    one transaction still open; (None, why) otherwise. Never raises. The caller closes it."""
     import psycopg
 
+    conn = None
     try:
-        with connect_as_app(url, expected, timeout=timeout, route=route) as conn:
-            who = conn.execute("SELECT CURRENT_USER::text").fetchone()[0]
+        conn = connect_as_app(url, expected, timeout=timeout, route=route)
+        who = conn.execute("SELECT CURRENT_USER::text").fetchone()[0]
     except ValueError as exc:
-        return False, str(exc)
+        return None, str(exc)
     except psycopg.Error as exc:
+        _close(conn)
         text = redact(str(exc)).strip().splitlines()
         why = text[0] if text else type(exc).__name__
         fix = _pooler_fix(url.reveal() if isinstance(url, Secret) else url, why, role)
-        return False, f"{why}; {fix}" if fix else why
+        return None, f"{why}; {fix}" if fix else why
     except Exception as exc:
-        return False, f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+        _close(conn)
+        return None, f"{type(exc).__name__}: {redact(str(exc))[:200]}"
     if who != role:
-        return False, f"the URL logs in as {who}, not {role}"
-    return True, ""
+        _close(conn)
+        return None, f"the URL logs in as {who}, not {role}"
+    return conn, ""
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
 
 
 def login_route(db: Any) -> Route | None:

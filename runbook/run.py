@@ -196,9 +196,11 @@ class Run:
 
         from runbook.journal import open_store
 
+        # a journal in the environment's database shares the run's admin session (same DSN): no second login
         opener = partial(open_store, self.state_url, admin_dsn=self.admin_dsn() if self.in_database else None,
                          base_dir=self.project.base_dir, env=self.env, connect_timeout=timeout,
-                         app=self.project.spec.app, pool=self.invocation.runtime.pool)
+                         app=self.project.spec.app, pool=self.invocation.runtime.pool,
+                         admin_session=self.ctx.admin if self.in_database else None)
         if read_only:
             from runbook.readonly import open_journal
 
@@ -300,17 +302,19 @@ def say_pooler(ctx: Context, result: Result) -> None:
 def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
     """Lock the environment, open the journal, record the run; finish it whatever happens.
     Yields the run's journal (its environment and run id bound)."""
-    from runbook.context import connect
     from runbook.locks import EnvLock, label
 
     ctx = run.ctx
     ctx.info   # the platform's own refusal (plan tier, state) comes before we touch anything
-    lock = EnvLock(run.admin_dsn(), app=run.project.spec.app, env=run.env, label=label(run.project.spec.app, run.command),
-                   connect=lambda dsn, name: connect(dsn, ctx, purpose=name))
+    # one admin session for the lock, the steps and an in-database journal: the lock is a session
+    # lock, so it lives as long as that session; its label is the session's application_name
+    ctx.label_admin(label(run.project.spec.app, run.command))
+    lock = EnvLock(run.admin_dsn(), app=run.project.spec.app, env=run.env, label=str(ctx.admin_label),
+                   session=run.admin())
     lock.acquire()
+    ctx.lock = lock
     ctx.run_started_at = time.time()
     try:
-        run.admin()         # the steps' admin session, opened with the run's one DSN
         say_pooler(ctx, result)
         store = ctx.store = run.open_store()
         try:
@@ -340,6 +344,7 @@ def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
         finally:
             store.close()
     finally:
+        ctx.lock = None
         lock.release()
 
 

@@ -66,8 +66,10 @@ class VerifyFromApp(Step[RlsPreview]):
                 return Verdict("fail", f"{ctx.url_var} logs in as {user}, not the current login {want} of {ctx.role.name}",
                                fix=f"runbook provision --env {ctx.env.name}")
         # the app's URL (or, write-only, the one this run wrote), over the tool's endpoint where the app's is not here
-        with connect_as_app(login, ctx.expected_endpoint(user), timeout=10,
-                            application_name="runbook:verify", route=login_route(ctx.db)) as conn:
+        # the session url_state logged in with, when this is the URL it proved and nothing changed since
+        kept = ctx.session.take_app_session(state) if state.logs_in else None
+        with kept or connect_as_app(login, ctx.expected_endpoint(user), timeout=10,
+                                    application_name="runbook:verify", route=login_route(ctx.db)) as conn:
             snap = catalog.snapshot(conn, ctx.role, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \

@@ -21,3 +21,13 @@ def test_peers_small_runs_and_pg_runbook_ends_exactly_at_the_spec(tmp_path):
     assert ops == ["first converge", "no-op rerun", "drift check", "fix 1 % drift"]
     assert "  pg-runbook: exactly the spec" in lines
     assert "skipping ldap2pg, pgbedrock, pg-sync-roles (not installed" in res.stderr
+
+
+def test_sessions_small_counts_what_each_command_opens_and_runs():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/sessions.py"), "--small"],
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in res.stdout.splitlines()[2:]}
+    assert rows["provision --yes"][:2] == ["2", "1"]      # one admin session, one login as the app role
+    assert rows["drift"][:2] == ["1", "0"]

@@ -169,3 +169,15 @@ def test_the_import_rule_sees_a_violation(tmp_path):
                       "    from runbook import shell, context\n")
     got = {m for _, m in _imports(source)}
     assert {"runbook.engine", "providers.embedded", "runbook.shell", "runbook.context"} <= got
+
+
+def test_only_the_verb_run_is_built():
+    # typer resolves every command's signature and builds all their options with the whole group
+    from runbook import cli
+
+    everything = cli._click_command(["--help"])
+    assert len(everything.commands) > 10
+    assert set(cli._click_command(["-q", "--output", "json", "provision", "--env", "x"]).commands) == {"provision"}
+    assert set(cli._click_command(["-f", "plan", "drift"]).commands) == {"drift"}       # an option's value is no verb
+    assert set(cli._click_command(["nosuch"]).commands) == set(everything.commands)    # click names the unknown verb
+    assert len(cli.app.registered_commands) == len(everything.commands)                # the app itself is untouched

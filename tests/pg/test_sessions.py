@@ -1,0 +1,82 @@
+"""How many sessions a run opens: one admin session for the lock, the steps and a journal kept in
+the environment's own database (same DSN), and one login as the app role that both the URL check
+and verify use. Counted at psycopg.connect, by user, in-process."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from runbook import commands
+from runbook.locks import lock_key
+
+
+def _count(monkeypatch) -> list[dict]:
+    opened: list[dict] = []
+    real = psycopg.connect
+
+    def connect(conninfo: str = "", **kw):
+        params = {**conninfo_to_dict(conninfo), **kw}
+        opened.append({"user": params.get("user"), "application_name": params.get("application_name")})
+        return real(conninfo, **kw)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    return opened
+
+
+def test_a_noop_provision_opens_one_admin_session_and_logs_in_once(env, monkeypatch):
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    opened = _count(monkeypatch)
+    again = commands.provision(env.project(), "staging", yes=True, environ=env.environ)
+    assert again.status == "unchanged"
+    role = env.project().role.name
+    as_app = [o for o in opened if o["user"] == role]
+    admin = [o for o in opened if o["user"] != role]
+    assert len(admin) == 1, opened          # lock + steps + journal: one session
+    assert len(as_app) == 1, opened         # the URL check's login, reused by verify
+    assert admin[0]["application_name"].startswith("runbook:") and "provision" in admin[0]["application_name"]
+
+
+def test_the_lock_is_on_the_admin_session_and_gone_with_the_run(env, monkeypatch):
+    seen: list[tuple[int, bool]] = []
+    real = commands._playbook
+
+    def playbook(run, name, journal, result):
+        # mid-run: the session that holds the environment's lock is the one the steps use
+        conn = run.admin()
+        key = lock_key(run.project.spec.app, run.env)
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        held = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+            "AND classid = %s::oid AND objid = %s::oid AND granted)",
+            (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0]
+        seen.append((conn.info.backend_pid, held))
+        return real(run, name, journal, result)
+
+    monkeypatch.setattr(commands, "_playbook", playbook)
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    assert seen and seen[0][1] is True
+    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+                            (seen[0][0],)).fetchone()[0]
+    assert left == 0
+
+
+def test_a_reopened_admin_session_takes_the_lock_again(env, monkeypatch):
+    seen: list[bool] = []
+    real = commands._playbook
+
+    def playbook(run, name, journal, result):
+        run.admin().close()                  # the session (and the lock on it) is gone
+        conn = run.admin()                   # reopened: the lock is taken again before anything else
+        key = lock_key(run.project.spec.app, run.env)
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        seen.append(conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+            "AND classid = %s::oid AND objid = %s::oid AND granted)",
+            (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0])
+        return real(run, name, journal, result)
+
+    monkeypatch.setattr(commands, "_playbook", playbook)
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    assert seen == [True]
