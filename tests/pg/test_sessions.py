@@ -41,7 +41,7 @@ def test_the_lock_is_on_the_admin_session_and_gone_with_the_run(env, monkeypatch
     seen: list[tuple[int, bool]] = []
     real = commands._playbook
 
-    def playbook(run, name, journal, result):
+    def playbook(run, name, journal, result, role=None):
         # mid-run: the session that holds the environment's lock is the one the steps use
         conn = run.admin()
         key = lock_key(run.project.spec.app, run.env)
@@ -51,7 +51,7 @@ def test_the_lock_is_on_the_admin_session_and_gone_with_the_run(env, monkeypatch
             "AND classid = %s::oid AND objid = %s::oid AND granted)",
             (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0]
         seen.append((conn.info.backend_pid, held))
-        return real(run, name, journal, result)
+        return real(run, name, journal, result, role)
 
     monkeypatch.setattr(commands, "_playbook", playbook)
     assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
@@ -66,7 +66,7 @@ def test_a_reopened_admin_session_takes_the_lock_again(env, monkeypatch):
     seen: list[bool] = []
     real = commands._playbook
 
-    def playbook(run, name, journal, result):
+    def playbook(run, name, journal, result, role=None):
         run.admin().close()                  # the session (and the lock on it) is gone
         conn = run.admin()                   # reopened: the lock is taken again before anything else
         key = lock_key(run.project.spec.app, run.env)
@@ -75,7 +75,7 @@ def test_a_reopened_admin_session_takes_the_lock_again(env, monkeypatch):
             "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
             "AND classid = %s::oid AND objid = %s::oid AND granted)",
             (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0])
-        return real(run, name, journal, result)
+        return real(run, name, journal, result, role)
 
     monkeypatch.setattr(commands, "_playbook", playbook)
     assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
