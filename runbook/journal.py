@@ -182,17 +182,21 @@ class _SqlStore:
 
     location: str
     app: str | None = None
+    # False: a file from before the role column, opened read-only (nothing may add it): its rows
+    # have no role, so they read as the shorthand's and as soaks of the very digest asked for
+    has_role: bool = True
 
     def _scoped(self, where: str, params: tuple) -> tuple[str, tuple]:
         if self.app is None:
             return where, params
         return f"({where}) AND app = %s", (*params, self.app)
 
-    @staticmethod
-    def _role_scoped(where: str, params: tuple, role: RoleScope | None) -> tuple[str, tuple]:
+    def _role_scoped(self, where: str, params: tuple, role: RoleScope | None) -> tuple[str, tuple]:
         """One role's soaks: its own rows, and rows from before the role column of its very spec."""
         if role is None:
             return where, params
+        if not self.has_role:
+            return f"({where}) AND digest = %s", (*params, role[1])
         return f"({where}) AND (role = %s OR (role IS NULL AND digest = %s))", (*params, *role)
 
     # --- dialect hooks -------------------------------------------------------------------
@@ -204,7 +208,7 @@ class _SqlStore:
 
     # --- helpers ---------------------------------------------------------------------------
     def _select(self, table: str, where: str, params: tuple, order: str = "id DESC", limit: int | None = None) -> list[dict[str, Any]]:
-        cols = _COLUMNS[table]
+        cols = tuple(c for c in _COLUMNS[table] if c != "role" or self.has_role)
         if table != "checkpoints":          # checkpoints hang off a soak, which is scoped
             where, params = self._scoped(where, params)
         text = f"SELECT {', '.join(cols)} FROM {{t}} WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
@@ -332,6 +336,8 @@ class _SqlStore:
 
     def last_approval(self, env: str, role: str) -> dict[str, Any] | None:
         """The latest promotion of `env` that took `role` (several roles: one approval row each)."""
+        if not self.has_role:
+            return None         # a journal from before the role column never recorded one
         rows = self._select("approvals", "env = %s AND role = %s", (env, role), limit=1)
         return rows[0] if rows else None
 
@@ -613,6 +619,8 @@ class SqliteStore(_SqlStore):
         try:
             if not create:       # read-only runs: the file as it is, no DDL, no WAL switch
                 self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+                self.has_role = all(any(col[1] == "role" for col in self.conn.execute(f"PRAGMA table_info({table})"))
+                                    for table in ROLE_SCOPED)
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
