@@ -82,8 +82,11 @@ def test_retire_killed_midway_converges(pg, tmp_path, step):
 
 
 def test_five_concurrent_provisions_one_works_others_exit_5(pg, tmp_path):
-    # the restart command holds the winner inside its run long enough for everyone to collide
-    env = make_env(pg, tmp_path, admin="superuser", restart="sleep 3")
+    # the restart command holds the winner inside its run until the others have ended (or 60 s),
+    # so however loaded the machine, every loser meets the lock rather than a finished run
+    release = tmp_path / "release"
+    env = make_env(pg, tmp_path, admin="superuser",
+                   restart=f"for i in $(seq 1200); do [ -f '{release}' ] && break; sleep 0.05; done")
     environ = {**os.environ, **env.environ, "NO_COLOR": "1", "CI": "true"}
     procs = [subprocess.Popen([sys.executable, "-m", "runbook.cli", "provision", "--env", "staging", "--yes"],
                               cwd=env.dir, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -93,6 +96,8 @@ def test_five_concurrent_provisions_one_works_others_exit_5(pg, tmp_path):
         for i, p in enumerate(procs):
             if i not in ended and p.poll() is not None:
                 ended[i] = time.monotonic()
+        if len(ended) >= len(procs) - 1:
+            release.touch()
         time.sleep(0.02)
     codes = [p.returncode for p in procs]
     errs = [p.stderr.read() for p in procs]
