@@ -52,8 +52,8 @@ def test_cli_drain_timeout_is_one_line_exit_3_with_progress_and_the_rerun_finish
         assert f"staging: sessions of {a}: 1 open" in out.stderr          # the progress display, plain
         assert "Traceback" not in out.stderr
         diag = cli(env, "diagnose", "--env", "staging")
-        # rich wraps a pipe's lines at its width: compare words, not line breaks
-        assert f"a rotation to {b} is half-way" in " ".join((diag.stderr + diag.stdout).split())
+        said = " ".join((diag.stderr + diag.stdout).split())       # the display wraps long lines
+        assert f"a rotation to {b} is half-way" in said, said
         held.execute("SELECT 1")
     finally:
         held.close()
