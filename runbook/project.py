@@ -870,6 +870,13 @@ def _check_roles(spec: ProjectSpec, located: Located) -> None:
             seen_flag[entry.flag.name] = name
         if owner is not None and owner in names:
             raise ConfigError(f"{where}: owner {owner!r} is a managed role of this project; the owner never is")
+    for name, entry in spec.roles.items():
+        if entry.rotation == "alternating":
+            taken = [login for login in entry.logins if login in names]
+            if taken:
+                # the alternating role's logins would be that other role: two specs for one PostgreSQL role
+                raise ConfigError(f"{located.where(('roles', name, 'rotation'))}: {name} alternates between "
+                                  f"{' and '.join(entry.logins)}, and {taken[0]} is another role of this project")
     for var, name in seen_var.items():
         if var in seen_flag:
             raise ConfigError(f"{located.where(('roles', name, 'url_var'))}: {var} is also {seen_flag[var]}'s flag")

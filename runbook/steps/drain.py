@@ -252,4 +252,6 @@ class Drain(Step[DrainObserved]):
 
 
 def _role_specs(project: Project) -> list[RoleSpec]:
-    return [project.role]
+    # every role of a `roles:` map: the step stays in the playbook if any one of them alternates,
+    # and observes nothing for the ones that rotate single
+    return [managed.spec for managed in project.roles.values()]

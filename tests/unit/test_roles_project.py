@@ -206,3 +206,36 @@ def test_the_json_schema_has_roles_with_every_role_key():
         assert key in entry, key
     # every RoleSpec field arrives on the entry (a field added to RoleSpec later arrives too)
     assert set(project.RoleSpec.model_fields) <= set(project.RoleEntry.model_fields)
+
+
+MIXED = """
+version: 1
+app: raptor
+roles:
+  raptor_readonly:
+    url_var: READONLY_DATABASE_URL
+    schemas:
+      public: {tables: [SELECT]}
+  raptor_app:
+    url_var: APP_DATABASE_URL
+    rotation: alternating
+    flag: {name: FLAG_ROLE_SEPARATION}
+environments:
+  staging: {provider: local, database: {dsn_env: X}}
+"""
+
+
+def test_an_alternating_role_after_a_single_one_keeps_the_drain_step():
+    from runbook import playbook
+
+    loaded = project.loads(MIXED)
+    for name in ("provision", "rotate"):
+        assert "drain" in [s.kind for s in playbook.load(name, loaded).steps]
+
+
+def test_a_role_named_like_another_roles_login_is_refused():
+    text = MIXED.replace("  raptor_readonly:\n", "  raptor_app_b:\n")
+    with pytest.raises(ConfigError) as err:
+        project.loads(text)
+    assert "raptor_app_b is another role of this project" in err.value.message
+    assert "\n" not in err.value.message
