@@ -140,3 +140,22 @@ def test_a_role_missing_from_url_names_is_refused_in_one_line_before_any_change(
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"app.url_names has no entry for {CI_URL}" in errors[0], out.stderr
     assert aws("secretsmanager").list_secrets()["SecretList"] == [] and pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (list(names),)) == [(0,)]
+
+
+@pytest.mark.parametrize(("app", "why"), [
+    ({"url_name": "a", "url_names": {APP_URL: "b"}}, "not both"),
+    ({}, "not both"),
+    ({"url_names": {APP_URL: "same", RO_URL: "same"}}, "same is named for several variables"),
+    ({"url_names": {APP_URL: "bad name!"}}, "url_names.RAPTOR_APP_DATABASE_URL 'bad name!' is not a Secrets Manager"),
+    ({"url_store": "ssm", "url_names": {APP_URL: "aws/x"}}, "url_names.RAPTOR_APP_DATABASE_URL 'aws/x'"),
+])
+def test_url_names_is_checked_when_the_file_loads(tmp_path, app, why):
+    from runbook import project as projects
+    from runbook.errors import ConfigError
+
+    path = write_roles_project(tmp_path, roles_block("raptor_app", "raptor_ro", flag=FLAG), {
+        "provider": "rds", "database": {"instance": "raptor-staging", "region": REGION},
+        "app": {"platform": "ecs", "cluster": "raptor", "service": "web", "flag_parameter": PARAM, **app}})
+    with pytest.raises(ConfigError) as err:
+        projects.load(path)
+    assert why in err.value.message and "\n" not in err.value.message
