@@ -185,8 +185,10 @@ class CloudRunAppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _secrets(self) -> "CloudRunAppConfig":
-        if (self.url_secret is None) == (self.url_secrets is None):
-            raise ValueError("give url_secret (one role) or url_secrets (each role's url_var → its own secret), not both")
+        if self.url_secret is not None and self.url_secrets is not None:
+            raise ValueError("url_secret and url_secrets together: give url_secret (one role) or url_secrets, not both")
+        if self.url_secret is None and self.url_secrets is None:
+            raise ValueError("url_secret is required (or url_secrets: each role's url_var → its own secret)")
         where = {"url_secret": self.url_secret} if self.url_secret is not None else \
             {f"url_secrets.{var}": name for var, name in (self.url_secrets or {}).items()}
         if not where:

@@ -99,8 +99,10 @@ class EcsAppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _url_name(self) -> "EcsAppConfig":
-        if (self.url_name is None) == (self.url_names is None):
-            raise ValueError("give url_name (one role) or url_names (each role's url_var → its own secret), not both")
+        if self.url_name is not None and self.url_names is not None:
+            raise ValueError("url_name and url_names together: give url_name (one role) or url_names, not both")
+        if self.url_name is None and self.url_names is None:
+            raise ValueError("url_name is required (or url_names: each role's url_var → its own secret)")
         where = {"url_name": self.url_name} if self.url_name is not None else \
             {f"url_names.{var}": name for var, name in (self.url_names or {}).items()}
         if not where:

@@ -141,7 +141,7 @@ def test_a_role_missing_from_url_secrets_is_refused_before_any_change(world, fak
 
 @pytest.mark.parametrize(("app", "why"), [
     ({"url_secret": "a", "url_secrets": {APP_URL: "b"}}, "not both"),
-    ({}, "not both"),
+    ({}, "url_secret is required (or url_secrets"),
     ({"url_secrets": {APP_URL: "same", RO_URL: "same"}}, "same is named for several variables"),
     ({"url_secrets": {APP_URL: "no/slash"}}, "url_secrets.RAPTOR_APP_DATABASE_URL 'no/slash' is not a Secret Manager"),
 ])

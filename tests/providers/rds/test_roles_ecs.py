@@ -144,7 +144,7 @@ def test_a_role_missing_from_url_names_is_refused_in_one_line_before_any_change(
 
 @pytest.mark.parametrize(("app", "why"), [
     ({"url_name": "a", "url_names": {APP_URL: "b"}}, "not both"),
-    ({}, "not both"),
+    ({}, "url_name is required (or url_names"),
     ({"url_names": {APP_URL: "same", RO_URL: "same"}}, "same is named for several variables"),
     ({"url_names": {APP_URL: "bad name!"}}, "url_names.RAPTOR_APP_DATABASE_URL 'bad name!' is not a Secrets Manager"),
     ({"url_store": "ssm", "url_names": {APP_URL: "aws/x"}}, "url_names.RAPTOR_APP_DATABASE_URL 'aws/x'"),
