@@ -348,9 +348,11 @@ class AppPlatform(Protocol):
     can_restart: bool
     #: True when the URL the platform writes names its pooler, not the credential's endpoint.
     url_is_pooled: bool
-    #: The one setting that holds the URL where the platform keeps one per environment (ECS
-    #: `app.url_name`): a project with several roles cannot run there. None: one per variable.
-    one_url: str | None
+
+    def several_urls(self, url_vars: list[str]) -> str | None:
+        """Why a project whose roles use these URL variables cannot run here (ECS or Cloud Run
+        with one URL secret for the environment); None: each variable has its own setting."""
+        ...
 
     def received_url(self) -> str | Digest | None:
         """What the app process will receive for the URL (the resolved ECS task-definition
@@ -399,8 +401,10 @@ class AppBase:
     config_change_restarts: bool = False
     can_restart: bool = True
     url_is_pooled: bool = False
-    one_url: str | None = None
     ctx: OpenContext
+
+    def several_urls(self, url_vars: list[str]) -> str | None:
+        return None      # a keyed store holds one value per variable
 
     # the key → value store; a keyed platform implements these three
     def get_config(self, keys: list[str]) -> "Mapping[str, str | Digest | None]":

@@ -137,7 +137,12 @@ class CloudRunAppConfig(BaseModel):
     project: ProjectId = Field(description="Google Cloud project id (default: the cloudsql database's project)", examples=['raptor-prod-123'])
     region: str = Field(description="region of the Cloud Run service, e.g. europe-west1", examples=['europe-west1'])
     service: str = Field(description="Cloud Run service name", examples=['web'])
-    url_secret: str = Field(description="Secret Manager secret that holds the role's URL", examples=['raptor-database-url'])
+    url_secret: str | None = Field(default=None, description="Secret Manager secret that holds the role's URL (one "
+                                   "role; with several, url_secrets)", examples=['raptor-database-url'])
+    url_secrets: dict[str, str] | None = Field(
+        default=None, description="several roles: each role's url_var → its own Secret Manager secret (instead of "
+        "url_secret), each an env var of the serving revision",
+        examples=[{"APP_DATABASE_URL": "raptor-app-url", "READONLY_DATABASE_URL": "raptor-readonly-url"}])
     container: str | None = Field(default=None, description="container that gets the env vars "
                                   "(default: the one serving traffic)", examples=["app"])
     replication: Literal["automatic"] | UserManaged = Field(
@@ -178,12 +183,29 @@ class CloudRunAppConfig(BaseModel):
             raise ValueError(f"{v!r} is not a Cloud Run region or service name (lower-case letters, digits, -)")
         return v
 
-    @field_validator("url_secret")
-    @classmethod
-    def _secret(cls, v: str) -> str:
-        if not _SECRET_ID.match(v):
-            raise ValueError(f"url_secret {v!r} is not a Secret Manager secret id (letters, digits, _ and -)")
-        return v
+    @model_validator(mode="after")
+    def _secrets(self) -> "CloudRunAppConfig":
+        if self.url_secret is not None and self.url_secrets is not None:
+            raise ValueError("url_secret and url_secrets together: give url_secret (one role) or url_secrets, not both")
+        if self.url_secret is None and self.url_secrets is None:
+            raise ValueError("url_secret is required (or url_secrets: each role's url_var → its own secret)")
+        where = {"url_secret": self.url_secret} if self.url_secret is not None else \
+            {f"url_secrets.{var}": name for var, name in (self.url_secrets or {}).items()}
+        if not where:
+            raise ValueError("url_secrets is empty")
+        for what, v in where.items():
+            if not _SECRET_ID.match(v):
+                raise ValueError(f"{what} {v!r} is not a Secret Manager secret id (letters, digits, _ and -)")
+        names = list(where.values())
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            # one secret would hold two roles' URLs, the last version winning
+            raise ValueError(f"url_secrets: {', '.join(twice)} is named for several variables; each role needs its own")
+        return self
+
+    def secret_for(self, var: str) -> str | None:
+        """The secret that holds `var`'s URL (None: url_secrets has no entry for it)."""
+        return self.url_secret if self.url_secrets is None else self.url_secrets.get(var)
 
     def replication_body(self) -> dict[str, Any]:
         """Secret.replication as the v1 document spells it."""
@@ -216,7 +238,6 @@ class CloudRunApp(IntentApp):
     key = "cloudrun"
     other_keys = True       # any other key is a plain env var of the container
     config_change_restarts = True
-    one_url = "app.url_secret"      # one Secret Manager secret for the URL, whatever url_var says
 
     def __init__(self, config: CloudRunAppConfig, ctx: OpenContext, *,
                  sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None) -> None:
@@ -227,6 +248,18 @@ class CloudRunApp(IntentApp):
         self._budget = budget        # default: the budget shared by every client of this identity
         self._clients: dict[str, ApiClient] = {}
         self._project_number: str | None = None
+        # the selected role's secret (the Context reopens the app for each role with its url_var)
+        self.url_secret = config.secret_for(ctx.url_var) or ""
+
+    def several_urls(self, url_vars: list[str]) -> str | None:
+        """Several roles need one secret each: url_secrets, with an entry per role's url_var."""
+        if self.config.url_secrets is None:
+            return ("the cloudrun platform keeps one URL per environment (app.url_secret); give each role's url_var "
+                    "its own secret in app.url_secrets")
+        missing = [var for var in url_vars if var not in self.config.url_secrets]
+        if missing:
+            return f"app.url_secrets has no entry for {', '.join(missing)}; each role's URL needs its own secret"
+        return None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -250,10 +283,10 @@ class CloudRunApp(IntentApp):
 
     @property
     def _secret_path(self) -> str:
-        return f"/v1/projects/{self.config.project}/secrets/{self.config.url_secret}"
+        return f"/v1/projects/{self.config.project}/secrets/{self.url_secret}"
 
     def _secret_ref(self) -> str:
-        return f"projects/{self.config.project}/secrets/{self.config.url_secret}"
+        return f"projects/{self.config.project}/secrets/{self.url_secret}"
 
     def _learn_number(self, name: object) -> None:
         """Secret Manager names resources by project number: remember ours."""
@@ -283,7 +316,7 @@ class CloudRunApp(IntentApp):
         if response.status_code == 400:
             # FAILED_PRECONDITION: the version is disabled or destroyed; any other 400 is a real error
             if (body.get("error") or {}).get("status") != "FAILED_PRECONDITION":
-                raise ProviderError(f"Secret Manager API: reading {self.config.url_secret} (version {version}) "
+                raise ProviderError(f"Secret Manager API: reading {self.url_secret} (version {version}) "
                                     f"failed: {redact(google_error(response))}")
             return None, None
         payload = body.get("payload") or {} if response.status_code == 200 else {}
@@ -294,15 +327,15 @@ class CloudRunApp(IntentApp):
         try:
             raw = base64.b64decode(data)
         except ValueError:
-            raise ProviderError(f"Secret Manager: version {version} of {self.config.url_secret} is not base64") from None
+            raise ProviderError(f"Secret Manager: version {version} of {self.url_secret} is not base64") from None
         checksum = payload.get("dataCrc32c")
         if checksum is not None and str(crc32c(raw)) != str(checksum):
-            raise ProviderError(f"Secret Manager: version {version} of {self.config.url_secret} arrived damaged "
+            raise ProviderError(f"Secret Manager: version {version} of {self.url_secret} arrived damaged "
                                 "(its CRC32C does not match dataCrc32c); rerun")
         try:
             value = raw.decode()
         except UnicodeDecodeError:
-            raise ProviderError(f"Secret Manager: version {version} of {self.config.url_secret} is not UTF-8 text") from None
+            raise ProviderError(f"Secret Manager: version {version} of {self.url_secret} is not UTF-8 text") from None
         return value, _short(body.get("name")) or None
 
     def _ensure_secret(self) -> dict[str, Any]:
@@ -311,7 +344,7 @@ class CloudRunApp(IntentApp):
         secret = self._secret()
         if secret is None:
             response = self._call("secrets", "POST", f"/v1/projects/{self.config.project}/secrets",
-                                  params={"secretId": self.config.url_secret},
+                                  params={"secretId": self.url_secret},
                                   json={"replication": self.config.replication_body(),
                                         "labels": {"managed-by": "pg-runbook"}},
                                   allow=(409,))   # 409 ALREADY_EXISTS: a concurrent run made it; keep it
@@ -320,7 +353,7 @@ class CloudRunApp(IntentApp):
             return secret or {}
         configured = self.config.model_fields_set & {"replication", "kms_key"}
         if configured and secret.get("replication") != self.config.replication_body():
-            raise Refused(f"Secret Manager secret {self.config.url_secret} exists with another replication "
+            raise Refused(f"Secret Manager secret {self.url_secret} exists with another replication "
                           f"({_one_line(secret.get('replication'))}) than app.replication asks for; replication "
                           "cannot change: delete the secret, or make app.replication match it")
         return secret
@@ -332,7 +365,7 @@ class CloudRunApp(IntentApp):
                                                 "dataCrc32c": str(crc32c(raw))}})
         version = _short(json_body(response, "Secret Manager API").get("name"))
         if not version.isdigit():
-            raise ProviderError(f"Secret Manager API: adding a version to {self.config.url_secret} "
+            raise ProviderError(f"Secret Manager API: adding a version to {self.url_secret} "
                                 "answered without the version's name")
         return version
 
@@ -378,7 +411,7 @@ class CloudRunApp(IntentApp):
         if not c.grant_access:
             return    # granted elsewhere (project-wide): a missing grant surfaces as the rollout's error
         member = f"serviceAccount:{self.runtime_account(service)}"
-        command = (f"gcloud secrets add-iam-policy-binding {c.url_secret} --project={c.project} "
+        command = (f"gcloud secrets add-iam-policy-binding {self.url_secret} --project={c.project} "
                    f"--member={member} --role={ACCESSOR}")
         for _ in range(3):
             policy = self._get("secrets", f"{self._secret_path}:getIamPolicy",
@@ -399,12 +432,12 @@ class CloudRunApp(IntentApp):
                                   json={"policy": new}, allow=(403, 409))
             if response.status_code == 403:
                 raise Refused(f"{member.split(':', 1)[1]} (the runtime account of {c.service}) may not read secret "
-                              f"{c.url_secret}, and the tool may not grant it ({redact(google_error(response))}); "
+                              f"{self.url_secret}, and the tool may not grant it ({redact(google_error(response))}); "
                               f"run `{command}` and rerun (or, if it holds the role project-wide, set "
                               "app.grant_access: false)")
             if response.status_code != 409:    # 409 ABORTED: the policy changed since read; read it again
                 return
-        raise ProviderError(f"Secret Manager: the IAM policy of {c.url_secret} kept changing under us; rerun")
+        raise ProviderError(f"Secret Manager: the IAM policy of {self.url_secret} kept changing under us; rerun")
 
     # -- Cloud Run service -----------------------------------------------------------------
 
@@ -563,9 +596,9 @@ class CloudRunApp(IntentApp):
         ours only when the project is ours (its number as Secret Manager names it)."""
         ref = ((entry or {}).get("valueSource") or {}).get("secretKeyRef") or {}
         secret = str(ref.get("secret") or "")
-        if secret != self.config.url_secret:
+        if secret != self.url_secret:
             match = _SECRET_REF.match(secret)
-            if not match or match["secret"] != self.config.url_secret:
+            if not match or match["secret"] != self.url_secret:
                 return None
             if match["project"] != self.config.project and match["project"] != self.project_number():
                 return None
@@ -587,7 +620,7 @@ class CloudRunApp(IntentApp):
         return out
 
     def places(self) -> tuple[str, str]:
-        return (f"(secret {self.config.url_secret})", "(an env var)")
+        return (f"(secret {self.url_secret})", "(an env var)")
 
     def read(self, *, url: bool, flag: bool, others: list[str]) -> dict[str, str | Digest | None]:
         """What the revisions taking traffic hand the app: the URL secret's version their env
@@ -674,7 +707,7 @@ class CloudRunApp(IntentApp):
             version = pinned
         else:
             version = number
-        ref = {"secret": self.config.url_secret, "version": version}
+        ref = {"secret": self.url_secret, "version": version}
         return number, {"name": key, "valueSource": {"secretKeyRef": ref}}
 
     def remove(self, *, url: bool = False, flag: bool = False, others: list[str] | None = None) -> None:
@@ -683,8 +716,8 @@ class CloudRunApp(IntentApp):
         service = self._service()
         if url:
             for volume in (service.get("template") or {}).get("volumes") or []:
-                if (volume.get("secret") or {}).get("secret") in (self.config.url_secret, self._secret_ref()):
-                    raise ConfigError(f"Cloud Run service {self.config.service} mounts secret {self.config.url_secret} "
+                if (volume.get("secret") or {}).get("secret") in (self.url_secret, self._secret_ref()):
+                    raise ConfigError(f"Cloud Run service {self.config.service} mounts secret {self.url_secret} "
                                       f"as volume {volume.get('name')}; remove that mount, then rerun")
 
         def edit(service: dict[str, Any]) -> None:

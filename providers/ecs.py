@@ -63,7 +63,12 @@ class EcsAppConfig(BaseModel):
     region: str | None = Field(default=None, description="AWS region (default: the rds database's, else AWS_REGION)", examples=['eu-west-1'])
     profile: str | None = Field(default=None, description="AWS profile (default: the rds database's, else boto3's chain)", examples=['prod-admin'])
     url_store: Literal["secretsmanager", "ssm"] = Field(default="secretsmanager", description="where the role's URL lives")
-    url_name: str = Field(description="Secrets Manager secret name/ARN, or SSM parameter name, for the URL", examples=['raptor/prod/database-url'])
+    url_name: str | None = Field(default=None, description="Secrets Manager secret name/ARN, or SSM parameter name, for the URL "
+                                 "(one role; with several, url_names)", examples=['raptor/prod/database-url'])
+    url_names: dict[str, str] | None = Field(
+        default=None, description="several roles: each role's url_var → its own secret / parameter (instead of "
+        "url_name); the task definition has one secrets entry per variable",
+        examples=[{"APP_DATABASE_URL": "raptor/prod/app-url", "READONLY_DATABASE_URL": "raptor/prod/readonly-url"}])
     flag_parameter: str = Field(description="SSM String parameter holding the feature flag", examples=['/raptor/prod/role-separation'])
     kms_key: str | None = Field(default=None, description="KMS key for the secret / SecureString (default: the AWS-managed key)", examples=['alias/raptor'])
     recovery_window_days: int = Field(default=7, ge=7, le=30, description="Secrets Manager recovery window on retire")
@@ -94,11 +99,29 @@ class EcsAppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _url_name(self) -> "EcsAppConfig":
-        if self.url_store == "ssm":
-            _check_parameter_name(self.url_name, "url_name")
-        elif not _SECRET_NAME.match(self.url_name):
-            raise ValueError(f"url_name {self.url_name!r} is not a Secrets Manager secret name or ARN")
+        if self.url_name is not None and self.url_names is not None:
+            raise ValueError("url_name and url_names together: give url_name (one role) or url_names, not both")
+        if self.url_name is None and self.url_names is None:
+            raise ValueError("url_name is required (or url_names: each role's url_var → its own secret)")
+        where = {"url_name": self.url_name} if self.url_name is not None else \
+            {f"url_names.{var}": name for var, name in (self.url_names or {}).items()}
+        if not where:
+            raise ValueError("url_names is empty")
+        for what, name in where.items():
+            if self.url_store == "ssm":
+                _check_parameter_name(name, what)
+            elif not _SECRET_NAME.match(name):
+                raise ValueError(f"{what} {name!r} is not a Secrets Manager secret name or ARN")
+        names = list(where.values())
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            # one secret would hold two roles' URLs, the last write winning
+            raise ValueError(f"url_names: {', '.join(twice)} is named for several variables; each role needs its own")
         return self
+
+    def name_for(self, var: str) -> str | None:
+        """The secret / parameter that holds `var`'s URL (None: url_names has no entry for it)."""
+        return self.url_name if self.url_names is None else self.url_names.get(var)
 
     def open(self, ctx: OpenContext) -> "EcsApp":
         return EcsApp(self, ctx)
@@ -256,7 +279,6 @@ class EcsApp(IntentApp):
     key = "ecs"
     #: config lives in Secrets Manager / SSM; tasks only see it after a new deployment
     config_change_restarts = False
-    one_url = "app.url_name"        # one secret / parameter for the URL, whatever url_var says
 
     def __init__(self, config: EcsAppConfig, ctx: OpenContext, *, session: Any = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -268,12 +290,24 @@ class EcsApp(IntentApp):
         self._sleep = sleep
         self._clock = clock
         self._deploying: str | None = None     # a deployment this process started by updating the service
+        # the selected role's store (the Context reopens the app for each role with its url_var)
+        self.url_name = config.name_for(ctx.url_var) or ""
+
+    def several_urls(self, url_vars: list[str]) -> str | None:
+        """Several roles need one store each: url_names, with an entry per role's url_var."""
+        if self.config.url_names is None:
+            return ("the ecs platform keeps one URL per environment (app.url_name); give each role's url_var its "
+                    f"own {'secret' if self.config.url_store == 'secretsmanager' else 'parameter'} in app.url_names")
+        missing = [var for var in url_vars if var not in self.config.url_names]
+        if missing:
+            return f"app.url_names has no entry for {', '.join(missing)}; each role's URL needs its own store"
+        return None
 
     def describe(self) -> dict[str, str]:
         c = self.config
         return {
             "ecs": f"{c.cluster}/{c.service} ({self.aws.region})",
-            "url": f"{c.url_store}:{c.url_name} (as the service's task definition references it)",
+            "url": f"{c.url_store}:{self.url_name} (as the service's task definition references it)",
             "flag": f"ssm:{c.flag_parameter}",
             "task_definition": "registered by pg-runbook" if c.register_task_definition else "yours (pg-runbook prints the entry)",
         }
@@ -281,7 +315,7 @@ class EcsApp(IntentApp):
     # -- what a task receives ---------------------------------------------------------------
 
     def places(self) -> tuple[str, str]:
-        return (f"({self.config.url_store} {self.config.url_name})", f"(SSM {self.config.flag_parameter})")
+        return (f"({self.config.url_store} {self.url_name})", f"(SSM {self.config.flag_parameter})")
 
     def _service(self) -> dict[str, Any]:
         c = self.config
@@ -398,8 +432,8 @@ class EcsApp(IntentApp):
         if kind == "flag":
             return Reference("ssm", self._parameter_ref(c.flag_parameter))
         if c.url_store == "ssm":
-            return Reference("ssm", self._parameter_ref(c.url_name))
-        return Reference("secretsmanager", self._secret_arn() or c.url_name, "url")
+            return Reference("ssm", self._parameter_ref(self.url_name))
+        return Reference("secretsmanager", self._secret_arn() or self.url_name, "url")
 
     def _parameter_ref(self, name: str) -> str:
         """An SSM parameter as a task definition names it: its ARN once it exists (the name alone
@@ -480,7 +514,7 @@ class EcsApp(IntentApp):
             return False
         if want.kind == "ssm":
             return ref.parameter_name == Reference("ssm", want.source).parameter_name
-        return ref.source == want.source or ref.source == self.config.url_name
+        return ref.source == want.source or ref.source == self.url_name
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -535,7 +569,7 @@ class EcsApp(IntentApp):
         keep = ("Description", "UserName", "AuthScheme", "SecretArn", "IAMAuth", "ClientPasswordAuthType")
         self.aws.call("rds", "modify_db_proxy", DBProxyName=name,
                       Auth=[{k: v for k, v in a.items() if k in keep} for a in auth])
-        log.info("RDS Proxy %s: secret %s %s its Auth list", name, self.config.url_name, "added to" if add else "removed from")
+        log.info("RDS Proxy %s: secret %s %s its Auth list", name, self.url_name, "added to" if add else "removed from")
 
     def remove(self, *, url: bool = False, flag: bool = False, others: list[str] | None = None) -> None:
         for kind in [kind for kind, wanted in (("url", url), ("flag", flag)) if wanted]:
@@ -549,7 +583,7 @@ class EcsApp(IntentApp):
                     self._proxy_auth(proxy, add=False)
                 self._delete_secret()
             else:
-                self._delete_parameter(self.config.url_name if kind == "url" else self.config.flag_parameter)
+                self._delete_parameter(self.url_name if kind == "url" else self.config.flag_parameter)
 
     def _dereference(self, var: str, kind: str) -> None:
         service = self._service()
@@ -595,7 +629,7 @@ class EcsApp(IntentApp):
 
     def _describe_secret(self) -> dict[str, Any] | None:
         try:
-            return self.aws.call("secretsmanager", "describe_secret", SecretId=self.config.url_name)
+            return self.aws.call("secretsmanager", "describe_secret", SecretId=self.url_name)
         except AwsError as exc:
             if exc.code == "ResourceNotFoundException":
                 return None
@@ -610,57 +644,57 @@ class EcsApp(IntentApp):
 
     def _get_url(self) -> str | None:
         if self.config.url_store == "ssm":
-            return self._get_parameter(self.config.url_name, True)
+            return self._get_parameter(self.url_name, True)
         if self._secret_state() != "present":
             return None
-        out = self.aws.call("secretsmanager", "get_secret_value", SecretId=self.config.url_name)
+        out = self.aws.call("secretsmanager", "get_secret_value", SecretId=self.url_name)
         try:
             url = secret_to_url(json.loads(out.get("SecretString") or ""))
         except (ValueError, KeyError, TypeError):
-            raise ProviderError(f"secret {self.config.url_name} is not RDS secret JSON (host, username, …)") from None
+            raise ProviderError(f"secret {self.url_name} is not RDS secret JSON (host, username, …)") from None
         return Secret(url).reveal()   # registered with the redactor before it leaves
 
     def _put_url(self, value: str | Secret) -> None:
         url = Secret(value)
         c = self.config
         if c.url_store == "ssm":
-            params: dict[str, Any] = {"Name": c.url_name, "Value": url.reveal(), "Type": "SecureString",
+            params: dict[str, Any] = {"Name": self.url_name, "Value": url.reveal(), "Type": "SecureString",
                                       "Overwrite": True}
             if c.kms_key:
                 params["KeyId"] = c.kms_key
             self.aws.call("ssm", "put_parameter", **params)
-            log.info("ssm %s: URL stored as SecureString", c.url_name)
+            log.info("ssm %s: URL stored as SecureString", self.url_name)
             return
         body = Secret(json.dumps(url_to_secret(url.reveal())))
         state = self._secret_state()
         if state == "absent":
-            if c.url_name.startswith("arn:"):
-                raise ConfigError(f"app.url_name: no secret {c.url_name}; give a name and pg-runbook creates it")
-            params = {"Name": c.url_name, "SecretString": body.reveal(),
+            if self.url_name.startswith("arn:"):
+                raise ConfigError(f"app.url_name: no secret {self.url_name}; give a name and pg-runbook creates it")
+            params = {"Name": self.url_name, "SecretString": body.reveal(),
                       "Description": f"pg-runbook: {self.ctx.app_name} {self.ctx.env_name} application role"}
             if c.kms_key:
                 params["KmsKeyId"] = c.kms_key
             try:
                 self.aws.call("secretsmanager", "create_secret", **params)
-                log.info("secretsmanager %s: created", c.url_name)
+                log.info("secretsmanager %s: created", self.url_name)
                 return
             except AwsError as exc:
                 if exc.code != "ResourceExistsException":   # created meanwhile: write a new version
                     raise
         elif state == "deleted":
             # retired earlier and still in its recovery window
-            self.aws.call("secretsmanager", "restore_secret", SecretId=c.url_name)
-            log.info("secretsmanager %s: restored from scheduled deletion", c.url_name)
+            self.aws.call("secretsmanager", "restore_secret", SecretId=self.url_name)
+            log.info("secretsmanager %s: restored from scheduled deletion", self.url_name)
         # a new version becomes AWSCURRENT; the one it replaces keeps AWSPREVIOUS
-        self.aws.call("secretsmanager", "put_secret_value", SecretId=c.url_name, SecretString=body.reveal())
-        log.info("secretsmanager %s: new version stored", c.url_name)
+        self.aws.call("secretsmanager", "put_secret_value", SecretId=self.url_name, SecretString=body.reveal())
+        log.info("secretsmanager %s: new version stored", self.url_name)
 
     def _delete_secret(self) -> None:
         if self._secret_state() != "present":
             return
-        self.aws.call("secretsmanager", "delete_secret", SecretId=self.config.url_name,
+        self.aws.call("secretsmanager", "delete_secret", SecretId=self.url_name,
                       RecoveryWindowInDays=self.config.recovery_window_days)
-        log.info("secretsmanager %s: scheduled for deletion in %d days", self.config.url_name,
+        log.info("secretsmanager %s: scheduled for deletion in %d days", self.url_name,
                  self.config.recovery_window_days)
 
     # SSM

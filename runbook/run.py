@@ -221,14 +221,13 @@ class Run:
 
     def roles(self, name: str | None) -> list[ManagedRole]:
         """`--role NAME` (None: every role), refused before any change where the app platform
-        keeps one URL per environment and the project has several roles."""
+        cannot give each of the project's several roles its own URL setting."""
         selected = self.project.select(name)
-        one_url = self.ctx.app.one_url if len(self.project.roles) > 1 else None
-        if one_url:
+        several = list(self.project.roles.values())
+        problem = self.ctx.app.several_urls([m.url_var for m in several]) if len(several) > 1 else None
+        if problem:
             # a second role's URL would overwrite the first's in the platform's one setting
-            raise ConfigError(f"{self.env}: the {self.ctx.app.key} platform keeps one URL per environment ({one_url}); "
-                              f"a roles: project with {len(self.project.roles)} roles cannot run there (give this "
-                              "environment another app platform, or keep one role)")
+            raise ConfigError(f"{self.env}: {problem}; a roles: project with {len(several)} roles cannot run there yet")
         return selected
 
     def role_journal(self, journal: engine.Journal) -> engine.Journal:
