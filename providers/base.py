@@ -662,6 +662,7 @@ class OpenContext:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     http_transport: object | None = None   # an httpx transport injected by tests; None = real network
     role_name: str = ""                # the application role (for IAM policies and messages)
+    role_logins: tuple[str, ...] = ()  # the logins the app takes turns on (alternating rotation: NAME_a, NAME_b)
     url_var: str = ""                  # the app config variable that holds the role's URL
     flag_name: str = ""                # the app config variable that holds the feature flag
     budget_key: str | None = None      # fleet runs share one rate budget per account

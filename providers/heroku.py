@@ -542,7 +542,9 @@ class HerokuDatabase(DatabaseBase):
         credential and grants. (Once the credential exists the url step refuses on its own, and a
         retire is not held up by a variable it will not touch.)"""
         var, role, app = self.ctx.url_var, self.ctx.role_name, self.config._app_block
-        if not (app and role and var.endswith("_URL") and len(var) > 4) or self.credential(role) is not None:
+        logins = self.ctx.role_logins or (role,)
+        if not (app and role and var.endswith("_URL") and len(var) > 4) or any(
+                self.credential(name) is not None for name in logins):
             return []
         addon = self._resolve()
         ref = {"id": str(addon["id"]), "name": str(addon.get("name") or addon["id"])}
@@ -552,7 +554,8 @@ class HerokuDatabase(DatabaseBase):
             path = f"/apps/{_q(app)}/config-vars"
             config = _json(self.api.platform.request("GET", path), path)
         # a Heroku credential's user is its name (dist/commands/pg/credentials/url.js fixtures)
-        holding = UrlVar(self.api, app, ref, self.app, lambda: config).holding(var, role, role)
+        siblings = tuple(n for n in logins if n != role)
+        holding = UrlVar(self.api, app, ref, self.app, lambda: config, siblings).holding(var, role, role)
         return [holding.refusal] if holding.refusal else []
 
     def credential_for(self, user: str, password: Secret | None) -> Credential:
@@ -863,7 +866,8 @@ class HerokuApp(AppBase):
         return any(a.get("namespace") == wanted for a in holding.mine)
 
     def _url_var(self, addon: Mapping[str, str]) -> "UrlVar":
-        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values)
+        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values,
+                      tuple(n for n in self.ctx.role_logins if n != self.ctx.role_name))
 
     def _release_note(self) -> str:
         """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the
@@ -910,14 +914,16 @@ class UrlVar:
     ({id, name}; its own app `home`). `config` reads the app's config vars."""
 
     def __init__(self, api: HerokuApi, app: str, addon: Mapping[str, str], home: str,
-                 config: Callable[[], Mapping[str, str]]) -> None:
+                 config: Callable[[], Mapping[str, str]], siblings: tuple[str, ...] = ()) -> None:
         self.api, self.app, self.addon, self.home, self.config = api, app, addon, home, config
+        self.siblings = siblings
 
     def holding(self, var: str, role: str, user: str) -> Holding:
         name = var[:-4]
         attachments = _attachments(self.api, f"/apps/{_q(self.app)}/addon-attachments")
         holders = [a for a in attachments if a.get("name") == name or var in (a.get("config_vars") or [])]
-        mine = [a for a in holders if a.get("name") == name and _ours(a, self.addon["id"], role)]
+        # alternating rotation: the role's other login's attachment is ours to replace too
+        mine = [a for a in holders if a.get("name") == name and any(_ours(a, self.addon["id"], r) for r in (role, *self.siblings))]
         others = [a for a in holders if a not in mine]
         if others:
             return Holding(mine, None, self._held_by(others[0], var, role))

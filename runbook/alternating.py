@@ -161,3 +161,26 @@ def drain(conn: Connection[Any], login: str, timeout: float, progress: Any, *, p
         if left == 0 or remaining <= 0:
             return left
         time.sleep(min(poll, remaining))
+
+
+def api_login(ctx: Any) -> str:
+    """Where the platform issues the logins as credentials (Heroku): the one the app is on, which
+    is the credential the step reads. For `alternating`, the login the app's URL names, else the
+    journal's (a half-way rotation's target first), else the first login; for `single`, the role."""
+    spec = ctx.role
+    if not alternating(spec):
+        return str(spec.name)
+    on = url_login(spec, ctx.app.received_url())
+    if on in spec.logins:
+        return str(on)
+    turn = journal_turn(ctx.journal_history(JOURNAL_WINDOW), spec)
+    return turn.pending or turn.current or spec.logins[0]
+
+
+def grant_specs(ctx: Any) -> list[RoleSpec]:
+    """The roles the spec's grants go to: the role itself, or, where there is no group role
+    (platform credentials: Heroku), each of its two logins, so that nothing depends on which is current."""
+    spec = ctx.role
+    if ctx.api_credentials and alternating(spec):
+        return [spec.model_copy(update={"name": name}) for name in spec.logins]
+    return [spec]

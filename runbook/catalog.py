@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from psycopg import Connection, sql
 
@@ -106,6 +106,8 @@ class Snapshot:
     grant_options: list[Relation] = field(default_factory=list)   # the role may pass these on: beyond any spec
     # relations where a role other than the owner granted the role something (GRANTED BY it)
     foreign: dict[str, "ForeignGrants"] = field(default_factory=dict)
+    # alternating rotation on platform credentials (no group role): each other login's (spec, snapshot)
+    more: tuple[tuple[Any, "Snapshot"], ...] = ()
 
     def creator_names(self) -> tuple[str, ...]:
         return tuple(self.creators) or (self.owner,)

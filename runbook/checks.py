@@ -45,10 +45,11 @@ def check_role(ctx) -> CheckResult:
     name = ctx.role.name
     fix = f"runbook provision --env {ctx.env.name}"
     if ctx.api_credentials:
-        cred = ctx.db.credential(name)
-        if cred is None:
-            return CheckResult("role", "fail", f"credential {name} does not exist", fix)
-        return CheckResult("role", "pass", f"credential {name} exists")
+        names = ctx.role.logins      # alternating: both credentials; else the role's own
+        missing = [n for n in names if ctx.db.credential(n) is None]
+        if missing:
+            return CheckResult("role", "fail", f"credential {', '.join(missing)} does not exist", fix)
+        return CheckResult("role", "pass", f"credential {', '.join(names)} exists")
     from runbook import roles      # roles, catalog and grants bring psycopg: imported when a check reads SQL
 
     facts = roles.facts(ctx.admin(), name)
@@ -108,10 +109,15 @@ def _check_logins(ctx, group, fix: str) -> CheckResult:
 def check_grants(ctx) -> CheckResult:
     from runbook import catalog, grants
 
-    snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
-    if not snap.role_exists:
-        return CheckResult("grants", "fail", f"role {ctx.role.name} does not exist", f"runbook provision --env {ctx.env.name}")
-    found = grants.findings(ctx.role, snap)
+    from runbook.alternating import grant_specs
+
+    # alternating on platform credentials: each login holds the grants (no group role)
+    snaps = [(spec, catalog.snapshot(ctx.admin(), spec, ctx.owner)) for spec in grant_specs(ctx)]
+    snap = snaps[0][1]
+    gone = [spec.name for spec, each in snaps if not each.role_exists]
+    if gone:
+        return CheckResult("grants", "fail", f"role {gone[0]} does not exist", f"runbook provision --env {ctx.env.name}")
+    found = [f for spec, each in snaps for f in grants.findings(spec, each)]
     if not ctx.api_credentials:
         from runbook import roles
 

@@ -227,8 +227,12 @@ def _drift_role(run: Run, result: Result, env: str) -> list[Any] | None:
     name = ctx.role.name
     several = run.project.several
     started = time.perf_counter()
-    snap = catalog.snapshot(run.admin(), ctx.role, ctx.owner)
-    found = grants.findings(ctx.role, snap)
+    from runbook.alternating import grant_specs
+
+    # alternating on platform credentials: each login holds the grants (no group role), the idle one too
+    snaps = [(spec, catalog.snapshot(run.admin(), spec, ctx.owner)) for spec in grant_specs(ctx)]
+    snap = snaps[0][1]
+    found = [f for spec, each in snaps for f in grants.findings(spec, each)]
     if snap.role_exists:
         found = _role_drift(run) + found
     data = result.data.setdefault("by_role", {}).setdefault(name, {}) if several else result.data
@@ -541,7 +545,7 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
                     row["flag"] = f"? ({exc.message})"
                 try:
                     if ctx.api_credentials:
-                        row["role"] = "present" if ctx.db.credential(managed.name) else "absent"
+                        row["role"] = "present" if any(ctx.db.credential(n) for n in managed.spec.logins) else "absent"
                     else:
                         row["role"] = "present" if roles.facts(run.admin(), managed.name).exists else "absent"
                     store = run.open_store(timeout=5, read_only=True)

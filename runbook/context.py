@@ -202,6 +202,7 @@ class Context:
             retry=RetryPolicy(attempts=s.http_attempts, total_seconds=_seconds(s.retry_budget),
                               timeout_seconds=_seconds(s.http_timeout)),
             http_transport=self.http_transport, role_name=self.role.name, url_var=self.url_var,
+            role_logins=self.role.logins,
             flag_name=self.flag.name if self.flag is not None else "",
             progress=self.report_progress, shared=self._shared, runtime=self.providers,
         )
@@ -255,7 +256,9 @@ class Context:
     def platform_credential(self) -> Credential | None:
         """The credential the platform holds for the role (API credentials), read once per run."""
         if self.credential_memo is None:
-            self.credential_memo = (self.db.credential(self.role.name),)
+            from runbook.alternating import api_login
+
+            self.credential_memo = (self.db.credential(api_login(self)),)
         return self.credential_memo[0]
 
     # --- SQL -----------------------------------------------------------------------------

@@ -18,9 +18,6 @@ from runbook.project import Project, RoleSpec
 
 
 def refuse_unsupported(ctx: StepContext) -> None:
-    if ctx.api_credentials:
-        raise ConfigError(f"role.rotation: alternating is not supported on {ctx.db.key} yet (its logins are platform "
-                          "credentials, not SQL roles); use rotation: single there")
     if not ctx.info.password_auth:
         raise ConfigError("role.rotation: alternating needs password logins; with IAM authentication there is no "
                           "password to rotate (use rotation: single)")
@@ -151,6 +148,7 @@ class DrainObserved:
     target: str | None = None                      # the login the app is on now
     old: tuple[tuple[str, int], ...] = ()          # logins still able to log in, with their open sessions
     record: bool = False                           # the journal does not say `target` is current yet
+    api: bool = False                              # platform credentials: invalidate = rotate through the API
 
 
 class Drain(Step[DrainObserved]):
@@ -167,8 +165,10 @@ class Drain(Step[DrainObserved]):
 
     def observe(self, ctx: StepContext) -> DrainObserved:
         spec = ctx.role
-        if not alt.alternating(spec) or ctx.api_credentials:
+        if not alt.alternating(spec):
             return DrainObserved()
+        if ctx.api_credentials:
+            return self._observe_api(ctx)
         if ctx.plan_only:
             return self._preview(ctx)
         conn = ctx.admin()
@@ -189,6 +189,22 @@ class Drain(Step[DrainObserved]):
             if facts.exists and facts.can_login:
                 old.append((name, alt.sessions(conn, name)))
         return DrainObserved(target, tuple(old), turn.current != target)
+
+    def _observe_api(self, ctx: StepContext) -> DrainObserved:
+        """Platform credentials (Heroku) have no NOLOGIN: the old one stays valid until the
+        journal says the rotation to the app's login finished, and is invalidated by a rotation
+        through the API, whose new password nobody was given."""
+        spec = ctx.role
+        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        rotating = "rotate_password" in ctx.state.changed
+        if ctx.plan_only and rotating and turn.pending is None:
+            target = alt.other(spec, alt.api_login(ctx))     # a preview switched nothing yet
+        else:
+            target = ctx.state.login or alt.api_login(ctx)
+        if not (rotating or turn.pending == target):
+            return DrainObserved(target, (), turn.current != target, api=True)
+        old = alt.other(spec, target)
+        return DrainObserved(target, ((old, alt.sessions(ctx.admin(), old)),), True, api=True)
 
     def _preview(self, ctx: StepContext) -> DrainObserved:
         """What a run would drain, from what the steps before it would change (a preview applies
@@ -216,8 +232,12 @@ class Drain(Step[DrainObserved]):
         changes: list[Change] = []
         for name, open_now in observed.old:
             how = f"after its {open_now} open session(s) end (up to {wait})" if open_now else "it has no open sessions"
-            changes.append(roles.invalidate(name, f"the app is on {target}; {how}",
-                                            {"current_login": target, "retired_login": name}))
+            data = {"current_login": target, "retired_login": name}
+            if observed.api:
+                changes.append(Change(f"rotate credential {name} through the {ctx.db.key} API so its password stops "
+                                      f"working (the app is on {target}; {how})", data={**data, "api": True}))
+                continue
+            changes.append(roles.invalidate(name, f"the app is on {target}; {how}", data))
         if not changes and observed.record:
             changes.append(Change(f"record {target} as the current login of {ctx.role.name}",
                                   data={"current_login": target}))
@@ -237,12 +257,17 @@ class Drain(Step[DrainObserved]):
                     f"{format_duration(ctx.settings.drain_timeout)}; the app's URL names {change.data['current_login']} "
                     f"and {old} keeps its password; rerun `runbook rotate --env {ctx.env.name}` once they end "
                     "(or give --drain-timeout more)")
-            roles.apply_all(conn, [change])
+            if change.data.get("api"):
+                ctx.db.rotate(old)
+            else:
+                roles.apply_all(conn, [change])
 
     def verify(self, ctx: StepContext) -> Verdict:
         spec = ctx.role
-        if not alt.alternating(spec) or ctx.api_credentials:
+        if not alt.alternating(spec):
             return Verdict.ok()
+        if ctx.api_credentials:
+            return Verdict.ok(f"{ctx.state.login or alt.api_login(ctx)} is the current credential of {spec.name}")
         conn = ctx.admin()
         live = [name for name in (*spec.logins, spec.name) if roles.facts(conn, name).can_login]
         if len(live) != 1:

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from psycopg import errors as pg_errors, sql
 
 from runbook import catalog, grants, roles
+from runbook.alternating import grant_specs
 from runbook.changes import Change
 from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import Refused, RunbookError
+from runbook.project import RoleSpec
 
 
 def _contended(exc: BaseException) -> str | None:
@@ -83,19 +86,24 @@ class Grants(Step[catalog.Snapshot]):
             # "privileges beyond the spec" revokes would strip the owner's own tables
             roles.refuse_unless_managed(roles.facts(ctx.admin(), ctx.role.name), roles.identity(ctx), owner=ctx.owner,
                                         action="change the privileges of", adopting=ctx.plan_only and ctx.role.adopt)
-        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
-        if any(not c.can_alter for c in snap.creators.values()):
-            # read here, not in plan: a creator whose future tables would stay out of reach
-            for finding in grants.refused_creators(ctx.role, snap, ctx.admin().info.user):
-                if not ctx.plan_only:
-                    raise Refused(finding.detail)
-                ctx.note(finding.detail)
-        return snap
+        specs = grant_specs(ctx)
+        snaps = [catalog.snapshot(ctx.admin(), spec, ctx.owner) for spec in specs]
+        for spec, snap in zip(specs, snaps):
+            if any(not c.can_alter for c in snap.creators.values()):
+                # read here, not in plan: a creator whose future tables would stay out of reach
+                for finding in grants.refused_creators(spec, snap, ctx.admin().info.user):
+                    if not ctx.plan_only:
+                        raise Refused(finding.detail)
+                    ctx.note(finding.detail)
+        if len(snaps) > 1:
+            # alternating on platform credentials: the others' snapshots ride along on the first
+            return replace(snaps[0], more=tuple(zip(specs[1:], snaps[1:])))
+        return snaps[0]
 
     def plan(self, ctx: StepContext, observed: catalog.Snapshot) -> list[Change]:
         for finding in grants.unfixable(ctx.role, observed):
             ctx.note(finding.detail)
-        changes = grants.plan(ctx.role, observed)
+        changes = [c for spec, snap in _each(ctx, observed) for c in grants.plan(spec, snap)]
         found = grants.presets_found(ctx.role, observed)
         if ctx.plan_only and found:
             ctx.note(f"deny presets ({', '.join(ctx.role.deny_presets)}) found and deny: " + ", ".join(found))
@@ -108,8 +116,12 @@ class Grants(Step[catalog.Snapshot]):
         apply_statements(ctx, [c.statement for c in changes if c.statement is not None])
 
     def verify(self, ctx: StepContext) -> Verdict:
-        snap = catalog.snapshot(ctx.admin(), ctx.role, ctx.owner)
-        left = [f for f in grants.findings(ctx.role, snap) if f.kind != "schema-missing"]
+        specs = grant_specs(ctx)
+        snap = catalog.snapshot(ctx.admin(), ctx.role if len(specs) == 1 else specs[0], ctx.owner)
+        left = [f for f in grants.findings(specs[0], snap) if f.kind != "schema-missing"]
+        for spec in specs[1:]:
+            left += [f for f in grants.findings(spec, catalog.snapshot(ctx.admin(), spec, ctx.owner))
+                     if f.kind != "schema-missing"]
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
                            fix=f"runbook drift --env {ctx.env.name}", evidence=snap)
@@ -120,3 +132,8 @@ class Grants(Step[catalog.Snapshot]):
             return Verdict(blocked.status, blocked.detail, blocked.fix, evidence=snap)
         return Verdict.ok(f"{len(snap.relations)} relations, {len(snap.routines)} routines as specified") \
             .with_evidence(snap)
+
+
+def _each(ctx: StepContext, snap: catalog.Snapshot) -> list[tuple[RoleSpec, catalog.Snapshot]]:
+    first = grant_specs(ctx)[0]
+    return [(first, replace(snap, more=())), *snap.more]

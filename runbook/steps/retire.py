@@ -44,6 +44,9 @@ class DropRole(Step[RetireFacts]):
 
     def observe(self, ctx: StepContext) -> RetireFacts:
         if ctx.api_credentials:
+            if ctx.role.rotation == "alternating":     # both credentials go
+                return RetireFacts(more=tuple(RetireFacts(credential=c, name=n) for n in ctx.role.logins
+                                              if (c := ctx.db.credential(n)) is not None))
             return RetireFacts(credential=ctx.platform_credential())
         group = self._facts(ctx, ctx.role.name)
         if ctx.role.rotation != "alternating":
@@ -77,6 +80,9 @@ class DropRole(Step[RetireFacts]):
 
     def plan(self, ctx: StepContext, observed: RetireFacts) -> list[Change]:
         name = ctx.role.name
+        if ctx.api_credentials and ctx.role.rotation == "alternating":
+            return [Change(f"destroy credential {f.name} through the {ctx.db.key} API (after detaching it)",
+                           reversible=False, data={"destroy": f.name}) for f in observed.more]
         if ctx.api_credentials:
             if observed.credential is None:
                 return []
@@ -86,7 +92,8 @@ class DropRole(Step[RetireFacts]):
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
-            ctx.db.destroy(ctx.role.name)
+            for name in [c.data["destroy"] for c in changes if c.data.get("destroy")] or [ctx.role.name]:
+                ctx.db.destroy(name)
             return
         conn = ctx.admin()
         groups: dict[str, list[Change]] = {}
@@ -97,7 +104,8 @@ class DropRole(Step[RetireFacts]):
 
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
-            gone = ctx.db.credential(ctx.role.name) is None
+            names = ctx.role.logins if ctx.role.rotation == "alternating" else (ctx.role.name,)
+            gone = all(ctx.db.credential(n) is None for n in names)
         else:
             names = (ctx.role.name, *(ctx.role.logins if ctx.role.rotation == "alternating" else ()))
             left = [n for n in names if roles.facts(ctx.admin(), n).exists]

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from providers.base import Credential
+from runbook import alternating as alt
 from runbook import roles
 from runbook.app_url import UrlState
 from runbook.changes import Change, PasswordChange
 from runbook.context import RunState, StepContext
 from runbook.engine import Step, Verdict
 from runbook.errors import ConfigError, Refused, RunbookError
-from runbook.steps.drain import Logins, apply_logins, observe_logins, plan_role, plan_rotate, refuse_unsupported
+from runbook.steps.drain import Logins, apply_logins, observe_logins, plan_role, plan_rotate
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class RoleObserved:
     url: UrlState | None = None               # the app's URL, when the role exists
     bypass_refused: str | None = None         # `rls: bypass` wanted and the admin cannot give it: why
     logins: Logins | None = None              # `rotation: alternating`: the group and its two logins
+    api_logins: tuple[tuple[str, Credential | None], ...] = ()   # alternating on API credentials: each login's
+    current: str | None = None                # … and the one the app is (or is to be) on
+
+
+def _api_logins(ctx: StepContext) -> tuple[tuple[str, Credential | None], ...]:
+    return tuple((name, ctx.db.credential(name)) for name in ctx.role.logins)
 
 
 def _password(changes: list[Change]) -> PasswordChange | None:
@@ -37,7 +44,12 @@ class EnsureRole(Step[RoleObserved]):
     def observe(self, ctx: StepContext) -> RoleObserved:
         if ctx.api_credentials:
             if ctx.role.rotation == "alternating":
-                refuse_unsupported(ctx)
+                if ctx.db.credential(ctx.role.name) is not None:
+                    raise ConfigError(f"{ctx.role.name} is a single credential on {ctx.db.key}; converting it to "
+                                      "rotation: alternating is not supported there yet (keep rotation: single)")
+                # no group role: both credentials are made (and granted) now, so a rotation only switches
+                return RoleObserved(credential=ctx.platform_credential(), api_logins=_api_logins(ctx),
+                                    current=alt.api_login(ctx))
             return RoleObserved(credential=ctx.platform_credential())
         conn = ctx.admin()
         if ctx.role.rotation == "alternating":
@@ -62,6 +74,12 @@ class EnsureRole(Step[RoleObserved]):
     def plan(self, ctx: StepContext, observed: RoleObserved) -> list[Change]:
         role = ctx.role
         if ctx.api_credentials:
+            if observed.api_logins:
+                ordered = sorted(observed.api_logins, key=lambda pair: pair[0] != observed.current)
+                return [Change(f"create credential {name} through the {ctx.db.key} API ("
+                               + ("the app's login)" if name == observed.current else "idle until a rotation)"),
+                               data={"create_credential": name})
+                        for name, cred in ordered if cred is None]
             if observed.credential is None:
                 return [Change(f"create credential {role.name} through the {ctx.db.key} API")]
             return []
@@ -105,6 +123,13 @@ class EnsureRole(Step[RoleObserved]):
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         if ctx.api_credentials:
+            if ctx.role.rotation == "alternating":
+                current = alt.api_login(ctx)
+                for change in changes:
+                    issued = ctx.db.create_credential(change.data["create_credential"])
+                    if issued.name == current:
+                        state.credential, state.login = issued, current
+                return
             state.credential = ctx.db.create_credential(ctx.role.name)
             return
         conn = ctx.admin()
@@ -131,6 +156,10 @@ class EnsureRole(Step[RoleObserved]):
 
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
+            if ctx.role.rotation == "alternating":
+                missing = [name for name, cred in _api_logins(ctx) if cred is None]
+                return Verdict("fail", f"credential(s) {', '.join(missing)} missing after create") if missing \
+                    else Verdict.ok(f"credentials {', '.join(ctx.role.logins)}")
             cred = ctx.platform_credential()
             return Verdict.ok() if cred else Verdict("fail", f"credential {ctx.role.name} is missing after create")
         facts = roles.facts(ctx.admin(), ctx.role.name)
@@ -206,6 +235,8 @@ class RotateObserved:
     credential: Credential | None = None      # API credentials: the one to rotate
     facts: roles.RoleFacts | None = None      # SQL roles
     logins: Logins | None = None              # `rotation: alternating`
+    api_logins: tuple[tuple[str, Credential | None], ...] = ()   # alternating on API credentials
+    current: str | None = None                # … the login the app's URL names
 
 
 class RotatePassword(Step[RotateObserved]):
@@ -216,7 +247,7 @@ class RotatePassword(Step[RotateObserved]):
     def observe(self, ctx: StepContext) -> RotateObserved:
         if ctx.api_credentials:
             if ctx.role.rotation == "alternating":
-                refuse_unsupported(ctx)
+                return RotateObserved(api_logins=_api_logins(ctx), current=alt.api_login(ctx))
             return RotateObserved(credential=ctx.platform_credential())
         if ctx.role.rotation == "alternating":
             seen = observe_logins(ctx, adopt=False)
@@ -229,6 +260,8 @@ class RotatePassword(Step[RotateObserved]):
         return RotateObserved(facts=facts)
 
     def plan(self, ctx: StepContext, observed: RotateObserved) -> list[Change]:
+        if ctx.api_credentials and observed.api_logins:
+            return _plan_switch(ctx, observed)
         if ctx.api_credentials:
             if observed.credential is None:
                 raise_missing(ctx)
@@ -243,6 +276,13 @@ class RotatePassword(Step[RotateObserved]):
         return [roles.set_password(ctx.role.name, roles.generate_password(), "rotation")]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
+        if ctx.api_credentials and ctx.role.rotation == "alternating":
+            target = changes[0].data["rotating_to"]
+            cred = ctx.db.credential(target)
+            if cred is None:
+                raise_missing(ctx)
+            state.credential, state.login = cred, target
+            return
         if ctx.api_credentials:
             state.credential = ctx.db.rotate(ctx.role.name)
             return
@@ -258,6 +298,29 @@ class RotatePassword(Step[RotateObserved]):
         password = _password(changes)
         if password is not None:
             state.new_password = password.password
+
+
+def _plan_switch(ctx: StepContext, observed: RotateObserved) -> list[Change]:
+    """Alternating on API credentials: the app's attachment moves to the idle credential (its
+    password was made new when it was last invalidated, or when provision created it); the drain
+    step then rotates the old one through the API. A half-way rotation is finished, not restarted."""
+    spec = ctx.role
+    on = observed.current or spec.logins[0]
+    turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+    made = {name: cred for name, cred in observed.api_logins}
+    if not any(made.values()):
+        raise_missing(ctx)
+    if turn.pending is not None and turn.pending == on:
+        ctx.note(f"finishing the rotation of {spec.name} to {on} that an earlier run began")
+        target = on
+        what = f"carry on the rotation of {spec.name} to {on} (the app's attachment is already its)"
+    else:
+        target = turn.pending or alt.other(spec, on)
+        what = f"attach credential {target} to the app in place of {alt.other(spec, target)}"
+    if made.get(target) is None:
+        raise ConfigError(f"credential {target} of {spec.name} does not exist; run `runbook provision --env "
+                          f"{ctx.env.name}` first (it creates both logins of an alternating role)")
+    return [Change(what, data={"rotating_to": target, "from": alt.other(spec, target)})]
 
 
 def raise_missing(ctx: StepContext) -> NoReturn:

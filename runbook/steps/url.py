@@ -116,7 +116,10 @@ class UnsetUrl(Step[ConfiguredUrl]):
         return [Change(f"remove {ctx.url_var} ({shown(observed.value)}) from the app's config", reversible=False)]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
-        ctx.app.remove_url(ctx.role.name)
+        from runbook.alternating import api_login
+
+        # alternating on platform credentials: the attachment is the current login's
+        ctx.app.remove_url(api_login(ctx) if ctx.api_credentials else ctx.role.name)
 
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok() if _configured_url(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")

@@ -70,11 +70,14 @@ class VerifyFromApp(Step[RlsPreview]):
         kept = ctx.session.take_app_session(state) if state.logs_in else None
         with kept or connect_as_app(login, ctx.expected_endpoint(user), timeout=10,
                                     application_name="runbook:verify", route=login_route(ctx.db)) as conn:
-            snap = catalog.snapshot(conn, ctx.role, ctx.owner)
+            # alternating on platform credentials: the login itself holds the grants (no group role)
+            checked = ctx.role.model_copy(update={"name": user}) if ctx.api_credentials and alternating(ctx.role) \
+                else ctx.role
+            snap = catalog.snapshot(conn, checked, ctx.owner)
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \
                 if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ctx.owner,)).fetchone() else False
-        left = [f for f in grants.findings(ctx.role, snap) if f.kind != "schema-missing"]
+        left = [f for f in grants.findings(checked, snap) if f.kind != "schema-missing"]
         if owner_reach and ctx.owner not in ctx.managed.member_of:     # member_of the owner: the spec's own path
             return Verdict("fail", f"{ctx.role.name} can SET ROLE to the owner {ctx.owner}")
         if left:
