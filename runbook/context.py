@@ -152,12 +152,7 @@ class Context:
         self.credential_memo = None
         self._owner = None
         if self._opened_for is not None and self._opened_for != managed.name:
-            for adapter in (self._db, self._app):
-                if adapter is not None:
-                    try:
-                        adapter.close()
-                    except Exception:
-                        pass
+            self._close_adapters()
             self._db = self._app = None
             self._opened_for = None
 
@@ -346,6 +341,10 @@ class Context:
         self.forget_url()
         if self._admin is not None and not self._admin.closed:
             self._admin.close()
+        self._close_adapters()
+
+    def _close_adapters(self) -> None:
+        # best effort: an adapter that fails to close must not hide the run's own outcome
         for adapter in (self._db, self._app):
             if adapter is not None:
                 try:

@@ -106,6 +106,13 @@ def check_role_name(value: str, what: str = "role name") -> str:
     return value
 
 
+def check_url_var(value: str) -> str:
+    """A config variable the role's URL is written to (`config.url_var`, a `roles:` entry's)."""
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError(f"url_var {value!r} must be an UPPER_SNAKE_CASE variable name")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -302,9 +309,7 @@ class ConfigSpec(Strict):
     @field_validator("url_var")
     @classmethod
     def _var(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
-            raise ValueError(f"url_var {v!r} must be an UPPER_SNAKE_CASE variable name")
-        return v
+        return check_url_var(v)
 
 
 class FlagSpec(Strict):
@@ -357,9 +362,7 @@ class RoleEntry(RoleSpec):
     @field_validator("url_var")
     @classmethod
     def _url_var(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
-            raise ValueError(f"url_var {v!r} must be an UPPER_SNAKE_CASE variable name")
-        return v
+        return check_url_var(v)
 
     @field_validator("member_of")
     @classmethod
