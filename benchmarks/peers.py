@@ -391,7 +391,9 @@ def run(sizes: list[int], repeat: int, tools: list[str], cache: Path, bin_dir: P
                 cls, role = TOOLS[name]
                 cluster = Cluster(bin_dir, base / f"{name}-{n}" / "data")
                 clusters.append(cluster)
-                cluster.start(settings={"shared_buffers": "256MB"})
+                # per-object peers lock every table in one transaction: 50,000 need more lock slots
+                # than the default 64 × max_connections (pg-sync-roles: "out of shared memory")
+                cluster.start(settings={"shared_buffers": "256MB", "max_locks_per_transaction": "2048"})
                 cluster.wait_ready()
                 work = base / f"{name}-{n}" / "work"
                 work.mkdir(parents=True)
@@ -433,6 +435,8 @@ def run(sizes: list[int], repeat: int, tools: list[str], cache: Path, bin_dir: P
                     row[tool.name] = statistics.median(got) if got else None
                 rows.append(row)
             rows.append({"n": n, "states": {t: s["fix 1 % drift"] for t, s in states.items()}})
+            # each size's table as soon as it is measured: a later size's failure loses nothing
+            print(table([r for r in rows if r["n"] == n], tools), file=sys.stderr, flush=True)
             for c in conns.values():
                 c.close()
             for tool in made:
