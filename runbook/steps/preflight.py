@@ -88,6 +88,8 @@ class Preflight(Step[PreflightFacts]):
                 f"privileges FOR ROLE {ctx.owner} or grant on its tables; fix: GRANT {ctx.owner} TO {facts.user}"))
         if facts.missing_schemas:
             problems.append(f"schema(s) {', '.join(facts.missing_schemas)} named in role.schemas do not exist")
+        if ctx.api_credentials and ctx.role.rotation == "single" and ctx.platform_credential() is None:
+            problems.extend(_pair_left(ctx))
         problems.extend(ctx.db.preflight_sql(conn))
         if ctx.managed.member_of:       # `roles:` member_of: what the platform and the targets allow
             if ctx.api_credentials:
@@ -119,3 +121,17 @@ class Preflight(Step[PreflightFacts]):
 
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok()
+
+
+def _pair_left(ctx: StepContext) -> list[str]:
+    """Platform credentials: a role set back to `single` whose alternating pair is still there. The
+    app is attached to one of the pair, so a `single` run would have to move it and retire both;
+    not done: said in one line, before any change."""
+    name = ctx.role.name
+    pair = (f"{name}_a", f"{name}_b")
+    made = [n for n in pair if ctx.db.credential(n) is not None]
+    if not made:
+        return []
+    return [f"role {name} rotates alternating on {ctx.db.key} (credential(s) {', '.join(made)} exist); going back to "
+            f"rotation: single is not supported there: set rotation: alternating again, or `runbook retire --env "
+            f"{ctx.env.name}` with rotation: alternating and then provision it as single"]
