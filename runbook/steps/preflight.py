@@ -93,8 +93,11 @@ class Preflight(Step[PreflightFacts]):
         problems.extend(ctx.db.preflight_sql(conn))
         if ctx.managed.member_of:       # `roles:` member_of: what the platform and the targets allow
             if ctx.api_credentials:
+                # the platform makes each credential's role and the owner cannot grant itself to one: what a
+                # migrator is for (DDL as the owner) is the owner credential the platform gives the database
                 problems.append(f"role {ctx.role.name}: member_of needs SQL roles; {ctx.db.key} credentials are made "
-                                "and granted by the platform (drop member_of, or use another platform for a migrator)")
+                                "and granted by the platform (drop member_of and run migrations with the database's "
+                                "owner credential, or use another platform for a migrator)")
             else:
                 from runbook import membership
                 membership.refuse_unsafe(conn, ctx.role.name, ctx.managed.member_of)
