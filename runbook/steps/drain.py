@@ -13,7 +13,7 @@ from runbook.changes import Change
 from runbook.context import RunState, StepContext
 from runbook.durations import format_duration
 from runbook.engine import Step, Verdict
-from runbook.errors import ConfigError, DrainTimeout
+from runbook.errors import ConfigError, DrainTimeout, Refused
 from runbook.project import Project, RoleSpec
 
 
@@ -219,6 +219,10 @@ class Drain(Step[DrainObserved]):
             on = alt.api_login(ctx)          # a preview moved nothing yet
         if on not in spec.logins:
             return DrainObserved()           # the app is still on it: nothing may be taken away
+        if not ctx.plan_only and not alt.conversion_recorded(ctx.journal_history(alt.JOURNAL_WINDOW), spec):
+            raise Refused(f"credential {single} exists beside {' and '.join(spec.logins)}, and pg-runbook's journal does "
+                          f"not say it converted it from rotation: single; it is left alone (destroy it yourself "
+                          f"once nothing uses it, then run provision again)")
         return DrainObserved(on, ((single, alt.sessions(ctx.admin(), single)),), True, api=True, destroy=True)
 
     def _preview(self, ctx: StepContext) -> DrainObserved:

@@ -269,8 +269,9 @@ class RotatePassword(Step[RotateObserved]):
             if ctx.role.rotation == "alternating":
                 single = alt.converting(ctx)
                 if single is not None:
-                    raise ConfigError(f"{ctx.role.name} is still being converted to rotation: alternating (credential "
-                                      f"{single} exists); run `runbook provision --env {ctx.env.name}` to finish it first")
+                    raise ConfigError(f"credential {single} exists beside the pair of {ctx.role.name} (a conversion from "
+                                      f"rotation: single half-way?); run `runbook provision --env {ctx.env.name}` first, "
+                                      "which finishes a conversion it began and refuses otherwise")
                 return RotateObserved(api_logins=_api_logins(ctx), current=alt.api_login(ctx))
             return RotateObserved(credential=ctx.platform_credential())
         if ctx.role.rotation == "alternating":

@@ -181,5 +181,25 @@ def test_rotate_during_a_half_way_conversion_is_refused(fake, pg, single):
     fake.clear()
     with pytest.raises(Exception) as err:
         commands.rotate(projects.load(path), "staging", yes=True, environ=environ)
-    assert "provision" in err.value.message and "\n" not in err.value.message
+    assert "provision" in err.value.message and "\n" not in err.value.message and err.value.exit_code == 2
     assert fake.mutating() == []
+
+
+def test_a_credential_named_like_the_role_that_pg_runbook_did_not_convert_is_left_alone(fake, pg, tmp_path, project):
+    role, path = project
+    environ = {**fake.environ(), "HOME": str(tmp_path)}
+    pg.roles.extend([f"{role}_a", f"{role}_b"])
+    _alternating(path)
+    _ok(commands.provision(projects.load(path), "staging", yes=True, environ=environ))
+    fake.create_credential(ADDON, role)          # made by someone else, beside the pair
+    fake.clear()
+    with pytest.raises(Refused) as err:
+        commands.provision(projects.load(path), "staging", yes=True, environ=environ)
+    assert "does not say it converted it" in err.value.message and "\n" not in err.value.message
+    with pytest.raises(Exception) as err:
+        commands.rotate(projects.load(path), "staging", yes=True, environ=environ)
+    assert f"credential {role} exists beside the pair" in err.value.message
+    assert fake.mutating() == []
+    assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)]
+    with psycopg.connect(fake.config_vars(APP)[URL_VAR], autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == f"{role}_a"
