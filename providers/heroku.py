@@ -866,8 +866,10 @@ class HerokuApp(AppBase):
         return any(a.get("namespace") == wanted for a in holding.mine)
 
     def _url_var(self, addon: Mapping[str, str]) -> "UrlVar":
-        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values,
-                      tuple(n for n in self.ctx.role_logins if n != self.ctx.role_name))
+        # alternating: the other login's attachment is ours to replace, and so is the role's own
+        # `single` credential's while it is converted to the pair
+        siblings = tuple(dict.fromkeys((*self.ctx.role_logins, self.ctx.role_name)))
+        return UrlVar(self.api, self.name, addon, self.config._addon_app or self.name, self._config_values, siblings)
 
     def _release_note(self) -> str:
         """`: release v42 restarts the dynos`, as the CLI reports after attaching (it reads the

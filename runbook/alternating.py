@@ -177,6 +177,24 @@ def api_login(ctx: Any) -> str:
     return turn.pending or turn.current or spec.logins[0]
 
 
+def converting(ctx: Any) -> str | None:
+    """Platform credentials (Heroku): the role's own `single` credential while an alternating role
+    is being converted from it (it keeps the app working until the app's attachment has moved to a
+    login of the pair and its sessions drained; then it is destroyed). None when there is none."""
+    spec = ctx.role
+    if not (ctx.api_credentials and alternating(spec)):
+        return None
+    return str(spec.name) if ctx.db.credential(spec.name) is not None else None
+
+
+def conversion_recorded(history: list[dict[str, Any]], spec: RoleSpec) -> bool:
+    """Whether a role step's result says pg-runbook began converting the role's `single` credential
+    (journalled before the url step can move the app off it, so every crash after that finds it).
+    A condition on top of the app's URL, never instead of it: the owner may write to the journal."""
+    return any(event.get("kind") == "result" and isinstance(event.get("data"), dict)
+               and event["data"].get("converting_from") == spec.name for event in history)
+
+
 def grant_specs(ctx: Any) -> list[RoleSpec]:
     """The roles the spec's grants go to: the role itself, or, where there is no group role
     (platform credentials: Heroku), each of its two logins, so that nothing depends on which is current."""

@@ -129,12 +129,15 @@ def check_grants(ctx) -> CheckResult:
     from runbook import rls
 
     # read once per check run: a soak asks for it in diagnose and in drift, at the same moment
-    facts = ctx.__dict__.get("_rls_facts") or ctx.__dict__.setdefault("_rls_facts", rls.read(ctx.admin(), ctx.role))
-    blocked = [f for f in rls.findings(ctx.role, facts) if f.who == ctx.role.name]
+    every = ctx.__dict__.get("_rls_found")
+    if every is None:
+        every = ctx.__dict__.setdefault("_rls_found", rls.role_findings(ctx.admin(), ctx))
+    to = rls.grantees(ctx)       # the role, or both logins of an alternating role on platform credentials
+    blocked = [f for f in every if f.who in to]
     if blocked:
         return CheckResult("grants", "fail", "; ".join(f.summary() for f in blocked[:3])
                            + (f" (+{len(blocked) - 3} more)" if len(blocked) > 3 else ""),
-                           rls.fix(ctx.role, blocked, ctx.admin()))
+                           rls.fix(ctx.role, blocked, ctx.admin(), to=to))
     return CheckResult("grants", "pass", f"{len(snap.relations)} relations and {len(snap.routines)} routines as specified; no drift")
 
 

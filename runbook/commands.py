@@ -246,13 +246,14 @@ def _drift_role(run: Run, result: Result, env: str) -> list[Any] | None:
                                               + (f" --role {name}" if several else "") + " --fix") for f in found], name)
     if not snap.role_exists:
         raise ConfigError(f"role {name} does not exist in {env}; run `runbook provision --env {env}`")
-    every = rls.findings(ctx.role, rls.read(run.admin(), ctx.role))
+    every = rls.role_findings(run.admin(), ctx)
     data["rls"] = [{"table": f.table, "who": f.who, "commands": list(f.commands)} for f in every]
-    blocked = [f for f in every if f.who == name]
-    result.checks += _tag_checks([CheckResult("rls", "fail", f.summary(), rls.fix(ctx.role, [f], run.admin()))
+    to = rls.grantees(ctx)     # both logins of an alternating role on platform credentials
+    blocked = [f for f in every if f.who in to]
+    result.checks += _tag_checks([CheckResult("rls", "fail", f.summary(), rls.fix(ctx.role, [f], run.admin(), to=to))
                                   for f in blocked], name)
     for f in every:
-        if f.who != name:
+        if f.who not in to:
             result.say(f.summary())
     if snap.role_exists and not found:
         from runbook import probe      # the catalog agrees: prove it on a future table too

@@ -136,10 +136,31 @@ def findings(spec: RoleSpec, facts: RlsFacts, *, bypass: bool | None = None) -> 
     return out
 
 
-def fix(spec: RoleSpec, found: list[RlsFinding], conn=None) -> str:
+def grantees(ctx) -> tuple[str, ...]:
+    """Who a policy must name to reach the app: the role (a group role's logins inherit what its
+    policies give it), or, where there is no group role (alternating on platform credentials:
+    Heroku), both of its logins, the idle one included, so a rotation changes nothing."""
+    from runbook.alternating import grant_specs
+
+    return tuple(spec.name for spec in grant_specs(ctx))
+
+
+def role_findings(conn, ctx) -> list[RlsFinding]:
+    """`findings` for each grantee (one catalog read each); an owner's FORCE finding once."""
+    from runbook.alternating import grant_specs
+
+    out: list[RlsFinding] = []
+    for spec in grant_specs(ctx):
+        out += [f for f in findings(spec, read(conn, spec)) if f not in out]
+    return out
+
+
+def fix(spec: RoleSpec, found: list[RlsFinding], conn=None, *, to: tuple[str, ...] = ()) -> str:
     """The fix for the first of the role's findings: a policy per missing command (the USING clause
-    is the operator's rule, not ours), or `rls: bypass`."""
-    first = next((f for f in found if f.who == spec.name), None)
+    is the operator's rule, not ours), or `rls: bypass`. `to`: the roles the policy names (default:
+    the role; its two logins where there is no group role)."""
+    to = to or (spec.name,)
+    first = next((f for f in found if f.who in to), None)
     if first is None:
         return ("FORCE ROW LEVEL SECURITY applies to the owner too: add a policy for it, or "
                 "ALTER TABLE … NO FORCE ROW LEVEL SECURITY")
@@ -148,10 +169,11 @@ def fix(spec: RoleSpec, found: list[RlsFinding], conn=None) -> str:
     for command in first.commands:
         stmt = sql.SQL("CREATE POLICY {} ON {}.{} FOR {} TO {} {}").format(
             sql.Identifier(f"{spec.name}_{command.lower()}"), sql.Identifier(schema), sql.Identifier(table),
-            sql.SQL(command), sql.Identifier(spec.name),
+            sql.SQL(command), sql.SQL(", ").join(map(sql.Identifier, to)),
             sql.SQL("WITH CHECK (<rule>)" if command == "INSERT" else "USING (<rule>)"))
         statements.append(stmt.as_string(conn))
-    more = f" (and the same on {len(found) - 1} more table(s))" if len(found) > 1 else ""
+    tables = {f.table for f in found if f.who in to}
+    more = f" (and the same on {len(tables) - 1} more table(s))" if len(tables) > 1 else ""
     return (f"{'; '.join(statements)}{more}; or set role.rls: bypass to give {spec.name} BYPASSRLS "
             "(where the admin may grant it)")
 
@@ -179,14 +201,19 @@ def check(ctx, *, planned: bool = False):
     grants, and BYPASSRLS when `rls: bypass`), for plan."""
     from runbook.engine import Verdict
 
-    spec = ctx.role
-    facts = read(ctx.admin(), spec)
-    found = findings(spec, facts, bypass=(facts.role_bypasses or role_bypass_wanted(spec)) if planned else None)
+    from runbook.alternating import grant_specs
+
+    spec, to = ctx.role, grantees(ctx)
+    found: list[RlsFinding] = []
+    for each in grant_specs(ctx):      # alternating on platform credentials: each login (no group role)
+        facts = read(ctx.admin(), each)
+        found += [f for f in findings(each, facts, bypass=(facts.role_bypasses or role_bypass_wanted(spec))
+                                      if planned else None) if f not in found]
     for f in found:
-        if f.who != spec.name:
+        if f.who not in to:
             ctx.note(f.summary())
-    mine = [f for f in found if f.who == spec.name]
+    mine = [f for f in found if f.who in to]
     if not mine:
         return None
     shown = "; ".join(f.summary() for f in mine[:3]) + (f" (+{len(mine) - 3} more)" if len(mine) > 3 else "")
-    return Verdict("fail", shown, fix=fix(spec, mine, ctx.admin()))
+    return Verdict("fail", shown, fix=fix(spec, mine, ctx.admin(), to=to))

@@ -13,7 +13,7 @@ from runbook.changes import Change
 from runbook.context import RunState, StepContext
 from runbook.durations import format_duration
 from runbook.engine import Step, Verdict
-from runbook.errors import ConfigError, DrainTimeout
+from runbook.errors import ConfigError, DrainTimeout, Refused
 from runbook.project import Project, RoleSpec
 
 
@@ -149,6 +149,7 @@ class DrainObserved:
     old: tuple[tuple[str, int], ...] = ()          # logins still able to log in, with their open sessions
     record: bool = False                           # the journal does not say `target` is current yet
     api: bool = False                              # platform credentials: invalidate = rotate through the API
+    destroy: bool = False                          # … a converted `single` credential: destroyed, not rotated
 
 
 class Drain(Step[DrainObserved]):
@@ -196,6 +197,9 @@ class Drain(Step[DrainObserved]):
         through the API, whose new password nobody was given."""
         spec = ctx.role
         turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        single = alt.converting(ctx)
+        if single is not None:
+            return self._observe_conversion(ctx, single)
         rotating = "rotate_password" in ctx.state.changed
         if ctx.plan_only and rotating and turn.pending is None:
             target = alt.other(spec, alt.api_login(ctx))     # a preview switched nothing yet
@@ -205,6 +209,21 @@ class Drain(Step[DrainObserved]):
             return DrainObserved(target, (), turn.current != target, api=True)
         old = alt.other(spec, target)
         return DrainObserved(target, ((old, alt.sessions(ctx.admin(), old)),), True, api=True)
+
+    def _observe_conversion(self, ctx: StepContext, single: str) -> DrainObserved:
+        """A `single` credential converted to the pair: it is destroyed once the app's URL names a
+        login of the pair (read from the app, never from the journal alone) and its sessions ended."""
+        spec = ctx.role
+        on = alt.url_login(spec, ctx.app.received_url())
+        if ctx.plan_only and on not in spec.logins and "role" in ctx.state.changed:
+            on = alt.api_login(ctx)          # a preview moved nothing yet
+        if on not in spec.logins:
+            return DrainObserved()           # the app is still on it: nothing may be taken away
+        if not ctx.plan_only and not alt.conversion_recorded(ctx.journal_history(alt.JOURNAL_WINDOW), spec):
+            raise Refused(f"credential {single} exists beside {' and '.join(spec.logins)}, and pg-runbook's journal does "
+                          f"not say it converted it from rotation: single; it is left alone (destroy it yourself "
+                          f"once nothing uses it, then run provision again)")
+        return DrainObserved(on, ((single, alt.sessions(ctx.admin(), single)),), True, api=True, destroy=True)
 
     def _preview(self, ctx: StepContext) -> DrainObserved:
         """What a run would drain, from what the steps before it would change (a preview applies
@@ -233,6 +252,11 @@ class Drain(Step[DrainObserved]):
         for name, open_now in observed.old:
             how = f"after its {open_now} open session(s) end (up to {wait})" if open_now else "it has no open sessions"
             data = {"current_login": target, "retired_login": name}
+            if observed.destroy:
+                changes.append(Change(f"destroy credential {name} through the {ctx.db.key} API, the role's `single` "
+                                      f"credential before the conversion (the app is on {target}; {how})",
+                                      reversible=False, data={**data, "api": True, "destroy": True}))
+                continue
             if observed.api:
                 changes.append(Change(f"rotate credential {name} through the {ctx.db.key} API so its password stops "
                                       f"working (the app is on {target}; {how})", data={**data, "api": True}))
@@ -257,7 +281,9 @@ class Drain(Step[DrainObserved]):
                     f"{format_duration(ctx.settings.drain_timeout)}; the app's URL names {change.data['current_login']} "
                     f"and {old} keeps its password; rerun `runbook rotate --env {ctx.env.name}` once they end "
                     "(or give --drain-timeout more)")
-            if change.data.get("api"):
+            if change.data.get("destroy"):
+                ctx.db.destroy(old)
+            elif change.data.get("api"):
                 ctx.db.rotate(old)
             else:
                 roles.apply_all(conn, [change])
@@ -267,6 +293,10 @@ class Drain(Step[DrainObserved]):
         if not alt.alternating(spec):
             return Verdict.ok()
         if ctx.api_credentials:
+            single = alt.converting(ctx)
+            if single is not None:
+                return Verdict("fail", f"credential {single} of the role before its conversion still exists",
+                               fix=f"runbook provision --env {ctx.env.name}")
             return Verdict.ok(f"{ctx.state.login or alt.api_login(ctx)} is the current credential of {spec.name}")
         conn = ctx.admin()
         live = [name for name in (*spec.logins, spec.name) if roles.facts(conn, name).can_login]

@@ -88,11 +88,18 @@ class Preflight(Step[PreflightFacts]):
                 f"privileges FOR ROLE {ctx.owner} or grant on its tables; fix: GRANT {ctx.owner} TO {facts.user}"))
         if facts.missing_schemas:
             problems.append(f"schema(s) {', '.join(facts.missing_schemas)} named in role.schemas do not exist")
-        problems.extend(ctx.db.preflight_sql(conn))
+        platform = ctx.db.preflight_sql(conn)
+        if platform and ctx.api_credentials and ctx.role.rotation == "single" and ctx.platform_credential() is None:
+            # the URL variable is held: by the role's own alternating pair, the fix is not "detach it"
+            platform = _pair_left(ctx) or platform
+        problems.extend(platform)
         if ctx.managed.member_of:       # `roles:` member_of: what the platform and the targets allow
             if ctx.api_credentials:
+                # the platform makes each credential's role and the owner cannot grant itself to one: what a
+                # migrator is for (DDL as the owner) is the owner credential the platform gives the database
                 problems.append(f"role {ctx.role.name}: member_of needs SQL roles; {ctx.db.key} credentials are made "
-                                "and granted by the platform (drop member_of, or use another platform for a migrator)")
+                                "and granted by the platform (drop member_of and run migrations with the database's "
+                                "owner credential, or use another platform for a migrator)")
             else:
                 from runbook import membership
                 membership.refuse_unsafe(conn, ctx.role.name, ctx.managed.member_of)
@@ -119,3 +126,18 @@ class Preflight(Step[PreflightFacts]):
 
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok()
+
+
+def _pair_left(ctx: StepContext) -> list[str]:
+    """Platform credentials: a role set back to `single` while the app's URL names a login of its
+    alternating pair (asked only once the platform found the URL variable taken). A `single` run
+    would have to move the app and retire both; not done: said in one line, before any change."""
+    from runbook.alternating import url_user
+
+    name = ctx.role.name
+    on = url_user(ctx.app.received_url())
+    if on not in (f"{name}_a", f"{name}_b"):
+        return []
+    return [f"role {name} rotates alternating on {ctx.db.key} (the app's {ctx.url_var} logs in as {on}); going back to "
+            f"rotation: single is not supported there: set rotation: alternating again, or `runbook retire --env "
+            f"{ctx.env.name}` with rotation: alternating and then provision it as single"]

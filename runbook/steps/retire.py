@@ -44,8 +44,8 @@ class DropRole(Step[RetireFacts]):
 
     def observe(self, ctx: StepContext) -> RetireFacts:
         if ctx.api_credentials:
-            if ctx.role.rotation == "alternating":     # both credentials go
-                return RetireFacts(more=tuple(RetireFacts(credential=c, name=n) for n in ctx.role.logins
+            if ctx.role.rotation == "alternating":     # both credentials go (and a converted `single` one left over)
+                return RetireFacts(more=tuple(RetireFacts(credential=c, name=n) for n in _api_names(ctx)
                                               if (c := ctx.db.credential(n)) is not None))
             return RetireFacts(credential=ctx.platform_credential())
         group = self._facts(ctx, ctx.role.name)
@@ -104,13 +104,18 @@ class DropRole(Step[RetireFacts]):
 
     def verify(self, ctx: StepContext) -> Verdict:
         if ctx.api_credentials:
-            names = ctx.role.logins if ctx.role.rotation == "alternating" else (ctx.role.name,)
+            names = _api_names(ctx) if ctx.role.rotation == "alternating" else (ctx.role.name,)
             gone = all(ctx.db.credential(n) is None for n in names)
         else:
             names = (ctx.role.name, *(ctx.role.logins if ctx.role.rotation == "alternating" else ()))
             left = [n for n in names if roles.facts(ctx.admin(), n).exists]
             gone = not left
         return Verdict.ok("role removed") if gone else Verdict("fail", f"{ctx.role.name} still exists")
+
+
+def _api_names(ctx: StepContext) -> tuple[str, ...]:
+    # a conversion from `single` stopped half-way leaves the role's own credential beside the pair
+    return (*ctx.role.logins, ctx.role.name)
 
 
 def _plan_one(ctx: StepContext, observed: RetireFacts) -> list[Change]:

@@ -28,6 +28,7 @@ class RoleObserved:
     logins: Logins | None = None              # `rotation: alternating`: the group and its two logins
     api_logins: tuple[tuple[str, Credential | None], ...] = ()   # alternating on API credentials: each login's
     current: str | None = None                # … and the one the app is (or is to be) on
+    converting: str | None = None             # … the `single` credential the app is still attached as
 
 
 def _api_logins(ctx: StepContext) -> tuple[tuple[str, Credential | None], ...]:
@@ -44,12 +45,13 @@ class EnsureRole(Step[RoleObserved]):
     def observe(self, ctx: StepContext) -> RoleObserved:
         if ctx.api_credentials:
             if ctx.role.rotation == "alternating":
-                if ctx.db.credential(ctx.role.name) is not None:
-                    raise ConfigError(f"{ctx.role.name} is a single credential on {ctx.db.key}; converting it to "
-                                      "rotation: alternating is not supported there yet (keep rotation: single)")
-                # no group role: both credentials are made (and granted) now, so a rotation only switches
+                # no group role: both credentials are made (and granted) now, so a rotation only switches.
+                # A `single` credential of the same name is being converted: the app stays on it until the
+                # url step has proved the pair's current login from its own side and moved the attachment
+                single = alt.converting(ctx)
+                on = alt.url_login(ctx.role, ctx.app.received_url()) if single else None
                 return RoleObserved(credential=ctx.platform_credential(), api_logins=_api_logins(ctx),
-                                    current=alt.api_login(ctx))
+                                    current=alt.api_login(ctx), converting=single if on == single else None)
             return RoleObserved(credential=ctx.platform_credential())
         conn = ctx.admin()
         if ctx.role.rotation == "alternating":
@@ -76,10 +78,18 @@ class EnsureRole(Step[RoleObserved]):
         if ctx.api_credentials:
             if observed.api_logins:
                 ordered = sorted(observed.api_logins, key=lambda pair: pair[0] != observed.current)
-                return [Change(f"create credential {name} through the {ctx.db.key} API ("
+                made = [Change(f"create credential {name} through the {ctx.db.key} API ("
                                + ("the app's login)" if name == observed.current else "idle until a rotation)"),
                                data={"create_credential": name})
                         for name, cred in ordered if cred is None]
+                if observed.converting is not None:
+                    # not `rotating_to`: the journal must not read the conversion as a half-way rotation
+                    made.append(Change(
+                        f"convert {observed.converting} to alternating: the app's attachment moves to {observed.current} "
+                        f"once both credentials hold every grant and {observed.current} proved them from its own side; "
+                        f"{observed.converting} keeps working until its sessions end, then it is destroyed",
+                        data={"converting_to": observed.current, "converting_from": observed.converting}))
+                return made
             if observed.credential is None:
                 return [Change(f"create credential {role.name} through the {ctx.db.key} API")]
             return []
@@ -126,9 +136,19 @@ class EnsureRole(Step[RoleObserved]):
             if ctx.role.rotation == "alternating":
                 current = alt.api_login(ctx)
                 for change in changes:
+                    if change.data.get("converting_to"):
+                        continue
                     issued = ctx.db.create_credential(change.data["create_credential"])
                     if issued.name == current:
                         state.credential, state.login = issued, current
+                target = next((c.data["converting_to"] for c in changes if c.data.get("converting_to")), None)
+                if target is not None:
+                    # the url step attaches it (after grants): the same hand-over a rotation makes
+                    cred = ctx.db.credential(target)
+                    if cred is None:
+                        raise RunbookError(f"credential {target} of {ctx.role.name} is missing after create; "
+                                           f"run `runbook provision --env {ctx.env.name}` again")
+                    state.credential, state.login = cred, target
                 return
             state.credential = ctx.db.create_credential(ctx.role.name)
             return
@@ -247,6 +267,11 @@ class RotatePassword(Step[RotateObserved]):
     def observe(self, ctx: StepContext) -> RotateObserved:
         if ctx.api_credentials:
             if ctx.role.rotation == "alternating":
+                single = alt.converting(ctx)
+                if single is not None:
+                    raise ConfigError(f"credential {single} exists beside the pair of {ctx.role.name} (a conversion from "
+                                      f"rotation: single half-way?); run `runbook provision --env {ctx.env.name}` first, "
+                                      "which finishes a conversion it began and refuses otherwise")
                 return RotateObserved(api_logins=_api_logins(ctx), current=alt.api_login(ctx))
             return RotateObserved(credential=ctx.platform_credential())
         if ctx.role.rotation == "alternating":

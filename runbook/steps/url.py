@@ -66,6 +66,8 @@ class WriteUrl(Step[UrlObserved]):
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         cred = next(c.credential for c in changes if isinstance(c, CredentialChange) and c.credential is not None)
+        if ctx.api_credentials and ctx.state.login:
+            _prove_from_its_side(ctx, cred)
         ctx.app.put_url(cred)
         state.written = cred
 
@@ -85,6 +87,31 @@ class WriteUrl(Step[UrlObserved]):
             return Verdict.ok(f"{ctx.url_var} logs in as {written_login} (checked with the URL written, "
                               "before the write-only store took it)")
         return Verdict.ok(state.reason or f"{ctx.url_var} logs in as {ctx.role.name}")
+
+
+def _prove_from_its_side(ctx: StepContext, cred: Credential) -> None:
+    """Alternating on platform credentials (no group role): before the app's attachment moves to
+    a credential, log in as it the way the app will and read what it reaches; one that cannot do
+    what the spec says (or cannot log in) leaves the app where it is."""
+    import psycopg
+
+    from runbook import catalog, grants
+    from runbook.errors import CheckFailed
+    from runbook.login import connect_as_app
+
+    spec = ctx.role.model_copy(update={"name": cred.name})
+    app_side = cred.as_app()
+    try:
+        with connect_as_app(app_side.url(), app_side, timeout=10, application_name="runbook:prove",
+                            route=login_route(ctx.db)) as conn:
+            snap = catalog.snapshot(conn, spec, ctx.owner)
+    except (ValueError, psycopg.Error) as exc:
+        raise CheckFailed(f"url: credential {cred.name} does not log in ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                          f"the app's {ctx.url_var} was not moved to it") from None
+    left = [f for f in grants.findings(spec, snap) if f.kind != "schema-missing"]
+    if left:
+        raise CheckFailed(f"url: credential {cred.name}, logged in as itself: {left[0].summary()}; the app's "
+                          f"{ctx.url_var} was not moved to it", hint=f"runbook drift --env {ctx.env.name} --fix")
 
 
 def _configured_url(ctx: StepContext) -> str | Digest | None:
@@ -118,8 +145,12 @@ class UnsetUrl(Step[ConfiguredUrl]):
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
         from runbook.alternating import api_login
 
-        # alternating on platform credentials: the attachment is the current login's
-        ctx.app.remove_url(api_login(ctx) if ctx.api_credentials else ctx.role.name)
+        from runbook.alternating import url_login
+
+        # alternating on platform credentials: the attachment is the login the app's URL names (the
+        # role's own `single` credential while a conversion is half-way), else the current login's
+        named = url_login(ctx.role, ctx.app.received_url()) if ctx.api_credentials else None
+        ctx.app.remove_url(named or (api_login(ctx) if ctx.api_credentials else ctx.role.name))
 
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok() if _configured_url(ctx) is None else Verdict("fail", f"{ctx.url_var} is still set")

@@ -130,19 +130,3 @@ def test_drift_sees_a_grant_missing_on_the_idle_credential(fake, pg, alternating
     assert any(b in f["detail"] and "orders" in str(f) for f in found.data["findings"]), found.data["findings"]
     _ok(commands.drift(projects.load(path), "staging", fix=True, yes=True, environ=environ))
     _ok(commands.drift(projects.load(path), "staging", environ=environ))
-
-
-def test_converting_a_single_credential_is_refused_changing_nothing(fake, pg, tmp_path, project):
-    role, path = project
-    environ = {**fake.environ(), "HOME": str(tmp_path)}
-    _ok(commands.provision(projects.load(path), "staging", yes=True, environ=environ))
-    data = yaml.safe_load(path.read_text())
-    data["role"]["rotation"] = "alternating"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    fake.clear()
-    with pytest.raises(ConfigError) as err:
-        commands.provision(projects.load(path), "staging", yes=True, environ=environ)
-    assert err.value.exit_code == 2 and "\n" not in err.value.message
-    assert "converting it to rotation: alternating is not supported" in err.value.message
-    assert fake.mutating() == []
-    assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s)", (f"{role}_a", f"{role}_b")) == [(0,)]
