@@ -1,15 +1,24 @@
-"""Fleet: `rollback` over 50 Heroku environments against the Heroku contract fake, with 50 ms of
-injected latency per call and a rate budget; wall time against the floor, and the 429s met.
+"""Fleet: `rollback` and `provision` over 50 environments against the Heroku contract fake, with
+50 ms of injected latency per call and a rate budget; wall time against the floor, and the 429s met.
 
-    python benchmarks/fleet.py                                  # 50 envs, 50 ms, parallel 1,5,10,25,32
+    python benchmarks/fleet.py                                  # 50 envs, 50 ms, parallel 1,5,10,25,32, both verbs
     python benchmarks/fleet.py --envs 50 --latency 0.05 --parallel 1,8,16,32 --repeat 3
+    python benchmarks/fleet.py --verbs provision --parallel 25,32
 
-What runs is runbook.fleet.run(project, "rollback", envs, parallel=P, yes=True): what
-`runbook rollback --env 'fleet-*' --parallel P --yes` calls once it has parsed its arguments, with
-the project file (50 environments) loaded once. Each environment is a Heroku app whose flag is on;
-rollback turns it off (GET config-vars, PATCH, GET to verify: 3 calls). `rollback` because it is
-pure app-side HTTP: `provision` on Heroku also needs a real database per environment (the Data API
-credential is a real role, and roles are cluster-wide), so it would measure 50 PostgreSQL servers.
+What runs is runbook.fleet.run(project, VERB, envs, parallel=P, yes=True): what
+`runbook VERB --env 'fleet-*' --parallel P --yes` calls once it has parsed its arguments, with
+the project file (50 environments) loaded before the clock starts.
+
+- rollback: each environment is a Heroku app whose flag is on; rollback turns it off (GET
+  config-vars, PATCH, GET to verify: 3 calls). Pure app-side HTTP.
+- provision: the same 50 Heroku apps as the app side; each environment's database is
+  `provider: local` on a PostgreSQL cluster of its own (roles are cluster-wide, and a project
+  names one role), 50 small embedded clusters copied from one initdb. Each run provisions a role
+  of a new name (every repeat does the whole work: CREATE ROLE, grants, the URL written to the
+  app, the app-side login). The end state is checked from the app's side: a login with exactly
+  the URL the fake's app holds is the role, may SELECT/INSERT/UPDATE/DELETE `orders` and may not
+  read the deny-listed `alembic_version`. Its floor counts the HTTP calls only, as rollback's:
+  the database work of each environment is on top.
 
 - The fake runs in its own process: in ours, its request handling would share our GIL.
 - Its sockets get TCP_NODELAY: it writes headers and body separately, and Nagle plus delayed ACK
@@ -57,6 +66,10 @@ HEROKU_REFILL = HEROKU_LIMIT / 3600      # 75 per minute
 FLAG = "FLEET_ROLE_ENABLED"
 TARGET = 1.3
 DRAINED_SHORTFALL = 25                   # requests the drained account is short of the fleet's need
+PROVISION_DB = "fleetdb"
+PROVISION_ADMIN = "fleet_admin"
+PROVISION_ADMIN_PASSWORD = "fleet-admin-bench"      # a throwaway cluster's, on loopback only
+PROVISION_URL_VAR = "FLEET_DATABASE_URL"
 
 
 # --- the fake, in its own process ------------------------------------------------------------
@@ -85,6 +98,8 @@ def _serve(conn: Any, apps: list[str], latency: float, rate_limit: int, window: 
             flags_off = sum(1 for app in apps if fake.config_vars(app).get(FLAG) == "0")
             conn.send({"calls": len(reqs), "throttled": sum(1 for r in reqs if r.status == 429),
                        "flags_off": flags_off, "fake_errors": list(fake.errors), "cpu": time.process_time()})
+        elif cmd == "vars":              # each app's value of one config variable (provision's end state)
+            conn.send({app: fake.config_vars(app).get(args[0]) for app in apps})
         elif cmd == "stop":
             fake.stop()
             conn.send(None)
@@ -127,6 +142,90 @@ def write_project(base: Path, apps: list[str]) -> Path:
     return path
 
 
+def write_provision_project(base: Path, apps: list[str], clusters: list[Any], role: str) -> tuple[Path, dict[str, str]]:
+    """The same Heroku apps as the app side, each environment's database on its own cluster
+    (`provider: local`, an admin DSN in an environment variable): roles are cluster-wide and the
+    project names one role, so one cluster per environment is what keeps them apart."""
+    envs, environ = {}, {}
+    for i, (app, cluster) in enumerate(zip(apps, clusters)):
+        var = f"FLEET_{i:03d}_ADMIN_DSN"
+        environ[var] = (f"host=127.0.0.1 port={cluster.port} user={PROVISION_ADMIN} password={PROVISION_ADMIN_PASSWORD} "
+                        f"dbname={PROVISION_DB} sslmode=disable")
+        envs[f"fleet-{i:03d}"] = {"provider": "local", "database": {"dsn_env": var, "sslmode": "disable"},
+                                  "app": {"platform": "heroku", "name": app}}
+    data = {"version": 1, "app": "fleetbench",
+            "role": {"name": role, "schemas": {"public": {"tables": ["SELECT", "INSERT", "UPDATE", "DELETE"],
+                                                          "sequences": ["USAGE", "SELECT"]}},
+                     "deny": ["alembic_version"]},
+            "config": {"url_var": PROVISION_URL_VAR},
+            "flag": {"name": FLAG, "on_value": "1", "off_value": "0"},
+            "settings": {"http_attempts": 8, "http_timeout": "10s", "retry_budget": "120s"},
+            "environments": envs}
+    path = base / f"runbook-{role}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path, environ
+
+
+def database_clusters(base: Path, count: int) -> list[Any]:
+    """`count` small clusters, each with the same database: an owner, an admin that may create
+    roles, two tables. One is made with initdb and SQL; the others are copies of its data folder
+    (initdb 50 times would take minutes on a loaded machine), each on its own port."""
+    import psycopg
+    from concurrent.futures import ThreadPoolExecutor
+
+    from providers.embedded import Cluster, embedded_bin_dir, free_port
+
+    settings = {"shared_buffers": "16MB", "max_connections": "40", "log_min_messages": "warning"}
+    first = Cluster(embedded_bin_dir(), base / "db-000")
+    first.start(settings=settings)
+    first.wait_ready()
+    with psycopg.connect(first.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {PROVISION_DB}")
+        conn.execute("CREATE ROLE fleet_owner NOLOGIN")
+        conn.execute(f"CREATE ROLE {PROVISION_ADMIN} LOGIN CREATEROLE PASSWORD '{PROVISION_ADMIN_PASSWORD}'")
+        conn.execute(f"GRANT fleet_owner TO {PROVISION_ADMIN}")
+        conn.execute(f"GRANT CONNECT, CREATE ON DATABASE {PROVISION_DB} TO {PROVISION_ADMIN}")
+    with psycopg.connect(first.admin_conninfo(PROVISION_DB), autocommit=True) as conn:
+        conn.execute("GRANT CREATE, USAGE ON SCHEMA public TO fleet_owner")
+        conn.execute("SET ROLE fleet_owner")
+        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, total int)")
+        conn.execute("CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
+    first.stop()
+    clusters = [first]
+    for i in range(1, count):
+        copy = Cluster(first.bin_dir, base / f"db-{i:03d}")
+        shutil.copytree(first.data_dir, copy.data_dir, symlinks=True, copy_function=shutil.copy2)
+        shutil.copystat(first.data_dir, copy.data_dir)
+        stat = first.data_dir.stat()
+        for path in (copy.data_dir, *copy.data_dir.rglob("*")):
+            os.lchown(path, stat.st_uid, stat.st_gid)
+        (copy.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        copy.port_file.write_text(str(free_port()))
+        clusters.append(copy)
+    start = lambda c: (c.start(settings=settings), c.wait_ready())  # noqa: E731
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(start, clusters))
+    return clusters
+
+
+def provisioned(fake: FakeProcess, apps: list[str], clusters: list[Any], role: str) -> int:
+    """Environments whose app can do what the role was given: logged in with exactly the URL the
+    fake's app holds, as the role, reading and writing `orders` and refused `alembic_version`."""
+    import psycopg
+
+    urls = fake.ask("vars", PROVISION_URL_VAR)
+    good = 0
+    for app, cluster in zip(apps, clusters):
+        url = urls.get(app)
+        if not url or f":{cluster.port}/" not in url:
+            continue
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            row = conn.execute("SELECT current_user, has_table_privilege('public.orders', 'SELECT, INSERT, UPDATE, "
+                               "DELETE'), has_table_privilege('public.alembic_version', 'SELECT')").fetchone()
+        good += row == (role, True, False)
+    return good
+
+
 def state_store(base: Path):
     import psycopg
 
@@ -143,13 +242,14 @@ def state_store(base: Path):
 
 # --- measuring -------------------------------------------------------------------------------
 
-def measure(project: Any, fake: FakeProcess, envs: list[str], parallel: int, state: str, base: Path) -> dict:
+def measure(project: Any, fake: FakeProcess, envs: list[str], parallel: int, state: str, base: Path, *,
+            command: str = "rollback", environ_extra: dict[str, str] | None = None) -> dict:
     from runbook import fleet
 
     fake_cpu = fake.ask("arm")
-    environ = {**os.environ, **fake.environ, "HOME": str(base)}
+    environ = {**os.environ, **fake.environ, **(environ_extra or {}), "HOME": str(base)}
     cpu, started = time.process_time(), time.perf_counter()
-    res = fleet.run(project, "rollback", envs, parallel=parallel, yes=True, confirm=None, environ=environ, state=state)
+    res = fleet.run(project, command, envs, parallel=parallel, yes=True, confirm=None, environ=environ, state=state)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     stats = fake.ask("stats")
     failed = [o for o in res.outcomes if o.exit_code != 0]
@@ -174,26 +274,60 @@ def scenario(name: str, project: Any, envs: list[str], apps: list[str], parallel
     try:
         for p in parallels:
             runs = [measure(project, fake, envs, p, state, base) for _ in range(repeat)]
-            wall = statistics.median(r["wall"] for r in runs)
-            calls = max(r["calls"] for r in runs)
-            floor = max(calls * latency / p, rate_floor)
-            # an environment's calls are sequential and it runs on one worker: ceil(envs / p) of them in a row
-            wave_floor = max(math.ceil(len(envs) / p) * (calls / len(envs)) * latency, rate_floor)
-            rows.append({"scenario": name, "parallel": p, "wall": wall, "calls": calls, "floor": floor,
-                         "wave_floor": wave_floor, "wave_ratio": wall / wave_floor if wave_floor else float("nan"),
-                         "cpu": statistics.median(r["cpu"] for r in runs),
-                         "fake_cpu": statistics.median(r["fake_cpu"] for r in runs),
-                         "ratio": wall / floor if floor else float("nan"),
-                         "throttled": sum(r["throttled"] for r in runs),
-                         "failed": sum(r["failed"] for r in runs), "runs": repeat,
-                         "converged": all(r["flags_off"] == len(apps) for r in runs),
-                         "first_failure": next((r["first_failure"] for r in runs if r["first_failure"]), "")})
+            for r in runs:
+                r["converged"] = r["flags_off"] == len(apps)
+            rows.append(_row(name, p, runs, latency, len(envs), rate_floor, repeat))
+            wall = rows[-1]["wall"]
             print(f"# {name} parallel {p}: {wall:.2f}s, {rows[-1]['ratio']:.2f}× floor, "
                   f"{rows[-1]['throttled']} 429s", file=sys.stderr, flush=True)
     finally:
         fake.stop()
         heroku.shared_budget = original
     return rows
+
+
+def provision_rows(apps: list[str], clusters: list[Any], parallels: list[int], *, latency: float, repeat: int,
+                   state: str, base: Path) -> list[dict]:
+    """`provision` over the fleet: each repeat provisions a role of its own name (a new role in
+    every cluster), so every run does the whole work; the end state is checked from the app side."""
+    from runbook import fleet, project as projects
+
+    fake = FakeProcess(apps, latency, HEROKU_LIMIT, 3600, "bench-token-provision")
+    rows = []
+    try:
+        for p in parallels:
+            runs = []
+            for r in range(repeat):
+                role = f"fleet_app_p{p}_r{r}"
+                path, extra = write_provision_project(base, apps, clusters, role)
+                project = projects.load(path)
+                envs = fleet.select(project, ["fleet-*"])
+                run = measure(project, fake, envs, p, state, base, command="provision", environ_extra=extra)
+                run["converged"] = provisioned(fake, apps, clusters, role) == len(apps)
+                runs.append(run)
+            rows.append(_row("provision", p, runs, latency, len(apps), 0.0, repeat))
+            print(f"# provision parallel {p}: {rows[-1]['wall']:.2f}s, {rows[-1]['wave_ratio']:.2f}× wave floor, "
+                  f"{rows[-1]['throttled']} 429s", file=sys.stderr, flush=True)
+    finally:
+        fake.stop()
+    return rows
+
+
+def _row(name: str, p: int, runs: list[dict], latency: float, envs: int, rate_floor: float, repeat: int) -> dict:
+    wall = statistics.median(r["wall"] for r in runs)
+    calls = max(r["calls"] for r in runs)
+    floor = max(calls * latency / p, rate_floor)
+    # an environment's calls are sequential and it runs on one worker: ceil(envs / p) of them in a row
+    wave_floor = max(math.ceil(envs / p) * (calls / envs) * latency, rate_floor)
+    return {"scenario": name, "parallel": p, "wall": wall, "calls": calls, "floor": floor,
+            "wave_floor": wave_floor, "wave_ratio": wall / wave_floor if wave_floor else float("nan"),
+            "cpu": statistics.median(r["cpu"] for r in runs),
+            "fake_cpu": statistics.median(r["fake_cpu"] for r in runs),
+            "ratio": wall / floor if floor else float("nan"),
+            "throttled": sum(r["throttled"] for r in runs),
+            "failed": sum(r["failed"] for r in runs), "runs": repeat,
+            "converged": all(r["converged"] for r in runs),
+            "first_failure": next((r["first_failure"] for r in runs if r["first_failure"]), "")}
 
 
 def table(rows: list[dict]) -> str:
@@ -229,8 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drained-parallel", type=int, default=25, help="--parallel of the drained-account rows")
     ap.add_argument("--repeat", type=int, default=3, help="runs per row (median wall; 429s summed)")
     ap.add_argument("--skip-drained", action="store_true", help="only the full-bucket rows")
+    ap.add_argument("--verbs", default="rollback,provision",
+                    help="rollback (app side only), provision (one PostgreSQL cluster per environment), or both")
     args = ap.parse_args(argv)
     parallels = [int(p) for p in args.parallel.split(",") if p.strip()]
+    verbs = {v.strip() for v in args.verbs.split(",") if v.strip()}
+    if not verbs <= {"rollback", "provision"}:
+        ap.error(f"--verbs: rollback and/or provision, not {', '.join(sorted(verbs - {'rollback', 'provision'}))}")
 
     from runbook import fleet, project as projects
 
@@ -240,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_project(base, apps)
     cluster, state = state_store(base)
     rows: list[dict] = []
+    databases: list[Any] = []
     try:
         project = projects.load(path)
         envs = fleet.select(project, ["fleet-*"])
@@ -247,10 +387,15 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up: imports, the state schema, connection set-up paths
         scenario("warm-up", project, envs[:4], apps, [2], latency=0.0, rate_limit=HEROKU_LIMIT, window=3600,
                  repeat=1, state=state, base=base, token="bench-token-warmup")
-        rows += scenario("full", project, envs, apps, parallels, rate_limit=HEROKU_LIMIT, window=3600,
-                         token="bench-token-full", **common)
-        if not args.skip_drained:
-            calls = rows[-1]["calls"] if rows else 3 * args.envs
+        if "rollback" in verbs:
+            rows += scenario("full", project, envs, apps, parallels, rate_limit=HEROKU_LIMIT, window=3600,
+                             token="bench-token-full", **common)
+        if "provision" in verbs:
+            databases = database_clusters(base, len(apps))
+            rows += provision_rows(apps, databases, parallels, **common)
+        if "rollback" in verbs and not args.skip_drained:
+            full = [r for r in rows if r["scenario"] == "full"]
+            calls = full[-1]["calls"] if full else 3 * args.envs
             left = max(1, calls - DRAINED_SHORTFALL)
             window = left / HEROKU_REFILL                      # the fake refills at Heroku's 75/min
             drained = dict(rate_limit=left, window=window, rate_floor=DRAINED_SHORTFALL / HEROKU_REFILL,
@@ -260,10 +405,12 @@ def main(argv: list[str] | None = None) -> int:
             rows += scenario("drained, per-client", project, envs, apps, [args.drained_parallel],
                              token="bench-token-naive", shared=False, **drained)
     finally:
-        cluster.destroy()
+        for each in (cluster, *databases):
+            each.destroy()
         shutil.rmtree(base, ignore_errors=True)
     print(f"machine: {machine()}")
-    print(f"{args.envs} environments, rollback, {args.latency * 1000:.0f} ms per call; floor = calls × latency ÷ "
+    print(f"{args.envs} environments, {' and '.join(v for v in ('rollback', 'provision') if v in verbs)}, "
+          f"{args.latency * 1000:.0f} ms per call; floor = calls × latency ÷ "
           f"parallel; wave floor = ceil(envs ÷ parallel) × calls per env × latency (drained rows: either, or the "
           f"refill time of the shortfall, if longer); load average {os.getloadavg()[0]:.2f} at the end")
     print(table(rows))

@@ -178,6 +178,8 @@ class RateBudget:
             if self.model.kind == "window":
                 self._admit_in_window(deadline)
                 return
+            if self._remaining is None:     # a bucket never sets _reset_at: only the type checker needs this
+                return
             now = self.clock()
             self._remaining += (now - self._stamp) * self.refill_per_second
             self._stamp = now

@@ -27,6 +27,13 @@ _pattern: tuple[tuple[list[str], re.Pattern[str]], ...] | None = None
 
 # Passwords shorter than this are not registered: redacting "a" everywhere would shred output.
 _MIN_REDACT = 6
+# _MIN_REDACT characters from the middle of every form registered: a text in which none of them
+# occurs holds no known secret, and is returned without bringing the patterns up to date
+# (compiling a fleet's hundreds of URLs and passwords into them cost more CPU than the rest of a
+# provision). The middle, not the start: a URL's or DSN's start ("postgres://", "host=") is in
+# every masked URL a run prints, its middle is in the password. Only ever grows.
+_heads: set[str] = set()
+_PREFILTER_MAX = 4096     # longer texts go straight to the patterns (the scan is per character)
 
 
 def _password_of(value: str) -> list[str]:
@@ -62,6 +69,7 @@ def register(value: str) -> None:
     with _lock:
         new = forms - _known
         if new:
+            _heads.update(_middle(v) for v in new)
             _known.update(new)
             _pending.extend(new)
 
@@ -92,7 +100,23 @@ def _patterns() -> tuple[re.Pattern[str], ...]:
         return tuple(p for _, p in _pattern)
 
 
+def _middle(value: str) -> str:
+    at = (len(value) - _MIN_REDACT) // 2
+    return value[at:at + _MIN_REDACT]
+
+
+def _may_hold_known(text: str) -> bool:
+    if len(text) > _PREFILTER_MAX:
+        return True
+    heads, n = _heads, _MIN_REDACT
+    return any(text[i:i + n] in heads for i in range(len(text) - n + 1))
+
+
 def _mask_known(text: str) -> str:
+    if not _may_hold_known(text):
+        return text
+    if text in _known:          # a secret alone (mask_url of a DSN): what the patterns would give
+        return MASK
     patterns = _patterns()
     if len(patterns) <= 1:
         return patterns[0].sub(MASK, text) if patterns else text
