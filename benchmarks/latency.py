@@ -38,7 +38,9 @@ def _runbook() -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != UNSET}
+    # from compiled bytecode, as an installed tool runs (as benchmarks/peers.py does): with this
+    # machine's PYTHONDONTWRITEBYTECODE=1 an editable checkout would compile every module each run
+    env = {k: v for k, v in os.environ.items() if k not in (UNSET, "PYTHONDONTWRITEBYTECODE")}
     env.update({"NO_COLOR": "1", "CI": "true"})
     return env
 

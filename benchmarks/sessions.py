@@ -13,6 +13,9 @@ PostgreSQL 15 when present, else the embedded one) started with `log_connections
 first `provision` that converges the role: connections are the server log's "connection
 authorized" lines, statements are pg_stat_statements' calls (reset before each command). Server
 time is pg_stat_statements' execution time, which includes neither planning nor the round trips.
+Round trips are the server log's `log_statement = all` lines (one per simple query or extended-
+protocol execute, psycopg's own BEGIN and COMMIT included): the tool sends each statement and
+waits for its answer, so each line is one round trip.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from providers.embedded import Cluster, embedded_bin_dir  # noqa: E402
 COMMANDS = (["provision", "--yes"], ["plan"], ["drift"], ["diagnose"], ["drift", "--fix", "--yes"], ["soak"],
             ["history"])
 _AUTHORIZED = re.compile(r"connection authorized: user=(\S+)")
+_SENT = re.compile(r"LOG:  (?:statement|execute [^:]*): ")
 
 
 def measure(tables: int, source: Path | None = None) -> list[dict]:
@@ -48,7 +52,7 @@ def measure(tables: int, source: Path | None = None) -> list[dict]:
     bin_dir = peers.DEBIAN_15 if (peers.DEBIAN_15 / "postgres").exists() else embedded_bin_dir()
     cluster = Cluster(bin_dir, base / "data")
     try:
-        cluster.start(settings={"shared_buffers": "256MB", "log_connections": "on",
+        cluster.start(settings={"shared_buffers": "256MB", "log_connections": "on", "log_statement": "all",
                                 "shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"})
         cluster.wait_ready()
         with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
@@ -79,12 +83,14 @@ def measure(tables: int, source: Path | None = None) -> list[dict]:
                 time.sleep(0.2)                          # the server logs a session's start as it begins
                 with cluster.log_file.open("rb") as log:
                     log.seek(log_from)
-                    users = _AUTHORIZED.findall(log.read().decode(errors="replace"))
+                    text = log.read().decode(errors="replace")
+                users = _AUTHORIZED.findall(text)
                 calls, exec_ms = conn.execute(
                     "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
                     "WHERE query NOT LIKE '%pg_stat_statements%'").fetchone()
                 rows.append({"command": " ".join(verb), "connections": len(users),
                              "as_app": sum(1 for u in users if u == tool.role), "statements": int(calls),
+                             "round_trips": len(_SENT.findall(text)),
                              "server_ms": float(exec_ms), "wall": wall})
         return rows[1:]
     finally:
@@ -93,9 +99,9 @@ def measure(tables: int, source: Path | None = None) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("command", "connections", "as the app role", "statements", "server exec ms", "wall s")
-    body = [(r["command"], str(r["connections"]), str(r["as_app"]), str(r["statements"]), f"{r['server_ms']:.1f}",
-             f"{r['wall']:.2f}") for r in rows]
+    head = ("command", "connections", "as the app role", "statements", "round trips", "server exec ms", "wall s")
+    body = [(r["command"], str(r["connections"]), str(r["as_app"]), str(r["statements"]), str(r["round_trips"]),
+             f"{r['server_ms']:.1f}", f"{r['wall']:.2f}") for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])

@@ -381,13 +381,13 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
     settings = ctx.settings if ctx else None
     connect_timeout = max(1, int(timeout or (settings.connect_timeout.total_seconds() if settings else 10)))
     name = application_name(ctx.project, purpose) if ctx else f"runbook:{purpose}"[:63]
-    conn = _open(dsn, autocommit=autocommit, connect_timeout=connect_timeout, application_name=name)
+    # the session's settings ride on the pinning statement: one round trip for both
+    conn = _open(dsn, autocommit=autocommit, connect_timeout=connect_timeout, application_name=name,
+                 settings=settings)
     try:
         if ctx is not None:
             ctx.check_pooler(conn, lambda: _open(dsn, autocommit=True, connect_timeout=connect_timeout,
                                                 application_name=name), dsn)
-        if settings:
-            session_settings(conn, settings)
     except BaseException as exc:
         conn.close()
         import psycopg
@@ -399,15 +399,14 @@ def connect(dsn: Secret, ctx: Context | None, *, purpose: str, autocommit: bool 
     return conn
 
 
-def session_settings(conn: Connection[Any], settings: SettingsSpec) -> None:
-    """The tool's session settings, by SET after connecting (never startup options)."""
-    ms = int(settings.statement_timeout.total_seconds() * 1000)
-    conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (f"{ms}ms",))
-    if not conn.autocommit:
-        conn.commit()
+def _statement_timeout(settings: SettingsSpec) -> str:
+    return f"{int(settings.statement_timeout.total_seconds() * 1000)}ms"
 
 
-def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_name: str) -> Connection[Any]:
+def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_name: str,
+          settings: SettingsSpec | None = None) -> Connection[Any]:
+    """A pinned connection; with `settings`, the tool's session settings too (by SET after
+    connecting, never startup options), in the same statement as the pin."""
     import psycopg
 
     try:
@@ -416,7 +415,7 @@ def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_na
             application_name=application_name, prepare_threshold=None,
         )
         try:
-            pin_session(conn)
+            pin_session(conn, statement_timeout=None if settings is None else _statement_timeout(settings))
         except BaseException:
             conn.close()
             raise
@@ -438,18 +437,24 @@ def _open(dsn: Secret, *, autocommit: bool, connect_timeout: int, application_na
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
 
 
-def pin_session(conn: Connection[Any], *, local: bool = False) -> None:
+def pin_session(conn: Connection[Any], *, local: bool = False, statement_timeout: str | None = None) -> None:
     """Right after connecting, before any other statement: search_path to pg_catalog then pg_temp
     (pg_temp last, so a temporary object cannot shadow a catalog one either) and no SET ROLE a
     database or role default slipped in. The statement itself calls only qualified names.
 
     `local`: for the transaction the (non-autocommit) connection has just begun, and no longer.
     Sessions as the app role use it: they may go through the app's transaction pooler, where a
-    session-level setting would stay on the server connection and reach the app's next client."""
+    session-level setting would stay on the server connection and reach the app's next client.
+    `statement_timeout` ("5000ms"): set in the same statement, at the same scope."""
     from psycopg.pq import TransactionStatus
 
-    conn.execute("SELECT pg_catalog.set_config('search_path', %s, %s), "
-                 "pg_catalog.set_config('role', 'none', %s)", (PINNED_SEARCH_PATH, local, local))
+    if statement_timeout is None:
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, %s), "
+                     "pg_catalog.set_config('role', 'none', %s)", (PINNED_SEARCH_PATH, local, local))
+    else:
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, %s), "
+                     "pg_catalog.set_config('role', 'none', %s), pg_catalog.set_config('statement_timeout', %s, %s)",
+                     (PINNED_SEARCH_PATH, local, local, statement_timeout, local))
     if not local and not conn.autocommit and conn.info.transaction_status == TransactionStatus.INTRANS:
         conn.commit()      # a session setting, kept: not rolled back with the first transaction
 

@@ -92,6 +92,11 @@ class Step(Generic[Observed]):
     def verify(self, ctx: StepContext) -> Verdict:
         return Verdict.ok()
 
+    def verify_unchanged(self, ctx: StepContext, observed: Observed) -> Verdict:
+        """`verify` after a plan with no changes. Nothing was applied since `observe` read
+        `observed`, so a step whose verify would only read the same facts again may judge these."""
+        return self.verify(ctx)
+
     def compensate(self, ctx: StepContext) -> list[Change]:
         return []
 
@@ -178,7 +183,7 @@ def run(steps: list[Step[Any]], session: Context, *, plan_only: bool, journal: J
             else:
                 report.status = "unchanged"
             report.notes.extend(session.take_notes())
-            verdict = step.verify(ctx)
+            verdict = step.verify(ctx) if report.status == "applied" else step.verify_unchanged(ctx, observed)
             if verdict.evidence is not None:
                 state.verified[step.name] = verdict.evidence
             report.verdict = verdict

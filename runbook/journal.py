@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,6 +613,8 @@ def _migrate(conn: Any, app: str | None) -> None:
 
 class SqliteStore(_SqlStore):
     def __init__(self, path: Path, *, app: str | None = None, create: bool = True) -> None:
+        import sqlite3      # here: a run journalling to PostgreSQL or the local file never loads it
+
         self.location = f"sqlite:///{path}"
         self.app = app
         try:

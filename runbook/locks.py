@@ -19,6 +19,14 @@ def lock_key(app: str, env: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+# (held here already, taken now): the try only when this server session does not hold it yet
+_ACQUIRE = """
+SELECT h.held, CASE WHEN h.held THEN NULL ELSE pg_catalog.pg_try_advisory_lock(%s) END
+FROM (SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
+                     AND classid = %s::oid AND objid = %s::oid AND objsubid = 1) AS held) h
+"""
+
+
 class EnvLock:
     """`connect(dsn, label)` opens a session of the lock's own; `session` instead is one the run
     already holds on the same DSN (its admin session), which the lock then neither opens nor
@@ -33,27 +41,25 @@ class EnvLock:
         self.conn = connect(dsn, label) if session is None else session
 
     def acquire(self) -> None:
-        if self._held_here():
+        # one round trip (CASE evaluates its condition first: a lock held here is not taken twice)
+        held_here, got = self.conn.execute(_ACQUIRE, (self.key, *self._lock_ids())).fetchone()
+        if held_here:
             # the lock is re-entrant per server session: a pooler that handed us a server
             # connection still holding it (no reset between clients) would let two runs share it
             self.release()
             raise Refused(f"the server connection the pooler gave this run already holds {self.env}'s lock (a previous "
                           "client's): the pooler does not reset server connections between clients; restore PgBouncer's "
                           "server_reset_query = DISCARD ALL, or give the tool a direct DSN")
-        got = self.conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
         self.held = bool(got)
         if not got:
             holder = self.holder()
             self.release()
             raise Locked(f"{self.env} is locked by another run: {holder}")
 
-    def _held_here(self) -> bool:
+    def _lock_ids(self) -> tuple[str, str]:
+        """The key as pg_locks shows it: classid and objid, the high and low halves."""
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
-        return self.conn.execute(
-            """
-            SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
-                           AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)
-            """, (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()[0]
+        return str(unsigned >> 32), str(unsigned & 0xFFFFFFFF)
 
     def reacquire(self, conn) -> None:
         """The run's session was reopened (the old one is gone, and the server freed its lock with
@@ -62,7 +68,6 @@ class EnvLock:
         self.acquire()
 
     def holder(self) -> str:
-        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
         row = self.conn.execute(
             """
             SELECT a.pid, a.application_name, a.usename, a.backend_start
@@ -71,7 +76,7 @@ class EnvLock:
               AND l.objsubid = 1
               AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
             """,
-            (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF)),
+            self._lock_ids(),
         ).fetchone()
         if row is None:
             return "(the holder just finished; try again)"

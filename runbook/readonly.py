@@ -5,7 +5,7 @@ a due checkpoint that cannot be recorded is reported rather than lost (runbook.s
 
 from __future__ import annotations
 
-import sqlite3
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +22,10 @@ _READS = frozenset({"runs", "events", "open_soak", "latest_soak", "checkpoints",
 def cannot_write(exc: BaseException) -> bool:
     if getattr(exc, "sqlstate", None) in _READ_ONLY:
         return True
-    return isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).replace(" ", "").lower()
+    # an SQLite error exists only where a SQLite journal loaded sqlite3: a run without one never imports it
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(exc, sqlite3.OperationalError) \
+        and "readonly" in str(exc).replace(" ", "").lower()
 
 
 def _denied(exc: BaseException) -> bool:

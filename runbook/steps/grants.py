@@ -118,10 +118,16 @@ class Grants(Step[catalog.Snapshot]):
     def verify(self, ctx: StepContext) -> Verdict:
         specs = grant_specs(ctx)
         snap = catalog.snapshot(ctx.admin(), ctx.role if len(specs) == 1 else specs[0], ctx.owner)
-        left = [f for f in grants.findings(specs[0], snap) if f.kind != "schema-missing"]
-        for spec in specs[1:]:
-            left += [f for f in grants.findings(spec, catalog.snapshot(ctx.admin(), spec, ctx.owner))
-                     if f.kind != "schema-missing"]
+        return self._judge(ctx, [(specs[0], snap), *((spec, catalog.snapshot(ctx.admin(), spec, ctx.owner))
+                                                     for spec in specs[1:])])
+
+    def verify_unchanged(self, ctx: StepContext, observed: catalog.Snapshot) -> Verdict:
+        # nothing was granted or revoked since observe's snapshots: judge those, not a second read
+        return self._judge(ctx, _each(ctx, observed))
+
+    def _judge(self, ctx: StepContext, snaps: list[tuple[RoleSpec, catalog.Snapshot]]) -> Verdict:
+        snap = snaps[0][1]
+        left = [f for spec, each in snaps for f in grants.findings(spec, each) if f.kind != "schema-missing"]
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
                            fix=f"runbook drift --env {ctx.env.name}", evidence=snap)

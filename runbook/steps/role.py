@@ -185,16 +185,26 @@ class EnsureRole(Step[RoleObserved]):
         facts = roles.facts(ctx.admin(), ctx.role.name)
         if ctx.role.rotation == "alternating":
             return _verify_logins(ctx, facts)
-        if not facts.exists or not facts.can_login:
-            return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
-        if facts.unsafe_attributes(ctx.role):
-            return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes(ctx.role))}")
-        left = roles.membership_drift(ctx.role.name, ctx.role_grants + ("cloudsqlsuperuser",), facts)
-        if left:
-            return Verdict("fail", f"role {ctx.role.name}: still needed: {left[0].summary}")
-        if facts.marked_for != roles.identity(ctx):
-            return Verdict("fail", f"role {ctx.role.name} does not carry pg-runbook's mark for {roles.identity(ctx)}")
-        return Verdict.ok()
+        return _verify_role(ctx, facts)
+
+    def verify_unchanged(self, ctx: StepContext, observed: RoleObserved) -> Verdict:
+        # nothing was applied since observe read the role's facts: judge those, not a second read
+        if ctx.api_credentials or ctx.role.rotation == "alternating" or observed.facts is None:
+            return self.verify(ctx)
+        return _verify_role(ctx, observed.facts)
+
+
+def _verify_role(ctx: StepContext, facts: roles.RoleFacts) -> Verdict:
+    if not facts.exists or not facts.can_login:
+        return Verdict("fail", f"role {ctx.role.name} is missing or cannot log in")
+    if facts.unsafe_attributes(ctx.role):
+        return Verdict("fail", f"role {ctx.role.name} still has {', '.join(facts.unsafe_attributes(ctx.role))}")
+    left = roles.membership_drift(ctx.role.name, ctx.role_grants + ("cloudsqlsuperuser",), facts)
+    if left:
+        return Verdict("fail", f"role {ctx.role.name}: still needed: {left[0].summary}")
+    if facts.marked_for != roles.identity(ctx):
+        return Verdict("fail", f"role {ctx.role.name} does not carry pg-runbook's mark for {roles.identity(ctx)}")
+    return Verdict.ok()
 
 
 def _verify_logins(ctx: StepContext, group: roles.RoleFacts) -> Verdict:

@@ -80,3 +80,44 @@ def test_a_reopened_admin_session_takes_the_lock_again(env, monkeypatch):
     monkeypatch.setattr(commands, "_playbook", playbook)
     assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
     assert seen == [True]
+
+
+def _reads(monkeypatch) -> dict[str, int]:
+    """How many relation snapshots and role-facts reads a run makes, counted at the functions the
+    steps call (runbook.catalog.snapshot, runbook.roles.facts)."""
+    from runbook import catalog, roles
+
+    counts = {"snapshot": 0, "facts": 0}
+    for module, name in ((catalog, "snapshot"), (roles, "facts")):
+        real = getattr(module, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            counts[_name] += 1
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(module, name, counted)
+    return counts
+
+
+def test_an_unchanged_step_is_judged_on_what_it_observed(env, monkeypatch):
+    # nothing applied between observe and verify: the role and grants steps read once each
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    counts = _reads(monkeypatch)
+    again = commands.provision(env.project(), "staging", yes=True, environ=env.environ)
+    assert again.status == "unchanged"
+    assert {s.step: s.status for s in again.steps}["grants"] == "unchanged"
+    # grants: its observe as the admin; verify: once as the app role (what the app can reach)
+    assert counts["snapshot"] == 2, counts
+    # role: its observe (reused by its verify); grants: its managed-role check
+    assert counts["facts"] == 2, counts
+
+
+def test_a_step_that_applied_reads_again_to_verify(env, monkeypatch):
+    assert commands.provision(env.project(), "staging", yes=True, environ=env.environ).status == "ok"
+    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{env.project().role.name}"')
+    counts = _reads(monkeypatch)
+    again = commands.provision(env.project(), "staging", yes=True, environ=env.environ)
+    assert {s.step: s.status for s in again.steps}["grants"] == "applied"
+    assert again.status == "ok"
+    assert counts["snapshot"] == 3, counts     # grants observe, grants verify after the grants, the app role's

@@ -181,3 +181,31 @@ def test_only_the_verb_run_is_built():
     assert set(cli._click_command(["-f", "plan", "drift"]).commands) == {"drift"}       # an option's value is no verb
     assert set(cli._click_command(["nosuch"]).commands) == set(everything.commands)    # click names the unknown verb
     assert len(cli.app.registered_commands) == len(everything.commands)                # the app itself is untouched
+
+
+def test_a_run_without_a_sqlite_journal_does_not_load_sqlite3():
+    # what every writing and reading run imports; sqlite3 is loaded only to open a SQLite journal
+    probe = ("import json, sys, runbook.journal, runbook.readonly, runbook.soak, runbook.run, runbook.commands; "
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', '_sqlite3'))))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == []
+
+
+def test_a_read_only_sqlite_journal_is_still_recognised(tmp_path):
+    # readonly.cannot_write no longer imports sqlite3 itself: once a SQLite journal is open, it sees its errors
+    import sqlite3
+
+    from runbook.readonly import cannot_write
+
+    path = tmp_path / "state.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x int)").connection.commit()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")
+    except sqlite3.OperationalError as exc:
+        assert cannot_write(exc)
+    else:
+        raise AssertionError("a read-only SQLite connection accepted a write")
+    assert not cannot_write(sqlite3.OperationalError("database is locked"))
