@@ -44,7 +44,7 @@ def observe_logins(ctx: StepContext, *, adopt: bool) -> Logins:
     for login in logins:
         alt.refuse_login(login, spec, ident, ctx.info.role_grants)
     url = ctx.url_state() if group.exists else None
-    turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+    turn = alt.current_turn(ctx)
     app_user = alt.app_login(spec, url, turn) if url is not None else None
     if app_user in spec.logins:
         current = app_user
@@ -173,7 +173,7 @@ class Drain(Step[DrainObserved]):
             return self._preview(ctx)
         conn = ctx.admin()
         url = ctx.url_state()
-        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        turn = alt.current_turn(ctx)
         user = alt.app_login(spec, url, turn)
         target = ctx.state.login or (user if user in spec.logins else None)
         if target is None:
@@ -195,7 +195,7 @@ class Drain(Step[DrainObserved]):
         journal says the rotation to the app's login finished, and is invalidated by a rotation
         through the API, whose new password nobody was given."""
         spec = ctx.role
-        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        turn = alt.current_turn(ctx)
         rotating = "rotate_password" in ctx.state.changed
         if ctx.plan_only and rotating and turn.pending is None:
             target = alt.other(spec, alt.api_login(ctx))     # a preview switched nothing yet
