@@ -52,9 +52,8 @@ def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result,
             previews += run.preview(_steps_for(run, name))
         if not run.confirm_whole(previews, f"{name} {run.env} (roles {', '.join(m.name for m in selected)})", result):
             return
-        for _ in run.for_each_role(role):
-            result.steps += run.apply(_steps_for(run, name), journal)
-            started = started or run.state.soak_started
+        states = _apply_roles(run, role, lambda: _steps_for(run, name), journal, result)
+        started = any(state.soak_started for state in states)
     else:
         for managed in run.for_each_role(role):
             what = f"{name} {run.env}" + (f" (role {managed.name})" if run.project.several else "")
@@ -67,6 +66,42 @@ def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result,
     result.status = "ok" if changed else "unchanged"
     if not changed:
         result.say(f"{run.env} already matches the spec; nothing changed")
+
+
+def _apply_roles(run: Run, role: str | None, steps_for: Callable[[], list[Any]], journal: Callable[..., None],
+                 result: Result, *, before: Callable[[], None] | None = None,
+                 keep: Callable[[Any], bool] = lambda managed: True) -> list[Any]:
+    """The playbook for each selected role, in two parts: every role's steps up to the restart
+    first (each role's URL written), then the restart and what follows it, role by role. An app
+    whose task definition or config reads every role's URL from the start could not start before
+    the last of them is written (ECS fails such a deployment by circuit breaker), and one restart
+    carries every role's change: a later role's restart is owed only for what it changed since.
+    A playbook without a restart runs whole, role by role. `before`: called before each role's
+    first step; `keep`: which of the selected roles take part. Returns each role's RunState."""
+    from runbook.context import RunState
+
+    parts: list[tuple[Any, list[Any], RunState]] = []
+    for managed in run.for_each_role(role):
+        if not keep(managed):
+            continue
+        steps = steps_for()
+        at = next((i for i, step in enumerate(steps) if step.kind == "restart"), len(steps))
+        state = RunState()
+        if before is not None:
+            before()
+        result.steps += run.apply(steps[:at], journal, state=state)
+        parts.append((managed, steps[at:], state))
+    restarted = False
+    for managed, rest, state in parts:
+        if not rest:
+            continue
+        run.ctx.select_role(managed)
+        if restarted:
+            state.app_changed = False     # the restart that just ran carried this role's change too
+        reports = run.apply(rest, journal, state=state)
+        result.steps += reports
+        restarted = restarted or any(r.step == rest[0].name and r.status == "applied" for r in reports)
+    return [state for _, _, state in parts]
 
 
 def _steps_for(run: Run, name: str) -> list[Any]:
@@ -347,10 +382,9 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
                     previews += run.preview(steps)
             if not run.confirm_whole(previews, f"rollback {env} (roles {', '.join(m.name for m in flagged)})", result):
                 return result
-            for managed in run.for_each_role(role):
-                if managed.flag is not None:
-                    mark()
-                    result.steps += run.apply(steps, journal)
+            run.covered = flagged
+            _apply_roles(run, role, lambda: steps, journal, result, before=mark,
+                         keep=lambda managed: managed.flag is not None)
         else:
             for managed in run.for_each_role(role):
                 if managed.flag is None:

@@ -274,8 +274,11 @@ class Run:
         a RunState of its own, so nothing it learns reaches the apply that follows."""
         return self._tag(engine.run(steps, self.ctx, plan_only=True, journal=_nowhere))
 
-    def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal) -> list[engine.StepReport]:
-        self.state = RunState()
+    def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal, *,
+              state: RunState | None = None) -> list[engine.StepReport]:
+        """`steps` applied for the selected role; `state`: carry on the RunState of the same role's
+        earlier steps (a playbook applied in two parts), else a fresh one."""
+        self.state = RunState() if state is None else state
         sink, role = self.invocation.on_step, self.ctx.role.name
 
         def on_step(report: engine.StepReport) -> None:
