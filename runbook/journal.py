@@ -119,7 +119,7 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.runs (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, command text NOT NULL,
         status text NOT NULL, actor text, host text, pid int, started_at double precision NOT NULL,
-        finished_at double precision, digest text, detail text, app text, roles text)""",
+        finished_at double precision, digest text, detail text, roles text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.events (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id bigint, env text NOT NULL,
         at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text, app text, role text)""",
@@ -142,7 +142,7 @@ _PG_DDL = [
 _SQLITE_DDL = [
     """CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, command TEXT NOT NULL,
         status TEXT NOT NULL, actor TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL,
-        digest TEXT, detail TEXT, app TEXT, roles TEXT)""",
+        digest TEXT, detail TEXT, roles TEXT, app TEXT)""",
     """CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, env TEXT NOT NULL,
         at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT, app TEXT, role TEXT)""",
     """CREATE TABLE IF NOT EXISTS soaks (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, digest TEXT NOT NULL,
