@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     from runbook.roles import Identity, RoleFacts
 
 
-# how far back the journal is read for the rotation's state: a rotate writes about fifteen events,
-# so this covers more than a hundred runs since the last rotation or url write
-JOURNAL_WINDOW = 2000
-
-
 def alternating(spec: RoleSpec) -> bool:
     return spec.rotation == "alternating"
 
@@ -61,6 +56,13 @@ def journal_turn(history: list[dict[str, Any]], spec: RoleSpec) -> Turn:
         if done in spec.logins:
             current, pending = done, None
     return Turn(current, pending, written)
+
+
+def current_turn(ctx: Any) -> Turn:
+    """The selected role's turn from the journal, however long ago it last rotated: the store
+    answers with the few events that decide it (a dedicated query, not a window of recent events,
+    which a busy journal would push a rotation out of)."""
+    return journal_turn(ctx.rotation_events(), ctx.role)
 
 
 def app_login(spec: RoleSpec, url: object, turn: Turn) -> str | None:
@@ -173,7 +175,7 @@ def api_login(ctx: Any) -> str:
     on = url_login(spec, ctx.app.received_url())
     if on in spec.logins:
         return str(on)
-    turn = journal_turn(ctx.journal_history(JOURNAL_WINDOW), spec)
+    turn = current_turn(ctx)
     return turn.pending or turn.current or spec.logins[0]
 
 

@@ -79,7 +79,7 @@ def check_role(ctx) -> CheckResult:
 def _check_logins(ctx, group, fix: str) -> CheckResult:
     """`rotation: alternating`: the group, its two logins, and which one the app is on."""
     from runbook import roles
-    from runbook.alternating import JOURNAL_WINDOW, app_login, journal_turn, url_login
+    from runbook.alternating import app_login, current_turn, url_login
     from runbook.app_url import url_state
 
     spec = ctx.role
@@ -88,7 +88,7 @@ def _check_logins(ctx, group, fix: str) -> CheckResult:
         return CheckResult("role", "fail", "; ".join(f.detail for f in extra[:3]), f"runbook drift --env {ctx.env.name} --fix")
     logins = {n: roles.facts(ctx.admin(), n) for n in spec.logins}
     live = [n for n, f in logins.items() if f.can_login] + ([spec.name] if group.can_login else [])
-    turn = journal_turn(ctx.journal_history(JOURNAL_WINDOW), spec) if ctx.store is not None else None
+    turn = current_turn(ctx) if ctx.store is not None else None
     state = url_state(ctx)
     user = app_login(spec, state, turn) if turn is not None else (url_login(spec, state.value) if state.logs_in else None)
     if state.logs_in is False and state.value is not None:

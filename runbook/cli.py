@@ -389,7 +389,7 @@ def rotate(env: EnvOpt, yes: YesOpt = False, output: OutOpt = None, state: State
 
 @_command
 def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
-         wait: Annotated[bool, typer.Option("--wait", help="stay until the soak passes or fails")] = False,
+         wait: Annotated[bool, typer.Option("--wait", help="stay until every selected role's soak passes or one fails")] = False,
          parallel: ParallelOpt = 1) -> int:
     """Evaluate the checkpoints that are due (safe from cron). Exit 0 passed, 3 pending, 4 failed."""
     import time
@@ -406,28 +406,53 @@ def soak(env: EnvOpt, output: OutOpt = None, state: StateOpt = None,
         return code
     project = _load()
     display = _display(output)
-    waited = False
     from providers.base import Progress
+    from runbook.durations import parse_duration
 
+    several = project.several
+    shown_done: set[str] = set()
+
+    def what(name: str) -> str:
+        return f"soak {name}" if several else "soak"
+
+    def done(name: str, view: dict) -> None:
+        if name not in shown_done:
+            shown_done.add(name)
+            display(env[0], Progress(what(name), view.get("state", "?"), done=True))
+
+    waited = False
     while True:
         res = commands.soak(project, env[0], state=state or OPTS.state, role=OPTS.role)
-        view = res.data.get("soak", {})
-        pending = [p for p in view.get("checkpoints", []) if p["status"] == "pending"]
-        if not wait or res.exit_code != 3 or not view.get("started_at") or not pending:
+        # every selected role's soak (a `role:` project: its one); the run waits for all of them
+        views = res.data.get("roles") or {project.role.name: res.data.get("soak", {})}
+        pending = {name: [p for p in view.get("checkpoints", []) if p["status"] == "pending"]
+                   for name, view in views.items()}
+        waiting = {name: view for name, view in views.items()
+                   if view.get("state") == "running" and view.get("started_at") and pending[name]
+                   and view.get("digest_matches", True)}
+        # nothing to wait for: not pending (passed, or one failed), or a role whose soak cannot
+        # get anywhere by waiting (none started, a changed spec)
+        stuck = [name for name, view in views.items() if name not in waiting and view.get("state") != "passed"]
+        if not wait or res.exit_code != 3 or not waiting or stuck:
             if waited:
-                display(env[0], Progress("soak", view.get("state", res.status), done=True))
+                for name, view in views.items():
+                    done(name, view)
             return _finish(res, output)
-        from runbook.durations import parse_duration
-
-        started = view["started_at"]
-        due = started + parse_duration(pending[0]["checkpoint"]).total_seconds()
-        end = started + project.spec.soak.duration.total_seconds()
         now = time.time()
-        # the countdown: to the next checkpoint, and to the end of the soak
-        display(env[0], Progress("soak", f"waiting for checkpoint {pending[0]['checkpoint']}",
-                                 remaining=max(0.0, due - now), fields={"soak_ends_in": max(0.0, end - now)}))
+        soonest = None
+        for name, view in views.items():
+            if name not in waiting:
+                done(name, view)          # passed while the others wait
+                continue
+            started = view["started_at"]
+            due = started + parse_duration(pending[name][0]["checkpoint"]).total_seconds()
+            end = started + project.spec.soak.duration.total_seconds()
+            # the countdown: to the role's next checkpoint, and to the end of its soak
+            display(env[0], Progress(what(name), f"waiting for checkpoint {pending[name][0]['checkpoint']}",
+                                     remaining=max(0.0, due - now), fields={"soak_ends_in": max(0.0, end - now)}))
+            soonest = due if soonest is None else min(soonest, due)
         waited = True
-        time.sleep(max(0.5, min(due - now + 0.2, 300)))
+        time.sleep(max(0.5, min((soonest or now) - now + 0.2, 300)))
 
 
 @_command

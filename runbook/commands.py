@@ -43,22 +43,65 @@ def _refuse_transaction_pooler(run: Run) -> None:
 def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result, role: str | None = None) -> None:
     """`name` applied for each selected role in turn, in one run (one lock, one journal run)."""
     started = False
-    if len(run.project.select(role)) > 1:
+    selected = run.project.select(role)
+    if len(selected) > 1:
         # every role's plan first: a refusal of any role (its preflight, a hostile name) comes
-        # before the first role changes anything
+        # before the first role changes anything, and a person sees the whole run and answers once
+        previews: list[Any] = []
         for _ in run.for_each_role(role):
-            run.preview(_steps_for(run, name))
-    for managed in run.for_each_role(role):
-        what = f"{name} {run.env}" + (f" (role {managed.name})" if run.project.several else "")
-        if not run.confirmed_apply(_steps_for(run, name), journal, result, what):
+            previews += run.preview(_steps_for(run, name))
+        if not run.confirm_whole(previews, f"{name} {run.env} (roles {', '.join(m.name for m in selected)})", result):
             return
-        started = started or run.state.soak_started
+        states = _apply_roles(run, role, lambda: _steps_for(run, name), journal, result)
+        started = any(state.soak_started for state in states)
+    else:
+        for managed in run.for_each_role(role):
+            what = f"{name} {run.env}" + (f" (role {managed.name})" if run.project.several else "")
+            if not run.confirmed_apply(_steps_for(run, name), journal, result, what):
+                return
+            started = started or run.state.soak_started
     if started:
         result.data["soak_started"] = True
     changed = any(s.status == "applied" for s in result.steps)
     result.status = "ok" if changed else "unchanged"
     if not changed:
         result.say(f"{run.env} already matches the spec; nothing changed")
+
+
+def _apply_roles(run: Run, role: str | None, steps_for: Callable[[], list[Any]], journal: Callable[..., None],
+                 result: Result, *, before: Callable[[], None] | None = None,
+                 keep: Callable[[Any], bool] = lambda managed: True) -> list[Any]:
+    """The playbook for each selected role, in two parts: every role's steps up to the restart
+    first (each role's URL written), then the restart and what follows it, role by role. An app
+    whose task definition or config reads every role's URL from the start could not start before
+    the last of them is written (ECS fails such a deployment by circuit breaker), and one restart
+    carries every role's change: a later role's restart is owed only for what it changed since.
+    A playbook without a restart runs whole, role by role. `before`: called before each role's
+    first step; `keep`: which of the selected roles take part. Returns each role's RunState."""
+    from runbook.context import RunState
+
+    parts: list[tuple[Any, list[Any], RunState]] = []
+    for managed in run.for_each_role(role):
+        if not keep(managed):
+            continue
+        steps = steps_for()
+        at = next((i for i, step in enumerate(steps) if step.kind == "restart"), len(steps))
+        state = RunState()
+        if before is not None:
+            before()
+        result.steps += run.apply(steps[:at], journal, state=state)
+        parts.append((managed, steps[at:], state))
+    restarted = False
+    for managed, rest, state in parts:
+        if not rest:
+            continue
+        run.ctx.select_role(managed)
+        if restarted:
+            state.app_changed = False     # the restart that just ran carried this role's change too
+        reports = run.apply(rest, journal, state=state)
+        result.steps += reports
+        restarted = restarted or any(r.step == rest[0].name and r.status == "applied" for r in reports)
+    return [state for _, _, state in parts]
 
 
 def _steps_for(run: Run, name: str) -> list[Any]:
@@ -326,19 +369,32 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
 
         def mark() -> None:
             # before the flag goes off: a provision that started earlier and reaches its flag-on step
-            # later (rollback takes no lock) finds this and leaves the flag off (steps/flag.py)
-            journal("rollback", "marker", "rolled back: runs started before now must not turn the flag on again",
-                    {ROLLBACK_MARK: time.time()})
+            # later (rollback takes no lock) finds this and leaves the flag off (steps/flag.py). Each
+            # role its own marker: rolling back one role holds back no other role's flag
+            run.role_journal(journal)("rollback", "marker",
+                                      "rolled back: runs started before now must not turn the flag on again",
+                                      {ROLLBACK_MARK: time.time()})
 
-        marked = False
-        for managed in run.for_each_role(role):
-            if managed.flag is None:
-                continue
-            if not run.confirmed_apply(playbooks.load("rollback", project).steps, journal, result,
-                                       f"rollback {env}" + (f" (role {managed.name})" if project.several else ""),
-                                       before=None if marked else mark):
+        steps = playbooks.load("rollback", project).steps
+        if len(flagged) > 1:
+            previews: list[Any] = []
+            for managed in run.for_each_role(role):
+                if managed.flag is not None:
+                    previews += run.preview(steps)
+            if not run.confirm_whole(previews, f"rollback {env} (roles {', '.join(m.name for m in flagged)})", result):
                 return result
-            marked = True
+            run.covered = flagged
+            _apply_roles(run, role, lambda: steps, journal, result, before=mark,
+                         keep=lambda managed: managed.flag is not None)
+        else:
+            for managed in run.for_each_role(role):
+                if managed.flag is None:
+                    continue
+                if not run.confirmed_apply(steps, journal, result,
+                                           f"rollback {env}" + (f" (role {managed.name})" if project.several else ""),
+                                           before=mark):
+                    return result
+        run.covered = flagged       # the roles this rollback journals (a role without a flag had nothing to undo)
         changed = any(s.status == "applied" for s in result.steps)
         result.status = "ok" if changed else "unchanged"
         flags = ", ".join(f"{m.flag.name}={m.flag.off_value!r}" for m in flagged if m.flag is not None)
@@ -367,7 +423,8 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
                 result.say(f"{name}: {exc.message}")
                 continue
             try:        # inside the run: an in-database journal reads over the run's admin session
-                result.data.setdefault("runs", []).extend(store.runs(name, limit))
+                result.data.setdefault("runs", []).extend(store.runs(name, limit, role=role) if role is not None
+                                                          else store.runs(name, limit))
                 events = store.events(name, limit=limit * 4)
                 if role is not None:     # the role's own records and the run's (which name no role)
                     events = [e for e in events if e.get("role") in (None, role)]
@@ -379,7 +436,8 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
                         result.data.setdefault("soaks", []).append(soak)
             finally:
                 store.close()
-    local = [r for r in inv.runtime.local_journal(project).records() if env is None or r.get("env") == env]
+    local = [r for r in inv.runtime.local_journal(project).records() if (env is None or r.get("env") == env)
+             and (role is None or r.get("role") in (None, role))]
     if local:
         result.data["local"] = local
         result.say(f"{len(local)} record(s) only in the local journal (imported on the next run that reaches the store)")
@@ -554,12 +612,17 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
                         view = soaks.view(role_store(store, project, managed), name, project.spec.soak, ctx.digest)
                         row["soak"] = view.state + ("" if view.digest_matches else " (old spec)")
                         if managed.spec.rotation == "alternating" and row["role"] == "present":
-                            from runbook.alternating import JOURNAL_WINDOW, journal_turn
+                            from runbook.alternating import current_turn
 
-                            turn = journal_turn(list(store.events(name, limit=JOURNAL_WINDOW)), managed.spec)
+                            ctx.store = store
+                            try:
+                                turn = current_turn(ctx)
+                            finally:
+                                ctx.store = None
                             row["role"] += f" (current login {turn.current or '?'}" + (
                                 f"; rotation to {turn.pending} half-way)" if turn.pending else ")")
-                        runs = store.runs(name, 1)
+                        # the last run that covered this role (a run from before runs.roles covered every role)
+                        runs = store.runs(name, 1, role=managed.name) if project.several else store.runs(name, 1)
                         row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
                                            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"
                     finally:

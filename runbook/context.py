@@ -337,6 +337,17 @@ class Context:
         local = LocalJournal(project_dir(self.project) / "journal.jsonl")
         return events + [r for r in local.records() if r.get("env") == self.env.name]
 
+    def rotation_events(self) -> list[dict[str, Any]]:
+        """The selected alternating role's rotation records, however far back (the store's
+        dedicated query, runbook/journal.py turn_events), then its locally journalled ones."""
+        from runbook.local_journal import LocalJournal
+
+        role = self.role.name if self.project.several else None
+        events = list(self.store.turn_events(self.env.name, role, tuple(self.role.logins), self.role.name)) \
+            if self.store is not None else []
+        local = LocalJournal(project_dir(self.project) / "journal.jsonl")
+        return events + [r for r in local.records() if r.get("env") == self.env.name and r.get("role") in (None, role)]
+
     def close(self) -> None:
         self.forget_url()
         if self._admin is not None and not self._admin.closed:
@@ -559,6 +570,9 @@ class StepContext:
 
     def journal_history(self, limit: int = 200) -> list[dict[str, Any]]:
         return self.session.journal_history(limit)
+
+    def rotation_events(self) -> list[dict[str, Any]]:
+        return self.session.rotation_events()
 
     def platform_credential(self) -> Credential | None:
         """API credentials: the one this run made or rotated, else the one the platform holds.

@@ -68,12 +68,13 @@ RoleScope = tuple[str, str]
 class StateStore(Protocol):
     location: str
 
-    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int: ...
+    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None,
+              roles: list[str] | None = None) -> int: ...
     def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None,
               role: str | None = None) -> None: ...
     def finish(self, run_id: int, status: str, detail: dict[str, Any] | None = None) -> None: ...
     def interrupted(self, env: str, current: int) -> list[dict[str, Any]]: ...
-    def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def runs(self, env: str | None, limit: int = 50, role: str | None = None) -> list[dict[str, Any]]: ...
     def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]: ...
     def open_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None: ...
     def latest_soak(self, env: str, role: RoleScope | None = None) -> dict[str, Any] | None: ...
@@ -85,6 +86,8 @@ class StateStore(Protocol):
     def approve(self, env: str, from_env: str | None, soak_id: int | None, digest: str, sign_off: str,
                 forced: bool, reason: str | None, role: str | None = None) -> int: ...
     def last_approval(self, env: str, role: str) -> dict[str, Any] | None: ...
+    def turn_events(self, env: str, role: str | None, logins: tuple[str, ...],
+                    converted: str | None = None) -> list[dict[str, Any]]: ...
     def approvals(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]: ...
     def journal(self, env: str, run_id: int | None, role: str | None = None) -> "RunJournal": ...
     def close(self) -> None: ...
@@ -116,7 +119,7 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS {schema}.runs (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, env text NOT NULL, command text NOT NULL,
         status text NOT NULL, actor text, host text, pid int, started_at double precision NOT NULL,
-        finished_at double precision, digest text, detail text, app text)""",
+        finished_at double precision, digest text, detail text, roles text, app text)""",
     """CREATE TABLE IF NOT EXISTS {schema}.events (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id bigint, env text NOT NULL,
         at double precision NOT NULL, step text, kind text NOT NULL, summary text, data text, app text, role text)""",
@@ -139,7 +142,7 @@ _PG_DDL = [
 _SQLITE_DDL = [
     """CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, command TEXT NOT NULL,
         status TEXT NOT NULL, actor TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL,
-        digest TEXT, detail TEXT, app TEXT)""",
+        digest TEXT, detail TEXT, roles TEXT, app TEXT)""",
     """CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, env TEXT NOT NULL,
         at REAL NOT NULL, step TEXT, kind TEXT NOT NULL, summary TEXT, data TEXT, app TEXT, role TEXT)""",
     """CREATE TABLE IF NOT EXISTS soaks (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, digest TEXT NOT NULL,
@@ -161,9 +164,14 @@ KEYED = ("runs", "events", "soaks", "approvals")
 # Tables whose rows say which managed role they are about (`roles:`). A row from before the column
 # has none: it is the shorthand role's, and a `roles:` entry with that spec digest claims its soaks.
 ROLE_SCOPED = ("events", "soaks", "approvals")
+# A several-roles run says which roles it covered: `runs.roles`, a JSON list of names (role names
+# are plain identifiers, so a name's JSON string is exact to search for). NULL: a `role:` project's
+# run, or a run from before the column, which covered the project's roles of its time.
+RUN_ROLES = "roles"
 
 _COLUMNS = {
-    "runs": ("id", "env", "command", "status", "actor", "host", "pid", "started_at", "finished_at", "digest", "detail"),
+    "runs": ("id", "env", "command", "status", "actor", "host", "pid", "started_at", "finished_at", "digest", "detail",
+             "roles"),
     "events": ("id", "run_id", "env", "at", "step", "kind", "summary", "data", "role"),
     "soaks": ("id", "env", "digest", "run_id", "started_at", "ended_at", "status", "end_reason", "role"),
     "checkpoints": ("id", "soak_id", "offset_s", "at", "late", "status", "details"),
@@ -184,6 +192,8 @@ class _SqlStore:
     # False: a file from before the role column, opened read-only (nothing may add it): its rows
     # have no role, so they read as the shorthand's and as soaks of the very digest asked for
     has_role: bool = True
+    # False: a journal from before `runs.roles` opened by a reader that may not add it
+    has_run_roles: bool = True
 
     def _scoped(self, where: str, params: tuple) -> tuple[str, tuple]:
         if self.app is None:
@@ -207,7 +217,8 @@ class _SqlStore:
 
     # --- helpers ---------------------------------------------------------------------------
     def _select(self, table: str, where: str, params: tuple, order: str = "id DESC", limit: int | None = None) -> list[dict[str, Any]]:
-        cols = tuple(c for c in _COLUMNS[table] if c != "role" or self.has_role)
+        cols = tuple(c for c in _COLUMNS[table]
+                     if (c != "role" or self.has_role) and (table != "runs" or c != RUN_ROLES or self.has_run_roles))
         if table != "checkpoints":          # checkpoints hang off a soak, which is scoped
             where, params = self._scoped(where, params)
         text = f"SELECT {', '.join(cols)} FROM {{t}} WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
@@ -224,6 +235,10 @@ class _SqlStore:
             for key in ("late", "forced"):
                 if key in item:
                     item[key] = bool(item[key])
+            if table == "runs" and RUN_ROLES in item:
+                roles = _names(item.pop(RUN_ROLES))
+                if roles is not None:          # a `role:` project's runs read back as they always did
+                    item[RUN_ROLES] = roles
             out.append(item)
         return out
 
@@ -238,10 +253,13 @@ class _SqlStore:
     def journal(self, env: str, run_id: int | None, role: str | None = None) -> RunJournal:
         return RunJournal(self, env, run_id, role)
 
-    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None) -> int:
+    def begin(self, env: str, command: str, digest: str, detail: dict[str, Any] | None = None,
+              roles: list[str] | None = None) -> int:
+        """`roles`: the roles a several-roles run covers (None: a `role:` project, as always)."""
         return self._insert("runs", {
             "env": env, "command": command, "status": "running", "actor": redact(actor()), "host": host(),
             "pid": os.getpid(), "started_at": time.time(), "digest": digest, "detail": _json(detail),
+            **({RUN_ROLES: json.dumps(list(roles))} if roles is not None else {}),
         })
 
     def event(self, run_id: int | None, env: str, step: str, kind: str, summary: str, data: Any = None,
@@ -279,10 +297,13 @@ class _SqlStore:
             run["dangling"] = [e for e in events if e["kind"] == "intent" and e["step"] not in results]
         return stale
 
-    def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]:
-        if env is None:
-            return self._select("runs", "1 = 1", (), limit=limit)
-        return self._select("runs", "env = %s", (env,), limit=limit)
+    def runs(self, env: str | None, limit: int = 50, role: str | None = None) -> list[dict[str, Any]]:
+        """The latest runs; with `role`, those that covered it (a run without `roles` covered every
+        role the project had then, so it counts for each)."""
+        where, params = ("1 = 1", ()) if env is None else ("env = %s", (env,))
+        if role is not None and self.has_run_roles:
+            where, params = f"({where}) AND (roles IS NULL OR roles LIKE %s ESCAPE '!')", (*params, _contains(role))
+        return self._select("runs", where, params, limit=limit)
 
     def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
         if run_id is not None:
@@ -345,6 +366,54 @@ class _SqlStore:
             return self._select("approvals", "1 = 1", (), limit=limit)
         return self._select("approvals", "env = %s", (env,), limit=limit)
 
+    def turn_events(self, env: str, role: str | None, logins: tuple[str, ...],
+                    converted: str | None = None) -> list[dict[str, Any]]:
+        """What an alternating role's rotation state rests on, however old (runbook/alternating.py):
+        the latest result naming one of `logins` as `current_login`, the latest naming one as
+        `rotating_to`, the latest URL write of the role (whichever login it names) and, given
+        `converted`, the latest result saying that credential was being converted (`converting_from`), oldest first:
+        exactly the events whose replay gives what replaying the whole journal would. `role` None: a `role:`
+        project's rows (no role); else that role's and rows from before the role column."""
+        if not self.has_role:      # a file from before the role column: every row is the shorthand's
+            scope, scope_params = "1 = 1", ()
+        elif role is None:
+            scope, scope_params = "role IS NULL", ()
+        else:
+            scope, scope_params = "(role = %s OR role IS NULL)", (role,)
+        base = f"env = %s AND kind = 'result' AND {scope}"
+        found: dict[int, dict[str, Any]] = {}
+        for key in ("current_login", "rotating_to"):
+            named = " OR ".join(["data LIKE %s ESCAPE '!'"] * len(logins))
+            patterns = tuple(_contains(f"{key}\": \"{login}") for login in logins)
+            for row in self._select("events", f"{base} AND ({named})", (env, *scope_params, *patterns), limit=1):
+                found[row["id"]] = row
+        if converted is not None:
+            for row in self._select("events", f"{base} AND data LIKE %s ESCAPE '!'",
+                                    (env, *scope_params, _contains(f"converting_from\": \"{converted}")), limit=1):
+                found[row["id"]] = row
+        for row in self._select("events", f"{base} AND step = 'url' AND data LIKE %s ESCAPE '!'",
+                                (env, *scope_params, _contains("url_digest")), limit=1):
+            found[row["id"]] = row
+        return [found[i] for i in sorted(found)]
+
+
+def _names(value: Any) -> list[str] | None:
+    """`runs.roles` as written (a JSON list of role names); None for NULL or anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        names = json.loads(value)
+    except ValueError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern (ESCAPE '!') for `"text"` anywhere in a JSON text: role names (plain
+    identifiers, written as they are) hold `_`, a LIKE wildcard."""
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f'%"{escaped}"%'
+
 
 class PostgresStore(_SqlStore):
     """The journal in a `runbook` schema, reached over its own autocommit connection (or one lent
@@ -365,13 +434,16 @@ class PostgresStore(_SqlStore):
         self._session = session
         if session is not None:
             self.prepare(session(), location=location, app=app, claim_legacy=claim_legacy, create=create)
-            return
-        self._conn = pool.take(self._key) if pool is not None else None
-        if self._conn is None:
-            self._conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
-                                      claim_legacy=claim_legacy, create=create)
-            if pool is not None:
-                pool.count_opened()
+        else:
+            self._conn = pool.take(self._key) if pool is not None else None
+            if self._conn is None:
+                self._conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
+                                          claim_legacy=claim_legacy, create=create)
+                if pool is not None:
+                    pool.count_opened()
+        if not create:
+            # a reader that may not migrate a journal from before `runs.roles` reads runs without it
+            self.has_run_roles = "runs" not in _role_unscoped(self.conn)
 
     @property
     def conn(self) -> Any:
@@ -425,8 +497,8 @@ class PostgresStore(_SqlStore):
     def _upgrade_or_refuse_unkeyed(conn: Any, location: str, *, app: str | None) -> None:
         """A journal from before the app key, opened by a read-only run: its owner (the admin
         DSN, run read-only) upgrades it as a writer would; anyone else cannot, and says so."""
-        if not _unkeyed(conn) and not _role_unscoped(conn):
-            return
+        if not _unkeyed(conn) and not [t for t in _role_unscoped(conn) if t != "runs"]:
+            return     # only `runs.roles` missing: readable as it is (runs then carry no roles)
         owns = conn.execute("SELECT n.nspowner = r.oid FROM pg_catalog.pg_namespace n, pg_catalog.pg_roles r "
                             "WHERE n.nspname = %s AND r.rolname = CURRENT_USER", (SCHEMA,)).fetchone()
         if owns and owns[0]:
@@ -574,15 +646,18 @@ def _unkeyed(conn: Any) -> list[str]:
 
 
 def _role_unscoped(conn: Any) -> list[str]:
-    """The journal tables written before the role column existed (see ROLE_SCOPED)."""
+    """The journal tables written before their role column existed (see ROLE_SCOPED; `runs`:
+    before RUN_ROLES)."""
     return [r[0] for r in conn.execute(
         "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = c.oid AND a.attname = 'role' AND NOT a.attisdropped)", (SCHEMA, list(ROLE_SCOPED))).fetchall()]
+        "WHERE a.attrelid = c.oid AND a.attname = CASE WHEN c.relname = 'runs' THEN %s ELSE 'role' END "
+        "AND NOT a.attisdropped)", (SCHEMA, [*ROLE_SCOPED, "runs"], RUN_ROLES)).fetchall()]
 
 
 def _add_role_column(conn: Any) -> None:
-    """Old rows keep a NULL role: they are the shorthand role's (see ROLE_SCOPED)."""
+    """Old rows keep a NULL role: they are the shorthand role's (see ROLE_SCOPED), and old runs a
+    NULL `roles`: they covered the project's roles of their time (see RUN_ROLES)."""
     from psycopg import sql
 
     missing = _role_unscoped(conn)
@@ -591,7 +666,9 @@ def _add_role_column(conn: Any) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(8675309, 1)")
         for table in missing:
-            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS role text").format(sql.Identifier(SCHEMA, table)))
+            column = RUN_ROLES if table == "runs" else "role"
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+                sql.Identifier(SCHEMA, table), sql.Identifier(column)))
 
 
 def _migrate(conn: Any, app: str | None) -> None:
@@ -622,6 +699,7 @@ class SqliteStore(_SqlStore):
                 self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
                 self.has_role = all(any(col[1] == "role" for col in self.conn.execute(f"PRAGMA table_info({table})"))
                                     for table in ROLE_SCOPED)
+                self.has_run_roles = self._has_run_roles()
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
@@ -636,8 +714,13 @@ class SqliteStore(_SqlStore):
             for table in ROLE_SCOPED:     # a file written before the role column: its rows are the shorthand role's
                 if not any(col[1] == "role" for col in self.conn.execute(f"PRAGMA table_info({table})")):
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN role TEXT")
+            if not self._has_run_roles():     # before runs.roles: old runs covered the project's roles of their time
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {RUN_ROLES} TEXT")
         except sqlite3.DatabaseError as exc:
             raise RunbookError(f"state store {self.location} unusable: {exc}") from None
+
+    def _has_run_roles(self) -> bool:
+        return any(col[1] == RUN_ROLES for col in self.conn.execute("PRAGMA table_info(runs)"))
 
     def _q(self, template: str, **idents: str) -> Any:
         text = template

@@ -216,11 +216,16 @@ class LocalJournal:
                 rows = [(run_id, env, record.get("step", "rollback"), record.get("kind", "info"),
                          str(record.get("summary", "")), record.get("data")) for _, record in moving]
             batch = getattr(store, "event_many", None)
-            if batch is not None:
+            roles = [record.get("role") if isinstance(record.get("role"), str) else None for _, record in moving]
+            if batch is not None and not any(roles):
                 batch(rows)
             else:
-                for row in rows:
-                    store.event(*row)
+                # a several-roles rollback's records each name their role: it goes on the row, in order
+                for row, role in zip(rows, roles):
+                    if role is None:
+                        store.event(*row)
+                    else:
+                        store.event(*row, role=role)
             # only drains remove lines, each only its env's, and we are this env's only drain: every
             # line read above is still there
             self._remove(Counter(line for line, _ in moving))

@@ -16,7 +16,7 @@ from runbook.errors import ConfigError, RunbookError
 _DENIED = {"42501"}
 _READ_ONLY = {"42501", "25006"}
 _READS = frozenset({"runs", "events", "open_soak", "latest_soak", "checkpoints", "approvals", "interrupted",
-                    "last_approval"})
+                    "last_approval", "turn_events"})
 
 
 def cannot_write(exc: BaseException) -> bool:
@@ -39,7 +39,11 @@ class EmptyJournal:
     def __init__(self, location: str) -> None:
         self.location = location
 
-    def runs(self, env: str | None, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, env: str | None, limit: int = 50, role: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def turn_events(self, env: str, role: str | None, logins: tuple[str, ...],
+                    converted: str | None = None) -> list[dict[str, Any]]:
         return []
 
     def events(self, env: str | None, run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:

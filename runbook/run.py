@@ -162,6 +162,7 @@ class Run:
         self.ctx = context(project, env, command, invocation)
         self.state = RunState()          # what the applied steps produced (engine.run fills it)
         self._dsn: Secret | None = None
+        self.covered: list[ManagedRole] | None = None    # the roles this run selected (`roles()`)
 
     def __enter__(self) -> Run:
         return self
@@ -228,7 +229,30 @@ class Run:
         if problem:
             # a second role's URL would overwrite the first's in the platform's one setting
             raise ConfigError(f"{self.env}: {problem}; a roles: project with {len(several)} roles cannot run there yet")
+        self.covered = selected
         return selected
+
+    def journalled_roles(self, covered: list[ManagedRole] | None = None) -> tuple[str, list[str] | None, dict[str, Any]]:
+        """What the run's `runs` row says about its roles: (digest, roles, detail).
+
+        A `role:` project: its role's digest and no roles, exactly as always. Several roles: the
+        names the run covered, in file order, and as digest the spec the run applied: one role's
+        own digest (so a one-role run compares with that role's soaks), or for more than one a
+        digest of the name → digest map, which changes when any covered role's spec does and
+        matches no single role's soak; each role's own digest is on its events and in `detail`."""
+        if not self.project.several:
+            return str(self.ctx.digest), None, {}
+        chosen = covered if covered is not None else self.covered or self.project.select(None)
+        digests = {m.name: m.digest() for m in chosen}
+        if len(digests) == 1:
+            digest = next(iter(digests.values()))
+        else:
+            import hashlib
+            import json
+
+            body = json.dumps(digests, sort_keys=True, separators=(",", ":"))
+            digest = "roles:" + hashlib.sha256(body.encode()).hexdigest()[:16]
+        return digest, list(digests), {"digests": digests}
 
     def role_journal(self, journal: engine.Journal) -> engine.Journal:
         """The run's journal with the selected role on each record (several roles only: a
@@ -250,8 +274,11 @@ class Run:
         a RunState of its own, so nothing it learns reaches the apply that follows."""
         return self._tag(engine.run(steps, self.ctx, plan_only=True, journal=_nowhere))
 
-    def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal) -> list[engine.StepReport]:
-        self.state = RunState()
+    def apply(self, steps: list[engine.Step[Any]], journal: engine.Journal, *,
+              state: RunState | None = None) -> list[engine.StepReport]:
+        """`steps` applied for the selected role; `state`: carry on the RunState of the same role's
+        earlier steps (a playbook applied in two parts), else a fresh one."""
+        self.state = RunState() if state is None else state
         sink, role = self.invocation.on_step, self.ctx.role.name
 
         def on_step(report: engine.StepReport) -> None:
@@ -261,6 +288,28 @@ class Run:
 
         return self._tag(engine.run(steps, self.ctx, plan_only=False, journal=self.role_journal(journal),
                                     on_step=on_step, state=self.state))
+
+    @property
+    def asks(self) -> bool:
+        """A person confirms before anything changes (no --yes, a confirm callback)."""
+        return not self.invocation.yes and self.invocation.confirm is not None
+
+    def confirm_whole(self, previews: list[engine.StepReport], what: str, result: Result) -> bool:
+        """One question for a run over several roles: every role's preview (each report carries its
+        role, so the CLI groups them under it), answered once. False, and `result` says so, if a
+        person said no; nothing was changed then."""
+        confirm = self.invocation.confirm
+        if not self.asks or confirm is None:
+            return True
+        if not any(s.changes for s in previews):
+            result.say("nothing to change")
+            return True
+        if confirm(what, previews):
+            return True
+        result.status = "cancelled"
+        result.steps += previews
+        result.say("cancelled; nothing was changed")
+        return False
 
     def confirmed_apply(self, steps: list[engine.Step[Any]], journal: engine.Journal, result: Result, what: str, *,
                         before: Callable[[], None] | None = None) -> bool:
@@ -317,7 +366,9 @@ def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
         say_pooler(ctx, result)
         store = ctx.store = run.open_store()
         try:
-            run_id = ctx.run_id = store.begin(run.env, run.command, ctx.digest)
+            digest, roles, detail = run.journalled_roles()
+            run_id = ctx.run_id = (store.begin(run.env, run.command, digest, detail or None, roles=roles)
+                                   if roles is not None else store.begin(run.env, run.command, digest))
             journal = store.journal(run.env, run_id)
             for stale in store.interrupted(run.env, run_id):
                 dangling = stale.get("dangling") or []
@@ -339,7 +390,7 @@ def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
                 status = "check-failed"
                 raise
             finally:
-                store.finish(run_id, status, {"result": result.status})
+                store.finish(run_id, status, {"result": result.status, **detail})
         finally:
             store.close()
     finally:
@@ -351,14 +402,21 @@ class LocalFirst:
     """A rollback's journal: every record to the local file first (the store may be the thing
     that is down), kept here too so that the store gets them once it answers."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, role: str | None = None, records: list[Record] | None = None) -> None:
         self.env = run.env
         self.file = run.local_journal()
-        self.records: list[Record] = []
+        self.records: list[Record] = [] if records is None else records
+        self.role = role          # several roles: the role each record is about (a `role:` project: none)
+        self._run = run
 
     def __call__(self, step: str, kind: str, summary: str, data: Any = None) -> None:
-        self.records.append({"env": self.env, "step": step, "kind": kind, "summary": summary, "data": data})
+        record = {"env": self.env, "step": step, "kind": kind, "summary": summary, "data": data}
+        self.records.append(record if self.role is None else {**record, "role": self.role})
         self.file.append(self.records[-1])
+
+    def for_role(self, role: str | None) -> LocalFirst:
+        """The same journal (one list of records, one file), its records about `role`."""
+        return LocalFirst(self._run, role=role, records=self.records)
 
 
 def to_store(run: Run, journal: LocalFirst, result: Result, *, end_soak: Callable[[StateStore, str], bool]) -> str:
@@ -382,7 +440,9 @@ def to_store(run: Run, journal: LocalFirst, result: Result, *, end_soak: Callabl
         return f"local:{local.path}"
     drained = False
     try:
-        run_id = store.begin(run.env, run.command, run.ctx.digest)
+        digest, roles, detail = run.journalled_roles()
+        run_id = (store.begin(run.env, run.command, digest, detail or None, roles=roles)
+                  if roles is not None else store.begin(run.env, run.command, digest))
         local.drain_into(store, run.env, run_id)
         drained = True
         store.finish(run_id, "ok" if result.status in ("ok", "unchanged") else "failed", {"result": result.status})

@@ -44,7 +44,7 @@ def observe_logins(ctx: StepContext, *, adopt: bool) -> Logins:
     for login in logins:
         alt.refuse_login(login, spec, ident, ctx.info.role_grants)
     url = ctx.url_state() if group.exists else None
-    turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+    turn = alt.current_turn(ctx)
     app_user = alt.app_login(spec, url, turn) if url is not None else None
     if app_user in spec.logins:
         current = app_user
@@ -174,7 +174,7 @@ class Drain(Step[DrainObserved]):
             return self._preview(ctx)
         conn = ctx.admin()
         url = ctx.url_state()
-        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        turn = alt.current_turn(ctx)
         user = alt.app_login(spec, url, turn)
         target = ctx.state.login or (user if user in spec.logins else None)
         if target is None:
@@ -196,7 +196,7 @@ class Drain(Step[DrainObserved]):
         journal says the rotation to the app's login finished, and is invalidated by a rotation
         through the API, whose new password nobody was given."""
         spec = ctx.role
-        turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+        turn = alt.current_turn(ctx)
         single = alt.converting(ctx)
         if single is not None:
             return self._observe_conversion(ctx, single)
@@ -219,7 +219,7 @@ class Drain(Step[DrainObserved]):
             on = alt.api_login(ctx)          # a preview moved nothing yet
         if on not in spec.logins:
             return DrainObserved()           # the app is still on it: nothing may be taken away
-        if not ctx.plan_only and not alt.conversion_recorded(ctx.journal_history(alt.JOURNAL_WINDOW), spec):
+        if not ctx.plan_only and not alt.conversion_recorded(ctx.rotation_events(), spec):
             raise Refused(f"credential {single} exists beside {' and '.join(spec.logins)}, and pg-runbook's journal does "
                           f"not say it converted it from rotation: single; it is left alone (destroy it yourself "
                           f"once nothing uses it, then run provision again)")

@@ -154,6 +154,9 @@ def rolled_back_since(ctx: StepContext, since: float) -> dict[str, Any] | None:
         if kind == "info" and isinstance(data, dict) and "kind" in data:
             who = data       # imported from the local journal: the original record is inside
             step, kind, data = data.get("step"), data.get("kind"), data.get("data")
+        # a marker names the role it rolled back (several roles); one without names every role
+        if who.get("role") not in (None, ctx.role.name) or event.get("role") not in (None, ctx.role.name):
+            continue
         if step == "rollback" and kind == "marker" and isinstance(data, dict):
             at = data.get(ROLLBACK_MARK)
             if isinstance(at, (int, float)) and at >= since:

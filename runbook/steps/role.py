@@ -341,7 +341,7 @@ def _plan_switch(ctx: StepContext, observed: RotateObserved) -> list[Change]:
     step then rotates the old one through the API. A half-way rotation is finished, not restarted."""
     spec = ctx.role
     on = observed.current or spec.logins[0]
-    turn = alt.journal_turn(ctx.journal_history(alt.JOURNAL_WINDOW), spec)
+    turn = alt.current_turn(ctx)
     made = {name: cred for name, cred in observed.api_logins}
     if not any(made.values()):
         raise_missing(ctx)

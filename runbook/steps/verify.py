@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runbook import catalog, grants
-from runbook.alternating import JOURNAL_WINDOW, alternating, expected_login, journal_turn
+from runbook.alternating import alternating, current_turn, expected_login
 from runbook.app_url import WRITE_ONLY_PROOF, url_in_hand
 from runbook.changes import Change
 from runbook.context import StepContext
@@ -61,7 +61,7 @@ class VerifyFromApp(Step[RlsPreview]):
         user = ctx.role.name
         if alternating(ctx.role):
             user = expected_login(ctx.role, login.reveal())
-            want = ctx.state.login or journal_turn(ctx.journal_history(JOURNAL_WINDOW), ctx.role).current or user
+            want = ctx.state.login or current_turn(ctx).current or user
             if user != want or user not in ctx.role.logins:
                 return Verdict("fail", f"{ctx.url_var} logs in as {user}, not the current login {want} of {ctx.role.name}",
                                fix=f"runbook provision --env {ctx.env.name}")

@@ -101,6 +101,10 @@ class FakeStore:
     def events(self, env: str, limit: int = 200) -> list[dict[str, Any]]:
         return list(self.history)
 
+    def turn_events(self, env: str, role: str | None, logins: tuple[str, ...],
+                    converted: str | None = None) -> list[dict[str, Any]]:
+        return list(self.history)      # the whole history replays to the same turn as its deciding events
+
     def open_soak(self, env: str) -> dict[str, Any] | None:
         return next((s for s in reversed(self.soaks) if s["status"] == "running"), None)
 
