@@ -13,7 +13,9 @@ from tests.pg.conftest import prod_database
 from tests.pg.test_roles_three import FLAG, Three
 from tests.projects import dotenv
 
-SHORT = {"duration": "3s", "checkpoints": ["1s", "2s", "3s"], "valid_for": "1h", "checks": ["diagnose", "drift"]}
+# long enough that no checkpoint falls due on its own between provision and the first `soak`,
+# however loaded the machine (a 3 s soak passed there by itself under load); tests age it instead
+SHORT = {"duration": "10m", "checkpoints": ["5m", "10m"], "valid_for": "1h", "checks": ["diagnose", "drift"]}
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def staged(pg, tmp_path, prod_cluster):
 
 
 def pass_running_soaks(three, *names: str) -> None:
-    three.pg.execute("UPDATE runbook.soaks SET started_at = started_at - 60 WHERE status = 'running'")
+    three.pg.execute("UPDATE runbook.soaks SET started_at = started_at - 3600 WHERE status = 'running'")
     res = commands.soak(three.project(), "staging", environ=three.environ)
     states = {name: view["state"] for name, view in res.data["roles"].items()}
     assert all(states[n] == "passed" for n in (names or states)), (res.messages, states)
