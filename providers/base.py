@@ -401,6 +401,9 @@ class AppBase:
     config_change_restarts: bool = False
     can_restart: bool = True
     url_is_pooled: bool = False
+    # a restart starts processes that fail unless every role's URL is already where they read it
+    # (an ECS task definition's secrets): a several-roles run writes them all before restarting
+    restart_reads_every_url: bool = False
     ctx: OpenContext
 
     def several_urls(self, url_vars: list[str]) -> str | None:
