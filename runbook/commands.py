@@ -87,7 +87,7 @@ def _apply_roles(run: Run, role: str | None, steps_for: Callable[[], list[Any]],
             continue
         steps = steps_for()
         # elsewhere (dotenv, Heroku, Supabase) each role's playbook runs whole, its output grouped
-        split = getattr(run.ctx.app, "restart_reads_every_url", False)
+        split = run.ctx.app.restart_reads_every_url
         at = next((i for i, step in enumerate(steps) if step.kind == "restart"), len(steps)) if split else len(steps)
         state = RunState()
         if before is not None:
