@@ -344,6 +344,8 @@ class AppPlatform(Protocol):
     key: str
     #: True when a config change restarts the app by itself (Heroku config vars).
     config_change_restarts: bool
+    #: True when a restart's processes need every role's URL in place first (ECS task secrets).
+    restart_reads_every_url: bool
     #: False when the tool has no way to restart the app (dotenv without `restart:`).
     can_restart: bool
     #: True when the URL the platform writes names its pooler, not the credential's endpoint.
@@ -401,6 +403,9 @@ class AppBase:
     config_change_restarts: bool = False
     can_restart: bool = True
     url_is_pooled: bool = False
+    # a restart starts processes that fail unless every role's URL is already where they read it
+    # (an ECS task definition's secrets): a several-roles run writes them all before restarting
+    restart_reads_every_url: bool = False
     ctx: OpenContext
 
     def several_urls(self, url_vars: list[str]) -> str | None:

@@ -279,6 +279,8 @@ class EcsApp(IntentApp):
     key = "ecs"
     #: config lives in Secrets Manager / SSM; tasks only see it after a new deployment
     config_change_restarts = False
+    #: a task whose definition references a secret without its `url` key does not start
+    restart_reads_every_url = True
 
     def __init__(self, config: EcsAppConfig, ctx: OpenContext, *, session: Any = None,
                  sleep: Callable[[float], None] = time.sleep,

@@ -71,12 +71,13 @@ def _playbook(run: Run, name: str, journal: Callable[..., None], result: Result,
 def _apply_roles(run: Run, role: str | None, steps_for: Callable[[], list[Any]], journal: Callable[..., None],
                  result: Result, *, before: Callable[[], None] | None = None,
                  keep: Callable[[Any], bool] = lambda managed: True) -> list[Any]:
-    """The playbook for each selected role, in two parts: every role's steps up to the restart
-    first (each role's URL written), then the restart and what follows it, role by role. An app
-    whose task definition or config reads every role's URL from the start could not start before
-    the last of them is written (ECS fails such a deployment by circuit breaker), and one restart
-    carries every role's change: a later role's restart is owed only for what it changed since.
-    A playbook without a restart runs whole, role by role. `before`: called before each role's
+    """The playbook for each selected role. Where a restart starts processes that read every
+    role's URL (the app platform's `restart_reads_every_url`: ECS fails a deployment whose task
+    definition references a secret without its URL by circuit breaker), in two parts: every
+    role's steps up to the restart first (each role's URL written), then the restart and what
+    follows it, role by role, one restart carrying every role's change (a later role's restart is
+    owed only for what it changed since). Elsewhere, and for a playbook without a restart, each
+    role's playbook runs whole, in turn. `before`: called before each role's
     first step; `keep`: which of the selected roles take part. Returns each role's RunState."""
     from runbook.context import RunState
 
@@ -85,7 +86,9 @@ def _apply_roles(run: Run, role: str | None, steps_for: Callable[[], list[Any]],
         if not keep(managed):
             continue
         steps = steps_for()
-        at = next((i for i, step in enumerate(steps) if step.kind == "restart"), len(steps))
+        # elsewhere (dotenv, Heroku, Supabase) each role's playbook runs whole, its output grouped
+        split = run.ctx.app.restart_reads_every_url
+        at = next((i for i, step in enumerate(steps) if step.kind == "restart"), len(steps)) if split else len(steps)
         state = RunState()
         if before is not None:
             before()
@@ -377,13 +380,14 @@ def rollback(project: Project, env: str, *, yes: bool = False, confirm: Confirm 
 
         steps = playbooks.load("rollback", project).steps
         if len(flagged) > 1:
-            previews: list[Any] = []
-            for managed in run.for_each_role(role):
-                if managed.flag is not None:
-                    previews += run.preview(steps)
-            if not run.confirm_whole(previews, f"rollback {env} (roles {', '.join(m.name for m in flagged)})", result):
-                return result
-            run.covered = flagged
+            if run.asks:     # --yes previews nothing: a rollback goes ahead whatever else is down
+                previews: list[Any] = []
+                for managed in run.for_each_role(role):
+                    if managed.flag is not None:
+                        previews += run.preview(steps)
+                if not run.confirm_whole(previews, f"rollback {env} (roles {', '.join(m.name for m in flagged)})",
+                                         result):
+                    return result
             _apply_roles(run, role, lambda: steps, journal, result, before=mark,
                          keep=lambda managed: managed.flag is not None)
         else:

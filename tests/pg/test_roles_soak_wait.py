@@ -13,7 +13,8 @@ from psycopg import sql
 from tests.e2e.test_cli import run_cli
 from tests.pg.test_roles_three import Three
 
-SOAK = {"duration": "4s", "checkpoints": ["2s", "4s"], "valid_for": "1h", "checks": ["drift"]}
+# long enough that the CLI starts (a few seconds on a loaded machine) well before a checkpoint
+SOAK = {"duration": "16s", "checkpoints": ["8s", "16s"], "valid_for": "1h", "checks": ["drift"]}
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_soak_wait_stays_until_every_role_has_passed(three):
     assert three.provision().status == "ok"
     # the app's and the migrator's soaks are due in full now; the read-only role's is not: the
     # first role passing must not end the wait
-    _age(three, 10, ro=False)
+    _age(three, 30, ro=False)
     code, doc, lines = _wait(three)
     assert code == 0, lines
     assert {name: v["state"] for name, v in doc["data"]["roles"].items()} == \
@@ -62,7 +63,7 @@ def test_soak_wait_stops_when_one_role_fails(three):
     with three.pg.connect() as conn:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(three.owner)))
         conn.execute(sql.SQL("GRANT INSERT ON orders TO {}").format(sql.Identifier(three.ro)))
-    _age(three, 10, ro=True)
+    _age(three, 30, ro=True)
     code, doc, lines = _wait(three)
     assert code == 4, lines
     states = {name: v["state"] for name, v in doc["data"]["roles"].items()}
