@@ -427,8 +427,7 @@ def history(project: Project, env: str | None, *, environ: Mapping[str, str] | N
                 result.say(f"{name}: {exc.message}")
                 continue
             try:        # inside the run: an in-database journal reads over the run's admin session
-                result.data.setdefault("runs", []).extend(store.runs(name, limit, role=role) if role is not None
-                                                          else store.runs(name, limit))
+                result.data.setdefault("runs", []).extend(store.runs(name, limit, role=role))
                 events = store.events(name, limit=limit * 4)
                 if role is not None:     # the role's own records and the run's (which name no role)
                     events = [e for e in events if e.get("role") in (None, role)]
@@ -626,7 +625,7 @@ def status(project: Project, *, environ: Mapping[str, str] | None = None, state:
                             row["role"] += f" (current login {turn.current or '?'}" + (
                                 f"; rotation to {turn.pending} half-way)" if turn.pending else ")")
                         # the last run that covered this role (a run from before runs.roles covered every role)
-                        runs = store.runs(name, 1, role=managed.name) if project.several else store.runs(name, 1)
+                        runs = store.runs(name, 1, role=managed.name if project.several else None)
                         row["last_run"] = (f"{runs[0]['command']} {runs[0]['status']} "
                                            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(runs[0]['started_at']))}") if runs else "-"
                     finally:

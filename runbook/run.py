@@ -366,9 +366,8 @@ def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
         say_pooler(ctx, result)
         store = ctx.store = run.open_store()
         try:
-            digest, roles, detail = run.journalled_roles()
-            run_id = ctx.run_id = (store.begin(run.env, run.command, digest, detail or None, roles=roles)
-                                   if roles is not None else store.begin(run.env, run.command, digest))
+            run_id, detail = _begin(run, store)
+            ctx.run_id = run_id
             journal = store.journal(run.env, run_id)
             for stale in store.interrupted(run.env, run_id):
                 dangling = stale.get("dangling") or []
@@ -396,6 +395,13 @@ def mutating(run: Run, result: Result) -> Iterator[engine.Journal]:
     finally:
         ctx.lock = None
         lock.release()
+
+
+def _begin(run: Run, store: StateStore) -> tuple[int, dict[str, Any]]:
+    """The run's `runs` row (its roles and digest: `Run.journalled_roles`): its id, and the
+    detail its finish repeats."""
+    digest, roles, detail = run.journalled_roles()
+    return store.begin(run.env, run.command, digest, detail or None, roles=roles), detail
 
 
 class LocalFirst:
@@ -440,9 +446,7 @@ def to_store(run: Run, journal: LocalFirst, result: Result, *, end_soak: Callabl
         return f"local:{local.path}"
     drained = False
     try:
-        digest, roles, detail = run.journalled_roles()
-        run_id = (store.begin(run.env, run.command, digest, detail or None, roles=roles)
-                  if roles is not None else store.begin(run.env, run.command, digest))
+        run_id, _ = _begin(run, store)
         local.drain_into(store, run.env, run_id)
         drained = True
         store.finish(run_id, "ok" if result.status in ("ok", "unchanged") else "failed", {"result": result.status})
