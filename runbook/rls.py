@@ -145,13 +145,16 @@ def grantees(ctx) -> tuple[str, ...]:
     return tuple(spec.name for spec in grant_specs(ctx))
 
 
-def role_findings(conn, ctx) -> list[RlsFinding]:
-    """`findings` for each grantee (one catalog read each); an owner's FORCE finding once."""
+def role_findings(conn, ctx, *, planned: bool = False) -> list[RlsFinding]:
+    """`findings` for each grantee (one catalog read each); an owner's FORCE finding once.
+    `planned`: as `check`'s, BYPASSRLS judged by what provision will give too."""
     from runbook.alternating import grant_specs
 
     out: list[RlsFinding] = []
     for spec in grant_specs(ctx):
-        out += [f for f in findings(spec, read(conn, spec)) if f not in out]
+        facts = read(conn, spec)
+        bypass = (facts.role_bypasses or role_bypass_wanted(ctx.role)) if planned else None
+        out += [f for f in findings(spec, facts, bypass=bypass) if f not in out]
     return out
 
 
@@ -201,14 +204,8 @@ def check(ctx, *, planned: bool = False):
     grants, and BYPASSRLS when `rls: bypass`), for plan."""
     from runbook.engine import Verdict
 
-    from runbook.alternating import grant_specs
-
     spec, to = ctx.role, grantees(ctx)
-    found: list[RlsFinding] = []
-    for each in grant_specs(ctx):      # alternating on platform credentials: each login (no group role)
-        facts = read(ctx.admin(), each)
-        found += [f for f in findings(each, facts, bypass=(facts.role_bypasses or role_bypass_wanted(spec))
-                                      if planned else None) if f not in found]
+    found = role_findings(ctx.admin(), ctx, planned=planned)     # each login where there is no group role
     for f in found:
         if f.who not in to:
             ctx.note(f.summary())

@@ -116,10 +116,7 @@ class Grants(Step[catalog.Snapshot]):
         apply_statements(ctx, [c.statement for c in changes if c.statement is not None])
 
     def verify(self, ctx: StepContext) -> Verdict:
-        specs = grant_specs(ctx)
-        snap = catalog.snapshot(ctx.admin(), ctx.role if len(specs) == 1 else specs[0], ctx.owner)
-        return self._judge(ctx, [(specs[0], snap), *((spec, catalog.snapshot(ctx.admin(), spec, ctx.owner))
-                                                     for spec in specs[1:])])
+        return self._judge(ctx, [(spec, catalog.snapshot(ctx.admin(), spec, ctx.owner)) for spec in grant_specs(ctx)])
 
     def verify_unchanged(self, ctx: StepContext, observed: catalog.Snapshot) -> Verdict:
         # nothing was granted or revoked since observe's snapshots: judge those, not a second read
