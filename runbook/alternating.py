@@ -165,17 +165,18 @@ def drain(conn: Connection[Any], login: str, timeout: float, progress: Any, *, p
         time.sleep(min(poll, remaining))
 
 
-def api_login(ctx: Any) -> str:
+def api_login(ctx: Any, turn: Turn | None = None) -> str:
     """Where the platform issues the logins as credentials (Heroku): the one the app is on, which
     is the credential the step reads. For `alternating`, the login the app's URL names, else the
-    journal's (a half-way rotation's target first), else the first login; for `single`, the role."""
+    journal's (a half-way rotation's target first), else the first login; for `single`, the role.
+    `turn`: the journal's, when the caller has already read it."""
     spec = ctx.role
     if not alternating(spec):
         return str(spec.name)
     on = url_login(spec, ctx.app.received_url())
     if on in spec.logins:
         return str(on)
-    turn = current_turn(ctx)
+    turn = turn if turn is not None else current_turn(ctx)
     return turn.pending or turn.current or spec.logins[0]
 
 

@@ -196,15 +196,15 @@ class Drain(Step[DrainObserved]):
         journal says the rotation to the app's login finished, and is invalidated by a rotation
         through the API, whose new password nobody was given."""
         spec = ctx.role
-        turn = alt.current_turn(ctx)
         single = alt.converting(ctx)
         if single is not None:
             return self._observe_conversion(ctx, single)
+        turn = alt.current_turn(ctx)      # read once: api_login would read it again
         rotating = "rotate_password" in ctx.state.changed
         if ctx.plan_only and rotating and turn.pending is None:
-            target = alt.other(spec, alt.api_login(ctx))     # a preview switched nothing yet
+            target = alt.other(spec, alt.api_login(ctx, turn))     # a preview switched nothing yet
         else:
-            target = ctx.state.login or alt.api_login(ctx)
+            target = ctx.state.login or alt.api_login(ctx, turn)
         if not (rotating or turn.pending == target):
             return DrainObserved(target, (), turn.current != target, api=True)
         old = alt.other(spec, target)

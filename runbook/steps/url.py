@@ -143,9 +143,7 @@ class UnsetUrl(Step[ConfiguredUrl]):
         return [Change(f"remove {ctx.url_var} ({shown(observed.value)}) from the app's config", reversible=False)]
 
     def apply(self, ctx: StepContext, changes: list[Change], state: RunState) -> None:
-        from runbook.alternating import api_login
-
-        from runbook.alternating import url_login
+        from runbook.alternating import api_login, url_login
 
         # alternating on platform credentials: the attachment is the login the app's URL names (the
         # role's own `single` credential while a conversion is half-way), else the current login's
