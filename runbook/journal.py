@@ -381,19 +381,16 @@ class _SqlStore:
         else:
             scope, scope_params = "(role = %s OR role IS NULL)", (role,)
         base = f"env = %s AND kind = 'result' AND {scope}"
-        found: dict[int, dict[str, Any]] = {}
-        for key in ("current_login", "rotating_to"):
-            named = " OR ".join(["data LIKE %s ESCAPE '!'"] * len(logins))
-            patterns = tuple(_contains(f"{key}\": \"{login}") for login in logins)
-            for row in self._select("events", f"{base} AND ({named})", (env, *scope_params, *patterns), limit=1):
-                found[row["id"]] = row
+        named = "(" + " OR ".join(["data LIKE %s ESCAPE '!'"] * len(logins)) + ")"
+        probes = [(named, tuple(_contains(f"{key}\": \"{login}") for login in logins))
+                  for key in ("current_login", "rotating_to")]
         if converted is not None:
-            for row in self._select("events", f"{base} AND data LIKE %s ESCAPE '!'",
-                                    (env, *scope_params, _contains(f"converting_from\": \"{converted}")), limit=1):
+            probes.append(("data LIKE %s ESCAPE '!'", (_contains(f"converting_from\": \"{converted}"),)))
+        probes.append(("step = 'url' AND data LIKE %s ESCAPE '!'", (_contains("url_digest"),)))
+        found: dict[int, dict[str, Any]] = {}
+        for where, patterns in probes:      # the latest row of each
+            for row in self._select("events", f"{base} AND {where}", (env, *scope_params, *patterns), limit=1):
                 found[row["id"]] = row
-        for row in self._select("events", f"{base} AND step = 'url' AND data LIKE %s ESCAPE '!'",
-                                (env, *scope_params, _contains("url_digest")), limit=1):
-            found[row["id"]] = row
         return [found[i] for i in sorted(found)]
 
 
