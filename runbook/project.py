@@ -272,10 +272,15 @@ class RoleSpec(Strict):
         return self
 
     @property
+    def pair(self) -> tuple[str, str]:
+        """The two logins of `rotation: alternating` (named so whatever the role rotates now)."""
+        return (f"{self.name}_a", f"{self.name}_b")
+
+    @property
     def logins(self) -> tuple[str, ...]:
         """The login roles the app takes turns on (`rotation: alternating`); for `single`, the role itself."""
         if self.rotation == "alternating":
-            return (f"{self.name}_a", f"{self.name}_b")
+            return self.pair
         return (self.name,)
 
     @property

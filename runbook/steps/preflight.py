@@ -136,7 +136,7 @@ def _pair_left(ctx: StepContext) -> list[str]:
 
     name = ctx.role.name
     on = url_user(ctx.app.received_url())
-    if on not in (f"{name}_a", f"{name}_b"):
+    if on not in ctx.role.pair:
         return []
     return [f"role {name} rotates alternating on {ctx.db.key} (the app's {ctx.url_var} logs in as {on}); going back to "
             f"rotation: single is not supported there: set rotation: alternating again, or `runbook retire --env "
