@@ -393,6 +393,27 @@ class AppPlatform(Protocol):
     def close(self) -> None: ...
 
 
+def check_url_places(one_key: str, one: str | None, many_key: str, many: Mapping[str, str] | None,
+                     check: Callable[[str, str], None]) -> None:
+    """An app config's URL places (pydantic validator body): `one_key` for one role, or `many_key`
+    (each role's url_var → its own secret), never both, never neither; `check(where, name)` judges
+    each name; no name for two variables, where one secret would hold two roles' URLs, the last
+    write winning."""
+    if one is not None and many is not None:
+        raise ValueError(f"{one_key} and {many_key} together: give {one_key} (one role) or {many_key}, not both")
+    if one is None and many is None:
+        raise ValueError(f"{one_key} is required (or {many_key}: each role's url_var → its own secret)")
+    where = {one_key: one} if one is not None else {f"{many_key}.{var}": name for var, name in (many or {}).items()}
+    if not where:
+        raise ValueError(f"{many_key} is empty")
+    for what, name in where.items():
+        check(what, name)
+    names = list(where.values())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{many_key}: {', '.join(twice)} is named for several variables; each role needs its own")
+
+
 class AppBase:
     """The defaults of an AppPlatform. The intents are written over a key → value store
     (get_config/set_config/unset_config with the URL's and the flag's variable names), which is

@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from providers.base import Credential, Digest, IntentApp, OpenContext, Progress
+from providers.base import Credential, Digest, IntentApp, OpenContext, Progress, check_url_places
 from providers.gcp import Duration, ProjectId, api_client, json_body, wait_operation
 from providers.gcp_auth import GoogleAuth, google_error
 from providers.http import ApiClient, RateBudget
@@ -185,22 +185,11 @@ class CloudRunAppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _secrets(self) -> "CloudRunAppConfig":
-        if self.url_secret is not None and self.url_secrets is not None:
-            raise ValueError("url_secret and url_secrets together: give url_secret (one role) or url_secrets, not both")
-        if self.url_secret is None and self.url_secrets is None:
-            raise ValueError("url_secret is required (or url_secrets: each role's url_var → its own secret)")
-        where = {"url_secret": self.url_secret} if self.url_secret is not None else \
-            {f"url_secrets.{var}": name for var, name in (self.url_secrets or {}).items()}
-        if not where:
-            raise ValueError("url_secrets is empty")
-        for what, v in where.items():
+        def check(what: str, v: str) -> None:
             if not _SECRET_ID.match(v):
                 raise ValueError(f"{what} {v!r} is not a Secret Manager secret id (letters, digits, _ and -)")
-        names = list(where.values())
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            # one secret would hold two roles' URLs, the last version winning
-            raise ValueError(f"url_secrets: {', '.join(twice)} is named for several variables; each role needs its own")
+
+        check_url_places("url_secret", self.url_secret, "url_secrets", self.url_secrets, check)
         return self
 
     def secret_for(self, var: str) -> str | None:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from providers.aws import Aws, AwsError, aws_region
-from providers.base import Credential, IntentApp, OpenContext, Progress
+from providers.base import Credential, IntentApp, OpenContext, Progress, check_url_places
 from runbook.durations import format_duration, parse_duration
 from runbook.errors import CheckFailed, ConfigError, NotYetLive, ProviderError, RunbookError
 from runbook.secret import Secret
@@ -99,24 +99,13 @@ class EcsAppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _url_name(self) -> "EcsAppConfig":
-        if self.url_name is not None and self.url_names is not None:
-            raise ValueError("url_name and url_names together: give url_name (one role) or url_names, not both")
-        if self.url_name is None and self.url_names is None:
-            raise ValueError("url_name is required (or url_names: each role's url_var → its own secret)")
-        where = {"url_name": self.url_name} if self.url_name is not None else \
-            {f"url_names.{var}": name for var, name in (self.url_names or {}).items()}
-        if not where:
-            raise ValueError("url_names is empty")
-        for what, name in where.items():
+        def check(what: str, name: str) -> None:
             if self.url_store == "ssm":
                 _check_parameter_name(name, what)
             elif not _SECRET_NAME.match(name):
                 raise ValueError(f"{what} {name!r} is not a Secrets Manager secret name or ARN")
-        names = list(where.values())
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            # one secret would hold two roles' URLs, the last write winning
-            raise ValueError(f"url_names: {', '.join(twice)} is named for several variables; each role needs its own")
+
+        check_url_places("url_name", self.url_name, "url_names", self.url_names, check)
         return self
 
     def name_for(self, var: str) -> str | None:
