@@ -26,7 +26,9 @@ own tables (runbook.journal: owner, no grants beyond SELECT, no triggers, rules 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import threading
 from typing import Any
 
@@ -61,31 +63,48 @@ cur AS (
     FROM raw)
 """
 
-_TAKE = _CURRENT + """
+# %(n)s takes that queued together, in one statement: the i-th (from 0) is granted when what was
+# usable, less the i before it, is still a whole token, exactly as n statements one after another
+# would grant; the caller works out each one's answer from (usable, blind, in flight) before them
+_TAKE = _CURRENT + """,
+got AS (SELECT cur.*, LEAST(%(n)s::pg_catalog.float8, GREATEST(0, pg_catalog.floor(cur.usable))) AS granted FROM cur)
 UPDATE {table} b SET
-       tokens = cur.usable - CASE WHEN cur.usable >= 1 THEN 1 ELSE 0 END,
-       refilled_at = cur.t,
-       inflight = cur.inflight + CASE WHEN cur.usable >= 1 THEN 1 ELSE 0 END,
-       inflight_at = CASE WHEN cur.usable >= 1 THEN cur.t ELSE LEAST(cur.inflight_at, cur.t) END
-  FROM cur WHERE b.account = cur.account
-RETURNING cur.usable, cur.blind AND cur.inflight > 0
+       tokens = got.usable - got.granted,
+       refilled_at = got.t,
+       inflight = got.inflight + got.granted,
+       inflight_at = CASE WHEN got.granted > 0 THEN got.t ELSE LEAST(got.inflight_at, got.t) END
+  FROM got WHERE b.account = got.account
+RETURNING got.usable, got.blind, got.inflight
 """
 
-# %(remaining)s NULL: the answer announced nothing (the request only ends)
+# the answers that queued together, in arrival order, in one statement: each ends one request in
+# flight and lowers the bucket to what it announced, less the requests still out after it, less
+# the reserve (a NULL remaining announced nothing: that request only ends). The same end state as
+# one statement per answer, but for a 429's Retry-After while blind, which here still holds after a
+# later count (more cautious; one at a time, that count would have replaced it)
 _OBSERVE = _CURRENT + """,
+ans AS (SELECT a.remaining, a.retry_after, a.i
+          FROM unnest(%(remaining)s::pg_catalog.float8[], %(retry_after)s::pg_catalog.float8[])
+               WITH ORDINALITY AS a(remaining, retry_after, i)),
 seen AS (
-  SELECT cur.account, cur.t, GREATEST(0, cur.inflight - 1) AS inflight,
-         CASE WHEN %(remaining)s::pg_catalog.float8 IS NULL THEN cur.avail
-              ELSE LEAST(CASE WHEN cur.blind THEN %(cap)s ELSE cur.avail END,
-                         %(remaining)s - %(reserve)s - GREATEST(0, cur.inflight - 1)) END AS bound,
-         CASE WHEN %(remaining)s::pg_catalog.float8 IS NULL
-              THEN CASE WHEN cur.synced_at = 'NaN' THEN 0 ELSE LEAST(cur.synced_at, cur.t) END
-              ELSE cur.t END AS synced_at
-    FROM cur)
+  SELECT cur.account, cur.t, GREATEST(0, cur.inflight - (SELECT count(*) FROM ans)) AS inflight,
+         (SELECT min(ans.remaining - %(reserve)s - GREATEST(0, cur.inflight - ans.i))
+            FROM ans WHERE ans.remaining IS NOT NULL) AS counted,
+         (SELECT max(ans.retry_after) FROM ans) AS retry_after,
+         cur.blind, cur.avail, cur.synced_at
+    FROM cur),
+bound AS (
+  SELECT seen.*,
+         CASE WHEN seen.counted IS NULL THEN seen.avail
+              ELSE LEAST(CASE WHEN seen.blind THEN %(cap)s ELSE seen.avail END, seen.counted) END AS bound,
+         CASE WHEN seen.counted IS NULL
+              THEN CASE WHEN seen.synced_at = 'NaN' THEN 0 ELSE LEAST(seen.synced_at, seen.t) END
+              ELSE seen.t END AS synced
+    FROM seen)
 UPDATE {table} b SET
-       tokens = GREATEST(%(floor)s, LEAST(seen.bound, COALESCE(-%(refill)s * %(retry_after)s, seen.bound))),
-       refilled_at = seen.t, inflight = seen.inflight, inflight_at = seen.t, synced_at = seen.synced_at
-  FROM seen WHERE b.account = seen.account
+       tokens = GREATEST(%(floor)s, LEAST(bound.bound, COALESCE(-%(refill)s * bound.retry_after, bound.bound))),
+       refilled_at = bound.t, inflight = bound.inflight, inflight_at = bound.t, synced_at = bound.synced
+  FROM bound WHERE b.account = bound.account
 """
 
 
@@ -114,6 +133,7 @@ class CentralBudgets:
         self._down: str | None = None
         self._queue: list[_Call] = []       # calls waiting for the next round trip
         self._busy = False                  # a thread is at the server with a batch
+        self._waiting = 0                   # threads waiting for their call's answer
         self.round_trips = 0                # batches sent (a benchmark's and a test's measure)
 
     # --- the connection -----------------------------------------------------------------------
@@ -137,7 +157,11 @@ class CentralBudgets:
             raise
         return conn
 
-    def _run(self, query: Any, params: dict[str, Any]) -> list[tuple]:
+    def _run(self, query: Any, params: dict[str, Any], *, wait: bool = True) -> list[tuple]:
+        """One statement, in arrival order. With `wait` False (an answer's observe, a cancel: the
+        caller needs nothing back) it only joins the queue while a batch is at the server, and the
+        thread sending that batch, or the next waiting one, carries it; a failure then surfaces
+        on this process's next call, as BudgetStoreDown."""
         from providers.base import BudgetStoreDown
 
         call = _Call(query, params)
@@ -145,24 +169,39 @@ class CentralBudgets:
             if self._down is not None:
                 raise BudgetStoreDown(self._down)
             self._queue.append(call)
+            if not wait and self._busy:
+                return []
+            self._waiting += 1
             while self._busy and not call.done:
                 self._lock.wait()
+            self._waiting -= 1
             if not call.done:               # nobody at the server: this thread takes the queue there
                 self._busy = True
                 batch, self._queue = self._queue, []
-        if not call.done:
+        sending = not call.done
+        while sending:
             try:
                 self._send(batch)
             finally:
                 with self._lock:
-                    self._busy = False
                     for each in batch:
                         if each.rows is None and each.error is None:     # interrupted at the server
                             self._down = self._down or f"{self.location}: interrupted"
                             self._close()
                             each.error = self._down
                         each.done = True
-                    self._lock.notify_all()
+                    if self._down is not None:
+                        for each in self._queue:
+                            each.error, each.done = self._down, True
+                        self._queue = []
+                    if self._queue and not self._waiting:
+                        # calls nobody waits for (observes): this thread sends them too, or they would sit
+                        batch, self._queue = self._queue, []
+                    else:
+                        sending = self._busy = False
+                        self._lock.notify_all()
+        if not wait:
+            return []
         if call.error is not None or call.rows is None:
             raise BudgetStoreDown(call.error or f"{self.location}: no answer")
         return call.rows
@@ -179,13 +218,14 @@ class CentralBudgets:
                 if self._conn is None:
                     self._conn = self._connect()
                 self.round_trips += 1
-                if len(batch) == 1:
-                    cursors = [self._conn.execute(batch[0].query, batch[0].params)]
+                groups = _fold(batch)
+                if len(groups) == 1:
+                    cursors = [self._conn.execute(groups[0][0], groups[0][1])]
                 else:
                     with self._conn.pipeline():
-                        cursors = [self._conn.execute(each.query, each.params) for each in batch]
-                for each, cur in zip(batch, cursors):
-                    each.rows = cur.fetchall() if cur.description else []
+                        cursors = [self._conn.execute(query, params) for query, params, _ in groups]
+                for (_, _, calls), cur in zip(groups, cursors):
+                    _answer(calls, cur.fetchall() if cur.description else [])
         except (psycopg.Error, OSError, RunbookError) as exc:
             why = exc.message if isinstance(exc, RunbookError) else type(exc).__name__
             self._down = redact(f"{self.location}: {why}").splitlines()[0]
@@ -217,13 +257,13 @@ class CentralBudgets:
 
     def take(self, account: str, model: Any) -> tuple[float, bool]:
         params = self._params(account, model)
-        rows = self._run(_query(_TAKE), params)
+        rows = self._run(_TAKE_KIND, params)
         if not rows:
             # a new row: blind (the reserve may go out before the first answer says what is left)
             self._run(_query("INSERT INTO {table} (account, tokens, refilled_at, inflight, inflight_at, synced_at) "
                              "VALUES (%(account)s, %(reserve)s, EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()), "
                              "0, 0, 0) ON CONFLICT (account) DO NOTHING"), params)
-            rows = self._run(_query(_TAKE), params)
+            rows = self._run(_TAKE_KIND, params)
             if not rows:
                 from providers.base import BudgetStoreDown
 
@@ -231,11 +271,67 @@ class CentralBudgets:
         usable, sooner = float(rows[0][0]), bool(rows[0][1])
         return (0.0 if usable >= 1 else (1 - usable) / model.refill_per_second), sooner
 
+    # an answer's bookkeeping needs nothing back: the request that got it goes on at once
     def observe(self, account: str, model: Any, remaining: float | None, retry_after: float | None) -> None:
-        self._run(_query(_OBSERVE), self._params(account, model, remaining=remaining, retry_after=retry_after))
+        self._run(_OBSERVE_KIND, self._params(account, model, remaining=remaining, retry_after=retry_after),
+                  wait=False)
 
     def cancel(self, account: str, model: Any) -> None:
-        self._run(_query(_OBSERVE), self._params(account, model, remaining=None, retry_after=None))
+        self._run(_OBSERVE_KIND, self._params(account, model, remaining=None, retry_after=None), wait=False)
+
+
+_TAKE_KIND = "take"         # a _Call's query: one of these (folded with its neighbours), or a statement
+_OBSERVE_KIND = "observe"
+_PER_CALL = ("remaining", "retry_after")
+
+
+def _fold(batch: list[_Call]) -> list[tuple[Any, dict[str, Any], list[_Call]]]:
+    """The batch as few statements: the takes of one account (and model) become one take of n, its
+    answers one observe of their arrays, each in arrival order. Answers go before takes: an answer
+    (which ends a request already counted in flight) queued behind a take leaves the same bucket
+    either way, the take's token and the answer's bound commuting, but in front the take sees
+    what it said, and a bucket that it empties refuses the take rather than admitting it. Other statements (a new row) go
+    first; the take that needs the row waits for it and comes in a later batch."""
+    others: list[tuple[Any, dict[str, Any], list[_Call]]] = []
+    folded: dict[tuple[str, tuple[Any, ...]], tuple[Any, dict[str, Any], list[_Call]]] = {}
+    for call in batch:
+        kind = call.query if isinstance(call.query, str) else None
+        if kind is None:
+            others.append((call.query, call.params, [call]))
+            continue
+        key = (kind, tuple(sorted((k, v) for k, v in call.params.items() if k not in _PER_CALL)))
+        group = folded.get(key)
+        if group is None:
+            if kind == _TAKE_KIND:
+                folded[key] = (_query(_TAKE), {**call.params, "n": 1}, [call])
+            else:
+                folded[key] = (_query(_OBSERVE), {**call.params, "remaining": [call.params["remaining"]],
+                                                  "retry_after": [call.params["retry_after"]]}, [call])
+            continue
+        _, params, calls = group
+        calls.append(call)
+        if kind == _TAKE_KIND:
+            params["n"] += 1
+        else:
+            params["remaining"].append(call.params["remaining"])
+            params["retry_after"].append(call.params["retry_after"])
+    answers = [g for (kind, _), g in folded.items() if kind == _OBSERVE_KIND]
+    takes = [g for (kind, _), g in folded.items() if kind == _TAKE_KIND]
+    return [*others, *answers, *takes]
+
+
+def _answer(calls: list[_Call], rows: list[tuple]) -> None:
+    """Each call's rows: a folded take's (usable, blind, in flight) before the first of them gives
+    the i-th (usable less the i granted before it, whether it waits on a first answer)."""
+    if calls[0].query != _TAKE_KIND or not rows:
+        for call in calls:
+            call.rows = rows
+        return
+    usable, blind, inflight = float(rows[0][0]), bool(rows[0][1]), float(rows[0][2])
+    granted = min(len(calls), max(0, math.floor(usable)))
+    for i, call in enumerate(calls):
+        before = min(i, granted)
+        call.rows = [(usable - before, blind and inflight + before > 0)]
 
 
 class _Call:
@@ -250,6 +346,7 @@ class _Call:
         self.error: str | None = None
 
 
+@functools.cache
 def _query(template: str) -> Any:
     from psycopg import sql
 
