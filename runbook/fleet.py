@@ -255,6 +255,7 @@ def run(project: Any, command: str, envs: Sequence[str], *, parallel: int = 1,
             _run_all(fleet, fn, project, on_done, kwargs)
         finally:
             if warming is not None:
+                shared.pool.stop_warming()
                 warming.join()
     return fleet
 

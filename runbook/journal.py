@@ -435,7 +435,7 @@ class PostgresStore(_SqlStore):
             self._conn = pool.take(self._key) if pool is not None else None
             if self._conn is None:
                 self._conn = self.connect(self._key, location=location, connect_timeout=connect_timeout, app=app,
-                                          claim_legacy=claim_legacy, create=create)
+                                          claim_legacy=claim_legacy, create=create, pool=pool)
                 if pool is not None:
                     pool.count_opened()
         if not create:
@@ -448,10 +448,11 @@ class PostgresStore(_SqlStore):
 
     @staticmethod
     def connect(conninfo: str, *, location: str, connect_timeout: int = 10, app: str | None = None,
-                claim_legacy: bool = False, create: bool = True) -> Any:
+                claim_legacy: bool = False, create: bool = True, pool: ConnectionPool | None = None) -> Any:
         """A new autocommit connection to the store, its schema created if it is not there yet
         (with create=False: JournalMissing instead, and no DDL at all), and refused, before
-        anything is written to or read from it, if someone else made or changed it."""
+        anything is written to or read from it, if someone else made or changed it (once per
+        fleet: `pool` remembers the journals its connections checked)."""
         import psycopg
 
         from runbook.context import pin_session
@@ -462,9 +463,13 @@ class PostgresStore(_SqlStore):
                                    prepare_threshold=None, application_name="runbook:journal")
         except psycopg.OperationalError as exc:
             raise RunbookError(f"state store {location} unreachable: {redact(str(exc)).strip().splitlines()[0]}") from None
+        signature = (conninfo, app, claim_legacy, create)
         try:
             pin_session(conn)
-            PostgresStore.prepare(conn, location=location, app=app, claim_legacy=claim_legacy, create=create)
+            if pool is None or not pool.prepared(signature):
+                PostgresStore.prepare(conn, location=location, app=app, claim_legacy=claim_legacy, create=create)
+                if pool is not None:
+                    pool.mark_prepared(signature)
         except BaseException:
             close_quietly(conn)
             raise

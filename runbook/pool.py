@@ -36,6 +36,20 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._idle: dict[str, list[Any]] = {}
         self._closed = False
+        self._stop_warming = threading.Event()
+        # the journals this fleet has already checked (and migrated), by conninfo and how it was opened
+        self._prepared: set[tuple[Any, ...]] = set()
+
+    def prepared(self, signature: tuple[Any, ...]) -> bool:
+        """Whether a connection of this fleet already checked this journal, opened this way: the
+        next ones need not. One check per fleet, not per connection, trusts nothing more: a journal
+        changed after the first check could as well be changed after the twenty-fifth."""
+        with self._lock:
+            return signature in self._prepared
+
+    def mark_prepared(self, signature: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._prepared.add(signature)
 
     def take(self, key: str) -> Any | None:
         """An idle connection for `key` the server has not ended, or None."""
@@ -73,8 +87,11 @@ class ConnectionPool:
                     with self._lock:
                         if self._closed or len(self._idle.get(key, ())) >= min(count, self.max_idle):
                             break
+                    if self._stop_warming.is_set():
+                        return
                     try:
-                        conn = PostgresStore.connect(key, location="state store", connect_timeout=connect_timeout)
+                        conn = PostgresStore.connect(key, location="state store", connect_timeout=connect_timeout,
+                                                     pool=self)
                     except Exception:
                         break                  # unreachable: each environment will say so itself
                     self.count_opened()
@@ -83,6 +100,10 @@ class ConnectionPool:
         thread = threading.Thread(target=fill, name="runbook-store-prewarm", daemon=True)
         thread.start()
         return thread
+
+    def stop_warming(self) -> None:
+        """The fleet is done: a prewarm still opening connections stops at the next one."""
+        self._stop_warming.set()
 
     def give(self, key: str, conn: Any) -> None:
         from psycopg.pq import TransactionStatus

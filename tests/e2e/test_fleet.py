@@ -484,3 +484,59 @@ def test_fleet_on_one_central_store_shares_connections_and_survives_one_dying(he
     finally:
         store.close()
     assert list(LocalJournal(project.base_dir / ".runbook" / "journal.jsonl").records()) == []
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("cluster", ["pg18"], indirect=True)
+def test_a_fleet_checks_its_central_journal_once_per_way_of_opening_it(heroku_fleet, pg, monkeypatch):
+    """The journal's trust check (owner, grants, triggers) runs on the first connection of each
+    kind; the fleet's other connections to the same store skip it, so 25 workers do not each pay
+    its statements under one GIL."""
+    from runbook import journal as state
+    from runbook.run import Runtime
+
+    fake, project, environ = heroku_fleet
+    url = _store_url(pg)
+    checked: list[tuple] = []
+    real_prepare = state.PostgresStore.prepare
+
+    def prepare(conn, *, location, app=None, claim_legacy=False, create=True):
+        checked.append((app, claim_legacy, create))
+        return real_prepare(conn, location=location, app=app, claim_legacy=claim_legacy, create=create)
+
+    monkeypatch.setattr(state.PostgresStore, "prepare", staticmethod(prepare))
+    envs = fleet.select(project, ["hk-*"])
+    with Runtime.shared() as runtime:
+        res = fleet.run(project, "rollback", envs, parallel=4, yes=True, confirm=None, environ=environ, state=url,
+                        runtime=runtime)
+        opened = runtime.pool.opened
+    assert [o.status for o in res.outcomes] == ["ok"] * len(envs), [(o.env, o.message) for o in res.outcomes]
+    assert opened > 1                                   # several connections ...
+    assert len(checked) == len(set(checked)) >= 1       # ... each way of opening checked once
+
+
+def test_a_prewarm_stops_when_the_fleet_is_done(monkeypatch):
+    from runbook import journal as state
+    from runbook.pool import ConnectionPool
+
+    entered, release = threading.Event(), threading.Event()
+    made: list[object] = []
+
+    class Conn:
+        closed = broken = False
+
+    def connect(key, **kw):
+        entered.set()
+        release.wait(10)
+        made.append(Conn())
+        return made[-1]
+
+    monkeypatch.setattr(state.PostgresStore, "connect", staticmethod(connect))
+    monkeypatch.setattr(ConnectionPool, "give", lambda self, key, conn: None)
+    pool = ConnectionPool()
+    thread = pool.prewarm({"postgresql://u@/db?host=/nowhere": 25})
+    assert entered.wait(10)
+    pool.stop_warming()                                  # the fleet ended while the first was connecting
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive() and len(made) == 1
