@@ -683,5 +683,34 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def entry() -> None:
+    """The `runbook` command: main(), then out without tearing the interpreter down. Freeing every
+    module and object one by one costs ~25 ms at exit, a tenth of a no-op run; the exit handlers
+    (logging's flush, temporary files) still run. Only when no other thread is alive: otherwise
+    the normal exit, which waits for them."""
+    import threading
+
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if threading.active_count() > 1:
+            raise
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            sys.stderr.write(f"{exc.code}\n")
+            code = 1
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):       # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
