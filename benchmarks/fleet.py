@@ -268,7 +268,7 @@ def scenario(name: str, project: Any, envs: list[str], apps: list[str], parallel
 
     original = heroku.shared_budget
     if not shared:
-        heroku.shared_budget = lambda key, model: RateBudget(model)   # type: ignore[assignment]  # baseline only
+        heroku.shared_budget = lambda key, model, runtime: RateBudget(model)   # type: ignore[assignment]  # baseline only
     fake = FakeProcess(apps, latency, rate_limit, window, token)
     rows = []
     try:
