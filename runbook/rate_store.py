@@ -4,8 +4,9 @@ together stay under the platform's limit (providers.http.StoreBudget is the clie
 
 A row per account: a hash of the provider's account key (never a token), the usable tokens (what
 may be sent beyond the model's reserve), when they were last refilled, the requests admitted and
-not yet answered, and when an answer last said what is left. Every call is one locked UPDATE on
-the server's clock (shards on other machines need not agree on the time):
+not yet answered, and when an answer last said what is left. Every call is applied by a locked
+UPDATE on the server's clock (shards on other machines need not agree on the time); the takes of
+one account that queue together in this process share one UPDATE, as do their answers:
 
 - take: refill by the model's rate since the last refill, then take one token if there is one;
   otherwise say how long until there is. Until an answer has said what is left (a new row, or one
