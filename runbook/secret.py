@@ -31,9 +31,9 @@ _MIN_REDACT = 6
 # occurs holds no known secret, and is returned without bringing the patterns up to date
 # (compiling a fleet's hundreds of URLs and passwords into them cost more CPU than the rest of a
 # provision). The middle, not the start: a URL's or DSN's start ("postgres://", "host=") is in
-# every masked URL a run prints, its middle is in the password. Only ever grows.
-_heads: set[str] = set()
-_heads_seq: tuple[str, ...] = ()   # the same, as a tuple to iterate while another thread registers
+# every masked URL a run prints, its middle is in the password. Only ever grows, by replacement:
+# a frozenset, so that a redact in one thread may iterate it while another registers.
+_heads: frozenset[str] = frozenset()
 _PREFILTER_MAX = 4096     # longer texts go straight to the patterns (the scan is per character)
 
 
@@ -62,7 +62,7 @@ def _password_of(value: str) -> list[str]:
 def register(value: str) -> None:
     """Remember a secret value (its URL-quoted forms, and the password of a DSN or URL alone)
     so that `redact` removes it."""
-    global _heads_seq
+    global _heads
     if not value or len(value) < _MIN_REDACT:
         return
     for part in _password_of(value):
@@ -71,8 +71,7 @@ def register(value: str) -> None:
     with _lock:
         new = forms - _known
         if new:
-            _heads.update(_middle(v) for v in new)
-            _heads_seq = tuple(_heads)
+            _heads = _heads | {_middle(v) for v in new}
             _known.update(new)
             _pending.extend(new)
 
@@ -111,10 +110,10 @@ def _middle(value: str) -> str:
 def _may_hold_known(text: str) -> bool:
     if len(text) > _PREFILTER_MAX:
         return True
-    heads, seq, n = _heads, _heads_seq, _MIN_REDACT
+    heads, n = _heads, _MIN_REDACT
     # whichever loop is shorter: a fleet knows a hundred secrets, most texts are short
-    if len(seq) < len(text):
-        return any(h in text for h in seq)
+    if len(heads) < len(text):
+        return any(h in text for h in heads)
     return any(text[i:i + n] in heads for i in range(len(text) - n + 1))
 
 
