@@ -685,8 +685,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def entry() -> None:
     """The `runbook` command: main(), then out without tearing the interpreter down. Freeing every
-    module and object one by one costs ~25 ms at exit, a tenth of a no-op run; the exit handlers
-    (logging's flush, temporary files) still run. Only when no other thread is alive: otherwise
+    module and object one by one cost 60-120 ms at exit, a sixth of a no-op provision on 1,000
+    tables (benchmarks/README.md); the exit handlers (logging's flush, temporary files) still run. Only when no other thread is alive: otherwise
     the normal exit, which waits for them."""
     import threading
 
