@@ -180,3 +180,27 @@ def prod_cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def canary_password() -> str:
     return CANARY + "-" + secrets.token_hex(2)
+
+
+def empty_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runbook.secret as a new process has it: no secret known, no pattern, no prefilter heads (so
+    that what hundreds of earlier tests registered is carried through neither this one's patterns
+    nor its prefilter)."""
+    from runbook import secret
+
+    monkeypatch.setattr(secret, "_known", set())
+    monkeypatch.setattr(secret, "_pending", [])
+    monkeypatch.setattr(secret, "_pattern", None)
+    monkeypatch.setattr(secret, "_heads", frozenset())
+
+
+@pytest.fixture
+def fresh_redactor(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """An empty redactor (empty_redactor), and the number of values of each pattern it compiles."""
+    from runbook import secret
+
+    empty_redactor(monkeypatch)
+    compiled: list[int] = []
+    real = secret._compile
+    monkeypatch.setattr(secret, "_compile", lambda values: compiled.append(len(values)) or real(values))
+    return compiled

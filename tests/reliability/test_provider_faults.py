@@ -45,7 +45,7 @@ from providers.http import ApiClient
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import RunbookError
-from tests.conftest import CANARY
+from tests.conftest import CANARY, empty_redactor
 from tests.logins import create_login
 from tests.projects import write_project as write_yaml
 from tests.providers.conftest import ORDERS, as_login, new_login, owned_database, write_project
@@ -575,15 +575,11 @@ def waits(monkeypatch) -> list[float]:
 def _fast_loopback_and_fresh_redactor(monkeypatch):
     import http.server
 
-    from runbook import secret
-
     # the fakes write headers and body in two sends; with Nagle on, loopback adds ~40 ms per answer
     monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "disable_nagle_algorithm", True)
     # each case starts with an empty redactor, as a run of the tool (one process) does, so that
     # the redaction patterns of hundreds of earlier cases are not carried through this one
-    monkeypatch.setattr(secret, "_known", set())
-    monkeypatch.setattr(secret, "_pending", [])
-    monkeypatch.setattr(secret, "_pattern", None)
+    empty_redactor(monkeypatch)
 
 
 @pytest.fixture

@@ -60,19 +60,6 @@ def test_logging_filter_scrubs_records(caplog):
     assert "log-canary-998877" not in caplog.text
 
 
-@pytest.fixture
-def fresh_redactor(monkeypatch):
-    from runbook import secret
-
-    monkeypatch.setattr(secret, "_known", set())
-    monkeypatch.setattr(secret, "_pending", [])
-    monkeypatch.setattr(secret, "_pattern", None)
-    compiled: list[int] = []
-    real = secret._compile
-    monkeypatch.setattr(secret, "_compile", lambda values: compiled.append(len(values)) or real(values))
-    return compiled
-
-
 def test_many_registrations_compile_each_value_a_logarithmic_number_of_times(fresh_redactor):
     values = [f"many-{i:05d}-p@ss/w+rd" for i in range(3000)]
     for i, value in enumerate(values):

@@ -6,38 +6,25 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import pytest
-
 from runbook import secret
 from runbook.secret import MASK, Secret, redact
 
 
-@pytest.fixture
-def compiled(monkeypatch):
-    monkeypatch.setattr(secret, "_known", set())
-    monkeypatch.setattr(secret, "_pending", [])
-    monkeypatch.setattr(secret, "_pattern", None)
-    sizes: list[int] = []
-    real = secret._compile
-    monkeypatch.setattr(secret, "_compile", lambda values: sizes.append(len(values)) or real(values))
-    return sizes
-
-
-def test_texts_without_a_secret_compile_nothing_and_secrets_are_still_masked(compiled):
+def test_texts_without_a_secret_compile_nothing_and_secrets_are_still_masked(fresh_redactor):
     urls = [f"postgres://fleet_app:pw-{i:03d}-{'x' * 20}@127.0.0.1:5432/db{i}" for i in range(50)]
     for i, url in enumerate(urls):
         Secret(url)
         # what a fleet's environments say between registrations: step notes, masked URLs
         assert redact(f"fleet-{i:03d}: applied ensure-role, url {MASK}") == f"fleet-{i:03d}: applied ensure-role, url {MASK}"
-    assert compiled == []
+    assert fresh_redactor == []
     password = f"pw-017-{'x' * 20}"
     # a secret at the very end, one cut by nothing, its quoted form, and a whole URL
     text = f"a {urls[3]} b {quote(password, safe='')} c {password}"
     assert redact(text) == f"a {MASK} b {MASK} c {MASK}"
-    assert compiled and sum(compiled) == len(secret._known)     # everything known, compiled once
+    assert fresh_redactor and sum(fresh_redactor) == len(secret._known)     # everything known, compiled once
 
 
-def test_a_secret_that_only_begins_the_text_or_ends_it_is_found(compiled):
+def test_a_secret_that_only_begins_the_text_or_ends_it_is_found(fresh_redactor):
     Secret("begin-secret-value")
     Secret("other-secret-value")
     assert redact("begin-secret-value") == MASK
