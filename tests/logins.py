@@ -6,6 +6,7 @@ password shows up there, so test set-up must not send `PASSWORD 'plaintext'` eit
 
 from __future__ import annotations
 
+import psycopg
 from psycopg import sql
 
 
@@ -20,3 +21,12 @@ def set_password(pg, name: str, password: str) -> None:
     with pg.connect() as conn:
         verifier = conn.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256").decode()
         conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(verifier)))
+
+
+def login_fails(url: str) -> bool:
+    """Whether a login with exactly this URL is refused (an old credential after a rotation)."""
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        return True
+    return False

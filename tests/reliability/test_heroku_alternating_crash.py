@@ -22,6 +22,7 @@ import yaml
 from runbook import commands
 from runbook import project as projects
 from runbook.engine import fault_environ
+from tests.logins import login_fails
 from tests.providers.heroku.conftest import ADDON, APP, URL_VAR, fake  # noqa: F401
 from tests.providers.heroku.test_engine_e2e import project  # noqa: F401
 
@@ -49,14 +50,6 @@ def _app_user(fake) -> str:
     with psycopg.connect(fake.config_vars(APP)[URL_VAR], autocommit=True, connect_timeout=5) as conn:
         conn.execute("INSERT INTO orders (total) VALUES (1)")
         return conn.execute("SELECT current_user").fetchone()[0]
-
-
-def _fails(url: str) -> bool:
-    try:
-        psycopg.connect(url, autocommit=True, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False
 
 
 def _current(pg) -> str:
@@ -92,7 +85,7 @@ def test_heroku_alternating_rotate_killed_after_each_side_effect_converges(fake,
     assert rerun.returncode == 0, rerun.stderr
 
     assert _app_user(fake) == b                # the attachment names b, and b's password works
-    assert _fails(old_url)                     # a was invalidated (rotated through the API)
+    assert login_fails(old_url)                # a was invalidated (rotated through the API)
     assert _current(pg) == b                   # the journal ends the story with b current
     calls = _calls(fake)
     attach = calls.index(("POST", "/addon-attachments"))
@@ -124,7 +117,7 @@ def test_heroku_conversion_killed_after_each_side_effect_converges(fake, pg, set
     assert rerun.returncode == 0, rerun.stderr
 
     assert _app_user(fake) == a
-    assert _fails(single_url)                  # the single credential is gone
+    assert login_fails(single_url)             # the single credential is gone
     assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(0,)]
     assert _current(pg) == a
     calls = _calls(fake)

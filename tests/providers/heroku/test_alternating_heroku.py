@@ -15,6 +15,7 @@ import yaml
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import ConfigError, DrainTimeout
+from tests.logins import login_fails
 from tests.providers.heroku.conftest import ADDON, APP, URL_VAR
 from tests.providers.heroku.test_engine_e2e import project  # noqa: F401
 
@@ -44,14 +45,6 @@ def _ok(result) -> None:
     assert result.status == "ok", [(s.name, s.status, s.detail) for s in result.steps]
 
 
-def _fails(url: str) -> bool:
-    try:
-        _login(url).close()
-    except psycopg.OperationalError:
-        return True
-    return False
-
-
 def _credentials(fake, role) -> set[str]:
     addon_id = fake.addon(ADDON)["id"]
     prefix = f"/postgres/v0/databases/{addon_id}/credentials"
@@ -74,11 +67,11 @@ def test_alternating_provision_rotate_twice_and_retire(fake, pg, alternating):
 
     for old, new in ((a, b), (b, a)):
         before = fake.config_vars(APP)[URL_VAR]
-        assert not _fails(before)
+        assert not login_fails(before)
         fake.clear()
         _ok(commands.rotate(projects.load(path), "staging", yes=True, environ=environ))
         assert _app_user(fake) == new           # the attachment moved: the app's config var logs in as the new one
-        assert _fails(before)                   # the old credential was rotated: its password stops working
+        assert login_fails(before)              # the old credential was rotated: its password stops working
         paths = [(r.method, r.path) for r in fake.mutating()]
         attach = paths.index(("POST", "/addon-attachments"))
         rotation = next(i for i, (m, p) in enumerate(paths) if p.endswith(f"/credentials/{old}/credentials_rotation"))
@@ -108,14 +101,14 @@ def test_drain_timeout_leaves_the_old_credential_working_and_a_rerun_converges(f
         assert "\n" not in stopped.value.message and stopped.value.exit_code == 3
         assert _app_user(fake) == b             # the app is on the new credential
         held.execute("SELECT 1")                # the old session is untouched
-        assert not _fails(old_url)              # and the old credential still logs in
+        assert not login_fails(old_url)         # and the old credential still logs in
         assert not any(r.path.endswith("/credentials_rotation") for r in fake.mutating())
     finally:
         held.close()
     fake.clear()
     _ok(commands.rotate(projects.load(path), "staging", yes=True, environ=environ))
     assert _app_user(fake) == b                 # the rerun finished that rotation, it did not start another
-    assert _fails(old_url)
+    assert login_fails(old_url)
     rotations = [r.path for r in fake.mutating() if r.path.endswith("/credentials_rotation")]
     assert rotations == [f"/postgres/v0/databases/{fake.addon(ADDON)['id']}/credentials/{a}/credentials_rotation"]
 

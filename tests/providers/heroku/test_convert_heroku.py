@@ -16,6 +16,7 @@ import yaml
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import Refused
+from tests.logins import login_fails
 from tests.providers.heroku.conftest import ADDON, APP, URL_VAR
 from tests.providers.heroku.test_engine_e2e import project  # noqa: F401
 
@@ -74,14 +75,6 @@ def _alternating(path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _fails(url: str) -> bool:
-    try:
-        psycopg.connect(url, autocommit=True, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False
-
-
 @pytest.fixture
 def single(fake, pg, tmp_path, project):
     role, path = project
@@ -117,7 +110,7 @@ def test_conversion_keeps_the_app_connected_and_a_rerun_is_a_no_op(fake, pg, sin
         "SELECT step FROM runbook.events WHERE kind = 'result' AND step IN ('grants', 'url', 'drain') ORDER BY id")]
     assert steps[-3:] == ["grants", "url", "drain"]
     # the old credential is gone, its URL with it; both logins of the pair hold the grants
-    assert _fails(before)
+    assert login_fails(before)
     assert pg.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(0,)]
     with psycopg.connect(fake.config_vars(APP)[URL_VAR], autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == a
@@ -142,7 +135,7 @@ def test_conversion_keeps_the_app_connected_and_a_rerun_is_a_no_op(fake, pg, sin
     _ok(commands.rotate(projects.load(path), "staging", yes=True, environ=environ))
     with psycopg.connect(fake.config_vars(APP)[URL_VAR], autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == b
-    assert _fails(url_a)
+    assert login_fails(url_a)
 
 
 def test_plan_of_a_conversion_says_what_happens_and_changes_nothing(fake, pg, single):

@@ -13,6 +13,7 @@ import pytest
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import Refused
+from tests.logins import login_fails
 from tests.providers.conftest import as_login
 from tests.providers.heroku.conftest import ADDON, APP, FLAG
 from tests.providers.three_roles import (
@@ -35,14 +36,6 @@ def names(fake, pg):
 
 def _alternating(block):
     return {name: {**entry, "rotation": "alternating"} for name, entry in block.items()}
-
-
-def _fails(url: str) -> bool:
-    try:
-        psycopg.connect(url, autocommit=True, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False
 
 
 def _user(url: str) -> str:
@@ -84,7 +77,7 @@ def test_three_alternating_roles_as_three_pairs_of_credentials(fake, pg, tmp_pat
         assert rot.status == "ok", (rot.messages, [(s.step, s.status, s.verdict) for s in rot.steps])
         after = fake.config_vars(APP)
         check(after[var], f"{role}_b")
-        assert _fails(before[var])
+        assert login_fails(before[var])
         assert {k: v for k, v in after.items() if k != var} == {k: v for k, v in before.items() if k != var}
         rotated = [r.path for r in fake.mutating() if r.path.endswith("/credentials_rotation")]
         assert rotated == [f"{credentials}/{role}_a/credentials_rotation"]
