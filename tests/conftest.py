@@ -154,8 +154,9 @@ def pg(cluster: RunningCluster) -> Iterator[PgTarget]:
     yield target
     with psycopg.connect(cluster.admin(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        # the test's roles, and those named after them (an alternating role's NAME_a and NAME_b)
         rows = conn.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"%\\_{suffix}",)).fetchall()
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"%\\_{suffix}%",)).fetchall()
         for (role,) in rows:
             # anything the role still owns elsewhere went with the database; shared objects first
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

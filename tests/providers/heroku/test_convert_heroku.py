@@ -80,7 +80,6 @@ def single(fake, pg, tmp_path, project):
     role, path = project
     environ = {**fake.environ(), "HOME": str(tmp_path)}
     _ok(commands.provision(projects.load(path), "staging", yes=True, environ=environ))
-    pg.roles.extend([f"{role}_a", f"{role}_b"])        # the fake makes them as real roles: dropped after the test
     return role, path, environ
 
 
@@ -181,7 +180,6 @@ def test_rotate_during_a_half_way_conversion_is_refused(fake, pg, single):
 def test_a_credential_named_like_the_role_that_pg_runbook_did_not_convert_is_left_alone(fake, pg, tmp_path, project):
     role, path = project
     environ = {**fake.environ(), "HOME": str(tmp_path)}
-    pg.roles.extend([f"{role}_a", f"{role}_b"])
     _alternating(path)
     _ok(commands.provision(projects.load(path), "staging", yes=True, environ=environ))
     fake.create_credential(ADDON, role)          # made by someone else, beside the pair
