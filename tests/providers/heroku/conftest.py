@@ -12,7 +12,7 @@ import pytest
 
 from providers.base import OpenContext, ProviderRuntime
 from providers.heroku import HerokuApp, HerokuAppConfig, HerokuDatabase, HerokuDatabaseConfig
-from tests.providers.conftest import closing_all, fake_context, quick_budget, serving
+from tests.providers.conftest import as_login, closing_all, fake_context, quick_budget, serving
 from tests.providers.heroku.fake_heroku import FakeHeroku, start_fake
 
 APP = "raxx-api-staging"
@@ -25,6 +25,20 @@ FLAG = "RAPTOR_APP_ROLE_ENABLED"
 def fake(pg) -> Iterator[FakeHeroku]:
     """The fake over a real database: one app, one standard-0 add-on attached as DATABASE."""
     yield from serving(start_fake(pg, app=APP, addon_name=ADDON))
+
+
+# a `roles:` project on the fake (tests/providers/three_roles.py writes it)
+ROLES_ENV = {"provider": "heroku", "database": {"addon": ADDON, "sslmode": "disable"}, "app": {"name": APP}}
+ROLES_SETTINGS = {"http_attempts": 4, "http_timeout": "2s", "retry_budget": "20s"}
+
+
+@pytest.fixture
+def three_roles(fake, pg) -> tuple[str, str, str]:
+    """orders and alembic_version made with the owner credential; the app, readonly and ci role
+    names (the credentials the fake makes for them are dropped with the test's roles)."""
+    as_login(fake.owner_url(ADDON), "CREATE TABLE orders (id bigserial PRIMARY KEY, total int)",
+             "CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
+    return pg.role("raxx_app"), pg.role("raxx_ro"), pg.role("raxx_ci")
 
 
 @pytest.fixture

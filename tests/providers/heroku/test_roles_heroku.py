@@ -10,27 +10,18 @@ import pytest
 from runbook import commands
 from runbook import project as projects
 from runbook.errors import Refused
-from tests.providers.conftest import as_login
-from tests.providers.heroku.conftest import ADDON, APP, FLAG
+from tests.providers.heroku.conftest import ADDON, APP, FLAG, ROLES_ENV, ROLES_SETTINGS
 from tests.providers.three_roles import (
     APP_URL, CI_URL, RO_URL, check_app, check_catalog_only, check_readonly, diagnosed_clean_roles, login,
     roles_block, write_roles_project,
 )
 
-ENV = {"provider": "heroku", "database": {"addon": ADDON, "sslmode": "disable"}, "app": {"name": APP}}
-SETTINGS = {"http_attempts": 4, "http_timeout": "2s", "retry_budget": "20s"}
 
 
-@pytest.fixture
-def names(fake, pg):
-    as_login(fake.owner_url(ADDON), "CREATE TABLE orders (id bigserial PRIMARY KEY, total int)",
-             "CREATE TABLE alembic_version (version_num text PRIMARY KEY)")
-    return pg.role("raxx_app"), pg.role("raxx_ro"), pg.role("raxx_ci")
-
-
-def test_three_roles_as_three_credentials(fake, pg, tmp_path, names):
-    app, ro, ci = names
-    path = write_roles_project(tmp_path, roles_block(app, ro, flag=FLAG, ci=ci), ENV, app="raxx", settings=SETTINGS)
+def test_three_roles_as_three_credentials(fake, pg, tmp_path, three_roles):
+    app, ro, ci = three_roles
+    path = write_roles_project(tmp_path, roles_block(app, ro, flag=FLAG, ci=ci), ROLES_ENV, app="raxx",
+                               settings=ROLES_SETTINGS)
     environ = {**fake.environ(), "HOME": str(tmp_path)}
     addon_id = fake.addon(ADDON)["id"]
     credentials = f"/postgres/v0/databases/{addon_id}/credentials"
@@ -74,12 +65,12 @@ def test_three_roles_as_three_credentials(fake, pg, tmp_path, names):
         assert conn.execute("SELECT current_user").fetchone()[0] == ro
 
 
-def test_member_of_is_refused_at_plan_time_changing_nothing(fake, pg, tmp_path, names):
-    app, ro, _ = names
+def test_member_of_is_refused_at_plan_time_changing_nothing(fake, pg, tmp_path, three_roles):
+    app, ro, _ = three_roles
     mig = pg.role("raxx_mig")
     owner = psycopg.conninfo.conninfo_to_dict(fake.owner_url(ADDON))["user"]
     roles = roles_block(app, ro, flag=FLAG, migrator=mig, member_of=owner)
-    path = write_roles_project(tmp_path, roles, ENV, app="raxx", settings=SETTINGS)
+    path = write_roles_project(tmp_path, roles, ROLES_ENV, app="raxx", settings=ROLES_SETTINGS)
     environ = {**fake.environ(), "HOME": str(tmp_path)}
     fake.clear()
     with pytest.raises(Refused) as err:
