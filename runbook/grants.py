@@ -191,6 +191,12 @@ def findings(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
     return out
 
 
+def verified(spec: RoleSpec, snap: Snapshot) -> list[Finding]:
+    """`findings` as verification judges them: without a schema the spec names that does not exist
+    (plan and drift report it; it is no privilege the role holds wrongly)."""
+    return [f for f in findings(spec, snap) if f.kind != "schema-missing"]
+
+
 def _wanted(grants, objtype: str) -> frozenset[str]:
     return frozenset({"r": grants.tables, "S": grants.sequences, "f": grants.functions}[objtype])
 

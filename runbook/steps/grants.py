@@ -124,7 +124,7 @@ class Grants(Step[catalog.Snapshot]):
 
     def _judge(self, ctx: StepContext, snaps: list[tuple[RoleSpec, catalog.Snapshot]]) -> Verdict:
         snap = snaps[0][1]
-        left = [f for spec, each in snaps for f in grants.findings(spec, each) if f.kind != "schema-missing"]
+        left = [f for spec, each in snaps for f in grants.verified(spec, each)]
         if left:
             return Verdict("fail", "; ".join(f.summary() for f in left[:3]),
                            fix=f"runbook drift --env {ctx.env.name}", evidence=snap)

@@ -108,7 +108,7 @@ def _prove_from_its_side(ctx: StepContext, cred: Credential) -> None:
     except (ValueError, psycopg.Error) as exc:
         raise CheckFailed(f"url: credential {cred.name} does not log in ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                           f"the app's {ctx.url_var} was not moved to it") from None
-    left = [f for f in grants.findings(spec, snap) if f.kind != "schema-missing"]
+    left = grants.verified(spec, snap)
     if left:
         raise CheckFailed(f"url: credential {cred.name}, logged in as itself: {left[0].summary()}; the app's "
                           f"{ctx.url_var} was not moved to it", hint=f"runbook drift --env {ctx.env.name} --fix")

@@ -77,7 +77,7 @@ class VerifyFromApp(Step[RlsPreview]):
             owner_reach = conn.execute(
                 "SELECT pg_has_role(current_user, %s, 'MEMBER')", (ctx.owner,)).fetchone()[0] \
                 if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ctx.owner,)).fetchone() else False
-        left = [f for f in grants.findings(checked, snap) if f.kind != "schema-missing"]
+        left = grants.verified(checked, snap)
         if owner_reach and ctx.owner not in ctx.managed.member_of:     # member_of the owner: the spec's own path
             return Verdict("fail", f"{ctx.role.name} can SET ROLE to the owner {ctx.owner}")
         if left:
